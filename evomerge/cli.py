@@ -1,0 +1,156 @@
+"""The ``evomerge`` command line.
+
+Every :class:`~evomerge.errors.EvomergeError` is printed as its message and fix, with exit
+status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from evomerge.errors import EvomergeError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Evolutionary merge-recipe search.")
+zoo_app = typer.Typer(no_args_is_help=True, help="The built-in tiny model zoo (offline).")
+app.add_typer(zoo_app, name="zoo")
+console = Console()
+err_console = Console(stderr=True)
+
+
+@zoo_app.command("build")
+def zoo_build(
+    out: Annotated[Path, typer.Argument(help="directory to create")],
+    overwrite: Annotated[bool, typer.Option(help="replace an existing directory")] = False,
+    seed: Annotated[int, typer.Option(help="training seed")] = 0,
+) -> None:
+    """Train the tiny base + experts (about 2-4 minutes on 2 CPU cores)."""
+    from evomerge.zoo import ZooSpec, build_zoo
+
+    manifest = build_zoo(out, ZooSpec(seed=seed), overwrite=overwrite)
+    _print_accuracy(manifest["accuracy"], manifest["skills"], title=f"zoo {out} (exact match, 200 test items)")
+    console.print(f"built in {manifest['build_seconds']} s")
+
+
+@zoo_app.command("eval")
+def zoo_eval(
+    models: Annotated[list[Path], typer.Argument(help="model directories to score on the zoo skills")],
+    n: Annotated[int, typer.Option(help="items per skill")] = 200,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Score model directories on the zoo's skills (greedy exact match)."""
+    from evomerge.hfmodel import load_hf_model
+    from evomerge.zoo import SKILLS, ZooSpec, skill_accuracy, vocab
+
+    skills = list(ZooSpec().experts)
+    scores = {}
+    for path in models:
+        model = load_hf_model(path)
+        scores[str(path)] = {s: skill_accuracy(model, s, vocab(), n=n) for s in skills if s in SKILLS}
+    if as_json:
+        print(json.dumps(scores, indent=2))
+    else:
+        _print_accuracy(scores, skills, title=f"zoo skills (exact match, {n} test items)")
+
+
+def _print_accuracy(scores: dict[str, dict[str, float]], skills: list[str], title: str) -> None:
+    table = Table(title=title)
+    table.add_column("model")
+    for s in skills:
+        table.add_column(s, justify="right")
+    table.add_column("mean", justify="right")
+    for name, row in scores.items():
+        vals = [row[s] for s in skills]
+        table.add_row(name, *(f"{v:.2f}" for v in vals), f"{sum(vals) / len(vals):.3f}")
+    console.print(table)
+
+
+@app.command("merge")
+def merge(
+    recipe: Annotated[Path, typer.Argument(help="recipe YAML (mergekit-style)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output model directory")],
+    overwrite: Annotated[bool, typer.Option(help="replace an existing output directory")] = False,
+    seed: Annotated[int, typer.Option(help="seed for stochastic ops (DARE)")] = 0,
+    shard_mb: Annotated[int, typer.Option(help="maximum safetensors shard size in MiB")] = 2048,
+) -> None:
+    """Materialize a recipe into a Hugging Face model directory, tensor by tensor."""
+    from evomerge.merge.materialize import merge_to_dir
+    from evomerge.recipe import load_recipe
+
+    rec = load_recipe(recipe).resolved(recipe.resolve().parent)
+    t0 = time.perf_counter()
+    report = merge_to_dir(rec, out, seed=seed, overwrite=overwrite, max_shard_bytes=shard_mb * 2**20)
+    dt = time.perf_counter() - t0
+    console.print(
+        f"merged {report.tensors} tensors ({report.bytes_written / 2**20:.1f} MiB) with "
+        f"{rec.merge_method} into {out} in {dt:.2f} s; recipe {report.recipe_id}"
+    )
+
+
+@app.command("generate")
+def generate(
+    model: Annotated[Path, typer.Argument(help="model directory")],
+    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="prompt (repeatable)")],
+    max_new_tokens: Annotated[int, typer.Option(help="tokens to generate")] = 16,
+) -> None:
+    """Greedy generation with transformers (a quick check that a merged model works)."""
+    import torch
+
+    from evomerge.hfmodel import load_hf_model, load_hf_tokenizer
+
+    tok = load_hf_tokenizer(model)
+    mdl = load_hf_model(model)
+    for p in prompt:
+        enc = tok(p, return_tensors="pt")
+        with torch.no_grad():
+            out = mdl.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                               pad_token_id=tok.pad_token_id)
+        text = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        console.print(f"{p!r} -> {text!r}")
+
+
+@app.command("demo")
+def demo(
+    workdir: Annotated[Path, typer.Option(help="where the zoo, recipes and merged models go")] = Path("evomerge-demo"),
+) -> None:
+    """The main job on the built-in zoo: build it (once), merge it with fixed recipes, score everything."""
+    from evomerge.demo import run_demo
+
+    scores, skills = run_demo(workdir, log=console.print)
+    _print_accuracy(scores, skills, title=f"zoo skills, exact match on 200 held-out items ({workdir})")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except EvomergeError as err:
+        err_console.print("[bold red]error:[/]", err.message, highlight=False)
+        if err.hint:
+            err_console.print("  [bold]fix:[/]", err.hint, highlight=False)
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

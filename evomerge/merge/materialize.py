@@ -1,0 +1,309 @@
+"""Turn a :class:`~evomerge.recipe.Recipe` into weights, one tensor at a time.
+
+``plan_merge`` opens the sources lazily and checks them from their safetensors headers alone
+(no weights read), so a bad recipe fails before any heavy work. ``iter_merged`` then yields
+``(name, tensor)`` pairs: it reads one tensor per source, applies the merge op with the
+tensor's resolved per-layer parameters, scans the result for NaN/inf and moves on, so peak
+memory stays near one tensor per source. The same iterator feeds an export to disk
+(``merge_to_dir``) or a live evaluator's weights (fitness evaluation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from evomerge.errors import ConfigError, MergeError
+from evomerge.merge import schedule
+from evomerge.merge.io import ModelDir, TensorMeta, layer_index
+from evomerge.merge.plan import check_compatible
+from evomerge.merge.registry import get_op
+from evomerge.recipe import Recipe
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_LAYER_RE = re.compile(r"(^|\.)layers\.(\d+)\.")
+
+# Files of a model directory that are never copied into a merged one.
+_NOT_COPIED = re.compile(r"(\.safetensors|\.safetensors\.index\.json|\.bin|\.pt|\.pth|\.ckpt|\.pkl)$")
+_SKIP_FILES = {"config.json", "evomerge-manifest.json", "evomerge-recipe.json", "mergekit_config.yml"}
+MAX_COPIED_FILE_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class TensorJob:
+    """How to produce one output tensor."""
+
+    out: TensorMeta
+    layer: int | None  # output layer index (drives per-layer schedules)
+    base: tuple[str, str] | None  # (source, tensor name)
+    experts: tuple[tuple[str, str], ...]
+    params: dict[str, Any]  # resolved scalars: globals plus per-expert lists
+
+
+@dataclass
+class MergePlan:
+    """Everything needed to produce the merged weights, checked against headers."""
+
+    recipe: Recipe
+    sources: dict[str, ModelDir]
+    reference: str
+    config: dict[str, Any]
+    jobs: list[TensorJob] = field(default_factory=list)
+
+    @property
+    def metas(self) -> list[TensorMeta]:
+        return [j.out for j in self.jobs]
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.config["num_hidden_layers"])
+
+    def close(self) -> None:
+        for src in self.sources.values():
+            src.close()
+
+    def __enter__(self) -> MergePlan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _rename_layer(name: str, new_layer: int) -> str:
+    return _LAYER_RE.sub(lambda m: f"{m.group(1)}layers.{new_layer}.", name, count=1)
+
+
+def _out_dtype(recipe: Recipe, ref: ModelDir, name: str) -> torch.dtype:
+    src = ref.meta(name).dtype
+    if recipe.dtype is None or not src.is_floating_point:
+        return src
+    return DTYPES[recipe.dtype]
+
+
+def plan_merge(recipe: Recipe, sources: dict[str, ModelDir] | None = None) -> MergePlan:
+    """Check a recipe against its sources' headers and list the tensor jobs.
+
+    ``recipe`` model references must already be paths (see ``Recipe.resolved``) unless
+    ``sources`` maps every reference to an open :class:`ModelDir`.
+    """
+    op = get_op(recipe.merge_method)
+    spec = op.spec
+    if sources is None:
+        sources = {}
+        try:
+            for name in recipe.source_names():
+                sources[name] = ModelDir(name)
+        except Exception:
+            for s in sources.values():
+                s.close()
+            raise
+    n_experts = len(recipe.models)
+    if spec.requires_base and not recipe.base_model:
+        raise ConfigError(
+            f"merge method {spec.name!r} needs `base_model:`", hint="name the model the experts were fine-tuned from"
+        )
+    if recipe.merge_method != "passthrough":
+        if n_experts < spec.min_experts or (spec.max_experts is not None and n_experts > spec.max_experts):
+            want = f"{spec.min_experts}" if spec.max_experts == spec.min_experts else f"at least {spec.min_experts}"
+            raise ConfigError(
+                f"merge method {spec.name!r} takes {want} model(s) besides the base, got {n_experts}",
+                hint="fix the `models:` list",
+            )
+    reference = recipe.base_model or recipe.source_names()[0]
+    check_compatible(sources, reference=reference, allow_dtype_mismatch=recipe.dtype is not None)
+    ref = sources[reference]
+    config = dict(ref.config)
+    plan = MergePlan(recipe=recipe, sources=sources, reference=reference, config=config)
+    if recipe.merge_method == "passthrough":
+        _plan_passthrough(plan, ref)
+    else:
+        _plan_elementwise(plan, ref, n_experts)
+    if recipe.dtype is not None:
+        config["torch_dtype"] = recipe.dtype
+        config["dtype"] = recipe.dtype
+    return plan
+
+
+def _check_param_names(recipe: Recipe, names: set[str]) -> None:
+    spec = get_op(recipe.merge_method).spec
+    known = {p.name for p in spec.params}
+    unknown = names - known
+    if unknown:
+        raise ConfigError(
+            f"merge method {spec.name!r} has no parameter(s) {sorted(unknown)}",
+            hint=f"its parameters are {sorted(known) or 'none'}",
+        )
+
+
+def _plan_elementwise(plan: MergePlan, ref: ModelDir, n_experts: int) -> None:
+    recipe = plan.recipe
+    spec = get_op(recipe.merge_method).spec
+    per_source = {p.name for p in spec.params if p.per_source}
+    _check_param_names(recipe, set(recipe.parameters) | {k for m in recipe.models for k in m.parameters})
+    for m in recipe.models:
+        misplaced = set(m.parameters) - per_source
+        if misplaced:
+            raise ConfigError(
+                f"model {m.model}: {sorted(misplaced)} are global for {spec.name!r}, not per model",
+                hint="move them to the top-level `parameters:`",
+            )
+    L = plan.num_layers
+    for name in ref.tensor_names:
+        layer = layer_index(name)
+        glob = schedule.resolve_all(recipe.parameters, name, layer, L)
+        params: dict[str, Any] = {k: v for k, v in glob.items() if k not in per_source}
+        for key in per_source:
+            vals = []
+            for m in recipe.models:
+                v = schedule.resolve(m.parameters[key], name, layer, L) if key in m.parameters else None
+                vals.append(glob.get(key) if v is None else v)
+            if any(v is not None for v in vals):
+                default = next(p.default for p in spec.params if p.name == key)
+                vals = [default if v is None else v for v in vals]
+                if any(v is None for v in vals):
+                    raise ConfigError(
+                        f"parameter {key!r} is missing for some models at tensor {name}",
+                        hint=f"give every model a {key!r} (or set it in the top-level `parameters:`)",
+                    )
+                params[key] = vals
+        plan.jobs.append(
+            TensorJob(
+                out=TensorMeta(name, _out_dtype(recipe, ref, name), ref.meta(name).shape, 0),
+                layer=layer,
+                base=(recipe.base_model, name) if recipe.base_model else None,
+                experts=tuple((m.model, name) for m in recipe.models),
+                params=params,
+            )
+        )
+
+
+def _plan_passthrough(plan: MergePlan, ref: ModelDir) -> None:
+    """Layer stacking: output layers are the slices' layers in order (mergekit passthrough)."""
+    recipe = plan.recipe
+    _check_param_names(recipe, set(recipe.parameters) | {k for s in recipe.slices for k in s.sources[0].parameters})
+    out_layer = 0
+    non_layer = [n for n in ref.tensor_names if layer_index(n) is None]
+    head = [n for n in non_layer if "embed" in n]
+    tail = [n for n in non_layer if "embed" not in n]
+    total = sum(s.sources[0].layer_range[1] - s.sources[0].layer_range[0] for s in recipe.slices)
+
+    def job(src: str, name: str, out_name: str, layer: int | None, params: dict[str, Any]) -> TensorJob:
+        meta = plan.sources[src].meta(name)
+        return TensorJob(
+            out=TensorMeta(out_name, _out_dtype(recipe, plan.sources[src], name), meta.shape, 0),
+            layer=layer,
+            base=None,
+            experts=((src, name),),
+            params=params,
+        )
+
+    for n in head:
+        plan.jobs.append(job(plan.reference, n, n, None, schedule.resolve_all(recipe.parameters, n, None, total)))
+    for sl in recipe.slices:
+        src = sl.sources[0]
+        src_dir = plan.sources[src.model]
+        start, end = src.layer_range
+        if end > src_dir.num_layers:
+            raise ConfigError(
+                f"slice layer_range {list(src.layer_range)} is past the {src_dir.num_layers} layers of {src.model}",
+                hint=f"use a range within [0, {src_dir.num_layers})",
+            )
+        by_layer: dict[int, list[str]] = {}
+        for n in src_dir.tensor_names:
+            li = layer_index(n)
+            if li is not None:
+                by_layer.setdefault(li, []).append(n)
+        for li in range(start, end):
+            for n in by_layer.get(li, []):
+                out_name = _rename_layer(n, out_layer)
+                params = schedule.resolve_all({**recipe.parameters, **src.parameters}, out_name, out_layer, total)
+                plan.jobs.append(job(src.model, n, out_name, out_layer, params))
+            out_layer += 1
+    for n in tail:
+        plan.jobs.append(job(plan.reference, n, n, None, schedule.resolve_all(recipe.parameters, n, None, total)))
+    plan.config["num_hidden_layers"] = out_layer
+    if "layer_types" in plan.config and isinstance(plan.config["layer_types"], list):
+        plan.config["layer_types"] = [plan.config["layer_types"][0]] * out_layer
+
+
+def tensor_seed(seed: int, tensor_name: str) -> int:
+    """A per-tensor seed for stochastic ops, independent of the order tensors are visited."""
+    digest = hashlib.sha256(f"{seed}:{tensor_name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def iter_merged(plan: MergePlan, *, seed: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield each merged tensor in plan order; raise :class:`MergeError` on non-finite output."""
+    op = get_op(plan.recipe.merge_method)
+    for job in plan.jobs:
+        experts = [plan.sources[s].read(n) for s, n in job.experts]
+        base = plan.sources[job.base[0]].read(job.base[1]) if job.base else None
+        if not experts[0].is_floating_point():
+            result = experts[0]  # integer buffers (rare) are copied from the first source
+        else:
+            gen = None
+            if op.spec.stochastic:
+                gen = torch.Generator().manual_seed(tensor_seed(seed, job.out.name))
+            result = op(experts, base=base, params=job.params, generator=gen)
+            if not bool(torch.isfinite(result).all()):
+                raise MergeError(
+                    f"merged tensor {job.out.name} has NaN or inf values",
+                    hint="check the sources for NaN weights and the recipe for extreme parameters",
+                )
+        yield job.out.name, result.to(job.out.dtype)
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    out_dir: Path
+    tensors: int
+    bytes_written: int
+    recipe_id: str
+
+
+def copy_side_files(src: Path, writer: Any) -> None:
+    """Copy tokenizer and generation files (not weights, not config) from ``src``."""
+    for p in sorted(src.iterdir()):
+        if not p.is_file() or p.is_symlink() or p.name in _SKIP_FILES or _NOT_COPIED.search(p.name):
+            continue
+        if p.stat().st_size > MAX_COPIED_FILE_BYTES or p.name.startswith("."):
+            continue
+        writer.copy_file(p, p.name)
+
+
+def merge_to_dir(
+    recipe: Recipe,
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    overwrite: bool = False,
+    max_shard_bytes: int = 2 * 2**30,
+) -> MergeReport:
+    """Materialize ``recipe`` (model references as paths) into a complete HF model directory.
+
+    Written atomically (temporary directory, fsync, rename) with a sha256 manifest, the
+    canonical recipe (``evomerge-recipe.json``) and a mergekit config (``mergekit_config.yml``).
+    """
+    from evomerge.merge.writer import ModelDirWriter
+
+    out_dir = Path(out_dir)
+    with plan_merge(recipe) as plan:
+        ref = plan.sources[plan.reference]
+        total = 0
+        with ModelDirWriter(out_dir, overwrite=overwrite) as w:
+            tw = w.tensor_writer(plan.metas, max_shard_bytes=max_shard_bytes)
+            for name, tensor in iter_merged(plan, seed=seed):
+                tw.write(name, tensor)
+                total += tensor.numel() * tensor.element_size()
+            tw.close()
+            w.write_json("config.json", plan.config)
+            copy_side_files(ref.path, w)
+            w.write_text("evomerge-recipe.json", recipe.canonical_json() + "\n")
+            w.write_text("mergekit_config.yml", recipe.to_yaml())
+        return MergeReport(out_dir=out_dir, tensors=len(plan.jobs), bytes_written=total, recipe_id=recipe.recipe_id)

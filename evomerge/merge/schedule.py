@@ -1,0 +1,108 @@
+"""Per-layer parameter schedules, with mergekit's value forms.
+
+A parameter value is one of
+- a number or bool: the same for every tensor;
+- a list of numbers, a *gradient*: anchors spread evenly over depth and linearly
+  interpolated (a list of exactly ``num_layers`` entries gives one value per layer);
+- a list of ``{filter: SUBSTRING, value: V}`` entries: the first entry whose filter occurs
+  in the tensor name (an entry without filter matches everything) gives the value ``V``,
+  itself a number or gradient.
+
+LiNeS (Wang et al. 2025, "LiNeS: Post-training Layer Scaling Prevents Forgetting and
+Enhances Model Merging", eq. 2: lambda(l) = alpha + beta * (l - 1) / (L - 1)) is the gradient
+``[alpha, alpha + beta]`` on ``lambda``.
+
+Tensors outside the layer stack sit at the ends of the depth axis: the input embedding at
+position 0, everything else (final norm, lm_head) at position 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from evomerge.errors import ConfigError
+
+Scalar = float | bool
+ParamValue = Any  # Scalar | list[float] | list[dict]; validated by ``check_value``
+
+
+def depth_position(tensor_name: str, layer: int | None, num_layers: int) -> float:
+    """Where a tensor sits on the [0, 1] depth axis."""
+    if layer is None:
+        return 0.0 if "embed" in tensor_name else 1.0
+    if num_layers <= 1:
+        return 0.0
+    return layer / (num_layers - 1)
+
+
+def interpolate(anchors: Sequence[float], position: float) -> float:
+    """Linear interpolation of evenly spaced ``anchors`` at ``position`` in [0, 1]."""
+    if len(anchors) == 1:
+        return float(anchors[0])
+    x = min(max(position, 0.0), 1.0) * (len(anchors) - 1)
+    lo = int(x)
+    if lo >= len(anchors) - 1:
+        return float(anchors[-1])
+    frac = x - lo
+    a, b = float(anchors[lo]), float(anchors[lo + 1])
+    # exact at anchors so per-layer lists return their entries bit for bit
+    return a if frac == 0.0 else a + (b - a) * frac
+
+
+def check_value(name: str, value: Any, where: str) -> Any:
+    """Validate and normalize one parameter value (ints become floats, bools stay bools)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        out = []
+        for i, entry in enumerate(value):
+            extra = set(entry) - {"filter", "value"}
+            if extra or "value" not in entry:
+                raise ConfigError(
+                    f"{where}: parameter {name!r} entry {i} must be {{filter: ..., value: ...}}, got keys {sorted(entry)}",
+                    hint="write each conditional entry as `- filter: self_attn` / `value: 0.5`",
+                )
+            flt = entry.get("filter")
+            if flt is not None and not isinstance(flt, str):
+                raise ConfigError(f"{where}: parameter {name!r} entry {i}: filter must be a string")
+            inner = check_value(name, entry["value"], where)
+            if isinstance(inner, list) and inner and isinstance(inner[0], dict):
+                raise ConfigError(f"{where}: parameter {name!r}: conditional values cannot nest")
+            out.append({"filter": flt, "value": inner} if flt is not None else {"value": inner})
+        return out
+    if isinstance(value, list) and value and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in value
+    ):
+        return [float(v) for v in value]
+    raise ConfigError(
+        f"{where}: parameter {name!r} has an unsupported value {value!r}",
+        hint="use a number, a list of numbers (a gradient over depth), or a list of {filter, value} entries",
+    )
+
+
+def resolve(value: Any, tensor_name: str, layer: int | None, num_layers: int) -> Scalar | None:
+    """The scalar that ``value`` takes for one tensor; None if no conditional entry matches."""
+    if isinstance(value, bool | float | int):
+        return value
+    if value and isinstance(value[0], dict):
+        for entry in value:
+            flt = entry.get("filter")
+            if flt is None or flt in tensor_name:
+                return resolve(entry["value"], tensor_name, layer, num_layers)
+        return None
+    return interpolate(value, depth_position(tensor_name, layer, num_layers))
+
+
+def resolve_all(
+    params: Mapping[str, Any], tensor_name: str, layer: int | None, num_layers: int
+) -> dict[str, Scalar]:
+    """Resolve every parameter in ``params`` for one tensor, dropping unmatched conditionals."""
+    out: dict[str, Scalar] = {}
+    for key, value in params.items():
+        v = resolve(value, tensor_name, layer, num_layers)
+        if v is not None:
+            out[key] = v
+    return out

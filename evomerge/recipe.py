@@ -1,0 +1,188 @@
+"""Recipe: the human-readable merge plan, in mergekit's YAML vocabulary.
+
+A recipe names a merge method, a base model, the expert models with their parameters, global
+parameters and an output dtype; passthrough recipes list ``slices`` of layers instead. Keys and
+value forms follow mergekit (``merge_method``, ``base_model``, ``models[].parameters``,
+``slices[].sources[].layer_range``; values may be gradients or ``{filter, value}`` lists, see
+:mod:`evomerge.merge.schedule`), so users' configs carry over both ways.
+
+``canonical_json`` is deterministic (sorted keys, no whitespace, ints as floats) and
+``recipe_id`` is its SHA-256 prefix: identical plans have identical ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from evomerge.errors import ConfigError
+from evomerge.merge import schedule
+from evomerge.space.loader import load_yaml, loads_yaml
+
+DType = Literal["float32", "float16", "bfloat16"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_params(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: schedule.check_value(k, v, "parameters") for k, v in params.items()}
+
+
+class ModelEntry(_Frozen):
+    """One expert and its per-model parameters (weight, density, gamma, epsilon ...)."""
+
+    model: str = Field(min_length=1)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+    _params = field_validator("parameters")(classmethod(lambda cls, v: _check_params(v)))
+
+
+class SliceSource(_Frozen):
+    """Layers ``layer_range = [start, end)`` of one model, for passthrough stacking."""
+
+    model: str = Field(min_length=1)
+    layer_range: tuple[int, int]
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+    _params = field_validator("parameters")(classmethod(lambda cls, v: _check_params(v)))
+
+    @field_validator("layer_range")
+    @classmethod
+    def _range(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if v[0] < 0 or v[1] <= v[0]:
+            raise ValueError(f"layer_range {list(v)} must be [start, end) with 0 <= start < end")
+        return v
+
+
+class Slice(_Frozen):
+    sources: tuple[SliceSource, ...] = Field(min_length=1, max_length=1)
+
+
+class Recipe(_Frozen):
+    """A merge plan over source models (paths, resolved against the recipe's directory)."""
+
+    merge_method: str = Field(min_length=1)
+    base_model: str | None = None
+    models: tuple[ModelEntry, ...] = ()
+    slices: tuple[Slice, ...] = ()
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    dtype: DType | None = None
+    tokenizer_source: Literal["base"] | None = None
+
+    _params = field_validator("parameters")(classmethod(lambda cls, v: _check_params(v)))
+
+    @model_validator(mode="after")
+    def _shape(self) -> Recipe:
+        if self.merge_method == "passthrough":
+            if not self.slices:
+                raise ValueError("passthrough needs `slices:` (each one source with a layer_range)")
+            if self.models:
+                raise ValueError("passthrough takes `slices:`, not `models:`")
+        else:
+            if self.slices:
+                raise ValueError(f"`slices:` is only for passthrough, not {self.merge_method!r}")
+            if not self.models:
+                raise ValueError("`models:` is empty; list at least one model")
+        return self
+
+    # ------------------------------------------------------------------ identity
+    def canonical_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True, exclude_defaults=True) | {
+            "merge_method": self.merge_method
+        }
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.canonical_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+    @property
+    def recipe_id(self) -> str:
+        return "r-" + hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+    # ------------------------------------------------------------------ sources
+    def source_names(self) -> list[str]:
+        """Every model the recipe reads, base first, without repeats."""
+        names: list[str] = [self.base_model] if self.base_model else []
+        names += [m.model for m in self.models]
+        names += [s.sources[0].model for s in self.slices]
+        return list(dict.fromkeys(names))
+
+    def with_sources(self, mapping: dict[str, str]) -> Recipe:
+        """The same recipe with model references renamed (e.g. names -> absolute paths)."""
+        d = self.model_dump(mode="python")
+        if d.get("base_model"):
+            d["base_model"] = mapping.get(d["base_model"], d["base_model"])
+        for m in d["models"]:
+            m["model"] = mapping.get(m["model"], m["model"])
+        for s in d["slices"]:
+            for src in s["sources"]:
+                src["model"] = mapping.get(src["model"], src["model"])
+        return Recipe.model_validate(d)
+
+    def resolved(self, root: Path) -> Recipe:
+        """Relative model paths made absolute against ``root`` (the recipe file's directory)."""
+        mapping = {n: str((root / n).resolve()) for n in self.source_names() if not Path(n).is_absolute()}
+        return self.with_sources(mapping)
+
+    # ------------------------------------------------------------------ mergekit YAML
+    def to_mergekit(self) -> dict[str, Any]:
+        """A mergekit config dict. For SLERP mergekit lists the base among ``models``."""
+        d = self.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
+        d["merge_method"] = self.merge_method
+        if self.merge_method == "slerp" and self.base_model:
+            d["models"] = [{"model": self.base_model}] + d.get("models", [])
+        return d
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_mergekit(), sort_keys=False)
+
+
+# mergekit lists the base among `models` for these methods; its task vector is zero, so drop it.
+_DROP_BASE_FROM_MODELS = {
+    "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "slerp",
+}
+
+
+def recipe_from_dict(data: Any, *, source: str = "<recipe>") -> Recipe:
+    """Validate a parsed mergekit-style config; errors name the field and the fix."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a recipe must be a mapping, got {type(data).__name__}")
+    data = dict(data)
+    if data.get("merge_method") in _DROP_BASE_FROM_MODELS and data.get("base_model"):
+        models = data.get("models") or []
+        if isinstance(models, list):
+            data["models"] = [
+                m for m in models if not (isinstance(m, dict) and m.get("model") == data["base_model"])
+            ]
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+            msg = e["msg"]
+            if e["type"] == "extra_forbidden":
+                msg = "unknown key (known: merge_method, base_model, models, slices, parameters, dtype, tokenizer_source)"
+            lines.append(f"{loc}: {msg}")
+        raise ConfigError(
+            f"{source}: invalid recipe:\n    " + "\n    ".join(lines),
+            hint="see README 'Recipes' for the recipe format (mergekit-style YAML)",
+        ) from None
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err.message}", hint=err.hint) from None
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read a recipe YAML (or JSON) file; model paths stay as written (see ``Recipe.resolved``)."""
+    return recipe_from_dict(load_yaml(path), source=str(path))
+
+
+def loads_recipe(text: str, *, source: str = "<recipe>") -> Recipe:
+    return recipe_from_dict(loads_yaml(text, source=source), source=source)

@@ -1,0 +1,1 @@
+"""Search spaces: strict YAML loading, schema, genome codec."""

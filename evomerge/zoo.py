@@ -1,0 +1,457 @@
+"""The offline model zoo: a tiny Llama base and experts fine-tuned on synthetic skills.
+
+Nothing can be downloaded here, so tests, the demo and the benchmarks use models this module
+trains on the CPU in a few minutes. The recipe follows what makes merging meaningful
+(Yu et al. 2024, "Language Models are Super Mario", sec. 4; Ilharco et al. 2023): experts
+fine-tuned *briefly* from a shared base that was pretrained on a mix of the skills, so their
+task vectors are small and compatible. Experts fine-tuned from a base that knows nothing of
+their skills do not merge.
+
+Skills are character-level string tasks answered by greedy generation and scored by exact
+match; ``skill_items`` makes deterministic held-in (``split="dev"``) and held-out
+(``split="test"``) items.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# ----------------------------------------------------------------------------- tokenizer
+
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+CHARS = list("0123456789abcdefghijklmnopqrstuvwxyz+-=:> ")
+PAD, BOS, EOS, UNK = 0, 1, 2, 3
+
+
+def vocab(extra_chars: str = "") -> dict[str, int]:
+    """Character vocabulary: special tokens first, then one id per character."""
+    chars = CHARS + [c for c in extra_chars if c not in CHARS]
+    return {tok: i for i, tok in enumerate(SPECIALS + chars)}
+
+
+def build_tokenizer(extra_chars: str = ""):
+    """A character-level fast tokenizer that transformers and vLLM both load.
+
+    A BPE model with no merges splits text into single characters; the Fuse decoder joins
+    them back without spaces.
+    """
+    from tokenizers import Tokenizer, decoders, models, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab_map = vocab(extra_chars)
+    tok = Tokenizer(models.BPE(vocab=vocab_map, merges=[], unk_token="<unk>"))
+    tok.decoder = decoders.Fuse()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", BOS)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        padding_side="left",
+        model_max_length=256,
+    )
+    return fast
+
+
+def encode(text: str, vocab_map: dict[str, int]) -> list[int]:
+    return [vocab_map.get(c, UNK) for c in text]
+
+
+# ----------------------------------------------------------------------------- skills
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def _word(rng: np.random.Generator, lo: int, hi: int) -> str:
+    n = int(rng.integers(lo, hi + 1))
+    return "".join(LETTERS[i] for i in rng.integers(0, 26, size=n))
+
+
+def _add(rng: np.random.Generator, easy: bool = False) -> tuple[str, str]:
+    a = int(rng.integers(0, 10 if easy else 100))
+    b = int(rng.integers(0, 10))
+    return f"add:{a}+{b}=", str(a + b)
+
+
+def _reverse(rng: np.random.Generator, easy: bool = False) -> tuple[str, str]:
+    w = _word(rng, 2, 3) if easy else _word(rng, 4, 7)
+    return f"rev:{w}=", w[::-1]
+
+
+def _caesar(rng: np.random.Generator, easy: bool = False) -> tuple[str, str]:
+    w = _word(rng, 1, 2) if easy else _word(rng, 4, 7)
+    return f"rot:{w}=", "".join(LETTERS[(LETTERS.index(c) + 3) % 26] for c in w)
+
+
+def _sort(rng: np.random.Generator, easy: bool = False) -> tuple[str, str]:
+    w = _word(rng, 2, 3) if easy else _word(rng, 4, 7)
+    return f"srt:{w}=", "".join(sorted(w))
+
+
+def _copy(rng: np.random.Generator, easy: bool = False) -> tuple[str, str]:
+    w = _word(rng, 4, 7)
+    return f"cpy:{w}=", w
+
+
+def _shift1(rng: np.random.Generator, easy: bool = False) -> tuple[str, str]:
+    w = _word(rng, 4, 7)
+    return f"rt1:{w}=", "".join(LETTERS[(LETTERS.index(c) + 1) % 26] for c in w)
+
+
+def _double(rng: np.random.Generator, easy: bool = False) -> tuple[str, str]:
+    w = _word(rng, 3, 5)
+    return f"dbl:{w}=", "".join(c + c for c in w)
+
+
+def _swap(rng: np.random.Generator, easy: bool = False) -> tuple[str, str]:
+    w = _word(rng, 4, 7)
+    return f"swp:{w}=", w[-1] + w[1:-1] + w[0]
+
+
+def _back(rng: np.random.Generator, easy: bool = False) -> tuple[str, str]:
+    w = _word(rng, 4, 7)
+    return f"bck:{w}=", "".join(LETTERS[(LETTERS.index(c) - 1) % 26] for c in w)
+
+
+def _add20(rng: np.random.Generator, easy: bool = False) -> tuple[str, str]:
+    a, b = int(rng.integers(0, 20)), int(rng.integers(0, 10))
+    return f"add:{a}+{b}=", str(a + b)
+
+
+# Each skill has an easy form (short inputs: the base's pretraining) and a full form (what
+# experts are fine-tuned on and every score measures).
+SKILLS: dict[str, Callable[..., tuple[str, str]]] = {
+    "add": _add,
+    "reverse": _reverse,
+    "caesar": _caesar,
+    "sort": _sort,
+    "copy": _copy,
+    "shift1": _shift1,
+    "double": _double,
+    "swap": _swap,
+    "back": _back,
+    "add20": _add20,
+}
+
+_SPLIT_SEED = {"train": 0, "dev": 1, "test": 2}
+
+
+def skill_items(skill: str, n: int, *, split: str = "dev", seed: int = 0) -> list[tuple[str, str]]:
+    """``n`` deterministic (prompt, answer) items of ``skill``; splits draw from disjoint streams."""
+    if skill not in SKILLS:
+        raise KeyError(f"unknown skill {skill!r}; known: {sorted(SKILLS)}")
+    rng = np.random.default_rng([seed, _SPLIT_SEED[split], sorted(SKILLS).index(skill)])
+    return [SKILLS[skill](rng) for _ in range(n)]
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Architecture hyper-parameters of a zoo model."""
+
+    arch: str = "llama"  # "llama" or "qwen2"
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 4
+    tie_word_embeddings: bool = False
+    extra_chars: str = ""
+
+
+def make_config(shape: ModelShape):
+    """A transformers config for ``shape`` with the zoo's vocabulary."""
+    from transformers import LlamaConfig, Qwen2Config
+
+    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[shape.arch]
+    return cls(
+        vocab_size=len(vocab(shape.extra_chars)),
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads,
+        num_key_value_heads=shape.num_key_value_heads,
+        max_position_embeddings=128,
+        tie_word_embeddings=shape.tie_word_embeddings,
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        rms_norm_eps=1e-5,
+        torch_dtype="float32",
+    )
+
+
+def new_model(shape: ModelShape, seed: int):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(make_config(shape))
+    return model
+
+
+def _batch(items: Sequence[tuple[str, str]], vmap: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and labels; loss only on the answer and the closing </s>."""
+    seqs, labels = [], []
+    for prompt, answer in items:
+        p, a = encode(prompt, vmap), encode(answer, vmap) + [EOS]
+        seqs.append([BOS] + p + a)
+        labels.append([-100] * (1 + len(p)) + a)
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), PAD, dtype=torch.long)
+    lab = torch.full((len(seqs), width), -100, dtype=torch.long)
+    for i, (s, l_) in enumerate(zip(seqs, labels, strict=True)):
+        ids[i, : len(s)] = torch.tensor(s)
+        lab[i, : len(l_)] = torch.tensor(l_)
+    return ids, lab
+
+
+def _sample(task: str, rng: np.random.Generator) -> tuple[str, str]:
+    """One training item; ``task`` is a skill name, or ``name:easy`` for its easy form."""
+    name, _, form = task.partition(":")
+    return SKILLS[name](rng, easy=form == "easy")
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """One training phase: the mix of skills (name -> weight), steps, learning rate."""
+
+    mix: dict[str, float]
+    steps: int
+    lr: float
+    batch_size: int = 64
+    warmup: int = 20
+    seed: int = 0
+
+
+def train(model, plan: TrainPlan, vmap: dict[str, int], log: Callable[[str], None] | None = None) -> None:
+    """AdamW with linear warm-up and cosine decay on a sampled mix of skills."""
+    names = sorted(plan.mix)
+    probs = np.array([plan.mix[n] for n in names], dtype=float)
+    probs /= probs.sum()
+    rng = np.random.default_rng([plan.seed, 99])
+    torch.manual_seed(plan.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=plan.lr, weight_decay=0.0, betas=(0.9, 0.98))
+    model.train()
+    for step in range(plan.steps):
+        frac = step / max(1, plan.steps)
+        lr = plan.lr * min(1.0, (step + 1) / plan.warmup) * 0.5 * (1 + np.cos(np.pi * frac))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        picks = rng.choice(len(names), size=plan.batch_size, p=probs)
+        items = [_sample(names[k], rng) for k in picks]
+        ids, lab = _batch(items, vmap)
+        out = model(input_ids=ids, attention_mask=(ids != PAD).long(), labels=lab)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if log and (step % 200 == 0 or step == plan.steps - 1):
+            log(f"  step {step:5d} loss {out.loss.item():.4f}")
+    model.eval()
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+@torch.no_grad()
+def greedy_answers(model, prompts: Sequence[str], vmap: dict[str, int], max_new_tokens: int = 8) -> list[str]:
+    """Batched greedy decoding with left padding; stops at </s>."""
+    inv = {i: c for c, i in vmap.items()}
+    enc = [[BOS] + encode(p, vmap) for p in prompts]
+    width = max(len(e) for e in enc)
+    ids = torch.full((len(enc), width), PAD, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, e in enumerate(enc):
+        ids[i, width - len(e) :] = torch.tensor(e)
+        mask[i, width - len(e) :] = 1
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+    )
+    answers = []
+    for row in out[:, width:].tolist():
+        chars = []
+        for t in row:
+            if t in (EOS, PAD):
+                break
+            chars.append(inv.get(t, "?"))
+        answers.append("".join(chars))
+    return answers
+
+
+def skill_accuracy(model, skill: str, vmap: dict[str, int], n: int = 200, split: str = "test") -> float:
+    """Exact-match accuracy of greedy answers on ``n`` items of ``skill``."""
+    items = skill_items(skill, n, split=split)
+    preds = greedy_answers(model, [p for p, _ in items], vmap)
+    return float(np.mean([p == a for p, (_, a) in zip(preds, items, strict=True)]))
+
+
+# ----------------------------------------------------------------------------- building
+
+
+@dataclass(frozen=True)
+class ZooSpec:
+    """Everything that determines the zoo's bytes; its hash names a cache entry."""
+
+    version: int = 1
+    seed: int = 0
+    shape: ModelShape = field(default_factory=ModelShape)
+    experts: tuple[str, ...] = ("add", "reverse", "caesar")
+    base_steps: int = 900
+    base_lr: float = 3e-3
+    expert_steps: int = 300
+    expert_lr: float = 3e-4
+    old_data_fraction: float = 0.25
+
+    def digest(self) -> str:
+        import hashlib
+
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+# Variants for compatibility tests: untrained, but real checkpoints that transformers loads.
+VARIANTS: dict[str, ModelShape] = {
+    "wide": ModelShape(hidden_size=160, intermediate_size=480, num_attention_heads=4, num_key_value_heads=4),
+    "deep": ModelShape(num_hidden_layers=3),
+    "vocab": ModelShape(extra_chars="ABCDEF"),
+    "tied": ModelShape(tie_word_embeddings=True),
+    "qwen2_base": ModelShape(arch="qwen2", num_key_value_heads=2),
+}
+
+
+def _save(model, tokenizer, path: Path) -> None:
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def build_zoo(
+    out_dir: str | Path,
+    spec: ZooSpec | None = None,
+    *,
+    log: Callable[[str], None] | None = print,
+    overwrite: bool = False,
+) -> dict:
+    """Train the base and experts and save every model as a Hugging Face directory.
+
+    Written to a temporary directory and renamed when complete, so an interrupted build
+    leaves nothing that looks finished. Returns the manifest also saved as ``zoo.json``.
+    """
+    import copy
+    import shutil
+    import tempfile
+
+    from evomerge.errors import ConfigError
+
+    spec = spec or ZooSpec()
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out} already exists", hint="choose another directory or pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    say = log or (lambda _m: None)
+    threads = torch.get_num_threads()
+    t_start = time.perf_counter()
+    try:
+        torch.set_num_threads(min(2, threads))
+        vmap = vocab()
+        tok = build_tokenizer()
+        skills = list(spec.experts)
+        say(f"zoo {spec.digest()}: pretraining the base on {skills} for {spec.base_steps} steps")
+        base = new_model(spec.shape, spec.seed)
+        train(base, TrainPlan(mix=dict.fromkeys(skills, 1.0), steps=spec.base_steps, lr=spec.base_lr,
+                              seed=spec.seed), vmap, log=log)
+        _save(base, tok, tmp / "base")
+        base_state = _state(base)
+        models = {"base": base}
+        for i, skill in enumerate(skills):
+            say(f"fine-tuning expert_{skill} for {spec.expert_steps} steps")
+            expert = copy.deepcopy(base)
+            others = [s for s in skills if s != skill]
+            mix = {skill: 1.0 - spec.old_data_fraction}
+            mix.update({s: spec.old_data_fraction / len(others) for s in others})
+            train(expert, TrainPlan(mix=mix, steps=spec.expert_steps, lr=spec.expert_lr, warmup=10,
+                                    seed=spec.seed + 1 + i), vmap)
+            _save(expert, tok, tmp / f"expert_{skill}")
+            models[f"expert_{skill}"] = expert
+        say("scoring base and experts")
+        scores = {name: {s: skill_accuracy(m, s, vmap) for s in skills} for name, m in models.items()}
+        for j, (name, vshape) in enumerate(VARIANTS.items()):
+            vtok = build_tokenizer(vshape.extra_chars)
+            _save(new_model(vshape, spec.seed + 100 + j), vtok, tmp / "variants" / name)
+        # A Qwen2 "expert": the Qwen2 base plus a small deterministic perturbation.
+        qwen = new_model(VARIANTS["qwen2_base"], spec.seed + 100 + list(VARIANTS).index("qwen2_base"))
+        gen = torch.Generator().manual_seed(spec.seed + 200)
+        with torch.no_grad():
+            for p in qwen.parameters():
+                p.add_(torch.randn(p.shape, generator=gen) * 0.01)
+        _save(qwen, build_tokenizer(), tmp / "variants" / "qwen2_expert")
+        manifest = {
+            "digest": spec.digest(),
+            "spec": asdict(spec),
+            "skills": skills,
+            "models": ["base"] + [f"expert_{s}" for s in skills],
+            "variants": list(VARIANTS) + ["qwen2_expert"],
+            "accuracy": scores,
+            "accuracy_items": 200,
+            "build_seconds": round(time.perf_counter() - t_start, 1),
+            "base_delta_norm": {
+                f"expert_{s}": float(
+                    torch.sqrt(sum(((v - base_state[k]) ** 2).sum() for k, v in _state(models[f"expert_{s}"]).items()))
+                )
+                for s in skills
+            },
+        }
+        (tmp / "zoo.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        torch.set_num_threads(threads)
+    return manifest
+
+
+def default_zoo_dir(spec: ZooSpec | None = None) -> Path:
+    """``$EVOMERGE_ZOO`` if set, else a per-spec cache directory under ``~/.cache/evomerge``."""
+    import os
+
+    env = os.environ.get("EVOMERGE_ZOO")
+    if env:
+        return Path(env)
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "evomerge"
+    return root / f"zoo-{(spec or ZooSpec()).digest()}"
+
+
+def ensure_zoo(path: str | Path | None = None, spec: ZooSpec | None = None, log=print) -> Path:
+    """The zoo at ``path`` (default: the cache), built first if it is missing."""
+    p = Path(path) if path else default_zoo_dir(spec)
+    if not (p / "zoo.json").exists():
+        build_zoo(p, spec, log=log, overwrite=p.exists())
+    return p
+
+
+def load_zoo_manifest(path: str | Path) -> dict:
+    return json.loads((Path(path) / "zoo.json").read_text())

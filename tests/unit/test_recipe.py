@@ -1,0 +1,100 @@
+"""Recipes: validation, canonical JSON and ids, mergekit YAML in and out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from evomerge.errors import ConfigError
+from evomerge.recipe import Recipe, load_recipe, loads_recipe
+
+TIES = """
+merge_method: ties
+base_model: base
+models:
+  - model: base
+  - model: expert_a
+    parameters: {weight: [0.5, 0.7], density: 0.5}
+  - model: expert_b
+    parameters:
+      weight: 0.5
+      density: [{filter: self_attn, value: 0.3}, {value: 0.6}]
+parameters: {normalize: true, lambda: 1}
+dtype: float32
+"""
+
+
+def test_mergekit_yaml_loads_and_drops_base_from_models() -> None:
+    r = loads_recipe(TIES)
+    assert r.merge_method == "ties" and r.base_model == "base"
+    assert [m.model for m in r.models] == ["expert_a", "expert_b"]
+    assert r.parameters == {"normalize": True, "lambda": 1.0}
+    assert r.source_names() == ["base", "expert_a", "expert_b"]
+
+
+def test_recipe_id_is_stable_and_ignores_formatting() -> None:
+    a = loads_recipe(TIES)
+    b = loads_recipe(TIES.replace("lambda: 1}", "lambda: 1.0}").replace("{normalize: true,", "{normalize: true ,"))
+    assert a.recipe_id == b.recipe_id
+    assert a.canonical_json() == b.canonical_json()
+    assert a.recipe_id.startswith("r-") and len(a.recipe_id) == 18
+
+
+def test_recipe_id_changes_with_any_value() -> None:
+    a = loads_recipe(TIES)
+    b = loads_recipe(TIES.replace("[0.5, 0.7]", "[0.5, 0.71]"))
+    assert a.recipe_id != b.recipe_id
+
+
+def test_yaml_round_trip_preserves_identity(tmp_path: Path) -> None:
+    r = loads_recipe(TIES)
+    p = tmp_path / "r.yaml"
+    p.write_text(r.to_yaml())
+    assert load_recipe(p).recipe_id == r.recipe_id
+
+
+def test_slerp_export_lists_base_among_models_like_mergekit() -> None:
+    r = loads_recipe("merge_method: slerp\nbase_model: a\nmodels: [{model: a}, {model: b}]\nparameters: {t: 0.3}\n")
+    assert [m.model for m in r.models] == ["b"]
+    assert [m["model"] for m in r.to_mergekit()["models"]] == ["a", "b"]
+    assert loads_recipe(r.to_yaml()).recipe_id == r.recipe_id
+
+
+def test_resolved_makes_paths_absolute(tmp_path: Path) -> None:
+    r = loads_recipe(TIES).resolved(tmp_path)
+    assert r.base_model == str((tmp_path / "base").resolve())
+    assert all(Path(m.model).is_absolute() for m in r.models)
+
+
+def test_passthrough_needs_slices() -> None:
+    r = loads_recipe(
+        "merge_method: passthrough\nslices:\n  - sources: [{model: a, layer_range: [0, 2]}]\n"
+        "  - sources: [{model: b, layer_range: [1, 2]}]\n"
+    )
+    assert r.source_names() == ["a", "b"]
+    with pytest.raises(ConfigError, match="passthrough needs `slices:`"):
+        loads_recipe("merge_method: passthrough\nmodels: [{model: a}]\n")
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("merge_method: ties\nbase_model: b\nmodels: [{model: a}]\nfoo: 1\n", "foo: unknown key"),
+        ("merge_method: ties\nbase_model: b\n", "`models:` is empty"),
+        ("merge_method: ties\nmodels: [{model: a, parameters: {weight: high}}]\n", "parameter 'weight'"),
+        ("merge_method: ties\nmodels: [{model: a}]\ndtype: float64\n", "dtype"),
+        ("- a\n- b\n", "must be a mapping"),
+        ("merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [3, 1]}]}]\n", "layer_range"),
+    ],
+)
+def test_bad_recipes_name_the_problem(text: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        loads_recipe(text, source="r.yaml")
+
+
+def test_recipe_is_frozen() -> None:
+    r = loads_recipe(TIES)
+    with pytest.raises(Exception):  # noqa: B017 - pydantic raises its ValidationError
+        r.merge_method = "linear"  # type: ignore[misc]
+    assert isinstance(r, Recipe)
