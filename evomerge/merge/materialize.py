@@ -116,7 +116,10 @@ def plan_merge(recipe: Recipe, sources: dict[str, ModelDir] | None = None) -> Me
                 hint="fix the `models:` list",
             )
     reference = recipe.base_model or recipe.source_names()[0]
-    check_compatible(sources, reference=reference, allow_dtype_mismatch=recipe.dtype is not None)
+    check_compatible(
+        sources, reference=reference, allow_dtype_mismatch=recipe.dtype is not None,
+        check_depth=recipe.merge_method != "passthrough",
+    )
     ref = sources[reference]
     config = dict(ref.config)
     plan = MergePlan(recipe=recipe, sources=sources, reference=reference, config=config)

@@ -1,0 +1,1 @@
+"""Merge math, safe model IO and materialization of recipes."""

@@ -1,0 +1,37 @@
+"""Merge operators by name (mergekit's method names)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from evomerge.errors import ConfigError
+from evomerge.merge import ops
+
+OPS: Mapping[str, ops.MergeOp] = {
+    op.spec.name: op
+    for op in (
+        ops.Linear(),
+        ops.TaskArithmetic(),
+        ops.Ties(),
+        ops.DareTies(),
+        ops.DareLinear(),
+        ops.Breadcrumbs(),
+        ops.BreadcrumbsTies(),
+        ops.Slerp(),
+        ops.Passthrough(),
+    )
+}
+
+
+def get_op(name: str) -> ops.MergeOp:
+    """The op called ``name``; a ConfigError lists the known names otherwise."""
+    try:
+        return OPS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown merge method {name!r}", hint=f"use one of: {', '.join(sorted(OPS))}"
+        ) from None
+
+
+def list_ops() -> list[str]:
+    return sorted(OPS)
