@@ -127,9 +127,13 @@ class StreamingSafetensorsWriter:
         self.closed = True
 
     def abort(self) -> None:
+        """Drop the open shard without flushing (its directory is about to be removed)."""
         if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+            fh, self._fh = self._fh, None
+            try:
+                fh.close()
+            except OSError:
+                pass  # flushing failed too (disk full); the temporary directory goes anyway
 
 
 class ModelDirWriter:

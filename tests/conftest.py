@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny real checkpoints written with transformers, and the trained zoo."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def save_tiny(path: Path, *, seed: int = 0, **shape_kw) -> Path:
+    """A small random Llama (or Qwen2) checkpoint with the zoo tokenizer: real files, fast to make."""
+    from evomerge import zoo
+
+    defaults = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=2)
+    defaults.update(shape_kw)
+    shape = zoo.ModelShape(**defaults)
+    model = zoo.new_model(shape, seed)
+    model.save_pretrained(path)
+    zoo.build_tokenizer(shape.extra_chars).save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def tiny_models(tmp_path: Path) -> dict[str, Path]:
+    """base + two 'experts' (base plus small deterministic noise), all Llama, hidden 32, 2 layers."""
+    import torch
+
+    from evomerge.merge.io import ModelDir
+
+    base = save_tiny(tmp_path / "base", seed=0)
+    out = {"base": base}
+    for i, name in enumerate(["expert_a", "expert_b"]):
+        from safetensors.torch import save_file
+
+        d = tmp_path / name
+        save_tiny(d, seed=0)
+        gen = torch.Generator().manual_seed(10 + i)
+        with ModelDir(base) as src:
+            tensors = {n: src.read(n) + 0.05 * torch.randn(src.meta(n).shape, generator=gen) for n in src.tensor_names}
+        save_file(tensors, str(d / "model.safetensors"), metadata={"format": "pt"})
+        out[name] = d
+    return out
+
+
+@pytest.fixture(scope="session")
+def zoo_dir() -> Path:
+    """The trained zoo (built once per machine into the cache; about 2-3 minutes on 2 cores)."""
+    from evomerge.zoo import ensure_zoo
+
+    return ensure_zoo(log=None)
