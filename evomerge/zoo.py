@@ -128,6 +128,21 @@ def _add20(rng: np.random.Generator, easy: bool = False) -> tuple[str, str]:
     return f"add:{a}+{b}=", str(a + b)
 
 
+def _length(rng: np.random.Generator, easy: bool = False) -> tuple[str, str]:
+    w = _word(rng, 1, 9)
+    return f"len:{w}=", str(len(w))
+
+
+def _sub(rng: np.random.Generator, easy: bool = False) -> tuple[str, str]:
+    a, b = int(rng.integers(10, 30)), int(rng.integers(0, 10))
+    return f"sub:{a}-{b}=", str(a - b)
+
+
+def _mul(rng: np.random.Generator, easy: bool = False) -> tuple[str, str]:
+    a, b = int(rng.integers(0, 10)), int(rng.integers(0, 10))
+    return f"mul:{a}x{b}=", str(a * b)
+
+
 # Each skill has an easy form (short inputs: the base's pretraining) and a full form (what
 # experts are fine-tuned on and every score measures).
 SKILLS: dict[str, Callable[..., tuple[str, str]]] = {
@@ -141,6 +156,9 @@ SKILLS: dict[str, Callable[..., tuple[str, str]]] = {
     "swap": _swap,
     "back": _back,
     "add20": _add20,
+    "length": _length,
+    "sub": _sub,
+    "mul": _mul,
 }
 
 _SPLIT_SEED = {"train": 0, "dev": 1, "test": 2}

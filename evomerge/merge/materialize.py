@@ -22,6 +22,7 @@ import torch
 from evomerge.errors import ConfigError, MergeError
 from evomerge.merge import schedule
 from evomerge.merge.io import ModelDir, TensorMeta, layer_index
+from evomerge.merge.ops import resolve_params
 from evomerge.merge.plan import check_compatible
 from evomerge.merge.registry import get_op
 from evomerge.recipe import Recipe
@@ -175,6 +176,7 @@ def _plan_elementwise(plan: MergePlan, ref: ModelDir, n_experts: int) -> None:
                         hint=f"give every model a {key!r} (or set it in the top-level `parameters:`)",
                     )
                 params[key] = vals
+        resolve_params(spec, params, n_experts)  # bounds and lengths checked now, not mid-merge
         plan.jobs.append(
             TensorJob(
                 out=TensorMeta(name, _out_dtype(recipe, ref, name), ref.meta(name).shape, 0),
@@ -226,6 +228,7 @@ def _plan_passthrough(plan: MergePlan, ref: ModelDir) -> None:
             for n in by_layer.get(li, []):
                 out_name = _rename_layer(n, out_layer)
                 params = schedule.resolve_all({**recipe.parameters, **src.parameters}, out_name, out_layer, total)
+                resolve_params(get_op("passthrough").spec, params, 1)
                 plan.jobs.append(job(src.model, n, out_name, out_layer, params))
             out_layer += 1
     for n in tail:

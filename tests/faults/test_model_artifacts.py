@@ -13,7 +13,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from evomerge.errors import ConfigError, CorruptArtifactError, ExportError, ShapeMismatchError, UnsafeArtifactError
+from evomerge.errors import (
+    ConfigError,
+    CorruptArtifactError,
+    ExportError,
+    ShapeMismatchError,
+    UnsafeArtifactError,
+)
 from evomerge.merge.io import ModelDir, SafetensorsFile
 from evomerge.merge.materialize import merge_to_dir
 from evomerge.merge.writer import verify_manifest
