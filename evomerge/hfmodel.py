@@ -12,7 +12,9 @@ def load_hf_model(path: str | Path, *, dtype: str | None = None):
     """A causal LM from a local directory, weights read from safetensors only (never pickle)."""
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     from evomerge.merge.io import ModelDir
 
     ModelDir(path).close()  # refuses pickle-only, corrupt or escaping directories with a clear error

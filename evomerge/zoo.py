@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -77,89 +78,63 @@ def _word(rng: np.random.Generator, lo: int, hi: int) -> str:
     return "".join(LETTERS[i] for i in rng.integers(0, 26, size=n))
 
 
-def _add(rng: np.random.Generator, easy: bool = False) -> tuple[str, str]:
-    a = int(rng.integers(0, 10 if easy else 100))
-    b = int(rng.integers(0, 10))
-    return f"add:{a}+{b}=", str(a + b)
+def _letter_shift(word: str, k: int) -> str:
+    return "".join(LETTERS[(LETTERS.index(c) + k) % 26] for c in word)
 
 
-def _reverse(rng: np.random.Generator, easy: bool = False) -> tuple[str, str]:
-    w = _word(rng, 2, 3) if easy else _word(rng, 4, 7)
-    return f"rev:{w}=", w[::-1]
-
-
-def _caesar(rng: np.random.Generator, easy: bool = False) -> tuple[str, str]:
-    w = _word(rng, 1, 2) if easy else _word(rng, 4, 7)
-    return f"rot:{w}=", "".join(LETTERS[(LETTERS.index(c) + 3) % 26] for c in w)
-
-
-def _sort(rng: np.random.Generator, easy: bool = False) -> tuple[str, str]:
-    w = _word(rng, 2, 3) if easy else _word(rng, 4, 7)
-    return f"srt:{w}=", "".join(sorted(w))
-
-
-def _copy(rng: np.random.Generator, easy: bool = False) -> tuple[str, str]:
+# Pretraining tasks: what the base learns. They build the circuits the skills reuse (copying
+# letters by position, mapping letters, adding digits), but no skill itself.
+def _copy(rng: np.random.Generator) -> tuple[str, str]:
     w = _word(rng, 4, 7)
     return f"cpy:{w}=", w
 
 
-def _shift1(rng: np.random.Generator, easy: bool = False) -> tuple[str, str]:
+def _shift1(rng: np.random.Generator) -> tuple[str, str]:
     w = _word(rng, 4, 7)
-    return f"rt1:{w}=", "".join(LETTERS[(LETTERS.index(c) + 1) % 26] for c in w)
+    return f"rt1:{w}=", _letter_shift(w, 1)
 
 
-def _double(rng: np.random.Generator, easy: bool = False) -> tuple[str, str]:
-    w = _word(rng, 3, 5)
-    return f"dbl:{w}=", "".join(c + c for c in w)
+def _add_small(rng: np.random.Generator) -> tuple[str, str]:
+    a, b = (int(x) for x in rng.integers(0, 10, size=2))
+    return f"add:{a}+{b}=", str(a + b)
 
 
-def _swap(rng: np.random.Generator, easy: bool = False) -> tuple[str, str]:
-    w = _word(rng, 4, 7)
-    return f"swp:{w}=", w[-1] + w[1:-1] + w[0]
+def _reverse_short(rng: np.random.Generator) -> tuple[str, str]:
+    w = _word(rng, 2, 3)
+    return f"rev:{w}=", w[::-1]
 
 
-def _back(rng: np.random.Generator, easy: bool = False) -> tuple[str, str]:
-    w = _word(rng, 4, 7)
-    return f"bck:{w}=", "".join(LETTERS[(LETTERS.index(c) - 1) % 26] for c in w)
-
-
-def _add20(rng: np.random.Generator, easy: bool = False) -> tuple[str, str]:
+# Skills: what experts are fine-tuned on and what fitness measures.
+def _add(rng: np.random.Generator) -> tuple[str, str]:
+    """Two-digit plus one-digit addition (the base only knows one-digit sums)."""
     a, b = int(rng.integers(0, 20)), int(rng.integers(0, 10))
     return f"add:{a}+{b}=", str(a + b)
 
 
-def _length(rng: np.random.Generator, easy: bool = False) -> tuple[str, str]:
+def _caesar(rng: np.random.Generator) -> tuple[str, str]:
+    """Shift every letter by 3 (the base only knows a shift by 1)."""
+    w = _word(rng, 4, 7)
+    return f"rot:{w}=", _letter_shift(w, 3)
+
+
+def _length(rng: np.random.Generator) -> tuple[str, str]:
+    """Count the letters of a word (the base never counts)."""
     w = _word(rng, 1, 9)
     return f"len:{w}=", str(len(w))
 
 
-def _sub(rng: np.random.Generator, easy: bool = False) -> tuple[str, str]:
-    a, b = int(rng.integers(10, 30)), int(rng.integers(0, 10))
-    return f"sub:{a}-{b}=", str(a - b)
-
-
-def _mul(rng: np.random.Generator, easy: bool = False) -> tuple[str, str]:
-    a, b = int(rng.integers(0, 10)), int(rng.integers(0, 10))
-    return f"mul:{a}x{b}=", str(a * b)
-
-
-# Each skill has an easy form (short inputs: the base's pretraining) and a full form (what
-# experts are fine-tuned on and every score measures).
-SKILLS: dict[str, Callable[..., tuple[str, str]]] = {
-    "add": _add,
-    "reverse": _reverse,
-    "caesar": _caesar,
-    "sort": _sort,
+PRETRAIN: dict[str, Callable[[np.random.Generator], tuple[str, str]]] = {
     "copy": _copy,
     "shift1": _shift1,
-    "double": _double,
-    "swap": _swap,
-    "back": _back,
-    "add20": _add20,
-    "length": _length,
-    "sub": _sub,
-    "mul": _mul,
+    "add_small": _add_small,
+    "reverse_short": _reverse_short,
 }
+SKILLS: dict[str, Callable[[np.random.Generator], tuple[str, str]]] = {
+    "add": _add,
+    "caesar": _caesar,
+    "length": _length,
+}
+TASKS = {**PRETRAIN, **SKILLS}
 
 _SPLIT_SEED = {"train": 0, "dev": 1, "test": 2}
 
@@ -168,7 +143,7 @@ def skill_items(skill: str, n: int, *, split: str = "dev", seed: int = 0) -> lis
     """``n`` deterministic (prompt, answer) items of ``skill``; splits draw from disjoint streams."""
     if skill not in SKILLS:
         raise KeyError(f"unknown skill {skill!r}; known: {sorted(SKILLS)}")
-    rng = np.random.default_rng([seed, _SPLIT_SEED[split], sorted(SKILLS).index(skill)])
+    rng = np.random.default_rng([seed, _SPLIT_SEED[split], zlib.crc32(skill.encode())])
     return [SKILLS[skill](rng) for _ in range(n)]
 
 
@@ -236,9 +211,8 @@ def _batch(items: Sequence[tuple[str, str]], vmap: dict[str, int]) -> tuple[torc
 
 
 def _sample(task: str, rng: np.random.Generator) -> tuple[str, str]:
-    """One training item; ``task`` is a skill name, or ``name:easy`` for its easy form."""
-    name, _, form = task.partition(":")
-    return SKILLS[name](rng, easy=form == "easy")
+    """One training item of a skill or pretraining task."""
+    return TASKS[task](rng)
 
 
 @dataclass(frozen=True)
@@ -332,12 +306,13 @@ class ZooSpec:
     version: int = 1
     seed: int = 0
     shape: ModelShape = field(default_factory=ModelShape)
-    experts: tuple[str, ...] = ("add", "reverse", "caesar")
-    base_steps: int = 900
+    experts: tuple[str, ...] = ("add", "caesar", "length")
+    pretrain: tuple[str, ...] = ("copy", "shift1", "add_small", "reverse_short")
+    base_steps: int = 700
     base_lr: float = 3e-3
-    expert_steps: int = 300
-    expert_lr: float = 3e-4
-    old_data_fraction: float = 0.25
+    expert_steps: int = 400
+    expert_lr: float = 4e-4
+    old_data_fraction: float = 0.3  # share of each expert's batches drawn from the base's pretraining mix
 
     def digest(self) -> str:
         import hashlib
@@ -381,8 +356,11 @@ def build_zoo(
     import shutil
     import tempfile
 
+    from transformers.utils import logging as hf_logging
+
     from evomerge.errors import ConfigError
 
+    hf_logging.disable_progress_bar()
     spec = spec or ZooSpec()
     out = Path(out_dir)
     if out.exists() and not overwrite:
@@ -397,9 +375,9 @@ def build_zoo(
         vmap = vocab()
         tok = build_tokenizer()
         skills = list(spec.experts)
-        say(f"zoo {spec.digest()}: pretraining the base on {skills} for {spec.base_steps} steps")
+        say(f"zoo {spec.digest()}: pretraining the base on {list(spec.pretrain)} for {spec.base_steps} steps")
         base = new_model(spec.shape, spec.seed)
-        train(base, TrainPlan(mix=dict.fromkeys(skills, 1.0), steps=spec.base_steps, lr=spec.base_lr,
+        train(base, TrainPlan(mix=dict.fromkeys(spec.pretrain, 1.0), steps=spec.base_steps, lr=spec.base_lr,
                               seed=spec.seed), vmap, log=log)
         _save(base, tok, tmp / "base")
         base_state = _state(base)
@@ -407,9 +385,8 @@ def build_zoo(
         for i, skill in enumerate(skills):
             say(f"fine-tuning expert_{skill} for {spec.expert_steps} steps")
             expert = copy.deepcopy(base)
-            others = [s for s in skills if s != skill]
-            mix = {skill: 1.0 - spec.old_data_fraction}
-            mix.update({s: spec.old_data_fraction / len(others) for s in others})
+            mix = {t: spec.old_data_fraction / len(spec.pretrain) for t in spec.pretrain}
+            mix[skill] = 1.0 - spec.old_data_fraction
             train(expert, TrainPlan(mix=mix, steps=spec.expert_steps, lr=spec.expert_lr, warmup=10,
                                     seed=spec.seed + 1 + i), vmap)
             _save(expert, tok, tmp / f"expert_{skill}")
