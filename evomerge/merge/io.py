@@ -2,8 +2,9 @@
 
 A safetensors file is an 8-byte little-endian header length, a JSON header mapping tensor names
 to ``{dtype, shape, data_offsets}``, then the raw data. The header is checked in full (size cap,
-dtypes, shapes, byte counts, bounds, overlaps) on open; tensors are read one at a time with
-plain file IO, never through pickle and never by mapping untrusted sizes.
+duplicate keys, dtypes, shapes, byte counts, bounds, overlaps) on open; tensors are read one at
+a time with plain file IO (seek + readinto), never through pickle and never by mapping untrusted
+sizes (RELIABILITY.md promises 5 and 7, failure tests 4, 12 and 13).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -27,15 +29,19 @@ DTYPES: dict[str, torch.dtype] = {
 for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2")):
     if hasattr(torch, _attr):
         DTYPES[_name] = getattr(torch, _attr)
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
 
 MAX_HEADER_BYTES = 100 * 2**20
 MAX_CONFIG_BYTES = 4 * 2**20
+MAX_INDEX_BYTES = 64 * 2**20
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 CONVERT_HINT = (
-    "convert it to safetensors in a trusted environment: "
-    "AutoModelForCausalLM.from_pretrained(dir).save_pretrained(out_dir, safe_serialization=True)"
+    "convert it to safetensors in a trusted environment: load it with transformers "
+    "(AutoModelForCausalLM.from_pretrained(dir)) and save it with "
+    "save_pretrained(out_dir, safe_serialization=True) (transformers >= 5 always writes safetensors), "
+    "then point evomerge at out_dir"
 )
+_CORRUPT_HINT = "re-download or re-export the model; the file is truncated or was not written by a safetensors writer"
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
@@ -45,8 +51,14 @@ def layer_index(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
 @dataclass(frozen=True)
 class TensorMeta:
+    """What a header says about one tensor: enough to plan a merge without reading data."""
+
     name: str
     dtype: torch.dtype
     shape: tuple[int, ...]
@@ -54,28 +66,48 @@ class TensorMeta:
 
     @staticmethod
     def of(name: str, dtype: torch.dtype, shape: tuple[int, ...]) -> TensorMeta:
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        return TensorMeta(name, dtype, tuple(shape), math.prod(shape) * itemsize)
+        """A meta whose ``nbytes`` is computed from dtype and shape."""
+        return TensorMeta(name, dtype, tuple(shape), math.prod(shape) * _itemsize(dtype))
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _no_duplicates(on_dup: Any) -> Any:
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in d:
+                raise on_dup(k)
+            d[k] = v
+        return d
+
+    return hook
 
 
 class SafetensorsFile:
-    """One validated ``.safetensors`` file; tensors are read lazily by name."""
+    """One validated ``.safetensors`` file; tensors are read lazily by name.
+
+    Opening parses and checks only the header. ``read`` then reads exactly one tensor's bytes
+    and returns a tensor that owns its memory. ``bytes_read`` counts tensor bytes read so far.
+    """
 
     def __init__(self, path: Path | str, *, max_header_bytes: int = MAX_HEADER_BYTES) -> None:
         self.path = Path(path)
         self._fh: BinaryIO | None = None
+        self.bytes_read = 0
         try:
-            size = self.path.stat().st_size
+            st = self.path.stat()
         except FileNotFoundError:
             raise ConfigError(f"{self.path}: file not found", hint="check the model path") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{self.path}: not a regular file", hint="point at a .safetensors file")
         with open(self.path, "rb") as fh:
-            self._parse(fh, size, max_header_bytes)
+            self._parse(fh, st.st_size, max_header_bytes)
 
     def _bad(self, what: str) -> CorruptArtifactError:
-        return CorruptArtifactError(
-            f"{self.path}: corrupt safetensors file: {what}",
-            hint="re-download or re-export the model; the file is truncated or was not written by a safetensors writer",
-        )
+        return CorruptArtifactError(f"{self.path}: corrupt safetensors file: {what}", hint=_CORRUPT_HINT)
 
     def _parse(self, fh: BinaryIO, size: int, cap: int) -> None:
         if size < 8:
@@ -86,23 +118,17 @@ class SafetensorsFile:
         if 8 + n > size:
             raise self._bad(f"header of {n} bytes runs past the end of the {size}-byte file")
         raw = fh.read(n)
-
-        def no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-            d: dict[str, Any] = {}
-            for k, v in pairs:
-                if k in d:
-                    raise self._bad(f"duplicate key {k!r} in the header")
-                d[k] = v
-            return d
-
+        if len(raw) != n:
+            raise self._bad(f"file ended inside the {n}-byte header")
+        hook = _no_duplicates(lambda k: self._bad(f"duplicate key {k!r} in the header"))
         try:
-            header = json.loads(raw.decode("utf-8"), object_pairs_hook=no_dupes)
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise self._bad(f"header is not valid UTF-8 JSON ({err})") from None
+            header = json.loads(raw.decode("utf-8"), object_pairs_hook=hook)
+        except (UnicodeDecodeError, ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError
+            raise self._bad(f"header is not valid UTF-8 JSON ({type(err).__name__}: {err})") from None
         if not isinstance(header, dict):
             raise self._bad("header is not a JSON object")
         meta = header.pop("__metadata__", {})
-        if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
             raise self._bad("__metadata__ must map strings to strings")
         self.metadata: dict[str, str] = meta
         self._data_start = 8 + n
@@ -122,16 +148,14 @@ class SafetensorsFile:
             raise self._bad(f"tensor {name!r} lacks dtype, shape or data_offsets")
         dtype = DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
         if dtype is None:
-            raise self._bad(f"tensor {name!r} has unsupported dtype {entry['dtype']!r}")
+            raise self._bad(
+                f"tensor {name!r} has unsupported dtype {entry['dtype']!r} (supported: {', '.join(DTYPES)})"
+            )
         shape = entry["shape"]
-        if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
+        if not isinstance(shape, list) or not all(_is_int(s) and s >= 0 for s in shape):
             raise self._bad(f"tensor {name!r} has an invalid shape {shape!r}")
         offs = entry["data_offsets"]
-        if (
-            not isinstance(offs, list) or len(offs) != 2
-            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)
-            or not 0 <= offs[0] <= offs[1]
-        ):
+        if not isinstance(offs, list) or len(offs) != 2 or not all(map(_is_int, offs)) or not 0 <= offs[0] <= offs[1]:
             raise self._bad(f"tensor {name!r} has invalid data_offsets {offs!r}")
         meta = TensorMeta.of(name, dtype, tuple(shape))
         if offs[1] - offs[0] != meta.nbytes:
@@ -143,145 +167,213 @@ class SafetensorsFile:
         self._metas[name] = meta
         self._offsets[name] = (offs[0], offs[1])
 
-    def __contains__(self, name: str) -> bool:
+    def __contains__(self, name: object) -> bool:
         return name in self._metas
 
     def meta(self, name: str) -> TensorMeta:
         try:
             return self._metas[name]
         except KeyError:
-            raise ShapeMismatchError(f"{self.path}: no tensor named {name!r}") from None
+            raise ShapeMismatchError(
+                f"{self.path}: no tensor named {name!r}", hint="check the tensor name against the model's weights"
+            ) from None
 
     def read(self, name: str) -> torch.Tensor:
         """Read exactly one tensor's bytes into a tensor that owns its memory."""
         meta = self.meta(name)
         begin, end = self._offsets[name]
+        if meta.nbytes == 0:
+            return torch.empty(meta.shape, dtype=meta.dtype)
         if self._fh is None:
             self._fh = open(self.path, "rb")  # noqa: SIM115 - kept open for lazy reads, closed in close()
         buf = bytearray(end - begin)
         self._fh.seek(self._data_start + begin)
         got = self._fh.readinto(buf)
+        self.bytes_read += got or 0
         if got != len(buf):
-            raise self._bad(f"tensor {name!r}: file ended after {got} of {len(buf)} bytes")
-        if meta.nbytes == 0:
-            return torch.empty(meta.shape, dtype=meta.dtype)
-        return torch.frombuffer(buf, dtype=meta.dtype).reshape(meta.shape)
+            raise self._bad(f"tensor {name!r}: file ended after {got} of {len(buf)} bytes (truncated since opening?)")
+        raw = torch.frombuffer(buf, dtype=torch.uint8)
+        if meta.dtype == torch.bool and bool((raw > 1).any()):
+            raise self._bad(f"tensor {name!r}: BOOL data holds bytes other than 0 and 1")
+        # The bytearray is referenced only by this tensor, so the result owns its memory.
+        return raw.view(meta.dtype).reshape(meta.shape)
 
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
 
+    def __enter__(self) -> SafetensorsFile:
+        return self
 
-def _read_json(path: Path, what: str) -> Any:
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_json_capped(path: Path, what: str, cap: int) -> Any:
+    """Parse a small JSON file: regular file, at most ``cap`` bytes, UTF-8, no duplicate keys."""
+    hint = "fix or regenerate the file (it should be written by transformers)"
     try:
-        size = path.stat().st_size
+        if not stat.S_ISREG(path.stat().st_mode):  # never open a FIFO or device (it could block forever)
+            raise ConfigError(f"{path}: {what} is not a regular file", hint=hint)
+        with open(path, "rb") as fh:
+            raw = fh.read(cap + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path}: {what} not found", hint="point at a Hugging Face model directory") from None
-    if size > MAX_CONFIG_BYTES:
-        raise CorruptArtifactError(f"{path}: {size} bytes is too large for a {what}")
+    if len(raw) > cap:
+        raise CorruptArtifactError(f"{path}: {what} is larger than the {cap}-byte limit", hint=hint)
+    on_dup = lambda k: CorruptArtifactError(f"{path}: duplicate key {k!r} in {what}", hint=hint)  # noqa: E731
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CorruptArtifactError(f"{path}: invalid JSON in {what} ({err})", hint="fix or regenerate the file") from None
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates(on_dup))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise CorruptArtifactError(f"{path}: invalid JSON in {what} ({err})", hint=hint) from None
 
 
-def _safe_shard_name(model_dir: Path, name: Any) -> Path:
+def _safe_shard_name(index: Path, name: Any) -> str:
     if (
-        not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", "..")
+        not isinstance(name, str) or not name or "/" in name or "\\" in name or "\x00" in name
         or name.startswith(".") or not name.endswith(".safetensors") or Path(name).is_absolute()
     ):
         raise UnsafeArtifactError(
-            f"{model_dir}: index.json names shard {name!r}, which is not a plain .safetensors file name",
+            f"{index}: weight_map names shard {name!r}, which is not a plain .safetensors file name",
             hint="shards must be files inside the model directory; fix weight_map in model.safetensors.index.json",
         )
-    return model_dir / name
+    return name
 
 
 class ModelDir:
-    """A Hugging Face model directory whose weights are read from safetensors only."""
+    """A Hugging Face model directory whose weights are read from safetensors only.
+
+    Construction parses config.json and every safetensors header (no tensor data). Accepted
+    layouts: ``model.safetensors``; ``model.safetensors.index.json`` plus the shards it names;
+    a single other ``*.safetensors`` file. Pickle formats are refused with a conversion hint.
+    """
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        if not self.path.is_dir():
+        if not self.path.exists():
             raise ConfigError(f"{self.path}: model directory not found", hint="check the model path in the recipe")
-        cfg = _read_json(self.path / "config.json", "config.json")
+        if not self.path.is_dir():
+            raise ConfigError(f"{self.path}: not a directory", hint="point at a Hugging Face model directory")
+        cfg_path = self.path / "config.json"
+        cfg = read_json_capped(cfg_path, "config.json", MAX_CONFIG_BYTES)
+        cfg_hint = "regenerate config.json with transformers (model.config.save_pretrained(dir))"
         if not isinstance(cfg, dict):
-            raise CorruptArtifactError(f"{self.path / 'config.json'}: must be a JSON object")
+            raise CorruptArtifactError(f"{cfg_path}: must be a JSON object", hint=cfg_hint)
         self.config: dict[str, Any] = cfg
-        archs = cfg.get("architectures") or [cfg.get("model_type", "unknown")]
-        self.architecture: str = str(archs[0])
+        archs = cfg.get("architectures")
+        if archs is not None and not (isinstance(archs, list) and archs and all(isinstance(a, str) for a in archs)):
+            raise CorruptArtifactError(f"{cfg_path}: architectures must be a non-empty list of names", hint=cfg_hint)
+        arch = archs[0] if archs else cfg.get("model_type")
+        if not isinstance(arch, str) or not arch:
+            raise CorruptArtifactError(f"{cfg_path}: names no architecture (architectures or model_type)", hint=cfg_hint)
+        self.architecture: str = arch
         self.tied_embeddings: bool = bool(cfg.get("tie_word_embeddings", False))
-        self._files: dict[Path, SafetensorsFile] = {}
-        self._where: dict[str, Path] = {}
+        self._files: dict[str, SafetensorsFile] = {}
+        self._where: dict[str, str] = {}
         try:
             self._index()
-        except Exception:
+            self.num_layers: int = self._layers(cfg_path, cfg_hint)
+        except BaseException:
             self.close()
             raise
 
-    @property
-    def num_layers(self) -> int:
-        return int(self.config.get("num_hidden_layers", 0))
+    def _layers(self, cfg_path: Path, hint: str) -> int:
+        for key in ("num_hidden_layers", "n_layer", "num_layers"):
+            if key in self.config:
+                n = self.config[key]
+                if not _is_int(n) or n < 0:
+                    raise CorruptArtifactError(f"{cfg_path}: {key} must be a non-negative integer, not {n!r}", hint=hint)
+                return int(n)
+        found = [i for i in map(layer_index, self._where) if i is not None]
+        return max(found) + 1 if found else 0
+
+    def _open(self, fname: str) -> SafetensorsFile:
+        f = SafetensorsFile(self.path / fname)
+        self._files[fname] = f
+        return f
 
     def _index(self) -> None:
         index = self.path / "model.safetensors.index.json"
-        single = self.path / "model.safetensors"
         if index.exists():
-            data = _read_json(index, "safetensors index")
-            wmap = data.get("weight_map") if isinstance(data, dict) else None
-            if not isinstance(wmap, dict):
-                raise CorruptArtifactError(f"{index}: no weight_map object", hint="regenerate the index")
-            shards = {n: _safe_shard_name(self.path, n) for n in sorted(set(wmap.values()), key=str)}
-            for p in shards.values():
-                if not p.is_file():
-                    raise CorruptArtifactError(f"{index}: shard {p.name} is missing", hint="copy every shard")
-                self._files[p] = SafetensorsFile(p)
-            for tname, shard in wmap.items():
-                if tname not in self._files[shards[shard]]:
-                    raise CorruptArtifactError(f"{index}: tensor {tname!r} is not in its shard {shard}")
-            for p, f in self._files.items():
-                for tname in f.names:
-                    if wmap.get(tname) != p.name:
-                        raise CorruptArtifactError(f"{p}: tensor {tname!r} is not listed for this shard in {index.name}")
-                    self._where[tname] = p
+            self._index_sharded(index)
             return
-        found = sorted(self.path.glob("*.safetensors"))
-        if single.exists():
-            found = [single]
+        found = sorted(p.name for p in self.path.glob("*.safetensors") if p.is_file())
+        if "model.safetensors" in found:
+            found = ["model.safetensors"]  # what transformers loads, beside e.g. adapter files
         if len(found) == 1:
-            f = SafetensorsFile(found[0])
-            self._files[found[0]] = f
+            f = self._open(found[0])
             self._where = dict.fromkeys(f.names, found[0])
             return
         if len(found) > 1:
             raise CorruptArtifactError(
-                f"{self.path}: {len(found)} .safetensors files and no model.safetensors.index.json",
-                hint="add the index.json that maps tensors to shards",
+                f"{self.path}: {len(found)} .safetensors files ({', '.join(found[:4])}) and no "
+                "model.safetensors.index.json",
+                hint="add the model.safetensors.index.json that maps tensors to shards, or keep one file",
             )
-        pickles = sorted(p.name for p in self.path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        pickles = sorted(p.name for p in self.path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
         if pickles:
             raise UnsafeArtifactError(
-                f"{self.path}: weights only in pickle format ({', '.join(pickles)}); evomerge never unpickles",
+                f"{self.path}: weights only in pickle format ({', '.join(pickles[:4])}); evomerge never unpickles",
                 hint=CONVERT_HINT,
             )
-        raise ConfigError(f"{self.path}: no model weights (*.safetensors) found", hint="check the model path")
+        raise ConfigError(
+            f"{self.path}: no model weights (*.safetensors) found",
+            hint="point at a directory holding model.safetensors or model.safetensors.index.json and its shards",
+        )
+
+    def _index_sharded(self, index: Path) -> None:
+        hint = "regenerate model.safetensors.index.json (save_pretrained writes it) or copy every shard"
+        data = read_json_capped(index, "safetensors index", MAX_INDEX_BYTES)
+        wmap = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(wmap, dict) or not wmap:
+            raise CorruptArtifactError(f"{index}: no weight_map object mapping tensors to shards", hint=hint)
+        # Every shard name is checked before any file is opened: nothing outside the directory is touched.
+        for shard in wmap.values():
+            _safe_shard_name(index, shard)
+        shards = sorted(set(wmap.values()))
+        for shard in shards:
+            if not (self.path / shard).is_file():
+                raise CorruptArtifactError(f"{index}: shard {shard} is missing from {self.path}", hint=hint)
+        for shard in shards:
+            self._open(shard)
+        for tname, shard in wmap.items():
+            if tname not in self._files[shard]:
+                raise CorruptArtifactError(f"{index}: tensor {tname!r} is not in its shard {shard}", hint=hint)
+        for shard in shards:
+            for tname in self._files[shard].names:
+                if wmap.get(tname) != shard:
+                    raise CorruptArtifactError(
+                        f"{self.path / shard}: tensor {tname!r} is not listed for this shard in {index.name}", hint=hint
+                    )
+                self._where[tname] = shard
 
     @property
     def tensor_names(self) -> list[str]:
+        """All tensors, in file order (shards by name, tensors by offset)."""
         return list(self._where)
 
-    def __contains__(self, name: str) -> bool:
+    @property
+    def files(self) -> list[Path]:
+        return [self.path / f for f in self._files]
+
+    def __contains__(self, name: object) -> bool:
         return name in self._where
 
     def meta(self, name: str) -> TensorMeta:
         if name not in self._where:
-            raise ShapeMismatchError(f"{self.path}: no tensor named {name!r}")
+            raise ShapeMismatchError(
+                f"{self.path}: no tensor named {name!r}", hint="check the tensor name against the model's weights"
+            )
         return self._files[self._where[name]].meta(name)
 
     def read(self, name: str) -> torch.Tensor:
         self.meta(name)
         return self._files[self._where[name]].read(name)
+
+    @property
+    def bytes_read(self) -> int:
+        return sum(f.bytes_read for f in self._files.values())
 
     def close(self) -> None:
         for f in self._files.values():

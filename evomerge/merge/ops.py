@@ -124,14 +124,24 @@ def _check_inputs(spec: OpSpec, experts: Sequence[Tensor], base: Tensor | None) 
             raise ConfigError(f"{spec.name}: tensor shapes differ: {tuple(shape)} vs {tuple(t.shape)}")
 
 
-def _deltas(experts: Sequence[Tensor], base: Tensor) -> Tensor:
-    """Stacked task vectors d_i = E_i - B in float32, shape (n, *shape)."""
-    b = base.float()
-    return torch.stack([e.float() - b for e in experts])
+def _weighted_sum(tensors: Sequence[Tensor], weights: Sequence[float], *, minus: Tensor | None = None) -> Tensor:
+    """sum_i w_i (T_i - minus) in float32, accumulated in place: one temporary at a time."""
+    acc: Tensor | None = None
+    for t, w in zip(tensors, weights, strict=True):
+        if minus is not None:
+            term = t.float() - minus  # a fresh tensor
+            acc = term.mul_(w) if acc is None else acc.add_(term, alpha=w)
+        else:
+            acc = t.float() * w if acc is None else acc.add_(t.float(), alpha=w)  # never mutates inputs
+    assert acc is not None
+    return acc
 
 
-def _wshape(values: Sequence[float], like: Tensor) -> Tensor:
-    return torch.tensor(values, dtype=torch.float32).view(-1, *([1] * (like.dim() - 1)))
+def _normalized(acc: Tensor, weights: Sequence[float], normalize: bool) -> Tensor:
+    if normalize:
+        denom = float(sum(weights))
+        acc.div_(denom if denom != 0 else 1.0)
+    return acc
 
 
 class _Op:
@@ -156,13 +166,7 @@ class Linear(_Op):
                   "Wortsman et al. 2022, Model soups")
 
     def compute(self, experts, base, p, generator):  # type: ignore[no-untyped-def]
-        stack = torch.stack([e.float() for e in experts])
-        w = _wshape(p["weight"], stack)
-        total = (stack * w).sum(0)
-        if p["normalize"]:
-            denom = float(sum(p["weight"]))
-            total = total / (denom if denom != 0 else 1.0)
-        return total
+        return _normalized(_weighted_sum(experts, p["weight"]), p["weight"], p["normalize"])
 
 
 class TaskArithmetic(_Op):
@@ -172,12 +176,9 @@ class TaskArithmetic(_Op):
                   "Ilharco et al. 2023, Editing Models with Task Arithmetic")
 
     def compute(self, experts, base, p, generator):  # type: ignore[no-untyped-def]
-        d = _deltas(experts, base)
-        merged = (d * _wshape(p["weight"], d)).sum(0)
-        if p["normalize"]:
-            denom = float(sum(p["weight"]))
-            merged = merged / (denom if denom != 0 else 1.0)
-        return base.float() + p["lambda"] * merged
+        b = base.float()
+        merged = _normalized(_weighted_sum(experts, p["weight"], minus=b), p["weight"], p["normalize"])
+        return merged.mul_(p["lambda"]).add_(b)
 
 
 class _Sparsified(_Op):
@@ -185,21 +186,23 @@ class _Sparsified(_Op):
 
     consensus: ClassVar[bool]
 
-    def sparsify(self, d: Tensor, p: dict[str, Any], generator) -> Tensor:  # type: ignore[no-untyped-def]
+    def sparsify(self, d: Tensor, i: int, p: dict[str, Any], generator) -> Tensor:  # type: ignore[no-untyped-def]
+        """Sparsify task vector ``d`` of expert ``i`` (``d`` is a fresh tensor: may be modified)."""
         raise NotImplementedError
 
     def compute(self, experts, base, p, generator):  # type: ignore[no-untyped-def]
-        d = self.sparsify(_deltas(experts, base), p, generator)
-        w = _wshape(p["weight"], d)
-        weighted = d * w
+        b = base.float()
+        weights = p["weight"]
+        weighted = [self.sparsify(e.float() - b, i, p, generator).mul_(w)
+                    for i, (e, w) in enumerate(zip(experts, weights, strict=True))]
         if self.consensus:
-            merged = sparsify.ties_consensus(weighted, w, normalize=p["normalize"])
+            merged = sparsify.ties_consensus(weighted, weights, normalize=p["normalize"])
         else:
-            merged = weighted.sum(0)
-            if p["normalize"]:
-                denom = float(sum(p["weight"]))
-                merged = merged / (denom if denom != 0 else 1.0)
-        return base.float() + p["lambda"] * merged
+            merged = weighted[0]
+            for t in weighted[1:]:
+                merged.add_(t)
+            merged = _normalized(merged, weights, p["normalize"])
+        return merged.mul_(p["lambda"]).add_(b)
 
 
 class Ties(_Sparsified):
@@ -209,8 +212,8 @@ class Ties(_Sparsified):
     spec = OpSpec("ties", (WEIGHT, DENSITY, LAMBDA, _normalize(True)), True, 1, None, False,
                   "Yadav et al. 2023, TIES-Merging: Resolving Interference When Merging Models")
 
-    def sparsify(self, d, p, generator):  # type: ignore[no-untyped-def]
-        return sparsify.magnitude_topk(d, p["density"])
+    def sparsify(self, d, i, p, generator):  # type: ignore[no-untyped-def]
+        return sparsify.magnitude_topk(d, p["density"][i])
 
 
 class DareTies(_Sparsified):
@@ -220,8 +223,8 @@ class DareTies(_Sparsified):
     spec = OpSpec("dare_ties", (WEIGHT, DENSITY, LAMBDA, _normalize(True)), True, 1, None, True,
                   "Yu et al. 2024, Language Models are Super Mario (DARE)")
 
-    def sparsify(self, d, p, generator):  # type: ignore[no-untyped-def]
-        return sparsify.dare(d, p["density"], generator)
+    def sparsify(self, d, i, p, generator):  # type: ignore[no-untyped-def]
+        return sparsify.dare(d, p["density"][i], generator)
 
 
 class DareLinear(DareTies):
@@ -240,8 +243,8 @@ class Breadcrumbs(_Sparsified):
     spec = OpSpec("breadcrumbs", (WEIGHT, DENSITY, GAMMA, LAMBDA, _normalize(False)), True, 1, None, False,
                   "Davari & Belilovsky 2024, Model Breadcrumbs")
 
-    def sparsify(self, d, p, generator):  # type: ignore[no-untyped-def]
-        return sparsify.breadcrumbs(d, p["density"], p["gamma"])
+    def sparsify(self, d, i, p, generator):  # type: ignore[no-untyped-def]
+        return sparsify.breadcrumbs(d, p["density"][i], p["gamma"][i])
 
 
 class BreadcrumbsTies(Breadcrumbs):
