@@ -2,9 +2,10 @@
 
 Everything goes into a temporary directory beside the target; on success a manifest with the
 SHA-256 of every file is written, files and directory are fsynced, and the directory is renamed
-into place. On any failure the temporary directory is removed, so no partial model is visible.
+into place. On any failure the temporary directory is removed, so no partial model is visible;
+running out of disk (ENOSPC, EFBIG, EDQUOT) becomes an :class:`ExportError`.
 Safetensors shards are streamed: all tensor metas are known up front, so each shard's header
-is written first and tensor bytes follow one tensor at a time.
+is written first and tensor bytes follow one tensor at a time (peak memory about one tensor).
 """
 
 from __future__ import annotations
@@ -22,15 +23,22 @@ from typing import Any, BinaryIO
 import torch
 
 from evomerge.errors import CorruptArtifactError, ExportError, UnsafeArtifactError
-from evomerge.merge.io import DTYPE_NAMES, TensorMeta
+from evomerge.merge.io import DTYPE_NAMES, TensorMeta, read_json_capped
 
 MANIFEST = "evomerge-manifest.json"
+INDEX = "model.safetensors.index.json"
+_WRITE_CHUNK = 64 * 2**20
+_DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
-def _safe_relname(relname: str) -> str:
-    p = Path(relname)
-    if not relname or p.is_absolute() or ".." in p.parts or "\\" in relname or len(p.parts) != 1:
-        raise UnsafeArtifactError(f"refusing to write {relname!r}: not a plain file name inside the output")
+def _safe_relname(relname: str, root: Path | None = None) -> str:
+    """A plain file name inside the output directory (the layout is flat, like HF model dirs)."""
+    p = Path(relname) if isinstance(relname, str) and "\x00" not in relname else None
+    if p is None or not relname or p.is_absolute() or "\\" in relname or len(p.parts) != 1 or relname in (".", ".."):
+        raise UnsafeArtifactError(
+            f"refusing to write {relname!r}{f' in {root}' if root else ''}: not a plain file name inside the output",
+            hint="use a bare file name such as 'config.json' (no directories, '..' or absolute paths)",
+        )
     return relname
 
 
@@ -50,12 +58,41 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _disk_full(exc: BaseException | None) -> OSError | None:
+    """The OSError meaning 'out of space' in ``exc`` or its cause/context chain, if any."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
 class StreamingSafetensorsWriter:
-    """Writes tensors in a fixed order into one or more safetensors shards (HF layout)."""
+    """Writes tensors in a fixed order into one or more safetensors shards (HF layout).
+
+    One file ``model.safetensors`` when everything fits in ``max_shard_bytes``; otherwise
+    ``model-0000i-of-0000N.safetensors`` plus ``model.safetensors.index.json``. A tensor larger
+    than the limit gets a shard of its own.
+    """
 
     def __init__(self, directory: Path, metas: Sequence[TensorMeta], *, max_shard_bytes: int) -> None:
         self.dir = directory
-        self.metas = [TensorMeta.of(m.name, m.dtype, m.shape) for m in metas]
+        if max_shard_bytes <= 0:
+            raise ExportError(f"max_shard_bytes must be positive, not {max_shard_bytes}",
+                              hint="pass a shard size such as 2 * 2**30")
+        seen: set[str] = set()
+        self.metas: list[TensorMeta] = []
+        for m in metas:
+            if m.dtype not in DTYPE_NAMES:
+                raise ExportError(f"tensor {m.name!r}: dtype {m.dtype} cannot be stored in safetensors here",
+                                  hint=f"cast it to one of {', '.join(map(str, DTYPE_NAMES))}")
+            if m.name in seen or m.name == "__metadata__" or not isinstance(m.name, str):
+                raise ExportError(f"tensor name {m.name!r} is duplicated or reserved in {directory}",
+                                  hint="give every output tensor a unique name")
+            seen.add(m.name)
+            self.metas.append(TensorMeta.of(m.name, m.dtype, m.shape))  # nbytes recomputed, not trusted
         self.shards: list[list[TensorMeta]] = [[]]
         size = 0
         for m in self.metas:
@@ -73,8 +110,7 @@ class StreamingSafetensorsWriter:
         self.closed = False
 
     def _open_shard(self, i: int) -> None:
-        if self._fh is not None:
-            self._fh.close()
+        self._close_fh()
         header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
         offset = 0
         for m in self.shards[i]:
@@ -82,84 +118,143 @@ class StreamingSafetensorsWriter:
                               "data_offsets": [offset, offset + m.nbytes]}
             offset += m.nbytes
         raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)
+        raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned, as safetensors does
         self._fh = open(self.dir / self.files[i], "wb")  # noqa: SIM115 - closed in close()/next shard
         self._fh.write(len(raw).to_bytes(8, "little"))
         self._fh.write(raw)
         self._shard = i
         self._left_in_shard = len(self.shards[i])
 
+    def _close_fh(self) -> None:
+        if self._fh is not None:
+            fh, self._fh = self._fh, None
+            fh.close()
+
     def write(self, name: str, tensor: torch.Tensor) -> None:
-        if self._next >= len(self.metas):
-            raise ExportError(f"unexpected tensor {name!r}: all {len(self.metas)} tensors are written")
+        """Append the next tensor; it must match the next meta's name, dtype and shape."""
+        if self.closed or self._next >= len(self.metas):
+            raise ExportError(f"unexpected tensor {name!r}: all {len(self.metas)} tensors for {self.dir} are written",
+                              hint="write each planned tensor exactly once")
         m = self.metas[self._next]
         if name != m.name or tuple(tensor.shape) != m.shape or tensor.dtype != m.dtype:
             raise ExportError(
-                f"tensor {name!r} {tuple(tensor.shape)} {tensor.dtype} does not match the plan: "
-                f"expected {m.name!r} {m.shape} {m.dtype}"
+                f"tensor {name!r} {tuple(tensor.shape)} {tensor.dtype} does not match the plan for "
+                f"{self.files[self._shard_of(self._next)]}: expected {m.name!r} {m.shape} {m.dtype}",
+                hint="write tensors in the order, shapes and dtypes given to tensor_writer()",
             )
         if self._left_in_shard == 0:
             self._open_shard(self._shard + 1)
         assert self._fh is not None
-        data = tensor.detach().contiguous().cpu()
         if m.nbytes:
-            self._fh.write(memoryview(data.view(torch.uint8).numpy()) if data.dtype != torch.uint8
-                           else memoryview(data.numpy()))
+            data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+            view = memoryview(data.numpy())
+            for start in range(0, len(view), _WRITE_CHUNK):
+                self._fh.write(view[start:start + _WRITE_CHUNK])
         self._left_in_shard -= 1
         self._next += 1
 
+    def _shard_of(self, k: int) -> int:
+        for i, shard in enumerate(self.shards):
+            if k < len(shard):
+                return i
+            k -= len(shard)
+        return len(self.shards) - 1
+
     def close(self) -> None:
+        """Finish the last shard and write the index; every planned tensor must have been written."""
         if self.closed:
             return
         if self._next != len(self.metas):
-            raise ExportError(f"only {self._next} of {len(self.metas)} tensors were written")
+            raise ExportError(
+                f"only {self._next} of {len(self.metas)} tensors were written to {self.dir}; "
+                f"first missing: {self.metas[self._next].name!r}",
+                hint="write every tensor passed to tensor_writer() before closing",
+            )
         if not self.metas:
             self._open_shard(0)
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        self._close_fh()
         if len(self.files) > 1:
             index = {
                 "metadata": {"total_size": sum(m.nbytes for m in self.metas)},
                 "weight_map": {m.name: self.files[i] for i, shard in enumerate(self.shards) for m in shard},
             }
-            (self.dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+            (self.dir / INDEX).write_text(json.dumps(index, indent=2) + "\n")
         self.closed = True
 
     def abort(self) -> None:
-        """Drop the open shard without flushing (its directory is about to be removed)."""
-        if self._fh is not None:
-            fh, self._fh = self._fh, None
-            try:
-                fh.close()
-            except OSError:
-                pass  # flushing failed too (disk full); the temporary directory goes anyway
+        """Drop the open shard without caring about flush errors (its directory is about to go)."""
+        try:
+            self._close_fh()
+        except OSError:
+            pass  # flushing failed too (disk full); the temporary directory is removed anyway
 
 
 class ModelDirWriter:
-    """Context manager that publishes a complete model directory or nothing."""
+    """Context manager that publishes a complete model directory or nothing.
+
+    Files go to ``tmp`` (``.<name>.tmp-<random>`` beside ``out_dir``). A clean exit closes the
+    tensor writer, writes ``evomerge-manifest.json`` (``{"files": {name: sha256}}``), fsyncs
+    files and directory and renames ``tmp`` to ``out_dir``; an existing ``out_dir`` is an
+    :class:`ExportError` unless ``overwrite`` (then it is moved aside, replaced, and deleted).
+    Any exception removes ``tmp`` and propagates (out-of-space as :class:`ExportError`).
+    """
 
     def __init__(self, out_dir: Path | str, *, overwrite: bool = False) -> None:
         self.out_dir = Path(out_dir)
         self.overwrite = overwrite
-        if self.out_dir.exists() and not overwrite:
-            raise ExportError(f"{self.out_dir} already exists", hint="choose another --out or pass --overwrite")
-        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.out_dir.parent / f".{self.out_dir.name}.tmp-{secrets.token_hex(4)}"
-        self.tmp.mkdir()
+        self._check_target()
+        try:
+            self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = self.out_dir.parent / f".{self.out_dir.name}.tmp-{secrets.token_hex(6)}"
+            self.tmp.mkdir()
+        except OSError as err:
+            if _disk_full(err):
+                raise self._disk_full_error() from err
+            raise ExportError(f"cannot create a temporary directory beside {self.out_dir}: {err}",
+                              hint="check that the parent directory is writable, or choose another --out") from err
         self._writers: list[StreamingSafetensorsWriter] = []
+        self._names: set[str] = set()
+
+    def _check_target(self) -> None:
+        if self.out_dir.is_symlink() or self.out_dir.exists():
+            if not self.overwrite:
+                raise ExportError(f"{self.out_dir} already exists",
+                                  hint="choose another --out or pass --overwrite to replace it")
+            if self.out_dir.is_symlink() or not self.out_dir.is_dir():
+                raise ExportError(f"{self.out_dir} exists and is not a directory; refusing to replace it",
+                                  hint="remove it yourself or choose another --out")
+
+    def _disk_full_error(self) -> ExportError:
+        return ExportError(f"disk full while writing {self.out_dir}; nothing was written",
+                           hint="free disk space or choose another --out on a larger disk")
+
+    def _claim(self, relname: str) -> Path:
+        _safe_relname(relname, self.out_dir)
+        if relname == MANIFEST or relname in self._names:
+            raise ExportError(f"{self.out_dir}: {relname} is written twice or is reserved",
+                              hint=f"write each file once; {MANIFEST} is written by evomerge")
+        self._names.add(relname)
+        return self.tmp / relname
 
     def write_json(self, relname: str, obj: Any) -> None:
         self.write_text(relname, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
     def write_text(self, relname: str, text: str) -> None:
-        (self.tmp / _safe_relname(relname)).write_text(text, encoding="utf-8")
+        self._claim(relname).write_text(text, encoding="utf-8")
 
     def copy_file(self, src: Path, relname: str) -> None:
-        shutil.copyfile(src, self.tmp / _safe_relname(relname))
+        shutil.copyfile(src, self._claim(relname))
 
     def tensor_writer(self, metas: Sequence[TensorMeta], *, max_shard_bytes: int = 2 * 2**30) -> StreamingSafetensorsWriter:
+        """The (single) streaming writer of this directory's weights."""
+        if self._writers:
+            raise ExportError(f"{self.out_dir}: tensor_writer() called twice",
+                              hint="pass every tensor's meta to one tensor_writer()")
         w = StreamingSafetensorsWriter(self.tmp, metas, max_shard_bytes=max_shard_bytes)
+        for fname in [*w.files, INDEX]:
+            if fname in self._names:
+                raise ExportError(f"{self.out_dir}: {fname} was already written", hint="let tensor_writer() write weights")
+        self._names.update([*w.files, INDEX])
         self._writers.append(w)
         return w
 
@@ -169,20 +264,26 @@ class ModelDirWriter:
     def _publish(self) -> None:
         for w in self._writers:
             w.close()
-        files = sorted(p for p in self.tmp.iterdir() if p.is_file())
+        files = sorted(p for p in self.tmp.iterdir() if p.is_file() and p.name != MANIFEST)
         manifest = {"files": {p.name: _sha256(p) for p in files}}
         (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         for p in self.tmp.iterdir():
             _fsync_path(p)
         _fsync_path(self.tmp)
-        if self.out_dir.exists():
-            old = self.out_dir.parent / f".{self.out_dir.name}.old-{secrets.token_hex(4)}"
+        if self.out_dir.is_symlink() or self.out_dir.exists():
+            self._check_target()  # it may have appeared while we were writing
+            old = self.out_dir.parent / f".{self.out_dir.name}.old-{secrets.token_hex(6)}"
             self.out_dir.rename(old)
-            self.tmp.rename(self.out_dir)
+            try:
+                self.tmp.rename(self.out_dir)
+            except BaseException:
+                old.rename(self.out_dir)
+                raise
+            _fsync_path(self.out_dir.parent)
             shutil.rmtree(old, ignore_errors=True)
         else:
             self.tmp.rename(self.out_dir)
-        _fsync_path(self.out_dir.parent)
+            _fsync_path(self.out_dir.parent)
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         try:
@@ -194,28 +295,30 @@ class ModelDirWriter:
         for w in self._writers:
             w.abort()
         shutil.rmtree(self.tmp, ignore_errors=True)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-            raise ExportError(
-                f"disk full while writing {self.out_dir}; nothing was written",
-                hint="free disk space or choose another --out",
-            ) from exc
-        if exc is not None and exc_type is None:
-            raise exc
+        full = _disk_full(exc)
+        if full is not None and not isinstance(exc, ExportError):
+            raise self._disk_full_error() from full
+        if exc_type is None:
+            raise exc  # the failure came from publishing, not from the with-block
 
 
 def verify_manifest(model_dir: Path | str) -> None:
-    """Check every file against ``evomerge-manifest.json``; name the first that differs."""
+    """Check every file against ``evomerge-manifest.json``; name the first that is missing or differs."""
     d = Path(model_dir)
     path = d / MANIFEST
+    hint = "re-export the model with `evomerge export` (the directory was modified or damaged)"
     try:
-        files = json.loads(path.read_text())["files"]
-    except (FileNotFoundError, KeyError, json.JSONDecodeError, TypeError) as err:
-        raise CorruptArtifactError(f"{path}: missing or invalid manifest ({err})",
-                                   hint="re-export the model with `evomerge export`") from None
+        data = read_json_capped(path, "evomerge manifest", 16 * 2**20)
+    except CorruptArtifactError:
+        raise
+    except Exception as err:
+        raise CorruptArtifactError(f"{path}: missing or unreadable manifest ({err})", hint=hint) from None
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise CorruptArtifactError(f"{path}: invalid manifest (no files object mapping names to sha256)", hint=hint)
     for name, digest in sorted(files.items()):
-        p = d / _safe_relname(name)
+        p = d / _safe_relname(name, d)
         if not p.is_file():
-            raise CorruptArtifactError(f"{p}: listed in the manifest but missing", hint="re-export the model")
+            raise CorruptArtifactError(f"{p}: listed in the manifest but missing", hint=hint)
         if _sha256(p) != digest:
-            raise CorruptArtifactError(f"{p}: SHA-256 differs from the manifest (the file is corrupt)",
-                                       hint="re-export the model")
+            raise CorruptArtifactError(f"{p}: SHA-256 differs from the manifest (the file is corrupt)", hint=hint)
