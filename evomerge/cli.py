@@ -98,6 +98,64 @@ def merge(
     )
 
 
+@app.command("eval")
+def eval_cmd(
+    target: Annotated[Path, typer.Argument(help="a recipe YAML or a model directory")],
+    task: Annotated[list[Path], typer.Option("--task", "-t", help="task spec YAML (repeatable)")],
+    engine: Annotated[str, typer.Option(help="hf (transformers) or vllm")] = "hf",
+    split: Annotated[str, typer.Option(help="search, heldout or both")] = "search",
+    deadline: Annotated[float | None, typer.Option(help="seconds before the evaluation times out")] = None,
+    seed: Annotated[int, typer.Option(help="seed for stochastic merge ops")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON (with per-item scores)")] = False,
+) -> None:
+    """Score a recipe (materialized in memory) or a model directory on fitness tasks."""
+    from evomerge.errors import ConfigError
+    from evomerge.evaluate.tasks import load_task
+    from evomerge.recipe import load_recipe, recipe_from_dict
+
+    if split not in ("search", "heldout", "both"):
+        raise ConfigError(f"--split {split!r} is not one of search, heldout, both")
+    if engine not in ("hf", "vllm"):
+        raise ConfigError(f"--engine {engine!r} is not one of hf, vllm")
+    if target.is_dir():
+        recipe = recipe_from_dict({"merge_method": "linear", "models": [{"model": str(target.resolve())}]})
+    else:
+        recipe = load_recipe(target).resolved(target.resolve().parent)
+    splits = ["search", "heldout"] if split == "both" else [split]
+    tasks = [load_task(t, split=sp) for t in task for sp in splits]
+    if engine == "vllm":
+        from evomerge.evaluate.vllm import VLLMEvaluator
+
+        evaluator = VLLMEvaluator()
+    else:
+        from evomerge.evaluate.hf import HFEvaluator
+
+        evaluator = HFEvaluator()
+    results = {}
+    for sp in splits:
+        res = evaluator.evaluate(recipe, [t for t in tasks if t.split == sp], deadline_s=deadline, seed=seed)
+        results[sp] = res
+    if as_json:
+        print(json.dumps({sp: {"status": r.status, "objectives": r.objectives, "error": r.error,
+                               "seconds": r.seconds, "item_scores": r.item_scores} for sp, r in results.items()}))
+        return
+    table = Table(title=f"{target} ({engine}, recipe {recipe.recipe_id})")
+    table.add_column("task")
+    for sp in splits:
+        table.add_column(sp, justify="right")
+    for t in task:
+        name = load_task(t, split=splits[0]).name
+        row = []
+        for sp in splits:
+            r = results[sp]
+            row.append(f"{r.objectives[name]:.4f}" if r.objectives else r.status)
+        table.add_row(name, *row)
+    console.print(table)
+    for sp, r in results.items():
+        timing = ", ".join(f"{k} {v:.2f} s" for k, v in r.seconds.items())
+        console.print(f"{sp}: {r.status}{' (' + r.error + ')' if r.error else ''}; {r.items} items; {timing}")
+
+
 @app.command("generate")
 def generate(
     model: Annotated[Path, typer.Argument(help="model directory")],

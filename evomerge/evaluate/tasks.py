@@ -179,8 +179,12 @@ def _normalize_number(s: str) -> str:
 
 
 def reference(spec: TaskSpec, item: dict[str, Any]) -> str:
+    """The gold answer; with ``last_number`` its last number (GSM8K's "... #### 72" -> "72")."""
     ref = str(item[spec.target])
-    return _normalize_number(ref) if spec.extract == "last_number" else ref.strip()
+    if spec.extract == "last_number":
+        nums = _NUMBER.findall(ref)
+        return _normalize_number(nums[-1]) if nums else ref.strip()
+    return ref.strip()
 
 
 def score_task(task: Task, engine: Engine) -> list[float]:

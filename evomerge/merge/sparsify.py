@@ -43,11 +43,17 @@ def magnitude_topk(d: Tensor, density: float) -> Tensor:
     return d.masked_fill_(~keep.view_as(d), 0.0)
 
 
+# torch.rand draws float32 multiples of 2**-24: a smaller keep probability cannot be drawn, and
+# rescaling by its inverse would blow the few survivors up, so such densities drop everything.
+MIN_DARE_DENSITY = 2.0**-24
+
+
 def dare(d: Tensor, density: float, generator: torch.Generator) -> Tensor:
-    """DARE drop-and-rescale (Yu et al. 2024, "Language Models are Super Mario", eq. 2:
-    d' = m * d / (1 - p), m ~ Bernoulli(1 - p), with 1 - p = density). Density 0 drops every
-    entry and returns a zero task vector (no division by zero); density 1 draws nothing."""
-    if density <= 0.0:
+    """DARE drop-and-rescale (Yu et al. 2024, "Language Models are Super Mario", sec. 3:
+    d' = m * d / (1 - p), m ~ Bernoulli(1 - p), with 1 - p = density). A density below
+    ``MIN_DARE_DENSITY`` (0 included) drops every entry and returns a zero task vector (no
+    division by zero); density 1 keeps everything and draws nothing."""
+    if density < MIN_DARE_DENSITY:
         return d.zero_()
     if density >= 1.0:
         return d

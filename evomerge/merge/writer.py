@@ -200,8 +200,10 @@ class ModelDirWriter:
     """
 
     def __init__(self, out_dir: Path | str, *, overwrite: bool = False) -> None:
-        self.out_dir = Path(out_dir)
+        self.out_dir = Path(os.path.abspath(out_dir))  # lexical: "a/../b" -> "b", symlinks untouched
         self.overwrite = overwrite
+        if not self.out_dir.name:
+            raise ExportError(f"cannot export to {str(out_dir)!r}", hint="choose a new directory such as --out merged/")
         self._check_target()
         try:
             self.out_dir.parent.mkdir(parents=True, exist_ok=True)

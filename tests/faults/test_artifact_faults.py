@@ -221,14 +221,15 @@ def _check(zoo: dict[str, Path], other: str, monkeypatch: pytest.MonkeyPatch, **
 
 MISMATCH = {
     "qwen": r"architectures differ: base is LlamaForCausalLM, qwen is Qwen2ForCausalLM",
+    # "first" is file order: safetensors sorts names, so lm_head.weight may come before the embedding
     "vocab": r"vocabularies differ: config vocab_size is 40 in base but 43 in vocab; first differing tensor "
-             r"model.embed_tokens.weight: base has \(40, 32\), vocab has \(43, 32\)",
+             r"(lm_head|model\.embed_tokens)\.weight: base has \(40, 32\), vocab has \(43, 32\)",
     "kv": r"config num_key_value_heads is 2 in base but 1 in kv; first differing tensor "
           r"model.layers.0.self_attn.k_proj.weight: base has \(32, 32\), kv has \(16, 32\)",
     "wide": r"model.layers.1.mlp.up_proj.weight: base has \(64, 32\), wide has \(65, 32\)",
     "emb": r"model.embed_tokens.weight: base has \(40, 32\), emb has \(48, 32\) \(the vocabularies differ\)",
     "missing": r"missing lacks tensor\(s\) that base has: model.norm.weight",
-    "half": r"model.embed_tokens.weight: base is float32, half is bfloat16",
+    "half": r"(lm_head|model\.embed_tokens)\.weight: base is float32, half is bfloat16",
 }
 
 

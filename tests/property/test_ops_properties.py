@@ -38,7 +38,7 @@ def models(draw, n_min: int = 1, n_max: int = 4):
 
 
 finite32 = st.floats(allow_nan=False, allow_infinity=False, width=32)
-finite_bf16 = st.floats(-1e30, 1e30, allow_nan=False, allow_infinity=False, width=32)
+finite_bf16 = st.floats(-(2.0**100), 2.0**100, allow_nan=False, allow_infinity=False, width=32)
 
 
 # ---------------------------------------------------------------- linear
@@ -80,16 +80,16 @@ def test_slerp_endpoints_are_the_inputs(bx, dtype) -> None:
     assert torch.equal(op([expert], base=base, params={"t": 0.0}), base)
     assert torch.equal(op([expert], base=base, params={"t": 1.0}), expert)
     # close to the endpoints the result is close to them too (continuity)
-    near0 = op([expert], base=base, params={"t": 1e-6})
-    near1 = op([expert], base=base, params={"t": 1 - 1e-6})
-    scale = float(max(base.float().abs().max(initial=0), expert.float().abs().max(initial=0))) + 1e-3
+    near0 = op([expert], base=base, params={"t": 1e-7})
+    near1 = op([expert], base=base, params={"t": 1 - 1e-7})
+    scale = float(torch.cat([base.float().flatten(), expert.float().flatten()]).abs().max()) + 1e-3
     tol = scale * (1e-4 if dtype == torch.float32 else 2e-2)
     torch.testing.assert_close(near0.float(), base.float(), rtol=0, atol=tol)
     torch.testing.assert_close(near1.float(), expert.float(), rtol=0, atol=tol)
 
 
 @SETTINGS
-@given(st.integers(1, 40), st.floats(0.0, 1.0), st.floats(-5.0, 5.0),
+@given(st.integers(1, 40), st.floats(0.0, 1.0), st.floats(0.01, 5.0) | st.floats(-5.0, -0.01),
        st.sampled_from(["zero-base", "zero-expert", "both-zero", "colinear", "tiny"]), st.sampled_from(DTYPES))
 def test_slerp_is_finite_for_zero_and_colinear_vectors(n, t, c, kind, dtype) -> None:
     v = torch.linspace(-1, 1, n) + 0.1
@@ -117,10 +117,11 @@ def test_slerp_of_unit_vectors_stays_on_the_sphere(n, seed, t) -> None:
     out = get_op("slerp")([b], base=a, params={"t": t})
     if abs(cos) <= 0.999:  # clear of the linear fallback
         assert abs(out.norm().item() - 1.0) < 1e-4
-        # the angle to the base is t * theta
-        theta = math.acos(max(-1.0, min(1.0, cos)))
-        angle = math.acos(max(-1.0, min(1.0, float(out @ a) / float(out.norm()))))
-        assert abs(angle - t * theta) < 1e-3
+        # the angle to the base is t * theta (atan2 is well conditioned near 0 and pi)
+        a64, b64, o64 = a.double(), b.double(), out.double()
+        theta = math.atan2(float((b64 - (b64 @ a64) * a64).norm()), float(b64 @ a64))
+        angle = math.atan2(float((o64 - (o64 @ a64) * a64).norm()), float(o64 @ a64))
+        assert abs(angle - t * theta) < 1e-4
 
 
 # ---------------------------------------------------------------- TIES vs task arithmetic
@@ -219,7 +220,8 @@ def test_dare_linear_is_unbiased_in_expectation(densities) -> None:
     """E[m d / p] = d for m ~ Bernoulli(p): the mean over many seeds approaches task arithmetic.
     Per entry, one run has variance sum_i w_i^2 d_i^2 (1 - p_i) / p_i; the mean of S runs is
     checked against 6 standard errors (about 2e-9 per entry under a normal approximation) and
-    the average standardized error against 0.15 (its standard deviation is 1/sqrt(300))."""
+    the average of the 300 standardized errors against 6 of its standard deviations (1/sqrt(300)).
+    A biased merge (no 1/p rescale, or a mask not drawn with probability p) fails by far."""
     g = torch.Generator().manual_seed(11)
     base = torch.randn(300, generator=g)
     deltas = [torch.randn(300, generator=g) for _ in range(2)]
@@ -236,7 +238,7 @@ def test_dare_linear_is_unbiased_in_expectation(densities) -> None:
     var = sum((1.5 * w * d.double()) ** 2 * (1 - p) / p for w, d, p in zip(weights, deltas, densities, strict=True))
     z = (mean - ta) / (var / runs).sqrt().clamp_min(1e-6)
     assert z.abs().max() < 6.0
-    assert abs(z.mean().item()) < 0.15 * 3  # 3 standard deviations of the mean of 300 z-scores
+    assert abs(z.mean().item()) < 6.0 / math.sqrt(300)
 
 
 # ---------------------------------------------------------------- every op
@@ -268,7 +270,9 @@ def test_every_op_returns_finite_values_of_the_input_shape_and_dtype(bx, name, d
         experts = experts[:1]
     base, experts = base.to(dtype), [e.to(dtype) for e in experts]
     before = [bits(x).clone() for x in [base, *experts]]
-    density = st.sampled_from([0.0, 1.0, 0.01, 0.5]) | st.floats(0.0, 1.0)
+    # float16 tops out at 65504: DARE's 1/density rescale of a tiny density can overflow it honestly
+    low = 0.05 if dtype == torch.float16 else 0.01
+    density = st.sampled_from([0.0, 1.0, low, 0.5]) | st.floats(low, 1.0)
     params = params_for(name, data, len(experts), density)
     out = op(experts, base=base, params=params, generator=torch.Generator().manual_seed(0))
     assert out.shape == base.shape and out.dtype == dtype
@@ -278,17 +282,15 @@ def test_every_op_returns_finite_values_of_the_input_shape_and_dtype(bx, name, d
 
 
 @SETTINGS
-@given(models(), st.sampled_from(sorted(OPS)), st.sampled_from(DTYPES), st.data())
+@given(models(), st.sampled_from(sorted(set(OPS) - {"linear", "passthrough"})), st.sampled_from(DTYPES), st.data())
 def test_zero_task_vectors_return_the_base(bx, name, dtype, data) -> None:
+    """Every op with a base returns the base when each expert equals it (linear and passthrough
+    have no task vectors)."""
     base, experts = bx
     op = OPS[name]
-    if name in ("linear", "passthrough"):
-        return  # no task vectors: linear averages, passthrough copies
     base = base.to(dtype)
     n = 1 if op.spec.max_experts == 1 else len(experts)
     params = params_for(name, data, n, st.floats(0.0, 1.0))
     out = op([base.clone() for _ in range(n)], base=base, params=params, generator=torch.Generator().manual_seed(0))
-    if name == "slerp":
-        torch.testing.assert_close(out, base)  # interpolating a vector with itself
-    else:
-        assert torch.equal(bits(out), bits(base))  # B + lambda * 0, exactly
+    assert out.dtype == dtype
+    assert torch.equal(out, base)  # B + lambda * 0 (slerp: interpolating a vector with itself), exactly

@@ -325,6 +325,27 @@ def test_slerp_orthogonal_colinear_and_zero() -> None:
     torch.testing.assert_close(out, t(0, 2 * math.sqrt(0.5)))
 
 
+@pytest.mark.parametrize(("cos", "lerp"), [(0.99951, True), (0.99949, False)])
+def test_slerp_switches_to_lerp_exactly_at_the_threshold_on_long_vectors(cos, lerp) -> None:
+    """|cos| > 0.9995 -> linear interpolation; the decision holds to a 1e-5 margin on 4M entries."""
+    n = 4_000_000
+    g = gen(2)
+    a = torch.randn(n, generator=g, dtype=torch.float64)
+    a /= a.norm()
+    o = torch.randn(n, generator=g, dtype=torch.float64)
+    o -= (o @ a) * a
+    o /= o.norm()
+    b = cos * a + math.sqrt(1 - cos**2) * o
+    base, expert = (a * 3).float(), (b * 3).float()  # same norms, so only the angle matters
+    out = get_op("slerp")([expert], base=base, params={"t": 0.5})
+    norm = float(out.double().norm()) / 3
+    if lerp:
+        assert torch.equal(out, torch.lerp(base, expert, 0.5))
+        assert abs(norm - math.sqrt((1 + cos) / 2)) < 1e-7  # the chord midpoint is inside the sphere
+    else:
+        assert abs(norm - 1.0) < 1e-6  # slerp stays on the sphere
+
+
 def test_slerp_keeps_the_shape_of_matrices() -> None:
     base, e = torch.eye(3), torch.ones(3, 3)
     out = get_op("slerp")([e], base=base, params={"t": 0.3})
@@ -356,3 +377,46 @@ def test_inputs_are_never_mutated_or_returned(name, dtype) -> None:
         for x, c in zip([base, *experts], copies, strict=True):
             assert torch.equal(x, c)
             assert out.data_ptr() != x.data_ptr()
+
+
+def test_dare_tiny_density_drops_everything_instead_of_dividing_by_zero() -> None:
+    """float32 cannot hold 1/density for density ~1e-52, and torch.rand cannot draw a keep
+    probability below 2**-24: such densities drop every entry (zero delta), never NaN/inf."""
+    base = t(1, -2, 3)
+    experts = [t(1, -2, 3), t(2, 0, 3)]  # a zero and a nonzero task vector
+    for name in ("dare_linear", "dare_ties"):
+        for density in (1e-300, 3e-52, 1e-30, 2.0**-25):
+            out = get_op(name)(experts, base=base, params={"density": density}, generator=gen())
+            assert torch.equal(out, base), (name, density)
+        out = get_op(name)(experts, base=base, params={"density": sparsify.MIN_DARE_DENSITY}, generator=gen())
+        assert torch.isfinite(out).all()
+
+
+STRIDED_PARAMS = {
+    "linear": {"weight": [0.2, 0.5, 0.3]},
+    "task_arithmetic": {"weight": [0.2, 0.5, 0.3], "lambda": 0.8},
+    "ties": {"density": [0.3, 0.6, 0.9]},
+    "dare_ties": {"density": [0.3, 0.6, 0.9]},
+    "dare_linear": {"density": [0.3, 0.6, 0.9]},
+    "breadcrumbs": {"density": [0.3, 0.6, 0.9], "gamma": 0.1},
+    "breadcrumbs_ties": {"density": [0.3, 0.6, 0.9], "gamma": 0.1},
+    "slerp": {"t": 0.4},
+    "passthrough": {"scale": 0.5},
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_non_contiguous_inputs_give_the_contiguous_result(name) -> None:
+    """Masks are computed in logical (row-major) order, whatever the inputs' strides."""
+    g = gen(9)
+    base = torch.randn(5, 7, generator=g)
+    n = 1 if OPS[name].spec.max_experts == 1 else 3
+    experts = [base + torch.randn(5, 7, generator=g) for _ in range(n)]
+    op = get_op(name)
+    dense = op(experts, base=base, params=STRIDED_PARAMS[name], generator=gen(2))
+    # transposed views of transposed copies: the same logical values with non-contiguous strides
+    strided = [e.t().contiguous().t() for e in experts]
+    assert not strided[0].is_contiguous()
+    out = op(strided, base=base.t().contiguous().t(), params=STRIDED_PARAMS[name], generator=gen(2))
+    assert out.shape == base.shape
+    assert torch.equal(out, dense)

