@@ -61,7 +61,27 @@ class SliceSource(_Frozen):
 
 
 class Slice(_Frozen):
-    sources: tuple[SliceSource, ...] = Field(min_length=1, max_length=1)
+    """Layers stacked by passthrough. Data-flow merges (EvoMerge DFS) also set ``input_scale``,
+    the factor on the hidden state entering the slice, and ``identity`` for an unused slot."""
+
+    sources: tuple[SliceSource, ...] = Field(default=(), max_length=1)
+    input_scale: float = Field(1.0, gt=0.0, allow_inf_nan=False)
+    identity: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Slice:
+        if self.identity and self.sources:
+            raise ValueError("an identity slice takes no sources")
+        if not self.identity and len(self.sources) != 1:
+            raise ValueError("a slice needs exactly one source (or `identity: true`)")
+        return self
+
+    @property
+    def num_layers(self) -> int:
+        if self.identity:
+            return 1
+        start, end = self.sources[0].layer_range
+        return end - start
 
 
 class Recipe(_Frozen):
@@ -109,7 +129,7 @@ class Recipe(_Frozen):
         """Every model the recipe reads, base first, without repeats."""
         names: list[str] = [self.base_model] if self.base_model else []
         names += [m.model for m in self.models]
-        names += [s.sources[0].model for s in self.slices]
+        names += [s.sources[0].model for s in self.slices if s.sources]
         return list(dict.fromkeys(names))
 
     def with_sources(self, mapping: dict[str, str]) -> Recipe:
@@ -120,7 +140,7 @@ class Recipe(_Frozen):
         for m in d["models"]:
             m["model"] = mapping.get(m["model"], m["model"])
         for s in d["slices"]:
-            for src in s["sources"]:
+            for src in s.get("sources", ()):
                 src["model"] = mapping.get(src["model"], src["model"])
         return Recipe.model_validate(d)
 

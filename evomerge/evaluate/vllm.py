@@ -74,7 +74,7 @@ class VLLMEvaluator:
     def load_sources(self, sources: dict[str, str]) -> None:
         """Sources load lazily inside the engine's worker on the first swap (kept resident)."""
 
-    def _engine_for(self, reference: str, num_layers: int) -> VLLMEngine:
+    def _engine_for(self, reference: str, num_layers: int, recipe: Recipe | None = None) -> VLLMEngine:
         # Every weight is replaced per candidate, so any source of the same shape can seed the engine.
         with ModelDir(reference) as ref:
             shape = json.dumps({k: ref.config.get(k) for k in (*SHAPE_KEYS, "architectures")}, sort_keys=True)
@@ -88,9 +88,19 @@ class VLLMEvaluator:
         except ImportError:
             raise ConfigError("vLLM is not installed", hint="pip install 'evomerge[vllm]' (or use --engine hf)") from None
         with ModelDir(reference) as ref:
-            if ref.num_layers != num_layers:
-                raise ConfigError("the vLLM engine runs the base's depth; layer-stacking candidates need --engine hf",
-                                  hint="use --engine hf for passthrough recipes that change depth")
+            other_depth = ref.num_layers != num_layers
+        if other_depth:
+            # A data-flow / stacked candidate of another depth: start the engine from that
+            # candidate's own checkpoint once; later candidates of this depth swap in place.
+            if recipe is None:
+                raise ConfigError("an engine of another depth needs the candidate recipe")
+            import tempfile
+
+            from evomerge.merge.materialize import merge_to_dir
+
+            self._tmp = tempfile.TemporaryDirectory(prefix="evomerge-vllm-")
+            reference = str(Path(self._tmp.name) / "seed-model")
+            merge_to_dir(recipe, reference)
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
         t0 = time.perf_counter()
         args = dict(dtype="float32", enforce_eager=True, seed=0, max_num_seqs=self.max_num_seqs,
@@ -107,8 +117,8 @@ class VLLMEvaluator:
         with ModelDir(recipe.base_model or recipe.source_names()[0]) as ref:
             layers = ref.num_layers
         if recipe.merge_method == "passthrough":
-            layers = sum(s.sources[0].layer_range[1] - s.sources[0].layer_range[0] for s in recipe.slices)
-        engine = self._engine_for(recipe.base_model or recipe.source_names()[0], layers)
+            layers = sum(s.num_layers for s in recipe.slices)
+        engine = self._engine_for(recipe.base_model or recipe.source_names()[0], layers, recipe)
         t0 = time.perf_counter()
         replies = engine.llm.collective_rpc("evomerge_apply", args=(recipe.canonical_json(), seed))
         reply = replies[0]

@@ -188,48 +188,82 @@ def _plan_elementwise(plan: MergePlan, ref: ModelDir, n_experts: int) -> None:
         )
 
 
+OUTPUT_PROJECTIONS = ("o_proj", "down_proj")  # Llama-family names of a layer's residual writes
+
+
+def _is_output_projection(name: str) -> bool:
+    return any(f".{p}." in name for p in OUTPUT_PROJECTIONS)
+
+
 def _plan_passthrough(plan: MergePlan, ref: ModelDir) -> None:
-    """Layer stacking: output layers are the slices' layers in order (mergekit passthrough)."""
+    """Layer stacking (mergekit passthrough) and data-flow paths (EvoMerge DFS, Akiba et al. 2024).
+
+    A data-flow slice scales the hidden state entering it by ``input_scale``. RMSNorm is scale
+    invariant, so layer(c h) = c * layer'(h) where layer' has its output projections (o_proj,
+    down_proj) divided by c; by induction the path with scales c_1..c_T equals, up to a factor
+    C_T that the final RMSNorm removes, the plain stack whose layer k has its output projections
+    divided by C_k = c_1 * ... * c_k. An ``identity`` slot is a layer whose output projections
+    are zero (the residual passes through), so every path is a plain checkpoint of T layers.
+    """
     recipe = plan.recipe
-    _check_param_names(recipe, set(recipe.parameters) | {k for s in recipe.slices for k in s.sources[0].parameters})
-    out_layer = 0
+    _check_param_names(recipe, set(recipe.parameters) | {k for s in recipe.slices for src in s.sources for k in src.parameters})
+    dataflow = any(s.identity or s.input_scale != 1.0 for s in recipe.slices)
     non_layer = [n for n in ref.tensor_names if layer_index(n) is None]
     head = [n for n in non_layer if "embed" in n]
     tail = [n for n in non_layer if "embed" not in n]
-    total = sum(s.sources[0].layer_range[1] - s.sources[0].layer_range[0] for s in recipe.slices)
+    total = sum(s.num_layers for s in recipe.slices)
+    spec = get_op("passthrough").spec
 
     def job(src: str, name: str, out_name: str, layer: int | None, params: dict[str, Any]) -> TensorJob:
         meta = plan.sources[src].meta(name)
+        resolve_params(spec, params, 1)
         return TensorJob(
             out=TensorMeta(out_name, _out_dtype(recipe, plan.sources[src], name), meta.shape, 0),
-            layer=layer,
-            base=None,
-            experts=((src, name),),
-            params=params,
+            layer=layer, base=None, experts=((src, name),), params=params,
         )
 
-    for n in head:
-        plan.jobs.append(job(plan.reference, n, n, None, schedule.resolve_all(recipe.parameters, n, None, total)))
-    for sl in recipe.slices:
-        src = sl.sources[0]
-        src_dir = plan.sources[src.model]
-        start, end = src.layer_range
-        if end > src_dir.num_layers:
-            raise ConfigError(
-                f"slice layer_range {list(src.layer_range)} is past the {src_dir.num_layers} layers of {src.model}",
-                hint=f"use a range within [0, {src_dir.num_layers})",
-            )
+    def layers_of(src_name: str) -> dict[int, list[str]]:
         by_layer: dict[int, list[str]] = {}
-        for n in src_dir.tensor_names:
+        for n in plan.sources[src_name].tensor_names:
             li = layer_index(n)
             if li is not None:
                 by_layer.setdefault(li, []).append(n)
-        for li in range(start, end):
+        return by_layer
+
+    if dataflow and not any(_is_output_projection(n) for n in layers_of(plan.reference).get(0, [])):
+        raise ConfigError(
+            f"data-flow slices (input_scale, identity) need layers with {'/'.join(OUTPUT_PROJECTIONS)} "
+            f"output projections; {ref.architecture} has none",
+            hint="use plain passthrough slices for this architecture",
+        )
+    for n in head:
+        plan.jobs.append(job(plan.reference, n, n, None, schedule.resolve_all(recipe.parameters, n, None, total)))
+    out_layer = 0
+    cumulative = 1.0
+    for sl in recipe.slices:
+        cumulative *= sl.input_scale
+        if sl.identity:
+            src_name, layer_ids, own = plan.reference, [0], {}
+        else:
+            src = sl.sources[0]
+            src_name, own = src.model, src.parameters
+            start, end = src.layer_range
+            if end > plan.sources[src_name].num_layers:
+                raise ConfigError(
+                    f"slice layer_range {list(src.layer_range)} is past the "
+                    f"{plan.sources[src_name].num_layers} layers of {src_name}",
+                    hint=f"use a range within [0, {plan.sources[src_name].num_layers})",
+                )
+            layer_ids = list(range(start, end))
+        by_layer = layers_of(src_name)
+        for li in layer_ids:
             for n in by_layer.get(li, []):
                 out_name = _rename_layer(n, out_layer)
-                params = schedule.resolve_all({**recipe.parameters, **src.parameters}, out_name, out_layer, total)
-                resolve_params(get_op("passthrough").spec, params, 1)
-                plan.jobs.append(job(src.model, n, out_name, out_layer, params))
+                params = schedule.resolve_all({**recipe.parameters, **own}, out_name, out_layer, total)
+                if _is_output_projection(n) and (sl.identity or cumulative != 1.0):
+                    fold = 0.0 if sl.identity else 1.0 / cumulative
+                    params["scale"] = float(params.get("scale", 1.0)) * fold
+                plan.jobs.append(job(src_name, n, out_name, out_layer, params))
             out_layer += 1
     for n in tail:
         plan.jobs.append(job(plan.reference, n, n, None, schedule.resolve_all(recipe.parameters, n, None, total)))
