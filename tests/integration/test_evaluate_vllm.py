@@ -88,3 +88,24 @@ def test_swap_equals_fresh_engine_on_tied_embeddings(zoo_dir: Path, tmp_path: Pa
     assert swapped_gen == fresh_gen
     for (a, n), (b, m) in zip(swapped, fresh, strict=True):
         assert n == m and a == pytest.approx(b, abs=1e-4)
+
+
+def test_dataflow_candidate_runs_on_both_engines(zoo_dir: Path) -> None:
+    """A 5-slot data-flow path: vLLM starts an engine of that depth and agrees with transformers."""
+    from evomerge.evaluate.vllm import VLLMEvaluator
+    from tests.integration.test_dataflow import dfs_recipe
+
+    tasks = [load_task(FITNESS / f"zoo_{s}.yaml") for s in SKILLS] + [load_task(FITNESS / "zoo_caesar_loglik.yaml")]
+    recipe = dfs_recipe(zoo_dir)
+    hf = HFEvaluator().evaluate(recipe, tasks)
+    ev = VLLMEvaluator()
+    try:
+        res = ev.evaluate(recipe, tasks)
+    finally:
+        ev.close()
+    assert hf.status == res.status == "ok"
+    for t in tasks:
+        if t.spec.kind == "loglik":
+            assert res.item_scores[t.name] == pytest.approx(hf.item_scores[t.name], abs=2e-3)
+        else:
+            assert res.item_scores[t.name] == hf.item_scores[t.name], t.name
