@@ -137,7 +137,7 @@ def eval_cmd(
         results[sp] = res
     if as_json:
         print(json.dumps({sp: {"status": r.status, "objectives": r.objectives, "error": r.error,
-                               "seconds": r.seconds, "item_scores": r.item_scores} for sp, r in results.items()}))
+                               "seconds": r.seconds, "tokens": r.tokens, "item_scores": r.item_scores} for sp, r in results.items()}))
         return
     table = Table(title=f"{target} ({engine}, recipe {recipe.recipe_id})")
     table.add_column("task")
@@ -153,7 +153,7 @@ def eval_cmd(
     console.print(table)
     for sp, r in results.items():
         timing = ", ".join(f"{k} {v:.2f} s" for k, v in r.seconds.items())
-        console.print(f"{sp}: {r.status}{' (' + r.error + ')' if r.error else ''}; {r.items} items; {timing}")
+        console.print(f"{sp}: {r.status}{' (' + r.error + ')' if r.error else ''}; {r.items} items, {r.tokens} tokens; {timing}")
 
 
 @app.command("generate")

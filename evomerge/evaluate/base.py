@@ -28,6 +28,7 @@ class EvalResult:
     seconds: dict[str, float] = field(default_factory=dict)  # materialize, swap, evaluate
     items: int = 0
     error: str | None = None
+    tokens: int = 0  # prompt + generated tokens the engine processed
 
 
 class Evaluator(Protocol):
@@ -53,6 +54,8 @@ class Deadline:
 
 
 def run_tasks(engine: Engine, tasks: Sequence[Task], deadline: Deadline) -> tuple[dict[str, float], dict[str, list[float]], int]:
+    """Score every task; sets ``engine.last_tokens`` from the engine's token counter, if any."""
+    start = getattr(engine, "tokens", 0)
     objectives: dict[str, float] = {}
     per_item: dict[str, list[float]] = {}
     n = 0
@@ -63,17 +66,21 @@ def run_tasks(engine: Engine, tasks: Sequence[Task], deadline: Deadline) -> tupl
         objectives[task.name] = sum(scores) / len(scores)
         n += len(scores)
     deadline.check("the last task")
+    if hasattr(engine, "tokens"):
+        engine.last_tokens = engine.tokens - start  # type: ignore[attr-defined]
     return objectives, per_item, n
 
 
-def guarded(fn, timings: dict[str, float]) -> EvalResult:  # type: ignore[no-untyped-def]
-    """Run ``fn() -> (objectives, per_item, n)`` and map failures to statuses."""
+def guarded(fn, timings: dict[str, float], engine_of=lambda: None) -> EvalResult:  # type: ignore[no-untyped-def]
+    """Run ``fn() -> (objectives, per_item, n)`` and map failures to statuses; the token cost
+    is ``engine_of().last_tokens`` as set by :func:`run_tasks`."""
     try:
         objectives, per_item, n = fn()
     except MergeError as err:
         return EvalResult("invalid", None, seconds=timings, error=err.message)
     except EvalTimeout as err:
         return EvalResult("timeout", None, seconds=timings, error=err.message)
+    tokens = getattr(engine_of(), "last_tokens", 0)
     if not all(math.isfinite(v) for v in objectives.values()):
-        return EvalResult("invalid", None, per_item, timings, n, error="non-finite objective")
-    return EvalResult("ok", objectives, per_item, timings, n)
+        return EvalResult("invalid", None, per_item, timings, n, error="non-finite objective", tokens=tokens)
+    return EvalResult("ok", objectives, per_item, timings, n, tokens=tokens)

@@ -25,6 +25,7 @@ class HFEngine:
         self.batch_size = batch_size
         self.device = next(model.parameters()).device
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.tokens = 0  # prompt + generated tokens processed (the evaluation's token cost)
 
     def _ids(self, text: str, *, special: bool) -> list[int]:
         return self.tok(text, add_special_tokens=special)["input_ids"]
@@ -43,7 +44,9 @@ class HFEngine:
             gen = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                       max_new_tokens=max_new_tokens, do_sample=False,
                                       pad_token_id=self.pad, eos_token_id=self.tok.eos_token_id)
+            self.tokens += sum(len(e) for e in enc)
             for row in gen[:, width:].tolist():
+                self.tokens += next((k + 1 for k, t in enumerate(row) if t in (self.tok.eos_token_id, self.pad)), len(row))
                 text = self.tok.decode(row, skip_special_tokens=True)
                 for s in stop:
                     if s and s in text:
@@ -59,6 +62,7 @@ class HFEngine:
         for i in range(0, len(pairs), self.batch_size):
             chunk = pairs[i : i + self.batch_size]
             seqs = [p + c for p, c in chunk]
+            self.tokens += sum(len(q) for q in seqs)
             width = max(len(s) for s in seqs)
             ids = torch.full((len(seqs), width), self.pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
@@ -130,4 +134,4 @@ class HFEvaluator:
             timings["evaluate"] = time.perf_counter() - t1
             return result
 
-        return guarded(work, timings)
+        return guarded(work, timings, lambda: self.engine)

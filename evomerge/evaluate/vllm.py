@@ -29,12 +29,14 @@ class VLLMEngine:
     def __init__(self, llm, tokenizer) -> None:  # type: ignore[no-untyped-def]
         self.llm = llm
         self.tok = tokenizer
+        self.tokens = 0  # prompt + generated tokens processed (the evaluation's token cost)
 
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int, stop: Sequence[str]) -> list[str]:
         from vllm import SamplingParams
 
         sp = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop=list(stop) or None)
         outs = self.llm.generate(list(prompts), sp, use_tqdm=False)
+        self.tokens += sum(len(o.prompt_token_ids or ()) + len(o.outputs[0].token_ids) for o in outs)
         return [o.outputs[0].text for o in outs]
 
     def continuation_logprobs(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[tuple[float, int]]:
@@ -49,6 +51,7 @@ class VLLMEngine:
             spans.append((len(pi), ci))
         sp = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=1)
         outs = self.llm.generate(reqs, sp, use_tqdm=False)
+        self.tokens += sum(len(r["prompt_token_ids"]) for r in reqs)
         result = []
         for o, (start, ci) in zip(outs, spans, strict=True):
             total = 0.0
@@ -151,7 +154,7 @@ class VLLMEvaluator:
             log.info("candidate %s: evaluated %d items in %.2f s", recipe.recipe_id, result[2], timings["evaluate"])
             return result
 
-        return guarded(work, timings)
+        return guarded(work, timings, lambda: self.engine)
 
     def close(self) -> None:
         if self.engine is not None:

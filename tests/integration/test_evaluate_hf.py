@@ -38,6 +38,8 @@ def test_each_task_kind_scores_the_expert_and_the_base(zoo_dir: Path, evaluator:
     assert expert.objectives["zoo_caesar_loglik"] > -0.1 > -5 > base.objectives["zoo_caesar_loglik"]
     assert len(expert.item_scores["zoo_caesar"]) == 200 and expert.items == 200 + 100 + 200
     assert set(expert.seconds) == {"materialize", "evaluate"}
+    # token cost: at least every prompt's tokens plus one generated token per generate item
+    assert expert.tokens > sum(len(it["question"]) + 1 for it in tasks[0].items) + 200
 
 
 def test_generate_task_matches_the_zoo_reference_scorer(zoo_dir: Path) -> None:
