@@ -156,6 +156,55 @@ def eval_cmd(
         console.print(f"{sp}: {r.status}{' (' + r.error + ')' if r.error else ''}; {r.items} items, {r.tokens} tokens; {timing}")
 
 
+@app.command("validate")
+def validate(spaces: Annotated[list[Path], typer.Argument(help="search space YAML files")]) -> None:
+    """Check search spaces (schema, op parameters, bounds, task specs) without running anything."""
+    from evomerge.evaluate.tasks import load_task_spec
+    from evomerge.space.codec import PSCodec
+    from evomerge.space.schema import load_space
+
+    for path in spaces:
+        space = load_space(path)
+        for obj in space.objectives:
+            load_task_spec(obj.task)
+        genes = ""
+        if Path(space.base).exists():
+            genes = f", {PSCodec(space).dim} genes"
+        console.print(f"{path}: ok ({space.kind}, {space.merge_method}, {len(space.experts)} experts, "
+                      f"{len(space.objectives)} objectives{genes}, budget {space.budget}, hash {space.space_hash})")
+
+
+@app.command("search")
+def search(
+    space_path: Annotated[Path, typer.Option("--space", help="search space YAML")],
+    out: Annotated[Path | None, typer.Option(help="JSONL of every candidate (default runs/<name>-<seed>.jsonl)")] = None,
+    budget: Annotated[int | None, typer.Option(help="override the space's budget")] = None,
+) -> None:
+    """Run a search locally (transformers engine, in-place candidates) and print the best recipe."""
+    from evomerge.runner.local import run_search
+    from evomerge.space.schema import load_space
+
+    space = load_space(space_path)
+    if budget is not None:
+        space = space.model_copy(update={"budget": budget})
+    if space.uses_zoo():
+        from evomerge.zoo import ensure_zoo
+
+        ensure_zoo(log=console.print)
+    out = out or Path("runs") / f"{space.name}-{space.seed}.jsonl"
+    result = run_search(space, out=out, log=console.print)
+    best = result.best()
+    if best is None:
+        console.print("no candidate evaluated successfully")
+        raise typer.Exit(1)
+    console.print(f"best: candidate {best['index']} fitness {best['fitness']:.4f} objectives {best['objectives']}")
+    from evomerge.recipe import recipe_from_dict
+
+    best_yaml = out.with_suffix(".best.yaml")
+    best_yaml.write_text(recipe_from_dict(best["recipe"]).to_yaml())
+    console.print(f"candidates: {out}; best recipe: {best_yaml}")
+
+
 @app.command("generate")
 def generate(
     model: Annotated[Path, typer.Argument(help="model directory")],
@@ -201,10 +250,8 @@ def main() -> None:
         sys.exit(e.exit_code)
     except typer.Abort:
         sys.exit(130)
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.ClickException):
+    except Exception as e:  # usage errors of typer's (vendored) click
+        if hasattr(e, "show") and hasattr(e, "exit_code"):
             e.show()
             sys.exit(e.exit_code)
         raise

@@ -1,0 +1,1 @@
+"""Drivers that run a search: local (in-process) now; Ray workers and the SQL archive next."""

@@ -1,0 +1,101 @@
+"""The in-process search loop: ask, decode, evaluate (transformers, in place), tell.
+
+Each candidate is written as a JSON line (index, generation, recipe, recipe id, status,
+objectives, fitness, per-item scores, seconds) to ``runs/<space>-<seed>.jsonl``. Identical
+recipes within a run are evaluated once. The Ray driver and the SQL archive replace this file
+in the service (see the open issue).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evomerge.evaluate.base import EvalResult
+from evomerge.evaluate.tasks import load_task
+from evomerge.space.codec import PSCodec
+from evomerge.space.schema import SearchSpace
+from evomerge.strategies.base import Evaluated, Strategy
+from evomerge.strategies.cmaes import CMAES
+from evomerge.strategies.random import RandomSearch
+
+
+def make_strategy(space: SearchSpace, codec: PSCodec) -> Strategy:
+    s = space.strategy
+    if s.name == "random":
+        return RandomSearch(codec.dim, codec.initial(), seed=space.seed)
+    return CMAES(codec.dim, codec.initial(), seed=space.seed, sigma=s.sigma, popsize=s.popsize, options=s.options)
+
+
+def scalar_fitness(space: SearchSpace, objectives: dict[str, float] | None, names: list[str]) -> float | None:
+    """Weighted sum of objectives (minimized ones enter negated); None if not evaluated."""
+    if objectives is None:
+        return None
+    total = 0.0
+    for obj, name in zip(space.objectives, names, strict=True):
+        sign = 1.0 if obj.direction == "maximize" else -1.0
+        total += sign * obj.weight * objectives[name]
+    return total
+
+
+@dataclass
+class SearchResult:
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def best(self) -> dict[str, Any] | None:
+        ok = [r for r in self.records if r["fitness"] is not None]
+        return max(ok, key=lambda r: r["fitness"]) if ok else None
+
+
+def run_search(space: SearchSpace, *, evaluator: Any = None, out: Path | None = None,
+               log: Callable[[str], None] = print, batch: int | None = None) -> SearchResult:
+    if evaluator is None:
+        from evomerge.evaluate.hf import HFEvaluator
+
+        evaluator = HFEvaluator()
+    codec = PSCodec(space)
+    strategy = make_strategy(space, codec)
+    tasks = [load_task(o.task) for o in space.objectives]
+    names = [t.name for t in tasks]
+    result = SearchResult()
+    cache: dict[str, EvalResult] = {}
+    fh = None
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(out, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+    t_start = time.perf_counter()
+    try:
+        while len(result.records) < space.budget:
+            genomes = strategy.ask(min(batch or space.budget, space.budget - len(result.records)))
+            if not genomes:
+                raise RuntimeError("strategy asked for no genomes before the budget was spent")
+            told = []
+            for g in genomes:
+                recipe = codec.decode(g.x)
+                cached = recipe.recipe_id in cache
+                res = cache[recipe.recipe_id] if cached else evaluator.evaluate(recipe, tasks, seed=space.seed)
+                cache[recipe.recipe_id] = res
+                fitness = scalar_fitness(space, res.objectives, names)
+                told.append(Evaluated(g, fitness, res.item_scores))
+                rec = {"index": g.index, "generation": g.generation, "recipe_id": recipe.recipe_id,
+                       "recipe": json.loads(recipe.canonical_json()), "genome": [round(float(v), 6) for v in g.x],
+                       "status": res.status, "objectives": res.objectives, "fitness": fitness,
+                       "error": res.error, "cached": cached, "seconds": res.seconds, "item_scores": res.item_scores}
+                result.records.append(rec)
+                if fh:
+                    fh.write(json.dumps(rec) + "\n")
+                    fh.flush()
+            strategy.tell(told)
+            best = result.best()
+            done = len(result.records)
+            rate = done / (time.perf_counter() - t_start)
+            log(f"[{done}/{space.budget}] generation {genomes[-1].generation}: best fitness "
+                f"{best['fitness'] if best else float('nan'):.4f}, {rate:.2f} candidates/s")
+    finally:
+        if fh:
+            fh.close()
+    return result

@@ -1,0 +1,45 @@
+"""`evomerge search` locally on the zoo: every candidate recorded, deterministic, improving."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from evomerge.runner.local import run_search
+from evomerge.space.schema import load_space
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("strategy", ["cmaes", "random"])
+def test_search_is_deterministic_and_records_every_candidate(zoo_dir: Path, tmp_path: Path, strategy: str) -> None:
+    space = load_space(REPO / "search_spaces" / "demo.yaml")
+    space = space.model_copy(update={
+        "base": str(zoo_dir / "base"), "experts": tuple(str(zoo_dir / f"expert_{s}") for s in ("add", "caesar", "length")),
+        "budget": 12, "strategy": space.strategy.model_copy(update={"name": strategy, "popsize": 6})})
+    a = run_search(space, out=tmp_path / "a.jsonl", log=lambda _m: None)
+    b = run_search(space, out=tmp_path / "b.jsonl", log=lambda _m: None)
+    lines = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in lines] == list(range(12))
+    assert all(r["status"] == "ok" and len(r["item_scores"]["zoo_add"]) == 200 for r in lines)
+    assert [r["recipe_id"] for r in a.records] == [r["recipe_id"] for r in b.records]
+    assert [r["fitness"] for r in a.records] == [r["fitness"] for r in b.records]
+    best = a.best()
+    assert best is not None and best["fitness"] >= max(r["fitness"] for r in lines)
+
+
+def test_search_cli_writes_the_best_recipe(zoo_dir: Path, tmp_path: Path) -> None:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), EVOMERGE_ZOO=str(zoo_dir))
+    proc = subprocess.run([sys.executable, "-m", "evomerge.cli", "search", "--space", str(REPO / "search_spaces/demo.yaml"),
+                           "--budget", "8", "--out", str(tmp_path / "run.jsonl")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "best: candidate" in proc.stdout
+    best = (tmp_path / "run.best.yaml").read_text()
+    assert "merge_method: task_arithmetic" in best and str(zoo_dir) in best
+    assert len((tmp_path / "run.jsonl").read_text().splitlines()) == 8

@@ -1,0 +1,98 @@
+"""Search spaces: strict validation, genome codec, strategies' determinism."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evomerge.errors import ConfigError
+from evomerge.space.codec import PSCodec
+from evomerge.space.schema import SearchSpace, load_space
+from evomerge.strategies.base import Evaluated, penalty
+from evomerge.strategies.cmaes import CMAES
+from evomerge.strategies.random import RandomSearch
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def space(**kw) -> SearchSpace:
+    d = dict(name="t", base="/m/base", experts=("/m/a", "/m/b"), merge_method="ties",
+             vary={"weight": {"low": 0.0, "high": 2.0}, "density": {"low": 0.2, "high": 1.0, "init": 0.6},
+                   "lambda": {"low": 0.5, "high": 1.5}},
+             objectives=[{"task": "/t.yaml"}])
+    d.update(kw)
+    return SearchSpace.model_validate(d)
+
+
+def test_shipped_spaces_validate() -> None:
+    for p in sorted((REPO / "search_spaces").glob("*.yaml")):
+        s = load_space(p)
+        assert s.budget > 0 and all(Path(o.task).exists() for o in s.objectives)
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("vary: {weight: {low: 1.0, high: 0.5}}", "bounds are inverted"),
+    ("vary: {densty: {low: 0, high: 1}}", "has no parameter 'densty'"),
+    ("vary: {density: {low: 0, high: 2}}", "exceeds the op's bounds"),
+    ("vary: {weight: {low: 0, high: 1, init: 3}}", "init 3.0 is outside"),
+    ("vary: {normalize: {low: 0, high: 1}}", "boolean parameters cannot be searched"),
+    ("vary: {weight: {low: 0, high: 1}}\nfoo: 1", "foo: unknown key"),
+])
+def test_bad_spaces_are_config_errors(tmp_path: Path, text: str, needle: str) -> None:
+    p = tmp_path / "s.yaml"
+    p.write_text("name: s\nbase: b\nexperts: [e]\nmerge_method: ties\nobjectives: [{task: t.yaml}]\n" + text + "\n")
+    with pytest.raises(ConfigError, match="invalid search space|unknown merge method") as info:
+        load_space(p)
+    assert needle in str(info.value)
+
+
+def test_unknown_merge_method() -> None:
+    with pytest.raises(ConfigError, match="unknown merge method 'tiez'"):
+        space(merge_method="tiez")
+
+
+def test_codec_orders_genes_by_layer_group_and_decodes_per_layer_values() -> None:
+    codec = PSCodec(space(layer_groups=2), num_layers=4)
+    assert codec.dim == 2 * (2 * 2 + 1)
+    assert [(g.group, g.expert, g.param) for g in codec.genes[:5]] == [
+        (0, 0, "weight"), (0, 0, "density"), (0, 1, "weight"), (0, 1, "density"), (0, None, "lambda")]
+    x = np.linspace(0, 1, codec.dim)
+    r = codec.decode(x)
+    w0 = r.models[0].parameters["weight"]
+    assert len(w0) == 4 and w0[0] == w0[1] == 0.0 and w0[2] == w0[3] == pytest.approx(2.0 * x[5])
+    assert r.parameters["lambda"][3] == pytest.approx(0.5 + x[9])
+    init = codec.initial()
+    assert init[1] == pytest.approx((0.6 - 0.2) / 0.8) and init[0] == 0.5
+    assert codec.decode(init).recipe_id == codec.decode(init.copy()).recipe_id
+
+
+def test_random_search_is_deterministic_and_starts_at_the_initial_recipe() -> None:
+    a, b = RandomSearch(5, np.full(5, 0.3), seed=7), RandomSearch(5, np.full(5, 0.3), seed=7)
+    xa, xb = [g.x for g in a.ask(4)], [g.x for g in b.ask(2) + b.ask(2)]
+    assert all(np.array_equal(p, q) for p, q in zip(xa, xb, strict=True))
+    assert np.array_equal(xa[0], np.full(5, 0.3))
+    assert not np.array_equal(xa[1], RandomSearch(5, np.full(5, 0.3), seed=8).ask(2)[1].x)
+
+
+def test_cmaes_generation_barrier_penalty_and_replay() -> None:
+    def run(fail_index: int | None, splits: list[int]) -> list[np.ndarray]:
+        es = CMAES(4, np.full(4, 0.5), seed=3, popsize=6)
+        seen = []
+        for _ in range(3):
+            gen = []
+            for n in splits:
+                gen += es.ask(n)
+            assert len(gen) == 6 and es.ask(1) == []  # barrier: nothing more until the generation is told
+            seen += [g.x for g in gen]
+            res = [Evaluated(g, None if g.index == fail_index else -float(np.sum((g.x - 0.2) ** 2))) for g in gen]
+            es.tell(res[3:])
+            es.tell(res[:3])  # out of order, partial tells
+        return seen
+
+    a, b = run(None, [6]), run(None, [2, 4])
+    assert all(np.array_equal(p, q) for p, q in zip(a, b, strict=True))
+    c = run(1, [6])  # a failed candidate changes later generations but never breaks the run
+    assert all(np.all((x >= 0) & (x <= 1)) for x in c)
+    assert penalty([0.5, None, -2.0]) == -3.0 and penalty([None]) == -1.0
