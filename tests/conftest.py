@@ -53,3 +53,16 @@ def zoo_dir() -> Path:
     from evomerge.zoo import ensure_zoo
 
     return ensure_zoo(log=None)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 300, **env_extra: str):
+    """Run ``python -m evomerge.cli ARGS`` in a subprocess (offline, this checkout on the path)."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), **env_extra)
+    return subprocess.run([sys.executable, "-m", "evomerge.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,14 +11,7 @@ import torch
 from evomerge.hfmodel import load_hf_model
 from evomerge.merge.io import ModelDir
 from evomerge.merge.writer import verify_manifest
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "evomerge.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+from tests.conftest import run_cli
 
 
 def write_recipe(tmp_path: Path, text: str) -> Path:
