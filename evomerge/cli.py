@@ -143,8 +143,7 @@ def eval_cmd(
     table.add_column("task")
     for sp in splits:
         table.add_column(sp, justify="right")
-    for t in task:
-        name = load_task(t, split=splits[0]).name
+    for name in dict.fromkeys(t.name for t in tasks):
         row = []
         for sp in splits:
             r = results[sp]
