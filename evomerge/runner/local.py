@@ -28,6 +28,11 @@ def make_strategy(space: SearchSpace, codec: PSCodec) -> Strategy:
     s = space.strategy
     if s.name == "random":
         return RandomSearch(codec.dim, codec.initial(), seed=space.seed)
+    if s.name == "nevergrad":
+        from evomerge.strategies.nevergrad import Nevergrad
+
+        return Nevergrad(codec.dim, codec.initial(), optimizer=s.optimizer, budget=space.budget,
+                         num_workers=s.popsize or 1, seed=space.seed)
     return CMAES(codec.dim, codec.initial(), seed=space.seed, sigma=s.sigma, popsize=s.popsize, options=s.options)
 
 

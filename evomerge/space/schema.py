@@ -49,7 +49,8 @@ class Objective(_Strict):
 
 
 class StrategySpec(_Strict):
-    name: Literal["random", "cmaes"] = "cmaes"
+    name: Literal["random", "cmaes", "nevergrad"] = "cmaes"
+    optimizer: str = "NGOpt"  # nevergrad: any registry name (NGOpt, TwoPointsDE, PSO, DE, CMA, ...)
     popsize: int | None = Field(None, ge=2)
     sigma: float = Field(0.25, gt=0, le=1)
     options: dict[str, Any] = Field(default_factory=dict)

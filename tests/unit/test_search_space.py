@@ -96,3 +96,33 @@ def test_cmaes_generation_barrier_penalty_and_replay() -> None:
     c = run(1, [6])  # a failed candidate changes later generations but never breaks the run
     assert all(np.all((x >= 0) & (x <= 1)) for x in c)
     assert penalty([0.5, None, -2.0]) == -3.0 and penalty([None]) == -1.0
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("optimizer", ["TwoPointsDE", "PSO", "OnePlusOne"])
+def test_nevergrad_optimizers_by_name_are_seeded_and_improve(optimizer: str) -> None:
+    from evomerge.strategies.nevergrad import Nevergrad
+
+    def run(seed: int) -> tuple[list[np.ndarray], float]:
+        ng_ = Nevergrad(3, np.full(3, 0.5), optimizer=optimizer, budget=60, num_workers=4, seed=seed)
+        xs, best = [], -np.inf
+        for _ in range(15):
+            gen = ng_.ask(4)
+            res = [Evaluated(g, None if g.index == 5 else -float(np.sum((g.x - 0.8) ** 2))) for g in gen]
+            ng_.tell(list(reversed(res)))  # out of order
+            xs += [g.x for g in gen]
+            best = max([best] + [r.fitness for r in res if r.fitness is not None])
+        return xs, best
+
+    a, best = run(1)
+    b, _ = run(1)
+    assert all(np.array_equal(p, q) for p, q in zip(a, b, strict=True))
+    assert all(np.all((x >= 0) & (x <= 1)) for x in a)
+    assert best > -float(np.sum((np.full(3, 0.5) - 0.8) ** 2))  # better than the start
+
+
+def test_unknown_nevergrad_optimizer() -> None:
+    from evomerge.strategies.nevergrad import Nevergrad
+
+    with pytest.raises(ConfigError, match="unknown nevergrad optimizer 'NoSuchOpt'"):
+        Nevergrad(2, np.zeros(2), optimizer="NoSuchOpt")
