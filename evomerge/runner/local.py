@@ -28,6 +28,11 @@ def make_strategy(space: SearchSpace, codec: PSCodec) -> Strategy:
     s = space.strategy
     if s.name == "random":
         return RandomSearch(codec.dim, codec.initial(), seed=space.seed)
+    if s.name == "m2n2":
+        from evomerge.strategies.m2n2 import M2N2
+
+        return M2N2(codec.dim, [codec.initial(), *codec.expert_genomes()], archive_size=s.archive_size,
+                    alpha=s.alpha, seed=space.seed)
     if s.name == "nevergrad":
         from evomerge.strategies.nevergrad import Nevergrad
 
@@ -76,8 +81,10 @@ def run_search(space: SearchSpace, *, evaluator: Any = None, out: Path | None = 
     try:
         while len(result.records) < space.budget:
             genomes = strategy.ask(min(batch or space.budget, space.budget - len(result.records)))
-            if not genomes:
-                raise RuntimeError("strategy asked for no genomes before the budget was spent")
+            if not genomes:  # e.g. M2N2 with fewer than two successful members
+                log(f"stopping after {len(result.records)} candidates: the strategy has nothing to ask "
+                    "(too few candidates succeeded; see the errors in the run log)")
+                break
             told = []
             for g in genomes:
                 recipe = codec.decode(g.x)

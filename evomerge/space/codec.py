@@ -63,6 +63,21 @@ class PSCodec:
             x.append(0.5 if init is None else (init - g.low) / (g.high - g.low))
         return np.array(x, dtype=float)
 
+    def expert_genomes(self) -> list[np.ndarray]:
+        """One genome per expert that is that expert alone (its weight 1, the others 0), when the
+        ``weight`` bounds allow it: M2N2 seeds its archive with the source models."""
+        v = self.space.vary.get("weight")
+        if v is None or not v.low <= 0.0 <= 1.0 <= v.high:
+            return []
+        out = []
+        for e in range(len(self.space.experts)):
+            x = self.initial()
+            for i, g in enumerate(self.genes):
+                if g.param == "weight":
+                    x[i] = ((1.0 if g.expert == e else 0.0) - g.low) / (g.high - g.low)
+            out.append(x)
+        return out
+
     def values(self, x: np.ndarray) -> np.ndarray:
         x = np.clip(np.asarray(x, dtype=float), 0.0, 1.0)
         lows = np.array([g.low for g in self.genes])

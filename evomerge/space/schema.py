@@ -49,10 +49,12 @@ class Objective(_Strict):
 
 
 class StrategySpec(_Strict):
-    name: Literal["random", "cmaes", "nevergrad"] = "cmaes"
+    name: Literal["random", "cmaes", "nevergrad", "m2n2"] = "cmaes"
     optimizer: str = "NGOpt"  # nevergrad: any registry name (NGOpt, TwoPointsDE, PSO, DE, CMA, ...)
     popsize: int | None = Field(None, ge=2)
     sigma: float = Field(0.25, gt=0, le=1)
+    archive_size: int = Field(20, ge=2)  # m2n2
+    alpha: float = Field(1.0, ge=0)  # m2n2: 1 = competition for resources, 0 = plain GA
     options: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -16,12 +16,12 @@ from evomerge.space.schema import load_space
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("strategy", ["cmaes", "random", "nevergrad"])
+@pytest.mark.parametrize("strategy", ["cmaes", "random", "nevergrad", "m2n2"])
 def test_search_is_deterministic_and_records_every_candidate(zoo_dir: Path, tmp_path: Path, strategy: str) -> None:
     space = load_space(REPO / "search_spaces" / "demo.yaml")
     space = space.model_copy(update={
         "base": str(zoo_dir / "base"), "experts": tuple(str(zoo_dir / f"expert_{s}") for s in ("add", "caesar", "length")),
-        "budget": 12, "strategy": space.strategy.model_copy(update={"name": strategy, "popsize": 6, "optimizer": "TwoPointsDE"})})
+        "budget": 12, "strategy": space.strategy.model_copy(update={"name": strategy, "popsize": 6, "optimizer": "TwoPointsDE", "archive_size": 6})})
     a = run_search(space, out=tmp_path / "a.jsonl", log=lambda _m: None)
     b = run_search(space, out=tmp_path / "b.jsonl", log=lambda _m: None)
     lines = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]

@@ -1,0 +1,120 @@
+"""M2N2: competition for per-item resources, attraction-based mate choice, split-point crossover
+(Abrantes, Lange & Tang 2025, "Competition and Attraction Improve Model Fusion", GECCO; see
+ALGORITHMS.md). Children are recipes: crossover mixes genomes whose genes are ordered by
+(layer group, expert, parameter), so a split point is a split between layer blocks.
+
+- Archive of ``archive_size`` members, each with a score per fitness item in [0, 1]
+  (log-likelihood items enter as exp(mean log-prob)).
+- Competition: z_j = (sum_i s_ij)^alpha, fitness_i = sum_j s_ij / z_j (alpha = 0: a plain GA).
+- Parent 1 ~ fitness; parent 2 ~ attraction sum_j max(0, s_kj - s_p1,j).
+- Crossover: split s ~ U{0..d-1}, weight w ~ U(0, 1): child = w x1 + (1-w) x2 before s and
+  (1-w) x1 + w x2 from s on.
+- Each scored child joins the archive and the member with the lowest fitness leaves (possibly
+  the child). No mutation: the sources are trained models (paper, sec. 3).
+Randomness for child ``i`` comes from ``SeedSequence([seed, i])``, so asks do not depend on
+how a run was interrupted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from evomerge.strategies.base import Evaluated, Genome
+
+
+def item_row(item_scores: dict[str, list[float]]) -> np.ndarray:
+    """All items of all tasks in task-name order, mapped into [0, 1]."""
+    parts = []
+    for name in sorted(item_scores):
+        s = np.asarray(item_scores[name], dtype=float)
+        if s.size and (s.min() < 0 or s.max() > 1):  # log-likelihoods: probability of the reference
+            s = np.exp(np.minimum(s, 0.0))
+        parts.append(np.clip(np.nan_to_num(s, nan=0.0), 0.0, 1.0))
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def shared_fitness(scores: np.ndarray, alpha: float) -> np.ndarray:
+    """Competition for resources: fitness_i = sum_j s_ij / (sum_k s_kj)^alpha, zero-guarded."""
+    z = scores.sum(axis=0) ** alpha
+    z = np.where(z > 0, z, 1.0)
+    return (scores / z).sum(axis=1)
+
+
+def attraction(scores: np.ndarray, parent: int) -> np.ndarray:
+    """How much each member is strong where ``parent`` is weak: sum_j max(0, s_kj - s_pj)."""
+    gain = np.maximum(0.0, scores - scores[parent]).sum(axis=1)
+    gain[parent] = 0.0
+    return gain
+
+
+def crossover(x1: np.ndarray, x2: np.ndarray, split: int, w: float) -> np.ndarray:
+    head = w * x1[:split] + (1 - w) * x2[:split]
+    tail = (1 - w) * x1[split:] + w * x2[split:]
+    return np.clip(np.concatenate([head, tail]), 0.0, 1.0)
+
+
+def _pick(rng: np.random.Generator, weights: np.ndarray, exclude: int | None = None) -> int:
+    w = np.maximum(np.asarray(weights, dtype=float), 0.0)
+    if exclude is not None:
+        w[exclude] = 0.0
+    if w.sum() <= 0:
+        choices = [i for i in range(len(w)) if i != exclude]
+        return int(rng.choice(choices))
+    return int(rng.choice(len(w), p=w / w.sum()))
+
+
+class M2N2:
+    name = "m2n2"
+
+    def __init__(self, dim: int, seeds: Sequence[np.ndarray], *, archive_size: int = 20, alpha: float = 1.0,
+                 seed: int = 0) -> None:
+        self.dim, self.archive_size, self.alpha, self.seed = dim, archive_size, alpha, seed
+        self._seeds = [np.clip(np.asarray(s, dtype=float), 0, 1) for s in seeds]
+        self.asked = 0
+        self.members: list[tuple[int, np.ndarray, np.ndarray]] = []  # (index, genome, item scores)
+        self.history: list[tuple[int, float | None]] = []
+
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng(np.random.SeedSequence([self.seed, index]))
+
+    def ask(self, n: int) -> list[Genome]:
+        out = []
+        for _ in range(n):
+            i = self.asked
+            if i < self.archive_size:  # fill the archive: given recipes first, then random points
+                x = self._seeds[i] if i < len(self._seeds) else self._rng(i).random(self.dim)
+                out.append(Genome(i, x, generation=0))
+            elif len(self.members) >= 2:
+                rng = self._rng(i)
+                scores = np.stack([m[2] for m in self.members])
+                p1 = _pick(rng, shared_fitness(scores, self.alpha))
+                p2 = _pick(rng, attraction(scores, p1), exclude=p1)
+                split, w = int(rng.integers(0, self.dim)), float(rng.random())
+                x = crossover(self.members[p1][1], self.members[p2][1], split, w)
+                out.append(Genome(i, x, generation=i - self.archive_size + 1,
+                                  parents=(self.members[p1][0], self.members[p2][0])))
+            else:
+                break  # children need two scored members
+            self.asked += 1
+        return out
+
+    def tell(self, results: Sequence[Evaluated]) -> None:
+        for r in sorted(results, key=lambda r: r.genome.index):
+            self.history.append((r.genome.index, r.fitness))
+            if r.fitness is None or not r.item_scores:
+                continue  # a failed candidate never enters the archive
+            row = item_row(r.item_scores)
+            if self.members and row.shape != self.members[0][2].shape:
+                continue
+            self.members.append((r.genome.index, np.asarray(r.genome.x, dtype=float), row))
+            if len(self.members) > self.archive_size:
+                fit = shared_fitness(np.stack([m[2] for m in self.members]), self.alpha)
+                self.members.pop(int(np.argmin(fit)))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "seed": self.seed, "alpha": self.alpha, "archive_size": self.archive_size,
+                "asked": self.asked, "history": self.history,
+                "archive": [{"index": i, "x": x.tolist(), "scores": s.tolist()} for i, x, s in self.members]}
