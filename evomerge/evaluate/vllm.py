@@ -75,6 +75,7 @@ class VLLMEvaluator:
         self.engine: VLLMEngine | None = None
         self._key: tuple[str, int] | None = None  # (shape config, layers) of the running engine
         self.start_seconds: float | None = None
+        self._tmp = None  # temporary seed checkpoint for engines of another depth (data-flow)
 
     def load_sources(self, sources: dict[str, str]) -> None:
         """Sources load lazily inside the engine's worker on the first swap (kept resident)."""
@@ -162,6 +163,9 @@ class VLLMEvaluator:
             self.engine = None
             self._key = None
             shutdown_llm(llm)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
 
 
 def shutdown_llm(llm) -> None:  # type: ignore[no-untyped-def]
