@@ -199,6 +199,9 @@ def search(
     console.print(f"best: candidate {best['index']} fitness {best['fitness']:.4f} objectives {best['objectives']}")
     from evomerge.recipe import recipe_from_dict
 
+    front = result.pareto()
+    console.print(f"Pareto front over {len(space.objectives)} objectives: {len(front)} candidates "
+                  f"({', '.join(str(r['index']) for r in front[:12])}{' ...' if len(front) > 12 else ''})")
     best_yaml = out.with_suffix(".best.yaml")
     best_yaml.write_text(recipe_from_dict(best["recipe"]).to_yaml())
     console.print(f"candidates: {out}; best recipe: {best_yaml}")

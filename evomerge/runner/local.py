@@ -55,6 +55,20 @@ def scalar_fitness(space: SearchSpace, objectives: dict[str, float] | None, name
 @dataclass
 class SearchResult:
     records: list[dict[str, Any]] = field(default_factory=list)
+    objective_names: list[str] = field(default_factory=list)
+    directions: list[str] = field(default_factory=list)
+
+    def pareto(self) -> list[dict[str, Any]]:
+        """The non-dominated candidates over all objectives (failed ones never enter)."""
+        import numpy as np
+
+        from evomerge.pareto import pareto_front
+
+        ok = [r for r in self.records if r["objectives"] is not None and not r["cached"]]
+        if not ok:
+            return []
+        values = np.array([[r["objectives"][n] for n in self.objective_names] for r in ok])
+        return [ok[i] for i in pareto_front(values, self.directions)]
 
     def best(self) -> dict[str, Any] | None:
         ok = [r for r in self.records if r["fitness"] is not None]
@@ -71,7 +85,7 @@ def run_search(space: SearchSpace, *, evaluator: Any = None, out: Path | None = 
     strategy = make_strategy(space, codec)
     tasks = [load_task(o.task) for o in space.objectives]
     names = [t.name for t in tasks]
-    result = SearchResult()
+    result = SearchResult(objective_names=names, directions=[o.direction for o in space.objectives])
     cache: dict[str, EvalResult] = {}
     fh = None
     if out is not None:

@@ -31,6 +31,13 @@ def test_search_is_deterministic_and_records_every_candidate(zoo_dir: Path, tmp_
     assert [r["fitness"] for r in a.records] == [r["fitness"] for r in b.records]
     best = a.best()
     assert best is not None and best["fitness"] >= max(r["fitness"] for r in lines)
+    front = a.pareto()
+    assert best["index"] in [r["index"] for r in front]  # the best weighted sum is never dominated
+    names = a.objective_names
+    for r in front:
+        for q in front:
+            assert not all(r["objectives"][n] >= q["objectives"][n] for n in names) or r is q or \
+                not any(r["objectives"][n] > q["objectives"][n] for n in names)
 
 
 def test_search_cli_writes_the_best_recipe(zoo_dir: Path, tmp_path: Path) -> None:
@@ -39,7 +46,7 @@ def test_search_cli_writes_the_best_recipe(zoo_dir: Path, tmp_path: Path) -> Non
                            "--budget", "8", "--out", str(tmp_path / "run.jsonl")], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    assert "best: candidate" in proc.stdout
+    assert "best: candidate" in proc.stdout and "Pareto front over 3 objectives" in proc.stdout
     best = (tmp_path / "run.best.yaml").read_text()
     assert "merge_method: task_arithmetic" in best and str(zoo_dir) in best
     assert len((tmp_path / "run.jsonl").read_text().splitlines()) == 8
