@@ -46,48 +46,41 @@ def run_in_place(evaluator, recipes, tasks) -> list[dict[str, float]]:
     return rows
 
 
-def run_disk_hf(recipes, tasks, workdir: Path) -> list[dict[str, float]]:
+def run_disk(recipes, tasks, workdir: Path, load) -> list[dict[str, float]]:
+    """The peers' path: write each merge to disk, ``load(dir) -> (engine, close)``, evaluate."""
     from evomerge.evaluate.base import Deadline, run_tasks
+    from evomerge.merge.materialize import merge_to_dir
+
+    rows = []
+    for i, r in enumerate(recipes):
+        out = workdir / f"candidate-{i}"
+        t0 = time.perf_counter()
+        merge_to_dir(r, out, overwrite=True)
+        t1 = time.perf_counter()
+        engine, close = load(out)
+        t2 = time.perf_counter()
+        objectives = run_tasks(engine, tasks, Deadline(None)).objectives
+        t3 = time.perf_counter()
+        close()
+        rows.append({"materialize": t1 - t0, "load": t2 - t1, "evaluate": t3 - t2,
+                     "mean": sum(objectives.values()) / len(objectives)})
+    return rows
+
+
+def load_hf(out: Path):  # type: ignore[no-untyped-def]
     from evomerge.evaluate.hf import HFEngine
     from evomerge.hfmodel import load_hf_model, load_hf_tokenizer
-    from evomerge.merge.materialize import merge_to_dir
 
-    rows = []
-    for i, r in enumerate(recipes):
-        out = workdir / f"hf-{i}"
-        t0 = time.perf_counter()
-        merge_to_dir(r, out)
-        t1 = time.perf_counter()
-        engine = HFEngine(load_hf_model(out), load_hf_tokenizer(out))
-        t2 = time.perf_counter()
-        objectives, _, _ = run_tasks(engine, tasks, Deadline(None))
-        t3 = time.perf_counter()
-        rows.append({"materialize": t1 - t0, "load": t2 - t1, "evaluate": t3 - t2,
-                     "mean": sum(objectives.values()) / len(objectives)})
-    return rows
+    return HFEngine(load_hf_model(out), load_hf_tokenizer(out)), lambda: None
 
 
-def run_disk_vllm(recipes, tasks, workdir: Path) -> list[dict[str, float]]:
+def load_new_vllm_engine(out: Path):  # type: ignore[no-untyped-def]
     from vllm import LLM
 
-    from evomerge.evaluate.base import Deadline, run_tasks
     from evomerge.evaluate.vllm import VLLMEngine, shutdown_llm
-    from evomerge.merge.materialize import merge_to_dir
 
-    rows = []
-    for i, r in enumerate(recipes):
-        out = workdir / f"vllm-{i}"
-        t0 = time.perf_counter()
-        merge_to_dir(r, out)
-        t1 = time.perf_counter()
-        llm = LLM(model=str(out), dtype="float32", enforce_eager=True, seed=0)
-        t2 = time.perf_counter()
-        objectives, _, _ = run_tasks(VLLMEngine(llm, llm.get_tokenizer()), tasks, Deadline(None))
-        t3 = time.perf_counter()
-        shutdown_llm(llm)
-        rows.append({"materialize": t1 - t0, "load": t2 - t1, "evaluate": t3 - t2,
-                     "mean": sum(objectives.values()) / len(objectives)})
-    return rows
+    llm = LLM(model=str(out), dtype="float32", enforce_eager=True, seed=0)
+    return VLLMEngine(llm, llm.get_tokenizer()), lambda: shutdown_llm(llm)
 
 
 def summarize(name: str, rows: list[dict[str, float]]) -> str:
@@ -117,7 +110,7 @@ def main() -> None:
     hf.evaluate(recipes[0], tasks)  # warm-up: resident sources + model built once per worker
     lines.append(summarize("transformers, in place (evomerge)", run_in_place(hf, recipes, tasks)))
     with tempfile.TemporaryDirectory(prefix="evomerge-bench-") as tmp:
-        lines.append(summarize("transformers, write to disk + from_pretrained", run_disk_hf(recipes, tasks, Path(tmp))))
+        lines.append(summarize("transformers, write to disk + from_pretrained", run_disk(recipes, tasks, Path(tmp), load_hf)))
         engine_start = None
         if not args.no_vllm:
             from evomerge.evaluate.vllm import VLLMEvaluator
@@ -128,7 +121,7 @@ def main() -> None:
             lines.append(summarize("vLLM, swap in place (evomerge)", run_in_place(v, recipes, tasks)))
             v.close()
             lines.append(summarize("vLLM, write to disk + new engine",
-                                   run_disk_vllm(recipes[: args.disk_vllm_candidates], tasks, Path(tmp))))
+                                   run_disk(recipes[: args.disk_vllm_candidates], tasks, Path(tmp), load_new_vllm_engine)))
     print(f"\nzoo {zoo.name}: {len(recipes)} candidates x {sum(len(t.items) for t in tasks)} items "
           "(medians, seconds per candidate)")
     print(f"{'path':<44}{'n':>4}{'materialize':>12}{'load/swap':>12}{'evaluate':>11}{'total':>10}{'overhead':>12}")

@@ -51,13 +51,13 @@ def zoo_eval(
 ) -> None:
     """Score model directories on the zoo's skills (greedy exact match)."""
     from evomerge.hfmodel import load_hf_model
-    from evomerge.zoo import SKILLS, ZooSpec, skill_accuracy, vocab
+    from evomerge.zoo import ZooSpec, skill_accuracy, vocab
 
     skills = list(ZooSpec().experts)
     scores = {}
     for path in models:
         model = load_hf_model(path)
-        scores[str(path)] = {s: skill_accuracy(model, s, vocab(), n=n) for s in skills if s in SKILLS}
+        scores[str(path)] = {s: skill_accuracy(model, s, vocab(), n=n) for s in skills}
     if as_json:
         print(json.dumps(scores, indent=2))
     else:

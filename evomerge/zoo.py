@@ -225,7 +225,6 @@ class TrainPlan:
     batch_size: int = 64
     warmup: int = 20
     seed: int = 0
-    cosine: bool = True  # cosine decay to 0; else constant after warm-up
 
 
 def train(model, plan: TrainPlan, vmap: dict[str, int], log: Callable[[str], None] | None = None) -> None:
@@ -239,8 +238,7 @@ def train(model, plan: TrainPlan, vmap: dict[str, int], log: Callable[[str], Non
     model.train()
     for step in range(plan.steps):
         frac = step / max(1, plan.steps)
-        decay = 0.5 * (1 + np.cos(np.pi * frac)) if plan.cosine else 1.0
-        lr = plan.lr * min(1.0, (step + 1) / plan.warmup) * decay
+        lr = plan.lr * min(1.0, (step + 1) / plan.warmup) * 0.5 * (1 + np.cos(np.pi * frac))
         for g in opt.param_groups:
             g["lr"] = lr
         picks = rng.choice(len(names), size=plan.batch_size, p=probs)

@@ -53,34 +53,38 @@ class Deadline:
                               hint="raise the deadline or use fewer / shorter fitness items")
 
 
-def run_tasks(engine: Engine, tasks: Sequence[Task], deadline: Deadline) -> tuple[dict[str, float], dict[str, list[float]], int]:
-    """Score every task; sets ``engine.last_tokens`` from the engine's token counter, if any."""
+@dataclass
+class TaskScores:
+    objectives: dict[str, float]  # task name -> mean item score
+    item_scores: dict[str, list[float]]
+    items: int
+    tokens: int  # prompt + generated tokens, from the engine's counter (0 if it keeps none)
+
+
+def run_tasks(engine: Engine, tasks: Sequence[Task], deadline: Deadline) -> TaskScores:
+    """Score every task, checking the deadline between tasks."""
     start = getattr(engine, "tokens", 0)
     objectives: dict[str, float] = {}
     per_item: dict[str, list[float]] = {}
-    n = 0
     for task in tasks:
         deadline.check(f"task {task.name}")
         scores = score_task(task, engine)
         per_item[task.name] = scores
         objectives[task.name] = sum(scores) / len(scores)
-        n += len(scores)
     deadline.check("the last task")
-    if hasattr(engine, "tokens"):
-        engine.last_tokens = engine.tokens - start  # type: ignore[attr-defined]
-    return objectives, per_item, n
+    return TaskScores(objectives, per_item, sum(len(v) for v in per_item.values()),
+                      getattr(engine, "tokens", 0) - start)
 
 
-def guarded(fn, timings: dict[str, float], engine_of=lambda: None) -> EvalResult:  # type: ignore[no-untyped-def]
-    """Run ``fn() -> (objectives, per_item, n)`` and map failures to statuses; the token cost
-    is ``engine_of().last_tokens`` as set by :func:`run_tasks`."""
+def guarded(fn, timings: dict[str, float]) -> EvalResult:  # type: ignore[no-untyped-def]
+    """Run ``fn() -> TaskScores`` and map failures to statuses."""
     try:
-        objectives, per_item, n = fn()
+        r = fn()
     except MergeError as err:
         return EvalResult("invalid", None, seconds=timings, error=err.message)
     except EvalTimeout as err:
         return EvalResult("timeout", None, seconds=timings, error=err.message)
-    tokens = getattr(engine_of(), "last_tokens", 0)
-    if not all(math.isfinite(v) for v in objectives.values()):
-        return EvalResult("invalid", None, per_item, timings, n, error="non-finite objective", tokens=tokens)
-    return EvalResult("ok", objectives, per_item, timings, n, tokens=tokens)
+    if not all(math.isfinite(v) for v in r.objectives.values()):
+        return EvalResult("invalid", None, r.item_scores, timings, r.items, error="non-finite objective",
+                          tokens=r.tokens)
+    return EvalResult("ok", r.objectives, r.item_scores, timings, r.items, tokens=r.tokens)

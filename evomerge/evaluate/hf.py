@@ -134,4 +134,4 @@ class HFEvaluator:
             timings["evaluate"] = time.perf_counter() - t1
             return result
 
-        return guarded(work, timings, lambda: self.engine)
+        return guarded(work, timings)

@@ -80,10 +80,11 @@ class VLLMEvaluator:
     def load_sources(self, sources: dict[str, str]) -> None:
         """Sources load lazily inside the engine's worker on the first swap (kept resident)."""
 
-    def _engine_for(self, reference: str, num_layers: int, recipe: Recipe | None = None) -> VLLMEngine:
-        # Every weight is replaced per candidate, so any source of the same shape can seed the engine.
-        with ModelDir(reference) as ref:
-            shape = json.dumps({k: ref.config.get(k) for k in (*SHAPE_KEYS, "architectures")}, sort_keys=True)
+    def _engine_for(self, reference: str, config: dict, num_layers: int, recipe: Recipe) -> VLLMEngine:
+        """The running engine if it fits (same shape config and depth), else a new one.
+
+        Every weight is replaced per candidate, so any source of the same shape can seed it."""
+        shape = json.dumps({k: config.get(k) for k in (*SHAPE_KEYS, "architectures")}, sort_keys=True)
         key = (shape, num_layers)
         if self.engine is not None and self._key == key:
             return self.engine
@@ -93,13 +94,9 @@ class VLLMEvaluator:
             from vllm import LLM
         except ImportError:
             raise ConfigError("vLLM is not installed", hint="pip install 'evomerge[vllm]' (or use --engine hf)") from None
-        with ModelDir(reference) as ref:
-            other_depth = ref.num_layers != num_layers
-        if other_depth:
+        if int(config.get("num_hidden_layers", 0)) != num_layers:
             # A data-flow / stacked candidate of another depth: start the engine from that
             # candidate's own checkpoint once; later candidates of this depth swap in place.
-            if recipe is None:
-                raise ConfigError("an engine of another depth needs the candidate recipe")
             import tempfile
 
             from evomerge.merge.materialize import merge_to_dir
@@ -121,11 +118,12 @@ class VLLMEvaluator:
         return self.engine
 
     def swap(self, recipe: Recipe, *, seed: int = 0) -> tuple[VLLMEngine, dict[str, float]]:
-        with ModelDir(recipe.base_model or recipe.source_names()[0]) as ref:
-            layers = ref.num_layers
+        reference = recipe.base_model or recipe.source_names()[0]
+        with ModelDir(reference) as ref:  # headers only, once per candidate
+            config, layers = ref.config, ref.num_layers
         if recipe.merge_method == "passthrough":
             layers = sum(s.num_layers for s in recipe.slices)
-        engine = self._engine_for(recipe.base_model or recipe.source_names()[0], layers, recipe)
+        engine = self._engine_for(reference, config, layers, recipe)
         t0 = time.perf_counter()
         replies = engine.llm.collective_rpc("evomerge_apply", args=(recipe.canonical_json(), seed))
         reply = replies[0]
@@ -152,10 +150,10 @@ class VLLMEvaluator:
             t1 = time.perf_counter()
             result = run_tasks(engine, tasks, deadline)
             timings["evaluate"] = time.perf_counter() - t1
-            log.info("candidate %s: evaluated %d items in %.2f s", recipe.recipe_id, result[2], timings["evaluate"])
+            log.info("candidate %s: evaluated %d items in %.2f s", recipe.recipe_id, result.items, timings["evaluate"])
             return result
 
-        return guarded(work, timings, lambda: self.engine)
+        return guarded(work, timings)
 
     def close(self) -> None:
         if self.engine is not None:

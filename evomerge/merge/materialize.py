@@ -179,7 +179,7 @@ def _plan_elementwise(plan: MergePlan, ref: ModelDir, n_experts: int) -> None:
         resolve_params(spec, params, n_experts)  # bounds and lengths checked now, not mid-merge
         plan.jobs.append(
             TensorJob(
-                out=TensorMeta(name, _out_dtype(recipe, ref, name), ref.meta(name).shape, 0),
+                out=TensorMeta.of(name, _out_dtype(recipe, ref, name), ref.meta(name).shape),
                 layer=layer,
                 base=(recipe.base_model, name) if recipe.base_model else None,
                 experts=tuple((m.model, name) for m in recipe.models),
@@ -218,7 +218,7 @@ def _plan_passthrough(plan: MergePlan, ref: ModelDir) -> None:
         meta = plan.sources[src].meta(name)
         resolve_params(spec, params, 1)
         return TensorJob(
-            out=TensorMeta(out_name, _out_dtype(recipe, plan.sources[src], name), meta.shape, 0),
+            out=TensorMeta.of(out_name, _out_dtype(recipe, plan.sources[src], name), meta.shape),
             layer=layer, base=None, experts=((src, name),), params=params,
         )
 
