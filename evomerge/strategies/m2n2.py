@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from evomerge.strategies.base import Evaluated, Genome
+from evomerge.strategies.base import Evaluated, Genome, Replayable
 
 
 def item_row(item_scores: dict[str, list[float]]) -> np.ndarray:
@@ -66,21 +66,25 @@ def _pick(rng: np.random.Generator, weights: np.ndarray, exclude: int | None = N
     return int(rng.choice(len(w), p=w / w.sum()))
 
 
-class M2N2:
+class M2N2(Replayable):
     name = "m2n2"
 
-    def __init__(self, dim: int, seeds: Sequence[np.ndarray], *, archive_size: int = 20, alpha: float = 1.0,
-                 seed: int = 0) -> None:
+    def __init__(self, dim: int, seeds: Sequence[np.ndarray | Sequence[float]], *, archive_size: int = 20,
+                 alpha: float = 1.0, seed: int = 0) -> None:
         self.dim, self.archive_size, self.alpha, self.seed = dim, archive_size, alpha, seed
         self._seeds = [np.clip(np.asarray(s, dtype=float), 0, 1) for s in seeds]
         self.asked = 0
         self.members: list[tuple[int, np.ndarray, np.ndarray]] = []  # (index, genome, item scores)
-        self.history: list[tuple[int, float | None]] = []
+        self._init_record()
+
+    def config(self) -> dict[str, Any]:
+        return {"dim": self.dim, "seeds": [s.tolist() for s in self._seeds], "archive_size": self.archive_size,
+                "alpha": self.alpha, "seed": self.seed}
 
     def _rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng(np.random.SeedSequence([self.seed, index]))
 
-    def ask(self, n: int) -> list[Genome]:
+    def _ask(self, n: int) -> list[Genome]:
         out = []
         for _ in range(n):
             i = self.asked
@@ -101,9 +105,8 @@ class M2N2:
             self.asked += 1
         return out
 
-    def tell(self, results: Sequence[Evaluated]) -> None:
+    def _tell(self, results: Sequence[Evaluated]) -> None:
         for r in sorted(results, key=lambda r: r.genome.index):
-            self.history.append((r.genome.index, r.fitness))
             if r.fitness is None or not r.item_scores:
                 continue  # a failed candidate never enters the archive
             row = item_row(r.item_scores)
@@ -114,7 +117,6 @@ class M2N2:
                 fit = shared_fitness(np.stack([m[2] for m in self.members]), self.alpha)
                 self.members.pop(int(np.argmin(fit)))
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "seed": self.seed, "alpha": self.alpha, "archive_size": self.archive_size,
-                "asked": self.asked, "history": self.history,
-                "archive": [{"index": i, "x": x.tolist(), "scores": s.tolist()} for i, x, s in self.members]}
+    def archive(self) -> list[dict[str, Any]]:
+        """The current members: candidate index, genome and per-item score row."""
+        return [{"index": i, "x": x.tolist(), "scores": s.tolist()} for i, x, s in self.members]

@@ -11,18 +11,21 @@ from typing import Any
 
 import numpy as np
 
-from evomerge.strategies.base import Evaluated, Genome
+from evomerge.strategies.base import Evaluated, Genome, Replayable
 
 
-class RandomSearch:
+class RandomSearch(Replayable):
     name = "random"
 
-    def __init__(self, dim: int, x0: np.ndarray, *, seed: int = 0) -> None:
+    def __init__(self, dim: int, x0: np.ndarray | Sequence[float], *, seed: int = 0) -> None:
         self.dim, self.x0, self.seed = dim, np.asarray(x0, dtype=float), seed
         self.asked = 0
-        self.told: list[tuple[int, float | None]] = []
+        self._init_record()
 
-    def ask(self, n: int) -> list[Genome]:
+    def config(self) -> dict[str, Any]:
+        return {"dim": self.dim, "x0": self.x0.tolist(), "seed": self.seed}
+
+    def _ask(self, n: int) -> list[Genome]:
         out = []
         for _ in range(n):
             i = self.asked
@@ -31,8 +34,5 @@ class RandomSearch:
             self.asked += 1
         return out
 
-    def tell(self, results: Sequence[Evaluated]) -> None:
-        self.told.extend((r.genome.index, r.fitness) for r in results)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "seed": self.seed, "asked": self.asked, "told": self.told}
+    def _tell(self, results: Sequence[Evaluated]) -> None:
+        pass  # random search does not learn

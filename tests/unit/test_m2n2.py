@@ -61,8 +61,7 @@ def test_m2n2_fills_archive_then_breeds_and_keeps_the_best() -> None:
     assert all(np.all((x >= 0) & (x <= 1)) for x in xs)
     # attraction + crossover combine complementary members: some child solves more items than any seed (2)
     assert max(s.sum() for _, _, s in m.members) > 2
-    state = m.state_dict()
-    assert state["asked"] == 36 and len(state["archive"]) == 5
+    assert m.asked == 36 and len(m.archive()) == 5
 
 
 def test_children_wait_for_two_scored_members() -> None:
