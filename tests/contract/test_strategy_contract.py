@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from evomerge.strategies.base import Evaluated, ReplayMismatch, Replayable
+from evomerge.strategies.base import Evaluated, Replayable, ReplayMismatch
 from evomerge.strategies.cmaes import CMAES
 from evomerge.strategies.m2n2 import M2N2
 from evomerge.strategies.nevergrad import Nevergrad
