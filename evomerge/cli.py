@@ -159,7 +159,8 @@ def eval_cmd(
 def validate(spaces: Annotated[list[Path], typer.Argument(help="search space YAML files")]) -> None:
     """Check search spaces (schema, op parameters, bounds, task specs) without running anything."""
     from evomerge.evaluate.tasks import load_task_spec
-    from evomerge.space.codec import PSCodec
+    from evomerge.merge.materialize import plan_merge
+    from evomerge.space.codec import make_codec
     from evomerge.space.schema import load_space
 
     for path in spaces:
@@ -167,9 +168,14 @@ def validate(spaces: Annotated[list[Path], typer.Argument(help="search space YAM
         for obj in space.objectives:
             load_task_spec(obj.task)
         genes = ""
-        if Path(space.base).exists():
-            genes = f", {PSCodec(space).dim} genes"
-        console.print(f"{path}: ok ({space.kind}, {space.merge_method}, {len(space.experts)} experts, "
+        if all(Path(p).exists() for p in (space.base, *space.experts)):
+            # headers only: the start recipe is planned (shapes, tensor names), no weights read
+            codec = make_codec(space, materialize=False)
+            with plan_merge(codec.decode(codec.initial())):
+                pass
+            genes = f", {codec.dim} genes"
+        what = space.merge_method if space.kind == "ps" else f"{space.flow.repeats} repeats, {space.flow.scales} scales"
+        console.print(f"{path}: ok ({space.kind}, {what}, {len(space.experts)} experts, "
                       f"{len(space.objectives)} objectives{genes}, budget {space.budget}, hash {space.space_hash})")
 
 

@@ -17,28 +17,10 @@ from typing import Any
 
 from evomerge.evaluate.base import EvalResult
 from evomerge.evaluate.tasks import load_task
-from evomerge.space.codec import PSCodec
+from evomerge.space.codec import make_codec
 from evomerge.space.schema import SearchSpace
-from evomerge.strategies.base import Evaluated, Strategy
-from evomerge.strategies.cmaes import CMAES
-from evomerge.strategies.random import RandomSearch
-
-
-def make_strategy(space: SearchSpace, codec: PSCodec) -> Strategy:
-    s = space.strategy
-    if s.name == "random":
-        return RandomSearch(codec.dim, codec.initial(), seed=space.seed)
-    if s.name == "m2n2":
-        from evomerge.strategies.m2n2 import M2N2
-
-        return M2N2(codec.dim, [codec.initial(), *codec.expert_genomes()], archive_size=s.archive_size,
-                    alpha=s.alpha, seed=space.seed)
-    if s.name == "nevergrad":
-        from evomerge.strategies.nevergrad import Nevergrad
-
-        return Nevergrad(codec.dim, codec.initial(), optimizer=s.optimizer, budget=space.budget,
-                         num_workers=s.popsize or 1, seed=space.seed)
-    return CMAES(codec.dim, codec.initial(), seed=space.seed, sigma=s.sigma, popsize=s.popsize, options=s.options)
+from evomerge.strategies.base import Evaluated
+from evomerge.strategies.registry import make_strategy
 
 
 def scalar_fitness(space: SearchSpace, objectives: dict[str, float] | None, names: list[str]) -> float | None:
@@ -50,6 +32,14 @@ def scalar_fitness(space: SearchSpace, objectives: dict[str, float] | None, name
         sign = 1.0 if obj.direction == "maximize" else -1.0
         total += sign * obj.weight * objectives[name]
     return total
+
+
+def objective_vector(space: SearchSpace, objectives: dict[str, float] | None, names: list[str]) -> tuple[float, ...] | None:
+    """The objectives oriented so that larger is better (minimized ones negated)."""
+    if objectives is None:
+        return None
+    return tuple((1.0 if o.direction == "maximize" else -1.0) * objectives[n]
+                 for o, n in zip(space.objectives, names, strict=True))
 
 
 @dataclass
@@ -81,7 +71,7 @@ def run_search(space: SearchSpace, *, evaluator: Any = None, out: Path | None = 
         from evomerge.evaluate.hf import HFEvaluator
 
         evaluator = HFEvaluator()
-    codec = PSCodec(space)
+    codec = make_codec(space)
     strategy = make_strategy(space, codec)
     tasks = [load_task(o.task) for o in space.objectives]
     names = [t.name for t in tasks]
@@ -106,7 +96,7 @@ def run_search(space: SearchSpace, *, evaluator: Any = None, out: Path | None = 
                 res = cache[recipe.recipe_id] if cached else evaluator.evaluate(recipe, tasks, seed=space.seed)
                 cache[recipe.recipe_id] = res
                 fitness = scalar_fitness(space, res.objectives, names)
-                told.append(Evaluated(g, fitness, res.item_scores))
+                told.append(Evaluated(g, fitness, res.item_scores, objective_vector(space, res.objectives, names)))
                 rec = {"index": g.index, "generation": g.generation, "recipe_id": recipe.recipe_id,
                        "recipe": json.loads(recipe.canonical_json()), "genome": [round(float(v), 6) for v in g.x],
                        "status": res.status, "objectives": res.objectives, "fitness": fitness,

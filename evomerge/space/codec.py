@@ -1,9 +1,11 @@
-"""Genome <-> recipe for parameter-space searches.
+"""Genome <-> recipe for parameter-space (PS) searches (Akiba et al. 2024, sec. 3.1).
 
 The genome is a point of the box [0, 1]^d; gene i maps linearly to its parameter's bounds.
-Genes are ordered by (layer group, expert, parameter), so a split point over the genome is a
-split at layer-block granularity (M2N2's crossover keeps children valid recipes). A recipe gives
-every expert a per-layer list of ``num_layers`` values (one value per layer).
+Genes are ordered by (layer group, module, expert, parameter), so a split point over the genome
+is a split at layer-block granularity (M2N2's crossover keeps children valid recipes). A recipe
+gives every expert a per-layer list of ``num_layers`` values (one value per layer). With
+``per_module`` each layer group has separate genes for attention (``self_attn``) and MLP
+tensors, written as mergekit filter lists; the layer's other tensors (norms) take their mean.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from evomerge.merge.registry import get_op
 from evomerge.recipe import Recipe, recipe_from_dict
 from evomerge.space.schema import SearchSpace
 
+MODULES = ("self_attn", "mlp")  # tensor-name substrings of Llama/Qwen2/Mistral attention and MLP blocks
+
 
 @dataclass(frozen=True)
 class Gene:
@@ -25,6 +29,7 @@ class Gene:
     param: str
     low: float
     high: float
+    module: str | None = None  # per_module: "self_attn" or "mlp"
 
 
 class PSCodec:
@@ -39,13 +44,14 @@ class PSCodec:
         per_source = {p.name for p in spec.params if p.per_source}
         genes: list[Gene] = []
         for g in range(self.groups):
-            for e in range(len(space.experts)):
+            for module in (MODULES if space.per_module else (None,)):
+                for e in range(len(space.experts)):
+                    for name, v in space.vary.items():
+                        if name in per_source:
+                            genes.append(Gene(g, e, name, v.low, v.high, module))
                 for name, v in space.vary.items():
-                    if name in per_source:
-                        genes.append(Gene(g, e, name, v.low, v.high))
-            for name, v in space.vary.items():
-                if name not in per_source:
-                    genes.append(Gene(g, None, name, v.low, v.high))
+                    if name not in per_source:
+                        genes.append(Gene(g, None, name, v.low, v.high, module))
         self.genes = tuple(genes)
 
     @property
@@ -87,15 +93,21 @@ class PSCodec:
     def decode(self, x: np.ndarray) -> Recipe:
         """The recipe a genome stands for (values rounded to 6 digits for stable recipe ids)."""
         vals = self.values(x)
-        per_expert: list[dict[str, list[float]]] = [{} for _ in self.space.experts]
-        glob: dict[str, list[float]] = {}
+        # target -> param -> module -> value per group
+        per_expert: list[dict[str, dict[str | None, list[float]]]] = [{} for _ in self.space.experts]
+        glob: dict[str, dict[str | None, list[float]]] = {}
         for gene, v in zip(self.genes, vals, strict=True):
             target = glob if gene.expert is None else per_expert[gene.expert]
-            target.setdefault(gene.param, [0.0] * self.groups)[gene.group] = round(float(v), 6)
+            by_module = target.setdefault(gene.param, {})
+            by_module.setdefault(gene.module, [0.0] * self.groups)[gene.group] = round(float(v), 6)
         layer_groups = [self.group_of_layer(li) for li in range(self.num_layers)]
 
-        def per_layer(by_group: list[float]) -> list[float]:
-            return [by_group[g] for g in layer_groups]
+        def per_layer(by_module: dict[str | None, list[float]]):
+            if None in by_module:
+                return [by_module[None][g] for g in layer_groups]
+            lists = {m: [by_module[m][g] for g in layer_groups] for m in MODULES}
+            rest = [round((a + b) / 2, 6) for a, b in zip(*lists.values(), strict=True)]
+            return [{"filter": m, "value": v} for m, v in lists.items()] + [{"value": rest}]
 
         models = []
         for path, params in zip(self.space.experts, per_expert, strict=True):
@@ -103,3 +115,24 @@ class PSCodec:
         parameters = dict(self.space.fixed) | {k: per_layer(v) for k, v in glob.items()}
         return recipe_from_dict({"merge_method": self.space.merge_method, "base_model": self.space.base,
                                  "models": models, "parameters": parameters})
+
+
+def make_codec(space: SearchSpace, *, materialize: bool = True):  # -> PSCodec | DFSCodec
+    """The codec for a space's kind. For PS+DFS this materializes the PS merge once (cached by
+    recipe id) so it can be a path source like any model directory; ``materialize=False`` (for
+    validation) stands the merge's reference model in for it."""
+    if space.kind == "ps":
+        return PSCodec(space)
+    from evomerge.space.dataflow import DFSCodec, merged_source_dir
+
+    sources = [space.base, *space.experts]
+    if space.kind == "ps_dfs":
+        recipe = space.merged_recipe()
+        assert recipe is not None  # the schema requires it for ps_dfs
+        merged = merged_source_dir(recipe) if materialize else (recipe.base_model or recipe.source_names()[0])
+        sources = [str(merged), *space.experts]
+    layers = []
+    for s in sources:
+        with ModelDir(s) as md:
+            layers.append(md.num_layers)
+    return DFSCodec(space, sources, layers)

@@ -58,24 +58,82 @@ class StrategySpec(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class Dataflow(_Strict):
+    """The data-flow space (Akiba et al. 2024, sec. 3.2): a path of ``repeats`` x M layer slots,
+    M the layers of all path sources listed model after model, an include bit per slot and a
+    scale on the hidden state entering each included layer (``scales: slot``, one gene per slot)
+    or per transition between source layers (``scales: transition``, the paper's M x M matrix W).
+    ``merged`` (PS+DFS only) is the PS recipe whose merge becomes the first path source."""
+
+    repeats: int = Field(1, ge=1, le=8)
+    scale: Varied = Varied(low=0.5, high=2.0, init=1.0)
+    scales: Literal["slot", "transition"] = "slot"
+    merged: dict[str, Any] | str | None = None  # inline mergekit-style recipe, or a recipe file
+
+    @model_validator(mode="after")
+    def _positive(self) -> Dataflow:
+        if self.scale.low <= 0:
+            raise ValueError(f"dataflow.scale.low must be above 0 (a layer input scale), got {self.scale.low}")
+        return self
+
+
 class SearchSpace(_Strict):
-    """A PS search over merge recipes of ``experts`` on top of ``base``."""
+    """A search over merge recipes of ``experts`` on top of ``base``.
+
+    ``kind: ps`` varies merge-op parameters per layer (group) and expert; ``kind: dfs`` searches
+    a data-flow path over the layers of base and experts; ``kind: ps_dfs`` a path whose first
+    source is the PS merge ``dataflow.merged`` (Akiba et al. 2024, sec. 3.3).
+    """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    kind: Literal["ps"] = "ps"
+    kind: Literal["ps", "dfs", "ps_dfs"] = "ps"
     base: str
     experts: tuple[str, ...] = Field(min_length=1)
     merge_method: str = "task_arithmetic"
     layer_groups: int = Field(0, ge=0)  # 0: one gene per layer; k: k groups of consecutive layers
-    vary: dict[str, Varied] = Field(min_length=1)
+    per_module: bool = False  # separate genes for attention and MLP tensors of each layer group
+    vary: dict[str, Varied] = Field(default_factory=dict)
     fixed: dict[str, Any] = Field(default_factory=dict)
+    dataflow: Dataflow | None = None
     objectives: tuple[Objective, ...] = Field(min_length=1)
+    multi_objective: bool = False  # strategies that can (nevergrad) search the Pareto front directly
     strategy: StrategySpec = Field(default_factory=StrategySpec)
     budget: int = Field(64, ge=1, le=1_000_000)
     seed: int = 0
 
     @model_validator(mode="after")
+    def _kind(self) -> SearchSpace:
+        if self.kind == "ps":
+            if not self.vary:
+                raise ValueError("a ps space needs `vary:` (the op parameters to search, with bounds)")
+            if self.dataflow is not None:
+                raise ValueError("`dataflow:` belongs to kind dfs or ps_dfs, not ps")
+        else:
+            if self.vary or self.fixed or self.per_module:
+                raise ValueError(f"kind {self.kind} searches a layer path; vary/fixed/per_module are for kind ps "
+                                 "(for PS+DFS put the PS recipe under dataflow.merged)")
+            if self.kind == "ps_dfs" and self.flow.merged is None:
+                raise ValueError("kind ps_dfs needs dataflow.merged: the PS recipe (inline or a file) whose merge "
+                                 "joins the path sources")
+            if self.kind == "dfs" and self.flow.merged is not None:
+                raise ValueError("dataflow.merged is for kind ps_dfs")
+        if self.multi_objective and self.strategy.name != "nevergrad":
+            raise ValueError(f"multi_objective: true needs strategy nevergrad (its multi-objective mode); "
+                             f"{self.strategy.name} optimizes the weighted sum of the objectives, and the Pareto "
+                             "front is reported either way")
+        if self.multi_objective and len(self.objectives) < 2:
+            raise ValueError("multi_objective: true needs at least two objectives")
+        return self
+
+    @property
+    def flow(self) -> Dataflow:
+        """The data-flow settings (defaults when the space leaves ``dataflow:`` out)."""
+        return self.dataflow or Dataflow()
+
+    @model_validator(mode="after")
     def _op_params(self) -> SearchSpace:
+        if self.kind != "ps":
+            return self
         spec = get_op(self.merge_method).spec  # ConfigError for unknown methods
         known = {p.name: p for p in spec.params}
         for name in [*self.vary, *self.fixed]:
@@ -106,7 +164,7 @@ class SearchSpace(_Strict):
     def resolved(self, root: Path) -> SearchSpace:
         """Relative source and task paths made absolute against ``root``."""
 
-        def absolute(p: str) -> str:
+        def absolute(p: str, root: Path = root) -> str:
             if p.startswith(ZOO_PREFIX):  # the built-in zoo (built on first use by `evomerge search`)
                 from evomerge.zoo import default_zoo_dir
 
@@ -117,7 +175,35 @@ class SearchSpace(_Strict):
         d["base"] = absolute(d["base"])
         d["experts"] = tuple(absolute(e) for e in d["experts"])
         d["objectives"] = [dict(o, task=absolute(o["task"])) for o in d["objectives"]]
+        merged = (d.get("dataflow") or {}).get("merged")
+        if isinstance(merged, str):  # a recipe file: read it here so the space is self-contained
+            from evomerge.recipe import load_recipe
+
+            rfile = Path(absolute(merged))
+            d["dataflow"]["merged"] = _resolve_recipe_paths(load_recipe(rfile).to_mergekit(),
+                                                            lambda p: absolute(p, rfile.parent))
+        elif isinstance(merged, dict):
+            d["dataflow"]["merged"] = _resolve_recipe_paths(merged, absolute)
         return SearchSpace.model_validate(d)
+
+    def merged_recipe(self):  # -> Recipe | None
+        """The PS recipe of a ps_dfs space (paths resolved), validated."""
+        if self.dataflow is None or self.dataflow.merged is None:
+            return None
+        from evomerge.recipe import recipe_from_dict
+
+        return recipe_from_dict(self.dataflow.merged, source=f"{self.name}: dataflow.merged")
+
+
+def _resolve_recipe_paths(recipe: dict[str, Any], absolute) -> dict[str, Any]:
+    if not isinstance(recipe, dict):
+        return recipe  # recipe_from_dict reports the problem
+    out = dict(recipe)
+    if isinstance(out.get("base_model"), str):
+        out["base_model"] = absolute(out["base_model"])
+    out["models"] = [dict(m, model=absolute(m["model"])) if isinstance(m, dict) and isinstance(m.get("model"), str)
+                     else m for m in out.get("models") or []]
+    return out
 
 
 def load_space(path: str | Path) -> SearchSpace:
@@ -127,7 +213,9 @@ def load_space(path: str | Path) -> SearchSpace:
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: a search space must be a mapping")
     try:
-        return SearchSpace.model_validate(raw).resolved(p.resolve().parent)
+        space = SearchSpace.model_validate(raw).resolved(p.resolve().parent)
+        space.merged_recipe()  # a ps_dfs space's PS recipe is checked now, not after heavy work
+        return space
     except ValidationError as err:
         lines = []
         for e in err.errors():

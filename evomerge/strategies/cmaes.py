@@ -2,7 +2,8 @@
 
 Generation-batched: one generation is ``popsize`` asks and pycma is told when all of them are
 back (out-of-order tells are buffered). Starts at the space's initial recipe (for example task
-arithmetic with every weight 1) with ``sigma`` in box units. Failed candidates get a penalty
+arithmetic with every weight 1) with ``sigma`` in box units; ``inject`` puts known recipes (the
+start point itself, each expert alone) into the first generation (pycma's ``inject``). Failed candidates get a penalty
 worse than any real fitness. pycma's internal state is not serialized: ``from_state`` rebuilds
 it by replaying the recorded tells, which reproduces the same asks because pycma is seeded.
 """
@@ -22,7 +23,8 @@ class CMAES(Replayable):
     name = "cmaes"
 
     def __init__(self, dim: int, x0: np.ndarray | Sequence[float], *, seed: int = 0, sigma: float = 0.25,
-                 popsize: int | None = None, options: dict[str, Any] | None = None) -> None:
+                 popsize: int | None = None, options: dict[str, Any] | None = None,
+                 inject: Sequence[Sequence[float]] | None = None) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             import cma
@@ -39,6 +41,10 @@ class CMAES(Replayable):
         opts.update(self.options)
         self.es = cma.CMAEvolutionStrategy(self.x0.tolist(), sigma, opts)
         self.popsize = int(self.es.popsize)
+        # known recipes (the start point, each expert alone) are evaluated in the first generation
+        self.inject = [np.clip(np.asarray(v, dtype=float), 0.0, 1.0).tolist() for v in (inject or [])][: self.popsize]
+        if self.inject:
+            self.es.inject([np.asarray(v) for v in self.inject], force=True)
         self.asked = 0
         self.generation = 0
         self._pending: list[Genome] = []  # asked genomes of the current generation
@@ -49,7 +55,7 @@ class CMAES(Replayable):
 
     def config(self) -> dict[str, Any]:
         return {"dim": self.dim, "x0": self.x0.tolist(), "seed": self.seed, "sigma": self.sigma,
-                "popsize": self.popsize, "options": self.options}
+                "popsize": self.popsize, "options": self.options, "inject": self.inject}
 
     @property
     def generation_open(self) -> bool:

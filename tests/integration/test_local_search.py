@@ -50,3 +50,45 @@ def test_search_cli_writes_the_best_recipe(zoo_dir: Path, tmp_path: Path) -> Non
     best = (tmp_path / "run.best.yaml").read_text()
     assert "merge_method: task_arithmetic" in best and str(zoo_dir) in best
     assert len((tmp_path / "run.jsonl").read_text().splitlines()) == 8
+
+
+def zoo_space(name: str, zoo_dir: Path, tmp_path: Path, **update):
+    """A shipped space pointed at the test zoo (its zoo:// names resolved there)."""
+    text = (REPO / "search_spaces" / f"{name}.yaml").read_text().replace("zoo://", f"{zoo_dir}/")
+    text = text.replace("../fitness/", f"{REPO}/fitness/")
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(text)
+    space = load_space(p)
+    return space.model_copy(update=update)
+
+
+@pytest.mark.parametrize("name", ["dfs", "ps_dfs"])
+def test_dataflow_searches_run_and_paths_are_fixed_depth(zoo_dir: Path, tmp_path: Path, name: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVOMERGE_CACHE", str(tmp_path / "cache"))
+    space = zoo_space(name, zoo_dir, tmp_path, budget=8)
+    result = run_search(space, log=lambda _m: None)
+    assert len(result.records) == 8 and all(r["status"] == "ok" for r in result.records)
+    depths = {len(r["recipe"]["slices"]) for r in result.records}
+    assert depths == {8 * space.flow.repeats}  # excluded slots are identity layers: one engine serves all
+    # candidate 0 is the start point injected into CMA-ES's first generation: the first source's own path
+    first = result.records[0]["recipe"]["slices"]
+    assert [s.get("sources", [{}])[0].get("layer_range") for s in first[:2]] == [[0, 1], [1, 2]]
+    assert all(s.get("identity") for s in first[2:])
+    if name == "ps_dfs":  # the PS merge was materialized once into the cache and is the first source
+        merged = list((tmp_path / "cache" / "merged").iterdir())
+        assert len(merged) == 1 and first[0]["sources"][0]["model"] == str(merged[0])
+        # the merge alone scores like the per-layer task arithmetic it is (the zoo's fixed PS recipe)
+        assert sum(result.records[0]["objectives"].values()) / 3 > 0.5
+
+
+def test_multi_objective_nevergrad_search_keeps_a_front(zoo_dir: Path, tmp_path: Path) -> None:
+    space = zoo_space("demo", zoo_dir, tmp_path, budget=10, multi_objective=True)
+    space = space.model_copy(update={"strategy": space.strategy.model_copy(update={"name": "nevergrad", "optimizer": "DE", "popsize": 5})})
+    result = run_search(space, log=lambda _m: None)
+    front = result.pareto()
+    assert len(result.records) == 10 and front
+    for r in result.records:  # every candidate off the front is dominated by a member
+        if r in front or r["objectives"] is None:
+            continue
+        assert any(all(f["objectives"][n] >= r["objectives"][n] for n in result.objective_names) for f in front)
