@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from evomerge.errors import EvomergeError
@@ -22,11 +21,8 @@ from evomerge.errors import EvomergeError
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Evolutionary merge-recipe search.")
-zoo_app = typer.Typer(no_args_is_help=True, help="The built-in tiny model zoo (offline).")
-app.add_typer(zoo_app, name="zoo")
-console = Console()
-err_console = Console(stderr=True)
+from evomerge import cli_runs  # noqa: E402,F401 - registers search/resume/runs/best/pareto/show/export/plot/db
+from evomerge.cli_base import app, console, err_console, zoo_app  # noqa: E402
 
 
 @zoo_app.command("build")
@@ -177,40 +173,6 @@ def validate(spaces: Annotated[list[Path], typer.Argument(help="search space YAM
         what = space.merge_method if space.kind == "ps" else f"{space.flow.repeats} repeats, {space.flow.scales} scales"
         console.print(f"{path}: ok ({space.kind}, {what}, {len(space.experts)} experts, "
                       f"{len(space.objectives)} objectives{genes}, budget {space.budget}, hash {space.space_hash})")
-
-
-@app.command("search")
-def search(
-    space_path: Annotated[Path, typer.Option("--space", help="search space YAML")],
-    out: Annotated[Path | None, typer.Option(help="JSONL of every candidate (default runs/<name>-<seed>.jsonl)")] = None,
-    budget: Annotated[int | None, typer.Option(help="override the space's budget")] = None,
-) -> None:
-    """Run a search locally (transformers engine, in-place candidates) and print the best recipe."""
-    from evomerge.runner.local import run_search
-    from evomerge.space.schema import load_space
-
-    space = load_space(space_path)
-    if budget is not None:
-        space = space.model_copy(update={"budget": budget})
-    if space.uses_zoo():
-        from evomerge.zoo import ensure_zoo
-
-        ensure_zoo(log=console.print)
-    out = out or Path("runs") / f"{space.name}-{space.seed}.jsonl"
-    result = run_search(space, out=out, log=console.print)
-    best = result.best()
-    if best is None:
-        console.print("no candidate evaluated successfully")
-        raise typer.Exit(1)
-    console.print(f"best: candidate {best['index']} fitness {best['fitness']:.4f} objectives {best['objectives']}")
-    from evomerge.recipe import recipe_from_dict
-
-    front = result.pareto()
-    console.print(f"Pareto front over {len(space.objectives)} objectives: {len(front)} candidates "
-                  f"({', '.join(str(r['index']) for r in front[:12])}{' ...' if len(front) > 12 else ''})")
-    best_yaml = out.with_suffix(".best.yaml")
-    best_yaml.write_text(recipe_from_dict(best["recipe"]).to_yaml())
-    console.print(f"candidates: {out}; best recipe: {best_yaml}")
 
 
 @app.command("generate")

@@ -58,6 +58,28 @@ def zoo_dir() -> Path:
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session")
+def tiny_sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("sources")
+    for i, name in enumerate(["base", "a", "b"]):
+        save_tiny(root / name, seed=i)
+    return root
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray per test module (about 4 s to start), small object store; module-scoped so
+    the `ray start` cluster test never runs beside it."""
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, object_store_memory=128 * 2**20, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+    yield ray
+    ray.shutdown()
+
+
 def run_cli(*args: str, cwd: Path, timeout: float = 300, **env_extra: str):
     """Run ``python -m evomerge.cli ARGS`` in a subprocess (offline, this checkout on the path)."""
     import subprocess

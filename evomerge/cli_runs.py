@@ -1,0 +1,239 @@
+"""Commands of the service: search, resume, and the archive queries (each with --json)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from evomerge.cli_base import app, console, db_app
+
+DB = Annotated[str | None, typer.Option("--db", help="archive URL (default sqlite:///./evomerge.db); "
+                                        "postgresql+psycopg://user@host/db for clusters", envvar="EVOMERGE_DB")]
+JSON = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+
+
+class ProgressLine:
+    """Generation, evaluations done / budget, best so far, rate, ETA, failures; every few seconds."""
+
+    def __init__(self, every_s: float = 5.0) -> None:
+        self.every_s, self.last, self.t0, self.last_told = every_s, 0.0, time.monotonic(), -1
+
+    def __call__(self, d: Any) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every_s and d.told != d.budget:
+            return
+        if d.told == self.last_told and now - self.last < 6 * self.every_s:
+            return
+        self.last, self.last_told = now, d.told
+        rate = d.stats.completed / max(now - self.t0, 1e-9)
+        eta = (d.budget - d.told) / rate if rate > 0 else float("inf")
+        gen = d.strategy.genomes[d.told - 1].generation if d.told else 0
+        best = f"{d.best[0]:.4f} (#{d.best[1]})" if d.best else "-"
+        eta_s = f"{int(eta // 60)}:{int(eta % 60):02d}" if eta != float("inf") else "-"
+        console.print(f"[{d.told}/{d.budget}] generation {gen} | best {best} | {rate:.2f}/s | ETA {eta_s} | "
+                      f"failed attempts {d.stats.failed_attempts} | cached {d.stats.cached}", highlight=False)
+
+
+def _exec_kw(workers: int, backend: str, address: str | None, cpus: float, gpus: float, verbose: bool) -> dict:
+    return {"workers": workers, "backend": backend, "address": address, "cpus_per_worker": cpus,
+            "gpus_per_worker": gpus, "verbose": verbose, "log": lambda m: console.print(m, highlight=False),
+            "progress": ProgressLine()}
+
+
+def _report(outcome: Any, db: str | None) -> None:
+    from evomerge import api
+
+    run = outcome.run
+    console.print(f"run {run.name}: {run.status}, {outcome.told}/{run.budget} candidates in {outcome.seconds:.1f} s "
+                  f"({', '.join(f'{k} {v}' for k, v in sorted(run.counts.items()))})")
+    top = api.best(run.id, db=db)
+    if top:
+        b = top[0]
+        console.print(f"best: {run.name}:{b['index']} fitness {b['fitness']:.4f} objectives "
+                      f"{ {k: round(v, 4) for k, v in (b['objectives'] or {}).items()} }", highlight=False)
+        console.print(f"next: evomerge show {run.name}:{b['index']} | evomerge export {run.name}:{b['index']} --out DIR"
+                      f" | evomerge pareto {run.name}")
+
+
+Workers = Annotated[int, typer.Option(help="evaluation slots (one Ray actor each)")]
+Backend = Annotated[str, typer.Option(help="ray (actors; local Ray unless --address) or local (in this process)")]
+Address = Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)",
+                                             envvar="RAY_ADDRESS")]
+Cpus = Annotated[float, typer.Option(help="CPUs per worker actor")]
+Gpus = Annotated[float, typer.Option(help="GPUs per worker actor")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="a log line per candidate")]
+
+
+@app.command("search")
+def search(
+    space_path: Annotated[Path, typer.Option("--space", help="search space YAML")],
+    db: DB = None,
+    name: Annotated[str | None, typer.Option(help="run name (default <space>-s<seed>-<n>)")] = None,
+    budget: Annotated[int | None, typer.Option(help="override the space's budget")] = None,
+    seed: Annotated[int | None, typer.Option(help="override the space's seed")] = None,
+    engine: Annotated[str, typer.Option(help="hf (transformers), vllm, or synthetic (plumbing)")] = "hf",
+    workers: Workers = 1,
+    backend: Backend = "ray",
+    address: Address = None,
+    deadline: Annotated[float | None, typer.Option(help="seconds per candidate before it times out")] = None,
+    max_attempts: Annotated[int, typer.Option(help="attempts per candidate when workers die")] = 3,
+    cpus_per_worker: Cpus = 1.0,
+    gpus_per_worker: Gpus = 0.0,
+    verbose: Verbose = False,
+) -> None:
+    """Search a space: every candidate goes to the archive; resumable with `evomerge resume RUN`."""
+    from evomerge import api
+
+    outcome = api.search(space_path, db=db, name=name, budget=budget, seed=seed, engine=engine, deadline_s=deadline,
+                         max_attempts=max_attempts, **_exec_kw(workers, backend, address, cpus_per_worker,
+                                                               gpus_per_worker, verbose))
+    _report(outcome, db)
+
+
+@app.command("resume")
+def resume(
+    run: Annotated[str, typer.Argument(help="run name or id")],
+    db: DB = None,
+    workers: Workers = 1,
+    backend: Backend = "ray",
+    address: Address = None,
+    cpus_per_worker: Cpus = 1.0,
+    gpus_per_worker: Gpus = 0.0,
+    verbose: Verbose = False,
+) -> None:
+    """Continue a crashed or stopped run (PENDING and RUNNING candidates are dispatched again)."""
+    from evomerge import api
+
+    outcome = api.resume(run, db=db, **_exec_kw(workers, backend, address, cpus_per_worker, gpus_per_worker, verbose))
+    _report(outcome, db)
+
+
+@app.command("runs")
+def runs(db: DB = None, as_json: JSON = False) -> None:
+    """List the runs in the archive."""
+    from evomerge import api
+
+    rows = api.runs(db)
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return
+    t = Table("name", "id", "status", "kind", "strategy", "engine", "done/budget", "created")
+    for r in rows:
+        done = sum(v for k, v in r["counts"].items() if k not in ("PENDING", "RUNNING"))
+        t.add_row(r["name"], r["id"], r["status"], str(r["kind"]), str(r["strategy"]), str(r["engine"]),
+                  f"{done}/{r['budget']}", r["created_at"][:19])
+    console.print(t)
+
+
+def _candidates_table(rows: list[dict], title: str) -> None:
+    names = list(rows[0]["objectives"] or {}) if rows else []
+    t = Table("index", "fitness", *names, "generation", "parents", "recipe_id", title=title)
+    for r in rows:
+        obj = r["objectives"] or {}
+        t.add_row(str(r["index"]), f"{r['fitness']:.4f}" if r["fitness"] is not None else "-",
+                  *[f"{obj[n]:.4f}" for n in names], str(r["generation"]), ",".join(map(str, r["parents"])),
+                  r["recipe_id"])
+    console.print(t)
+
+
+@app.command("best")
+def best(
+    run: Annotated[str, typer.Argument(help="run name or id")],
+    objective: Annotated[str | None, typer.Option(help="rank by this objective instead of the weighted fitness")] = None,
+    k: Annotated[int, typer.Option("-k", help="how many")] = 1,
+    db: DB = None,
+    as_json: JSON = False,
+) -> None:
+    """The best candidates of a run (by weighted fitness, or by one objective)."""
+    from evomerge import api
+
+    rows = api.best(run, objective=objective, k=k, db=db)
+    if as_json:
+        print(json.dumps(rows, indent=1))
+    else:
+        _candidates_table(rows, f"best of {run}" + (f" by {objective}" if objective else ""))
+
+
+@app.command("pareto")
+def pareto(run: Annotated[str, typer.Argument(help="run name or id")], db: DB = None, as_json: JSON = False) -> None:
+    """The Pareto front of a run over all its objectives (failed and invalid candidates never enter)."""
+    from evomerge import api
+
+    rows = api.pareto(run, db=db)
+    if as_json:
+        print(json.dumps(rows, indent=1))
+    else:
+        _candidates_table(rows, f"Pareto front of {run}: {len(rows)} candidates")
+
+
+@app.command("show")
+def show(candidate: Annotated[str, typer.Argument(help="RUN:INDEX")], db: DB = None, as_json: JSON = False) -> None:
+    """One candidate: recipe (mergekit YAML), objectives, status, timings and lineage."""
+    from evomerge import api
+    from evomerge.recipe import recipe_from_dict
+
+    d = api.show(candidate, db=db)
+    if as_json:
+        print(json.dumps(d, indent=1))
+        return
+    console.print(f"[bold]{d['run']}:{d['index']}[/] {d['status']} (generation {d['generation']}, "
+                  f"{d['attempts']} attempt(s), {d['seconds'] or 0:.2f} s, worker {d['worker']})")
+    if d["error"]:
+        console.print(f"error: {d['error']}", highlight=False)
+    if d["cached_from"] is not None:
+        console.print(f"same recipe as candidate {d['cached_from']}: its result was reused")
+    console.print(f"fitness {d['fitness']}; objectives {d['objectives']}", highlight=False)
+    lin = d["lineage"]
+    console.print(f"parents {d['parents'] or '-'}; ancestors "
+                  f"{[(a['index'], a['level']) for a in lin['ancestors']] or '-'}; children {lin['children'] or '-'}")
+    console.print(recipe_from_dict(d["recipe"]).to_yaml(), highlight=False)
+
+
+@app.command("export")
+def export(
+    candidate: Annotated[str, typer.Argument(help="RUN:INDEX")],
+    out: Annotated[Path, typer.Option("--out", help="new model directory")],
+    overwrite: Annotated[bool, typer.Option(help="replace an existing directory")] = False,
+    db: DB = None,
+    as_json: JSON = False,
+) -> None:
+    """Write a candidate as a Hugging Face model directory plus its mergekit YAML (atomically)."""
+    from evomerge import api
+
+    path = api.export(candidate, out, db=db, overwrite=overwrite)
+    if as_json:
+        print(json.dumps({"candidate": candidate, "out": str(path), "mergekit_config": str(path / "mergekit_config.yml")}))
+    else:
+        console.print(f"exported {candidate} to {path} (mergekit config: {path / 'mergekit_config.yml'})")
+
+
+@app.command("plot")
+def plot(
+    run: Annotated[str, typer.Argument(help="run name or id")],
+    out: Annotated[Path, typer.Option("--out", help="PNG file")] = Path("evomerge-plot.png"),
+    db: DB = None,
+    as_json: JSON = False,
+) -> None:
+    """Fitness over evaluations and the Pareto front (first two objectives) as a PNG."""
+    from evomerge.plot import plot_run
+
+    path = plot_run(run, out, db=db)
+    if as_json:
+        print(json.dumps({"run": run, "out": str(path)}))
+    else:
+        console.print(f"wrote {path}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: DB = None) -> None:
+    """Migrate the archive's schema to this version of evomerge (Alembic)."""
+    from evomerge.store import default_url, upgrade
+
+    url = db or default_url(Path.cwd())
+    upgrade(url)
+    console.print(f"{url}: schema is current")

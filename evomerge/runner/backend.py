@@ -1,0 +1,78 @@
+"""Where candidates run: the backend seam, and the in-process backend.
+
+A backend owns evaluation slots. The driver ``submit``s a claimed candidate to a free slot and
+``poll``s for outcomes: a result, or the loss of the slot's process (the driver then records a
+failed attempt and retries). ``kill`` ends a slot that overran its hard deadline and replaces it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from evomerge.runner.worker import CandidateWorker, WorkerSpec
+
+
+@dataclass(frozen=True)
+class Job:
+    index: int
+    attempt: int
+    recipe_json: str
+    seed: int
+    deadline_s: float | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    job: Job
+    result: dict[str, Any] | None  # the worker's result dict; None when the slot was lost
+    error: str | None = None  # why the slot was lost
+    worker: str | None = None
+
+
+class Backend(Protocol):
+    def free_slots(self) -> int: ...
+
+    def submit(self, job: Job) -> None: ...
+
+    def poll(self, timeout: float) -> list[Outcome]: ...
+
+    def running(self) -> dict[int, tuple[Job, float]]: ...  # index -> (job, submit time)
+
+    def kill(self, index: int) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+
+class LocalBackend:
+    """One slot in the driver's own process: the candidate runs inside ``poll``. No hard
+    deadline (``kill`` cannot interrupt a running evaluation); the evaluator's cooperative
+    deadline still applies."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.worker = CandidateWorker(spec)
+        self.queue: list[tuple[Job, float]] = []
+
+    def free_slots(self) -> int:
+        return 0 if self.queue else 1
+
+    def submit(self, job: Job) -> None:
+        self.queue.append((job, time.monotonic()))
+
+    def running(self) -> dict[int, tuple[Job, float]]:
+        return {j.index: (j, t) for j, t in self.queue}
+
+    def poll(self, timeout: float) -> list[Outcome]:
+        if not self.queue:
+            time.sleep(min(timeout, 0.01))
+            return []
+        job, _ = self.queue.pop(0)
+        res = self.worker.evaluate(job.index, job.attempt, job.recipe_json, job.seed, job.deadline_s)
+        return [Outcome(job, res, worker=res.get("worker"))]
+
+    def kill(self, index: int) -> None:
+        self.queue = [(j, t) for j, t in self.queue if j.index != index]
+
+    def shutdown(self) -> None:
+        pass

@@ -1,0 +1,317 @@
+"""The search loop: ask, persist, dispatch, record, tell; crash-safe and resumable.
+
+Promises (RELIABILITY.md) and how the loop keeps them:
+1. No lost candidates: every asked genome is PENDING in the store before it is dispatched;
+   resume re-dispatches PENDING and RUNNING rows.
+2. Exactly-once recording: a result is committed by the store's compare-and-set on
+   (candidate, attempt); a lost worker's candidate is retried up to ``max_attempts``.
+3. Strategy consistency: the strategy is told committed results only, in candidate order, one
+   at a time, and after each tell it asks until ``lag`` candidates are outstanding. Its whole
+   ask/tell sequence is therefore a function of the seed, the lag and the results, not of
+   timing or worker count, so resume rebuilds it by replaying the committed rows (checking
+   every regenerated genome against the stored one), and a run killed and resumed ends with
+   the same archive as one that was not. Snapshots are checked against the replay; replay wins.
+4. One driver per run: every write carries the lease; a superseded driver's writes fail.
+
+Workers stay busy across the strategy's pace: up to ``lag`` (default 2 x workers) candidates
+may be outstanding, so one slow candidate does not idle the other slots; CMA-ES still waits at
+its generation barrier, steady-state strategies (M2N2, random, nevergrad) do not.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from evomerge.errors import EvomergeError, StaleLeaseError
+from evomerge.runner.backend import Backend, Job, Outcome
+from evomerge.space.schema import SearchSpace
+from evomerge.store import CandidateResult, CandidateRow, Lease, NewCandidate, Store
+from evomerge.strategies.base import Evaluated, Replayable
+from evomerge.strategies.registry import strategy_from_state
+
+TERMINAL = {"COMPLETE", "INVALID", "TIMEOUT", "FAILED"}
+
+
+@dataclass
+class DriverOptions:
+    lag: int = 2  # candidates asked ahead of the told prefix (part of the run: fixed at creation)
+    max_attempts: int = 3  # per candidate, counting lost workers and hard timeouts
+    deadline_s: float | None = None  # per candidate, enforced cooperatively and hard (+ slack)
+    slack_s: float = 30.0
+    grace_s: float = 60.0  # a RUNNING candidate without a heartbeat for this long is requeued
+    lease_ttl_s: float = 60.0
+    snapshot_every: int = 10  # tells between strategy snapshots
+    poll_s: float = 0.2
+    verbose: bool = False  # a log line per candidate
+
+
+@dataclass
+class RunStats:
+    completed: int = 0
+    failed_attempts: int = 0
+    cached: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class _Pending:
+    """What the driver knows of a candidate it just persisted (until its result is read back)."""
+
+    index: int
+    recipe_id: str
+    status: str = "PENDING"
+
+
+def crash_point(name: str, index: int) -> None:
+    """Failure tests: ``EVOMERGE_CRASH_AT=name:index`` SIGKILLs the driver at that point."""
+    want = os.environ.get("EVOMERGE_CRASH_AT")
+    if want and want == f"{name}:{index}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Driver:
+    def __init__(self, *, store: Store, lease: Lease, space: SearchSpace, codec: Any, strategy: Replayable,
+                 backend: Backend, objective_names: list[str], options: DriverOptions,
+                 log: Callable[[str], None] = print, on_progress: Callable[[Driver], None] | None = None) -> None:
+        self.store, self.lease, self.space, self.codec = store, lease, space, codec
+        self.strategy, self.backend, self.names, self.opts = strategy, backend, objective_names, options
+        self.log, self.on_progress = log, on_progress
+        self.run_id = lease.run_id
+        self.budget = space.budget
+        self.rows: dict[int, CandidateRow] = {}  # every candidate of the run, as last seen
+        self.recipe_of: dict[int, str] = {}  # index -> recipe JSON
+        self.first_with: dict[str, int] = {}  # recipe_id -> first index with that recipe
+        self.waiting: dict[int, list[int]] = {}  # index -> later indices with the same recipe
+        self.queue: list[int] = []  # PENDING indices to dispatch, in order
+        self.told = 0
+        self.stats = RunStats()
+        self.best: tuple[float, int] | None = None
+        self._last_renew = time.monotonic()
+
+    # ------------------------------------------------------------------ resume
+    def load_existing(self) -> None:
+        """Rebuild from the store: rows, the strategy (by replay), the dispatch queue."""
+        requeued = self.store.requeue_running(self.lease)
+        if requeued:
+            self.log(f"requeued {len(requeued)} candidates that were running when the last driver stopped")
+        for row in self.store.candidates(self.run_id, with_scores=True):
+            self.rows[row.index] = row
+            self.recipe_of[row.index] = row.recipe_json
+            self.first_with.setdefault(row.recipe_id, row.index)
+            if row.status in TERMINAL:
+                self._note_best(row)
+
+    def check_snapshot(self) -> None:
+        """Compare the latest snapshot with the replayed strategy (promise 3: replay wins)."""
+        snap = self.store.latest_snapshot(self.run_id)
+        if snap is None:
+            return
+        told, state, arrays = snap
+        try:
+            snap_strategy = strategy_from_state(state, arrays)
+        except EvomergeError as err:
+            self.log(f"warning: snapshot at {told} tells does not rebuild ({err.message}); using the replay")
+            return
+        if snap_strategy.events != self.strategy.events[: len(snap_strategy.events)]:
+            self.log(f"warning: snapshot at {told} tells disagrees with the replay of committed results; "
+                     "using the replay")
+
+    # ------------------------------------------------------------------ strategy pacing
+    def _ask_more(self) -> None:
+        """Ask one at a time until ``lag`` candidates are outstanding (or the budget is asked)."""
+        new: list[NewCandidate] = []
+        while self.strategy_asked < min(self.budget, self.told + self.opts.lag):
+            got = self.strategy.ask(1)
+            if not got:
+                break  # e.g. CMA-ES at its generation barrier
+            g = got[0]
+            row = self.rows.get(g.index)
+            recipe = self.codec.decode(g.x)
+            if row is not None:  # resuming: the replay must regenerate what the store holds
+                if row.genome != [float(v) for v in g.x] or row.recipe_id != recipe.recipe_id:
+                    raise EvomergeError(
+                        f"run {self.run_id}: replay of candidate {g.index} gave another genome than the store holds",
+                        hint="the search space, strategy or library version changed since the run started; "
+                             "start a new run")
+                continue
+            new.append(NewCandidate(g.index, g.generation, recipe.canonical_json(), recipe.recipe_id,
+                                    [float(v) for v in g.x], tuple(g.parents)))
+        if not new:
+            return
+        self.store.add_candidates(self.lease, new)  # durable before any dispatch (promise 1)
+        crash_point("pending", new[-1].index)
+        for c in new:
+            self.recipe_of[c.index] = c.recipe_json
+            self.rows[c.index] = _Pending(c.index, c.recipe_id)  # type: ignore[assignment]
+            first = self.first_with.setdefault(c.recipe_id, c.index)
+            if first != c.index:
+                if self.rows[first].status in TERMINAL:
+                    self._complete_cached(c.index, first)
+                else:
+                    self.waiting.setdefault(first, []).append(c.index)
+            else:
+                self.queue.append(c.index)
+
+    @property
+    def strategy_asked(self) -> int:
+        return len(self.strategy.genomes)
+
+    def _evaluated(self, row: CandidateRow) -> Evaluated:
+        g = self.strategy.genomes[row.index]
+        objectives = None
+        if row.objectives is not None and row.status == "COMPLETE":
+            objectives = tuple((1.0 if o.direction == "maximize" else -1.0) * row.objectives[n]
+                               for o, n in zip(self.space.objectives, self.names, strict=True))
+        fitness = row.fitness if row.status == "COMPLETE" else None
+        return Evaluated(g, fitness, row.item_scores if row.status == "COMPLETE" else {}, objectives)
+
+    def _tell_ready(self) -> None:
+        """Tell committed results in candidate order, one at a time, asking after each."""
+        while self.told < self.budget:
+            row = self.rows.get(self.told)
+            if row is None or row.status not in TERMINAL or self.told not in self.strategy.genomes:
+                return
+            self.strategy.tell([self._evaluated(row)])
+            self.told += 1
+            if self.told % self.opts.snapshot_every == 0 or self.told == self.budget:
+                self._snapshot()
+            self._ask_more()
+
+    def _snapshot(self) -> None:
+        state, arrays = self.strategy.state_dict(), self.strategy.state_arrays()
+        crash_point("snapshot", self.told)
+        self.store.save_snapshot(self.lease, self.told, state, arrays)
+
+    # ------------------------------------------------------------------ dispatch and results
+    def _dispatch(self) -> None:
+        while self.queue and self.backend.free_slots() > 0:
+            index = self.queue.pop(0)
+            attempt = self.store.claim(self.lease, index, worker="dispatch")
+            job = Job(index, attempt, self.recipe_of[index], self.space.seed, self.opts.deadline_s)
+            self.backend.submit(job)
+            crash_point("dispatch", index)
+
+    def _record(self, out: Outcome) -> None:
+        job = out.job
+        if out.result is None:  # the worker process was lost
+            self.stats.failed_attempts += 1
+            status = self.store.fail_attempt(self.lease, job.index, job.attempt, out.error or "worker lost",
+                                             self.opts.max_attempts)
+            self.log(f"candidate {job.index} attempt {job.attempt}: {out.error}; "
+                     + ("retrying" if status == "PENDING" else f"giving up after {job.attempt} attempts"))
+            if status == "PENDING":
+                self.queue.insert(0, job.index)
+            else:
+                self._finished(job.index)
+            return
+        res = out.result
+        crash_point("result", job.index)
+        fitness = self._scalar(res.get("objectives"))
+        result = CandidateResult(status=res["status"], objectives=res.get("objectives"), fitness=fitness,
+                                 item_scores=res.get("item_scores") or {}, seconds=float(res.get("seconds") or 0.0),
+                                 error=res.get("error"), tokens=int(res.get("tokens") or 0))
+        if self.store.complete(self.lease, job.index, job.attempt, result, worker=out.worker):
+            self._finished(job.index)
+        else:
+            self.log(f"candidate {job.index} attempt {job.attempt}: late or duplicate result ignored")
+
+    def _scalar(self, objectives: dict[str, float] | None) -> float | None:
+        if objectives is None:
+            return None
+        total = 0.0
+        for o, n in zip(self.space.objectives, self.names, strict=True):
+            v = objectives.get(n)
+            if v is None or not np.isfinite(v):
+                return None
+            total += (1.0 if o.direction == "maximize" else -1.0) * o.weight * float(v)
+        return total
+
+    def _finished(self, index: int) -> None:
+        row = self.store.candidate(self.run_id, index)
+        self.rows[index] = row
+        self.stats.completed += 1
+        self._note_best(row)
+        if self.opts.verbose:
+            obj = ", ".join(f"{k} {v:.3f}" for k, v in (row.objectives or {}).items())
+            self.log(f"candidate {index} ({row.recipe_id}) {row.status.lower()}"
+                     + (f": fitness {row.fitness:.4f} [{obj}]" if row.fitness is not None else f": {row.error or ''}")
+                     + f" in {row.seconds or 0:.2f} s")
+        for later in self.waiting.pop(index, []):
+            self._complete_cached(later, index)
+
+    def _complete_cached(self, index: int, source: int) -> None:
+        self.store.complete_cached(self.lease, index, source)
+        self.rows[index] = self.store.candidate(self.run_id, index)
+        self.stats.cached += 1
+
+    def _note_best(self, row: CandidateRow) -> None:
+        if row.status == "COMPLETE" and row.fitness is not None and row.cached_from is None:
+            if self.best is None or row.fitness > self.best[0]:
+                self.best = (row.fitness, row.index)
+
+    # ------------------------------------------------------------------ supervision
+    def _supervise(self) -> None:
+        now = time.monotonic()
+        if now - self._last_renew > self.opts.lease_ttl_s / 3:
+            self.lease = self.store.renew_lease(self.lease, self.opts.lease_ttl_s)
+            self._last_renew = now
+        if self.opts.deadline_s is not None:  # hard deadline: end the slot, record a timeout
+            for index, (job, started) in list(self.backend.running().items()):
+                if now - started > self.opts.deadline_s + self.opts.slack_s:
+                    self.backend.kill(index)
+                    res = CandidateResult("timeout", None, None, {}, now - started,
+                                          error=f"no result within the {self.opts.deadline_s:.0f} s deadline "
+                                                f"+ {self.opts.slack_s:.0f} s slack; worker replaced")
+                    if self.store.complete(self.lease, index, job.attempt, res):
+                        self._finished(index)
+        for index in self.store.requeue_stale(self.lease, self.opts.grace_s):
+            self.log(f"candidate {index}: no heartbeat for {self.opts.grace_s:.0f} s; requeued (a late result "
+                     "from the silent worker will be refused)")
+            self.backend.kill(index)
+            self.stats.failed_attempts += 1
+            self.queue.insert(0, index)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> None:
+        self.queue = sorted(i for i, r in self.rows.items() if r.status == "PENDING")
+        for i in sorted(self.rows):  # duplicates of a recipe that was unfinished at the crash
+            r = self.rows[i]
+            first = self.first_with[r.recipe_id]
+            if r.status == "PENDING" and first != i:
+                self.queue.remove(i)
+                if self.rows[first].status in TERMINAL:
+                    self._complete_cached(i, first)
+                else:
+                    self.waiting.setdefault(first, []).append(i)
+        resumed = bool(self.rows)
+        self._ask_more()
+        self._tell_ready()  # on resume this replays every committed result into the strategy
+        if resumed:
+            self.log(f"resumed: replayed {self.told} committed results into the strategy")
+            self.check_snapshot()
+        try:
+            while self.told < self.budget:
+                self._dispatch()
+                for out in self.backend.poll(self.opts.poll_s):
+                    self._record(out)
+                self._tell_ready()
+                self._supervise()
+                if self.on_progress:
+                    self.on_progress(self)
+                if not self.queue and not self.backend.running() and self.told < self.budget:
+                    row = self.rows.get(self.told)
+                    if row is None or row.status not in TERMINAL:
+                        if self.strategy_asked <= self.told:
+                            self.log(f"stopping after {self.told} candidates: the strategy has nothing to ask "
+                                     "(too few candidates succeeded; see the errors with `evomerge show`)")
+                            break
+        except StaleLeaseError:
+            self.log("another driver took over this run; stopping without further writes")
+            raise

@@ -1,0 +1,141 @@
+"""Start or resume a run: open the store, take the lease, build strategy and backend, drive.
+
+A run stores everything it needs to continue in its row: the resolved search space, the
+objective names, the engine and the pacing (``lag``), so ``evomerge resume RUN`` needs nothing
+but the database.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from evomerge.errors import ConfigError
+from evomerge.runner.driver import Driver, DriverOptions
+from evomerge.space.schema import SearchSpace
+from evomerge.store import RunInfo, Store
+
+
+@dataclass
+class ExecOptions:
+    """How to run (may differ between start and resume; none of it changes the results)."""
+
+    workers: int = 1
+    backend: str = "ray"  # ray | local
+    address: str | None = None
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    verbose: bool = False
+    lease_ttl_s: float = 60.0
+    grace_s: float = 60.0
+    heartbeat_s: float = 5.0
+
+
+@dataclass
+class RunOutcome:
+    run: RunInfo
+    told: int
+    best: tuple[float, int] | None
+    seconds: float
+
+
+def lease_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def task_names(space: SearchSpace) -> list[str]:
+    from evomerge.evaluate.tasks import load_task_spec
+
+    return [load_task_spec(o.task)[0].name for o in space.objectives]
+
+
+def create_run(store: Store, space: SearchSpace, space_text: str, *, name: str | None, engine: str,
+               lag: int, max_attempts: int, deadline_s: float | None, strategy_workers: int,
+               engine_options: dict[str, Any] | None = None, deadline_slack_s: float = 30.0) -> RunInfo:
+    names = task_names(space)
+    if len(set(names)) != len(names):
+        raise ConfigError(f"two objectives have the same task name ({names})", hint="give each task spec its own name")
+    config = {"space": space.model_dump(mode="json"), "objective_names": names, "engine": engine, "lag": lag,
+              "max_attempts": max_attempts, "deadline_s": deadline_s, "deadline_slack_s": deadline_slack_s,
+              "strategy_workers": strategy_workers,
+              "engine_options": engine_options or {}}
+    if name is None:
+        taken = {r.name for r in store.list_runs()}
+        k = 1
+        while f"{space.name}-s{space.seed}-{k}" in taken:
+            k += 1
+        name = f"{space.name}-s{space.seed}-{k}"
+    objectives = [{"name": n, "direction": o.direction, "weight": o.weight} for n, o in zip(names, space.objectives, strict=True)]
+    return store.create_run(name=name, space_yaml=space_text, space_hash=space.space_hash, config=config,
+                            seed=space.seed, budget=space.budget, objectives=objectives)
+
+
+def execute(store: Store, run: RunInfo, opts: ExecOptions, *, log: Callable[[str], None] = print,
+            progress: Callable[[Driver], None] | None = None) -> RunOutcome:
+    """Drive ``run`` to its budget (fresh or resumed: the same code path)."""
+    from evomerge.runner.worker import WorkerSpec
+    from evomerge.space.codec import make_codec
+    from evomerge.strategies.registry import make_strategy
+
+    cfg = run.config
+    space = SearchSpace.model_validate(cfg["space"])
+    if space.uses_zoo():
+        from evomerge.zoo import ensure_zoo
+
+        ensure_zoo(log=log)
+    codec = make_codec(space)
+    strategy = make_strategy(space, codec, workers=int(cfg["strategy_workers"]))
+    lease = store.acquire_lease(run.id, lease_owner(), opts.lease_ttl_s)
+    t0 = time.monotonic()
+    backend = None
+    try:
+        sources = list(getattr(codec, "sources", [space.base, *space.experts]))
+        faults = json.loads(os.environ.get("EVOMERGE_FAULTS", "{}"))  # failure tests only
+        spec = WorkerSpec(engine=cfg["engine"], tasks=tuple(o.task for o in space.objectives), sources=tuple(sources),
+                          store_url=store.url, run_id=run.id, heartbeat_s=opts.heartbeat_s,
+                          engine_options=cfg.get("engine_options") or {},
+                          threads=max(1, int(opts.cpus_per_worker)) if opts.backend == "ray" else None, faults=faults)
+        if opts.backend == "local":
+            from evomerge.runner.backend import LocalBackend
+
+            backend = LocalBackend(spec)
+        elif opts.backend == "ray":
+            from evomerge.runner.ray_backend import RayBackend
+
+            backend = RayBackend(spec, opts.workers, address=opts.address, cpus=opts.cpus_per_worker,
+                                 gpus=opts.gpus_per_worker, log=log)
+        else:
+            raise ConfigError(f"unknown backend {opts.backend!r}", hint="use ray (default) or local")
+        dopts = DriverOptions(lag=int(cfg["lag"]), max_attempts=int(cfg["max_attempts"]), deadline_s=cfg.get("deadline_s"),
+                              slack_s=float(cfg.get("deadline_slack_s", 30.0)), grace_s=opts.grace_s, lease_ttl_s=opts.lease_ttl_s, verbose=opts.verbose)
+        driver = Driver(store=store, lease=lease, space=space, codec=codec, strategy=strategy, backend=backend,
+                        objective_names=list(cfg["objective_names"]), options=dopts, log=log, on_progress=progress)
+        driver.load_existing()
+        store.set_run_status(lease, "running")
+        try:
+            driver.run()
+        except KeyboardInterrupt:
+            store.set_run_status(driver.lease, "stopped")
+            log(f"stopped; continue with `evomerge resume {run.name}`")
+            raise
+        store.set_run_status(driver.lease, "finished" if driver.told >= space.budget else "stopped")
+        store.release_lease(driver.lease)
+        return RunOutcome(store.get_run(run.id), driver.told, driver.best, time.monotonic() - t0)
+    finally:
+        if backend is not None:
+            backend.shutdown()
+
+
+def default_lag(workers: int) -> int:
+    return max(2, 2 * workers)
+
+
+def space_text(path: Path) -> str:
+    return Path(path).read_text(encoding="utf-8")

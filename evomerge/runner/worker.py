@@ -1,0 +1,133 @@
+"""One evaluation slot: loads an evaluator and the fitness tasks once, then scores candidates.
+
+Runs inside a Ray actor (:mod:`evomerge.runner.ray_backend`) or in the driver's process
+(:mod:`evomerge.runner.local_backend`). Only the recipe's canonical JSON comes in and only
+plain JSON-able values go out. While a candidate runs, a thread records a heartbeat in the store
+so the driver can tell a stuck worker from a slow one (RELIABILITY.md, failure test 3).
+
+``WorkerSpec.faults`` (from the driver's ``EVOMERGE_FAULTS``, JSON) injects faults for the
+failure tests, keyed by candidate index and active on the first attempt only: ``crash_on`` (the process exits mid-evaluation),
+``freeze_on`` (heartbeats stop and the result comes ``freeze_s`` seconds late), ``sleep_on``
+(index -> seconds of extra work), ``nan_on`` (a NaN objective).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    engine: str  # hf | vllm | synthetic
+    tasks: tuple[str, ...]  # task spec paths (search split)
+    sources: tuple[str, ...]  # model directories loaded once
+    store_url: str | None = None  # for heartbeats
+    run_id: str | None = None
+    heartbeat_s: float = 5.0
+    engine_options: dict[str, Any] = field(default_factory=dict)
+    threads: int | None = None  # torch threads per worker (default: torch's own choice)
+    faults: dict[str, Any] = field(default_factory=dict)
+
+
+def make_evaluator(engine: str, options: dict[str, Any] | None = None):  # -> Evaluator
+    options = options or {}
+    if engine == "hf":
+        from evomerge.evaluate.hf import HFEvaluator
+
+        return HFEvaluator(**options)
+    if engine == "vllm":
+        from evomerge.evaluate.vllm import VLLMEvaluator
+
+        return VLLMEvaluator(**options)
+    if engine == "synthetic":
+        from evomerge.evaluate.synthetic import SyntheticEvaluator
+
+        return SyntheticEvaluator(**options)
+    from evomerge.errors import ConfigError
+
+    raise ConfigError(f"unknown engine {engine!r}", hint="use hf (transformers), vllm, or synthetic (plumbing tests)")
+
+
+class CandidateWorker:
+    def __init__(self, spec: WorkerSpec) -> None:
+        for k, v in WORKER_ENV.items():
+            os.environ.setdefault(k, v)
+        from evomerge.evaluate.tasks import load_task
+
+        self.spec = spec
+        self.name = f"{os.uname().nodename}:{os.getpid()}"
+        if spec.threads and spec.engine != "synthetic":
+            import torch
+
+            torch.set_num_threads(spec.threads)
+        self.tasks = [load_task(t) for t in spec.tasks]
+        self.evaluator = make_evaluator(spec.engine, spec.engine_options)
+        self.evaluator.load_sources({s: s for s in spec.sources})
+        self.faults = dict(spec.faults)
+        self._store = None
+
+    def ping(self) -> str:
+        return self.name
+
+    def _heartbeats(self, index: int, attempt: int, stop: threading.Event) -> None:
+        if not (self.spec.store_url and self.spec.run_id):
+            return
+        from evomerge.store import Store
+
+        if self._store is None:
+            self._store = Store.open(self.spec.store_url)
+        while not stop.wait(self.spec.heartbeat_s):
+            try:
+                if not self._store.heartbeat(self.spec.run_id, index, attempt):
+                    return  # the attempt was requeued or finished: nothing left to keep alive
+            except Exception:  # noqa: BLE001 - a missed heartbeat is what the grace period is for
+                pass
+
+    def _fault(self, kind: str, index: int, attempt: int) -> Any:
+        if attempt != 1:
+            return None
+        f = self.faults.get(kind)
+        if isinstance(f, dict):
+            return f.get(str(index))
+        return True if f and index in f else None
+
+    def evaluate(self, index: int, attempt: int, recipe_json: str, seed: int,
+                 deadline_s: float | None = None) -> dict[str, Any]:
+        from evomerge.recipe import recipe_from_dict
+
+        t0 = time.perf_counter()
+        stop = threading.Event()
+        frozen = self._fault("freeze_on", index, attempt)
+        beat = None
+        if not frozen:
+            beat = threading.Thread(target=self._heartbeats, args=(index, attempt, stop), daemon=True)
+            beat.start()
+        try:
+            if self._fault("crash_on", index, attempt):
+                os._exit(13)  # the process dies mid-evaluation, as a killed or OOM worker does
+            if frozen:
+                time.sleep(float(self.faults.get("freeze_s", 30.0)))
+            extra = self._fault("sleep_on", index, attempt)
+            if extra:
+                time.sleep(float(extra))
+            try:
+                recipe = recipe_from_dict(json.loads(recipe_json), source=f"candidate {index}")
+                res = self.evaluator.evaluate(recipe, self.tasks, deadline_s=deadline_s, seed=seed)
+            except Exception as err:  # noqa: BLE001 - one failed candidate must not kill the run
+                return {"status": "failed", "objectives": None, "item_scores": {}, "seconds": time.perf_counter() - t0,
+                        "error": f"{type(err).__name__}: {err}", "tokens": 0, "worker": self.name}
+            objectives = res.objectives
+            if objectives is not None and self._fault("nan_on", index, attempt):
+                objectives = {k: float("nan") for k in objectives}
+            return {"status": res.status, "objectives": objectives, "item_scores": res.item_scores,
+                    "seconds": time.perf_counter() - t0, "error": res.error, "tokens": res.tokens,
+                    "worker": self.name}
+        finally:
+            stop.set()
