@@ -50,3 +50,7 @@ class LeaseHeldError(EvomergeError):
 
 class StaleLeaseError(EvomergeError):
     """This driver's lease was taken over; its writes are refused."""
+
+
+class SchemaError(EvomergeError):
+    """The archive's schema is older than (or unknown to) this version of evomerge."""

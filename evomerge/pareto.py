@@ -47,9 +47,34 @@ def fronts(values: np.ndarray) -> list[list[int]]:
     return out
 
 
+def first_front(values: np.ndarray) -> list[int]:
+    """Indices of the non-dominated rows (maximizing every column), for archives of millions.
+
+    Repeatedly takes the remaining row with the largest sum (no remaining row can dominate it:
+    a dominating row has a larger sum and would have been taken first and removed it) and drops,
+    vectorized, every row it dominates or duplicates exactly. Cost O(n d |front|), memory O(n d).
+    """
+    v = np.asarray(values, dtype=float)
+    if v.ndim != 2 or len(v) == 0:
+        return []
+    idx = np.nonzero(np.all(np.isfinite(v), axis=1))[0]
+    x = v[idx]
+    front: list[int] = []
+    while len(x):
+        k = int(np.argmax(x.sum(axis=1)))
+        p = x[k]
+        front.append(int(idx[k]))
+        ties = np.all(x == p, axis=1)  # exact duplicates of p are on the front with it
+        front += [int(i) for i in idx[ties] if i != idx[k]]
+        keep = ~(np.all(p >= x, axis=1)) | ties
+        keep &= ~ties
+        x, idx = x[keep], idx[keep]
+    return sorted(front)
+
+
 def pareto_front(values: np.ndarray, directions: Sequence[str] | None = None) -> list[int]:
+    """The Pareto front (front 0 of :func:`fronts`), computed with :func:`first_front`."""
     v = np.asarray(values, dtype=float)
     if directions is not None:
         v = oriented(v, directions)
-    f = fronts(v)
-    return f[0] if f else []
+    return first_front(v)

@@ -58,6 +58,7 @@ class RunStats:
     failed_attempts: int = 0
     cached: int = 0
     started: float = field(default_factory=time.monotonic)
+    driver_s: float = 0.0  # time in the driver's own work (store, strategy, dispatch), not waiting
 
 
 @dataclass
@@ -298,11 +299,16 @@ class Driver:
             self.check_snapshot()
         try:
             while self.told < self.budget:
+                t0 = time.perf_counter()
                 self._dispatch()
-                for out in self.backend.poll(self.opts.poll_s):
+                t1 = time.perf_counter()
+                outcomes = self.backend.poll(self.opts.poll_s)
+                t2 = time.perf_counter()
+                for out in outcomes:
                     self._record(out)
                 self._tell_ready()
                 self._supervise()
+                self.stats.driver_s += (t1 - t0) + (time.perf_counter() - t2)
                 if self.on_progress:
                     self.on_progress(self)
                 if not self.queue and not self.backend.running() and self.told < self.budget:

@@ -50,6 +50,38 @@ def lease_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+def owner_is_dead(owner: str | None) -> bool:
+    """True when ``owner`` (host:pid:tag) is a process of this host that no longer exists."""
+    if not owner:
+        return False
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def take_lease(store: Store, run_id: str, ttl_s: float, log: Callable[[str], None]):  # -> Lease
+    """The run's lease; a lease held by a dead driver of this host is taken over at once (its
+    epoch is bumped, so anything it might still write is refused), otherwise LeaseHeldError."""
+    from evomerge.errors import LeaseHeldError
+
+    try:
+        return store.acquire_lease(run_id, lease_owner(), ttl_s)
+    except LeaseHeldError:
+        holder, _ = store.lease_holder(run_id)
+        if not owner_is_dead(holder):
+            raise
+        log(f"the previous driver ({holder}) is gone; taking over its lease")
+        return store.acquire_lease(run_id, lease_owner(), ttl_s, force=True)
+
+
 def task_names(space: SearchSpace) -> list[str]:
     from evomerge.evaluate.tasks import load_task_spec
 
@@ -92,7 +124,7 @@ def execute(store: Store, run: RunInfo, opts: ExecOptions, *, log: Callable[[str
         ensure_zoo(log=log)
     codec = make_codec(space)
     strategy = make_strategy(space, codec, workers=int(cfg["strategy_workers"]))
-    lease = store.acquire_lease(run.id, lease_owner(), opts.lease_ttl_s)
+    lease = take_lease(store, run.id, opts.lease_ttl_s, log)
     t0 = time.monotonic()
     backend = None
     try:

@@ -32,3 +32,12 @@ def test_directions_flip_minimized_objectives() -> None:
     v = np.array([[1.0, 10.0], [0.5, 1.0], [0.4, 5.0]])
     assert pareto_front(v, ["maximize", "minimize"]) == [0, 1]
     assert pareto_front(v, ["maximize", "maximize"]) == [0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(values)
+def test_fast_first_front_equals_nsga2_front_zero(v: np.ndarray) -> None:
+    from evomerge.pareto import first_front
+
+    layers = fronts(v)
+    assert first_front(v) == (sorted(layers[0]) if layers else [])

@@ -52,7 +52,7 @@ def test_archive_does_not_depend_on_worker_count_or_timing(tiny_sources: Path, t
 def test_identical_recipes_are_evaluated_once(tiny_sources: Path, tmp_path: Path) -> None:
     # weights bounded to a single value: every genome decodes to the same recipe
     space = write_space(tmp_path, tiny_sources, strategy="random", budget=6)
-    space.write_text(space.read_text().replace("{low: 0.0, high: 1.5, init: 1.0}", "{low: 1.0, high: 1.000001, init: 1.0}"))
+    space.write_text(space.read_text().replace("{low: 0.0, high: 1.5, init: 1.0}", "{low: 1.0, high: 1.0000001, init: 1.0}"))
     db = f"sqlite:///{tmp_path / 'a.db'}"
     out = api.search(space, db=db, engine="synthetic", backend="local", name="dup", log=quiet)
     assert out.told == 6

@@ -1,0 +1,493 @@
+"""The archive: runs, candidates, objective values, per-item scores, strategy snapshots.
+
+Promises kept here (RELIABILITY.md):
+1. No lost candidates: ``add_candidates`` commits PENDING rows before it returns; the driver
+   dispatches only afterwards. ``requeue_running``/``requeue_stale`` put unfinished work back.
+2. Exactly-once recording: (run_id, idx) is the primary key; ``complete`` is a compare-and-set
+   from RUNNING with the caller's attempt number, so a duplicate or late result (a retried Ray
+   task, a worker declared dead) changes nothing and returns False; finished rows are never
+   updated again.
+4. One driver per run: the lease (owner, epoch, expiry) lives on the run row. Every driver write
+   first checks, in the same transaction, that the run's owner and epoch are the caller's
+   (SQLite: the transaction is BEGIN IMMEDIATE, so checks and writes are serialized; PostgreSQL:
+   the run row is locked FOR UPDATE). A takeover bumps the epoch, so a superseded driver's next
+   write raises StaleLeaseError.
+8. Schema safety: see :mod:`evomerge.store.schema`.
+9. Finite numbers only: a non-finite objective or fitness makes the candidate INVALID with
+   NULL fitness and no objective rows; ``best`` and ``pareto`` read COMPLETE rows only.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Connection, and_, delete, func, insert, select, update
+
+from evomerge.errors import ConfigError, EvomergeError, LeaseHeldError, StaleLeaseError
+from evomerge.store.models import Candidate, ItemScores, ObjectiveValue, Run, Snapshot
+from evomerge.store.schema import check_schema, default_url, make_engine
+
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+TERMINAL = ("COMPLETE", "INVALID", "TIMEOUT", "FAILED")
+STATUS_OF = {"ok": "COMPLETE", "invalid": "INVALID", "timeout": "TIMEOUT", "failed": "FAILED"}
+SNAPSHOTS_KEPT = 3
+
+
+@dataclass(frozen=True)
+class Lease:
+    run_id: str
+    owner: str
+    epoch: int
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class NewCandidate:
+    index: int
+    generation: int
+    recipe_json: str
+    recipe_id: str
+    genome: list[float]
+    parents: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class CandidateResult:
+    status: str  # ok | invalid | timeout | failed
+    objectives: dict[str, float] | None
+    fitness: float | None
+    item_scores: dict[str, list[float]]
+    seconds: float
+    error: str | None = None
+    tokens: int = 0
+
+
+@dataclass
+class CandidateRow:
+    run_id: str
+    index: int
+    generation: int
+    recipe_json: str
+    recipe_id: str
+    genome: list[float]
+    parents: tuple[int, ...]
+    status: str
+    attempts: int
+    worker: str | None
+    heartbeat_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    seconds: float | None
+    error: str | None
+    fitness: float | None
+    cached_from: int | None
+    tokens: int
+    objectives: dict[str, float] | None = None
+    item_scores: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass
+class RunInfo:
+    id: str
+    name: str
+    seed: int
+    budget: int
+    status: str
+    space_yaml: str
+    space_hash: str
+    config: dict[str, Any]
+    objectives: list[dict[str, Any]]
+    created_at: float
+    counts: dict[str, int]
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+
+
+def _row(c: Any) -> CandidateRow:
+    return CandidateRow(c.run_id, c.idx, c.generation, c.recipe_json, c.recipe_id, list(c.genome),
+                        tuple(c.parents or ()), c.status, c.attempts, c.worker, c.heartbeat_at, c.started_at,
+                        c.finished_at, c.seconds, c.error, c.fitness, c.cached_from, c.tokens or 0)
+
+
+def _finite(v: Any) -> bool:
+    return v is not None and isinstance(v, int | float) and math.isfinite(v)
+
+
+def pack_scores(scores: Sequence[float]) -> bytes:
+    return np.asarray(scores, dtype="<f4").tobytes()
+
+
+def unpack_scores(data: bytes) -> list[float]:
+    return np.frombuffer(data, dtype="<f4").astype(float).tolist()
+
+
+class Store:
+    """The SQL archive (SQLite by default, PostgreSQL by URL). Thread-safe per instance."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.is_pg = self.engine.dialect.name == "postgresql"
+        check_schema(self.engine, url)
+
+    @classmethod
+    def open(cls, url: str | None = None, *, workdir: Path | None = None) -> Store:
+        return cls(url or default_url(workdir))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ transactions
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    def _fence(self, conn: Connection, lease: Lease) -> None:
+        q = select(Run.lease_owner, Run.lease_epoch).where(Run.id == lease.run_id)
+        if self.is_pg:
+            q = q.with_for_update()
+        row = conn.execute(q).first()
+        if row is None:
+            raise ConfigError(f"run {lease.run_id} does not exist")
+        if row.lease_owner != lease.owner or row.lease_epoch != lease.epoch:
+            raise StaleLeaseError(
+                f"run {lease.run_id}: this driver's lease (epoch {lease.epoch}) was taken over by "
+                f"{row.lease_owner} (epoch {row.lease_epoch}); its writes are refused",
+                hint="another driver continues the run; follow it with `evomerge runs`")
+
+    # ------------------------------------------------------------------ runs
+    def create_run(self, *, name: str, space_yaml: str, space_hash: str, config: dict[str, Any], seed: int,
+                   budget: int, objectives: list[dict[str, Any]]) -> RunInfo:
+        if not RUN_NAME.match(name or ""):
+            raise ConfigError(f"run name {name!r} is not allowed",
+                              hint="use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        now = time.time()
+        run_id = "run-" + uuid.uuid4().hex[:12]
+        with self._tx() as conn:
+            if conn.execute(select(Run.id).where(Run.name == name)).first():
+                raise ConfigError(f"a run named {name!r} already exists",
+                                  hint=f"continue it with `evomerge resume {name}`, or pick another --name")
+            conn.execute(insert(Run).values(id=run_id, name=name, space_yaml=space_yaml, space_hash=space_hash,
+                                            config=config, seed=seed, budget=budget, objectives=objectives,
+                                            status="created", created_at=now, updated_at=now, lease_epoch=0))
+        return self.get_run(run_id)
+
+    def _run_info(self, conn: Connection, r: Any) -> RunInfo:
+        counts = dict(conn.execute(select(Candidate.status, func.count()).where(Candidate.run_id == r.id)
+                                   .group_by(Candidate.status)).all())
+        return RunInfo(r.id, r.name, r.seed, r.budget, r.status, r.space_yaml, r.space_hash, r.config,
+                       r.objectives, r.created_at, {k: int(v) for k, v in counts.items()}, r.lease_owner,
+                       r.lease_expires_at)
+
+    def get_run(self, ref: str) -> RunInfo:
+        with self.engine.connect() as conn:
+            r = conn.execute(select(Run).where((Run.id == ref) | (Run.name == ref))).first()
+            if r is None:
+                raise ConfigError(f"no run {ref!r} in {self._shown_url()}",
+                                  hint="`evomerge runs` lists the runs (check --db)")
+            return self._run_info(conn, r)
+
+    def list_runs(self) -> list[RunInfo]:
+        with self.engine.connect() as conn:
+            return [self._run_info(conn, r) for r in conn.execute(select(Run).order_by(Run.created_at)).all()]
+
+    def _shown_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    # ------------------------------------------------------------------ lease
+    def acquire_lease(self, run_id: str, owner: str, ttl_s: float, *, force: bool = False) -> Lease:
+        """Take the run: free, expired, already ours, or ``force`` (its owner is known dead)."""
+        now = time.time()
+        with self._tx() as conn:
+            q = select(Run.lease_owner, Run.lease_epoch, Run.lease_expires_at).where(Run.id == run_id)
+            row = conn.execute(q.with_for_update() if self.is_pg else q).first()
+            if row is None:
+                raise ConfigError(f"run {run_id} does not exist")
+            held = row.lease_owner and row.lease_owner != owner and (row.lease_expires_at or 0) > now
+            if held and not force:
+                left = (row.lease_expires_at or now) - now
+                raise LeaseHeldError(
+                    f"run {run_id} is driven by {row.lease_owner} (lease valid for {left:.0f} more s)",
+                    hint="stop that driver, or wait for its lease to expire and resume again")
+            epoch = (row.lease_epoch or 0) + 1
+            conn.execute(update(Run).where(Run.id == run_id).values(
+                lease_owner=owner, lease_epoch=epoch, lease_expires_at=now + ttl_s, updated_at=now))
+        return Lease(run_id, owner, epoch, now + ttl_s)
+
+    def lease_holder(self, run_id: str) -> tuple[str | None, float | None]:
+        with self.engine.connect() as conn:
+            r = conn.execute(select(Run.lease_owner, Run.lease_expires_at).where(Run.id == run_id)).first()
+            return (r.lease_owner, r.lease_expires_at) if r else (None, None)
+
+    def renew_lease(self, lease: Lease, ttl_s: float) -> Lease:
+        now = time.time()
+        with self._tx() as conn:
+            self._fence(conn, lease)
+            conn.execute(update(Run).where(Run.id == lease.run_id).values(lease_expires_at=now + ttl_s))
+        return Lease(lease.run_id, lease.owner, lease.epoch, now + ttl_s)
+
+    def release_lease(self, lease: Lease) -> None:
+        with self._tx() as conn:
+            self._fence(conn, lease)
+            conn.execute(update(Run).where(Run.id == lease.run_id).values(lease_expires_at=0.0))
+
+    def set_run_status(self, lease: Lease, status: str) -> None:
+        with self._tx() as conn:
+            self._fence(conn, lease)
+            conn.execute(update(Run).where(Run.id == lease.run_id).values(status=status, updated_at=time.time()))
+
+    # ------------------------------------------------------------------ candidates
+    def add_candidates(self, lease: Lease, cands: Sequence[NewCandidate]) -> None:
+        if not cands:
+            return
+        with self._tx() as conn:
+            self._fence(conn, lease)
+            idxs = [c.index for c in cands]
+            existing = {r.idx: r for r in conn.execute(
+                select(Candidate.idx, Candidate.recipe_id, Candidate.genome)
+                .where(Candidate.run_id == lease.run_id, Candidate.idx.in_(idxs))).all()}
+            rows = []
+            for c in cands:
+                old = existing.get(c.index)
+                if old is not None:
+                    if old.recipe_id != c.recipe_id or list(old.genome) != list(c.genome):
+                        raise EvomergeError(f"run {lease.run_id}: candidate {c.index} exists with another recipe",
+                                            hint="the run's strategy state diverged; start a new run")
+                    continue
+                rows.append({"run_id": lease.run_id, "idx": c.index, "generation": c.generation,
+                             "recipe_json": c.recipe_json, "recipe_id": c.recipe_id, "genome": list(c.genome),
+                             "parents": list(c.parents), "status": "PENDING", "attempts": 0, "tokens": 0})
+            if rows:
+                conn.execute(insert(Candidate), rows)
+
+    def claim(self, lease: Lease, index: int, worker: str) -> int:
+        now = time.time()
+        with self._tx() as conn:
+            self._fence(conn, lease)
+            res = conn.execute(update(Candidate).where(
+                Candidate.run_id == lease.run_id, Candidate.idx == index, Candidate.status == "PENDING")
+                .values(status="RUNNING", attempts=Candidate.attempts + 1, worker=worker, started_at=now,
+                        heartbeat_at=now))
+            if res.rowcount != 1:
+                raise EvomergeError(f"run {lease.run_id}: candidate {index} is not PENDING; it cannot be claimed")
+            return int(conn.execute(select(Candidate.attempts).where(
+                Candidate.run_id == lease.run_id, Candidate.idx == index)).scalar_one())
+
+    def heartbeat(self, run_id: str, index: int, attempt: int) -> bool:
+        with self._tx() as conn:
+            res = conn.execute(update(Candidate).where(
+                Candidate.run_id == run_id, Candidate.idx == index, Candidate.status == "RUNNING",
+                Candidate.attempts == attempt).values(heartbeat_at=time.time()))
+            return res.rowcount == 1
+
+    def complete(self, lease: Lease, index: int, attempt: int, result: CandidateResult,
+                 worker: str | None = None) -> bool:
+        status = STATUS_OF.get(result.status)
+        if status is None:
+            raise ValueError(f"unknown result status {result.status!r}")
+        objectives, fitness, error = result.objectives, result.fitness, result.error
+        if status == "COMPLETE" and (not _finite(fitness) or objectives is None
+                                     or not all(_finite(v) for v in objectives.values())):
+            status, error = "INVALID", error or "non-finite fitness or objective"
+        if status != "COMPLETE":
+            objectives, fitness = None, None
+        now = time.time()
+        with self._tx() as conn:
+            self._fence(conn, lease)
+            values: dict[str, Any] = {"status": status, "fitness": fitness, "error": error, "seconds": result.seconds,
+                                      "finished_at": now, "tokens": int(result.tokens)}
+            if worker:
+                values["worker"] = worker
+            res = conn.execute(update(Candidate).where(
+                Candidate.run_id == lease.run_id, Candidate.idx == index, Candidate.status == "RUNNING",
+                Candidate.attempts == attempt).values(**values))
+            if res.rowcount != 1:
+                return False  # duplicate or stale attempt: the first committed result stands
+            self._write_results(conn, lease.run_id, index, objectives,
+                                result.item_scores if status == "COMPLETE" else {})
+        return True
+
+    def _write_results(self, conn: Connection, run_id: str, index: int, objectives: dict[str, float] | None,
+                       item_scores: dict[str, list[float]]) -> None:
+        if objectives:
+            conn.execute(insert(ObjectiveValue), [{"run_id": run_id, "idx": index, "name": k, "value": float(v)}
+                                                  for k, v in objectives.items()])
+        if item_scores:
+            conn.execute(insert(ItemScores), [{"run_id": run_id, "idx": index, "task": k, "data": pack_scores(v)}
+                                              for k, v in item_scores.items()])
+
+    def complete_cached(self, lease: Lease, index: int, source_index: int) -> bool:
+        """A PENDING duplicate of a finished recipe takes a copy of that result."""
+        with self._tx() as conn:
+            self._fence(conn, lease)
+            src = conn.execute(select(Candidate).where(Candidate.run_id == lease.run_id,
+                                                       Candidate.idx == source_index)).first()
+            if src is None or src.status not in TERMINAL:
+                raise EvomergeError(f"candidate {source_index} is not finished; {index} cannot copy its result")
+            res = conn.execute(update(Candidate).where(
+                Candidate.run_id == lease.run_id, Candidate.idx == index, Candidate.status == "PENDING")
+                .values(status=src.status, fitness=src.fitness, error=src.error, seconds=0.0,
+                        finished_at=time.time(), cached_from=source_index, tokens=0))
+            if res.rowcount != 1:
+                return False
+            objs = {r.name: r.value for r in conn.execute(select(ObjectiveValue).where(
+                ObjectiveValue.run_id == lease.run_id, ObjectiveValue.idx == source_index)).all()}
+            scores = {r.task: unpack_scores(r.data) for r in conn.execute(select(ItemScores).where(
+                ItemScores.run_id == lease.run_id, ItemScores.idx == source_index)).all()}
+            self._write_results(conn, lease.run_id, index, objs or None, scores)
+        return True
+
+    def fail_attempt(self, lease: Lease, index: int, attempt: int, error: str, max_attempts: int) -> str:
+        with self._tx() as conn:
+            self._fence(conn, lease)
+            row = conn.execute(select(Candidate.status, Candidate.attempts).where(
+                Candidate.run_id == lease.run_id, Candidate.idx == index)).first()
+            if row is None or row.status != "RUNNING" or row.attempts != attempt:
+                return row.status if row else "MISSING"
+            new = "FAILED" if attempt >= max_attempts else "PENDING"
+            values: dict[str, Any] = {"status": new, "error": error}
+            if new == "FAILED":
+                values["finished_at"] = time.time()
+            conn.execute(update(Candidate).where(Candidate.run_id == lease.run_id, Candidate.idx == index)
+                         .values(**values))
+            return new
+
+    def requeue_stale(self, lease: Lease, older_than_s: float) -> list[int]:
+        return self._requeue(lease, time.time() - older_than_s)
+
+    def requeue_running(self, lease: Lease) -> list[int]:
+        return self._requeue(lease, None)
+
+    def _requeue(self, lease: Lease, before: float | None) -> list[int]:
+        with self._tx() as conn:
+            self._fence(conn, lease)
+            cond = and_(Candidate.run_id == lease.run_id, Candidate.status == "RUNNING")
+            if before is not None:
+                cond = and_(cond, Candidate.heartbeat_at < before)
+            idxs = [r.idx for r in conn.execute(select(Candidate.idx).where(cond)).all()]
+            if idxs:
+                conn.execute(update(Candidate).where(Candidate.run_id == lease.run_id, Candidate.idx.in_(idxs),
+                                                     Candidate.status == "RUNNING").values(status="PENDING"))
+            return sorted(idxs)
+
+    # ------------------------------------------------------------------ reads
+    def _objectives(self, conn: Connection, run_id: str, idxs: Sequence[int] | None = None) -> dict[int, dict[str, float]]:
+        q = select(ObjectiveValue.idx, ObjectiveValue.name, ObjectiveValue.value).where(ObjectiveValue.run_id == run_id)
+        if idxs is not None:
+            q = q.where(ObjectiveValue.idx.in_(list(idxs)))
+        out: dict[int, dict[str, float]] = {}
+        for i, n, v in conn.execute(q).all():
+            out.setdefault(i, {})[n] = v
+        return out
+
+    def _scores(self, conn: Connection, run_id: str, idxs: Sequence[int] | None = None) -> dict[int, dict[str, list[float]]]:
+        q = select(ItemScores.idx, ItemScores.task, ItemScores.data).where(ItemScores.run_id == run_id)
+        if idxs is not None:
+            q = q.where(ItemScores.idx.in_(list(idxs)))
+        out: dict[int, dict[str, list[float]]] = {}
+        for i, t, d in conn.execute(q).all():
+            out.setdefault(i, {})[t] = unpack_scores(d)
+        return out
+
+    def _decorate(self, conn: Connection, run_id: str, rows: list[CandidateRow], with_scores: bool,
+                  all_rows: bool = False) -> list[CandidateRow]:
+        idxs = None if all_rows else [r.index for r in rows]
+        objs = self._objectives(conn, run_id, idxs)
+        scores = self._scores(conn, run_id, idxs) if with_scores else {}
+        for r in rows:
+            r.objectives = objs.get(r.index) if r.status == "COMPLETE" else None
+            r.item_scores = scores.get(r.index, {})
+        return rows
+
+    def candidates(self, run_id: str, *, status: str | None = None, with_scores: bool = False) -> list[CandidateRow]:
+        with self.engine.connect() as conn:
+            q = select(Candidate).where(Candidate.run_id == run_id)
+            if status is not None:
+                q = q.where(Candidate.status == status)
+            rows = [_row(c) for c in conn.execute(q.order_by(Candidate.idx)).all()]
+            return self._decorate(conn, run_id, rows, with_scores, all_rows=status is None)
+
+    def candidate(self, run_id: str, index: int) -> CandidateRow:
+        with self.engine.connect() as conn:
+            c = conn.execute(select(Candidate).where(Candidate.run_id == run_id, Candidate.idx == index)).first()
+            if c is None:
+                raise ConfigError(f"run {run_id} has no candidate {index}",
+                                  hint="`evomerge best RUN -k 10` lists candidates")
+            return self._decorate(conn, run_id, [_row(c)], True)[0]
+
+    def best(self, run_id: str, *, objective: str | None = None, k: int = 1) -> list[CandidateRow]:
+        with self.engine.connect() as conn:
+            ok = and_(Candidate.run_id == run_id, Candidate.status == "COMPLETE", Candidate.cached_from.is_(None))
+            if objective is None:
+                q = select(Candidate).where(ok, Candidate.fitness.is_not(None)).order_by(
+                    Candidate.fitness.desc(), Candidate.idx).limit(k)
+            else:
+                run = conn.execute(select(Run.objectives).where(Run.id == run_id)).scalar_one()
+                direction = next((o.get("direction", "maximize") for o in run if o["name"] == objective), "maximize")
+                order = ObjectiveValue.value.desc() if direction == "maximize" else ObjectiveValue.value.asc()
+                q = (select(Candidate).join(ObjectiveValue, and_(ObjectiveValue.run_id == Candidate.run_id,
+                                                                ObjectiveValue.idx == Candidate.idx))
+                     .where(ok, ObjectiveValue.name == objective).order_by(order, Candidate.idx).limit(k))
+            rows = [_row(c) for c in conn.execute(q).all()]
+            return self._decorate(conn, run_id, rows, False)
+
+    def pareto(self, run_id: str) -> list[CandidateRow]:
+        from evomerge.pareto import pareto_front
+
+        with self.engine.connect() as conn:
+            run = conn.execute(select(Run.objectives).where(Run.id == run_id)).scalar_one()
+            names = [o["name"] for o in run]
+            directions = [o.get("direction", "maximize") for o in run]
+            ok_idx = select(Candidate.idx).where(Candidate.run_id == run_id, Candidate.status == "COMPLETE",
+                                                 Candidate.cached_from.is_(None))
+            data = conn.execute(select(ObjectiveValue.idx, ObjectiveValue.name, ObjectiveValue.value).where(
+                ObjectiveValue.run_id == run_id, ObjectiveValue.idx.in_(ok_idx))).all()
+            if not data:
+                return []
+            idx = np.array([d[0] for d in data])
+            col = {n: j for j, n in enumerate(names)}
+            uniq, pos = np.unique(idx, return_inverse=True)
+            values = np.full((len(uniq), len(names)), np.nan)
+            values[pos, [col.get(d[1], 0) for d in data]] = [d[2] for d in data]
+            front = [int(uniq[i]) for i in pareto_front(values, directions)]
+            rows = [_row(c) for c in conn.execute(select(Candidate).where(
+                Candidate.run_id == run_id, Candidate.idx.in_(front)).order_by(Candidate.idx)).all()]
+            return self._decorate(conn, run_id, rows, False)
+
+    # ------------------------------------------------------------------ snapshots
+    def save_snapshot(self, lease: Lease, told: int, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+        with self._tx() as conn:
+            self._fence(conn, lease)
+            seq = (conn.execute(select(func.max(Snapshot.seq)).where(Snapshot.run_id == lease.run_id)).scalar() or 0) + 1
+            conn.execute(insert(Snapshot).values(run_id=lease.run_id, seq=seq, told=told, state=state,
+                                                 arrays=buf.getvalue(), created_at=time.time()))
+            conn.execute(delete(Snapshot).where(Snapshot.run_id == lease.run_id, Snapshot.seq <= seq - SNAPSHOTS_KEPT))
+
+    def latest_snapshot(self, run_id: str) -> tuple[int, dict[str, Any], dict[str, np.ndarray]] | None:
+        with self.engine.connect() as conn:
+            s = conn.execute(select(Snapshot).where(Snapshot.run_id == run_id).order_by(Snapshot.seq.desc())
+                             .limit(1)).first()
+        if s is None:
+            return None
+        with np.load(io.BytesIO(s.arrays), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        return s.told, s.state, arrays
