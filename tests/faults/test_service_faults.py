@@ -142,7 +142,7 @@ def _actor_processes() -> list[int]:
 
 
 def test_second_driver_on_a_run_is_refused(tiny_sources: Path, tmp_path: Path) -> None:
-    space = write_space(tmp_path, tiny_sources, strategy="random", budget=400)
+    space = write_space(tmp_path, tiny_sources, strategy="random", budget=100000)  # cannot finish first
     db = f"sqlite:///{tmp_path / 'a.db'}"
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
     first = subprocess.Popen([sys.executable, "-m", "evomerge.cli", "search", "--space", str(space), "--db", db,
