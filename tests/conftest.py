@@ -80,6 +80,36 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def pg_server():
+    """A PostgreSQL server URL: EVOMERGE_TEST_PG_URL, else a throwaway cluster for the session.
+    Missing binaries skip the tests, or fail them when EVOMERGE_REQUIRE_PG=1 (CI)."""
+    url = os.environ.get("EVOMERGE_TEST_PG_URL")
+    if url:
+        yield url
+        return
+    from tests.pg import Cluster, pg_bin
+
+    if pg_bin() is None:
+        msg = "PostgreSQL server binaries not found; run scripts/postgres.sh"
+        if os.environ.get("EVOMERGE_REQUIRE_PG") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    cluster = Cluster()
+    try:
+        yield cluster.url()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> str:
+    """A fresh empty database on the test server."""
+    from tests.pg import new_database
+
+    return new_database(pg_server)
+
+
 def run_cli(*args: str, cwd: Path, timeout: float = 300, **env_extra: str):
     """Run ``python -m evomerge.cli ARGS`` in a subprocess (offline, this checkout on the path)."""
     import subprocess

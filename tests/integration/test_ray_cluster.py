@@ -38,8 +38,12 @@ def test_ray_job_submit_on_a_two_node_local_cluster(tiny_sources: Path, tmp_path
     port, dash = free_port(), free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), RAY_DEDUP_LOGS="0")
     env.pop("RAY_ADDRESS", None)
+    env["HOME"] = str(tmp_path / "home")  # a stale ~/.ray/auth_token from another Ray makes nodes refuse each other
+    (tmp_path / "home").mkdir()
     ray_bin = str(Path(sys.executable).parent / "ray")
-    tmp_ray = tmp_path / "ray"
+    import tempfile
+
+    tmp_ray = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # AF_UNIX socket paths must stay short
 
     def ray(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run([ray_bin, *args], env=env, capture_output=True, text=True, timeout=timeout)
