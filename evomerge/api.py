@@ -118,8 +118,10 @@ def search(space_path: str | Path, *, db: str | None = None, workdir: str | Path
            max_attempts: int = 3, lag: int | None = None, cpus_per_worker: float = 1.0,
            gpus_per_worker: float = 0.0, verbose: bool = False, log: Callable[[str], None] = print,
            progress: Callable[[Any], None] | None = None, deadline_slack_s: float = 30.0,
-           grace_s: float = 60.0, heartbeat_s: float = 5.0, engine_options: dict[str, Any] | None = None):
-    """Create a run for a search space and drive it to its budget (returns a RunOutcome)."""
+           grace_s: float = 60.0, heartbeat_s: float = 5.0, engine_options: dict[str, Any] | None = None,
+           strategy: str | None = None, optimizer: str | None = None):
+    """Create a run for a search space and drive it to its budget (returns a RunOutcome).
+    ``strategy``/``optimizer`` override the space's strategy name / nevergrad optimizer."""
     from evomerge.runner.service import ExecOptions, create_run, default_lag, execute, space_text
     from evomerge.space.schema import load_space
 
@@ -129,6 +131,9 @@ def search(space_path: str | Path, *, db: str | None = None, workdir: str | Path
         update["budget"] = budget
     if seed is not None:
         update["seed"] = seed
+    if strategy is not None or optimizer is not None:
+        update["strategy"] = space.strategy.model_dump() | ({"name": strategy} if strategy else {}) | (
+            {"optimizer": optimizer} if optimizer else {})
     if update:
         space = type(space).model_validate(space.model_dump() | update)
     from evomerge.runner.worker import make_evaluator

@@ -76,6 +76,8 @@ def search(
     name: Annotated[str | None, typer.Option(help="run name (default <space>-s<seed>-<n>)")] = None,
     budget: Annotated[int | None, typer.Option(help="override the space's budget")] = None,
     seed: Annotated[int | None, typer.Option(help="override the space's seed")] = None,
+    strategy: Annotated[str | None, typer.Option(help="override the space's strategy: cmaes, nevergrad, m2n2, random")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="override the nevergrad optimizer (NGOpt, TwoPointsDE, ...)")] = None,
     engine: Annotated[str, typer.Option(help="hf (transformers), vllm, or synthetic (plumbing)")] = "hf",
     workers: Workers = 1,
     backend: Backend = "ray",
@@ -90,6 +92,7 @@ def search(
     from evomerge import api
 
     outcome = api.search(space_path, db=db, name=name, budget=budget, seed=seed, engine=engine, deadline_s=deadline,
+                         strategy=strategy, optimizer=optimizer,
                          max_attempts=max_attempts, **_exec_kw(workers, backend, address, cpus_per_worker,
                                                                gpus_per_worker, verbose))
     _report(outcome, db)

@@ -40,16 +40,24 @@ def test_search_is_deterministic_and_records_every_candidate(zoo_dir: Path, tmp_
                 not any(r["objectives"][n] > q["objectives"][n] for n in names)
 
 
-def test_search_cli_writes_the_best_recipe(zoo_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("strategy", "optimizer"), [("cmaes", None), ("nevergrad", "NGOpt"), ("m2n2", None), ("random", None)])
+def test_each_strategy_runs_from_the_cli_through_the_local_driver(zoo_dir: Path, tmp_path: Path, strategy: str,
+                                                                 optimizer: str | None) -> None:
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), EVOMERGE_ZOO=str(zoo_dir))
-    proc = subprocess.run([sys.executable, "-m", "evomerge.cli", "search", "--space", str(REPO / "search_spaces/demo.yaml"),
-                           "--budget", "8", "--out", str(tmp_path / "run.jsonl")], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    assert "best: candidate" in proc.stdout and "Pareto front over 3 objectives" in proc.stdout
-    best = (tmp_path / "run.best.yaml").read_text()
-    assert "merge_method: task_arithmetic" in best and str(zoo_dir) in best
-    assert len((tmp_path / "run.jsonl").read_text().splitlines()) == 8
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    args = [sys.executable, "-m", "evomerge.cli", "search", "--space", str(REPO / "search_spaces/demo.yaml"),
+            "--budget", "8", "--backend", "local", "--db", db, "--name", "cli", "--strategy", strategy, "-v"]
+    if optimizer:
+        args += ["--optimizer", optimizer]
+    proc = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = " ".join(proc.stdout.split())
+    assert "run cli: finished, 8/8 candidates" in out and "best: cli:" in out
+    assert out.count("complete: fitness") == 8  # one line per candidate at -v
+    best = json.loads(subprocess.run([sys.executable, "-m", "evomerge.cli", "best", "cli", "--db", db, "--json"],
+                                     env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120).stdout)
+    assert best[0]["status"] == "COMPLETE" and best[0]["recipe"]["merge_method"] == "task_arithmetic"
+    assert str(zoo_dir) in json.dumps(best[0]["recipe"])
 
 
 def zoo_space(name: str, zoo_dir: Path, tmp_path: Path, **update):
