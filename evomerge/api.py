@@ -119,7 +119,7 @@ def search(space_path: str | Path, *, db: str | None = None, workdir: str | Path
            gpus_per_worker: float = 0.0, verbose: bool = False, log: Callable[[str], None] = print,
            progress: Callable[[Any], None] | None = None, deadline_slack_s: float = 30.0,
            grace_s: float = 60.0, heartbeat_s: float = 5.0, engine_options: dict[str, Any] | None = None,
-           strategy: str | None = None, optimizer: str | None = None):
+           strategy: str | None = None, optimizer: str | None = None, snapshot_every: int = 50):
     """Create a run for a search space and drive it to its budget (returns a RunOutcome).
     ``strategy``/``optimizer`` override the space's strategy name / nevergrad optimizer."""
     from evomerge.runner.service import ExecOptions, create_run, default_lag, execute, space_text
@@ -143,7 +143,8 @@ def search(space_path: str | Path, *, db: str | None = None, workdir: str | Path
     with open_store(db, workdir) as store:
         run = create_run(store, space, space_text(Path(space_path)), name=name, engine=engine,
                          lag=lag or default_lag(workers), max_attempts=max_attempts, deadline_s=deadline_s,
-                         strategy_workers=workers, engine_options=engine_options, deadline_slack_s=deadline_slack_s)
+                         strategy_workers=workers, engine_options=engine_options, deadline_slack_s=deadline_slack_s,
+                         snapshot_every=snapshot_every)
         log(f"run {run.name} ({run.id}) in {store.url}")
         opts = ExecOptions(workers=workers, backend=backend, address=address, cpus_per_worker=cpus_per_worker,
                            gpus_per_worker=gpus_per_worker, verbose=verbose, grace_s=grace_s, heartbeat_s=heartbeat_s)

@@ -84,6 +84,7 @@ def search(
     address: Address = None,
     deadline: Annotated[float | None, typer.Option(help="seconds per candidate before it times out")] = None,
     max_attempts: Annotated[int, typer.Option(help="attempts per candidate when workers die")] = 3,
+    snapshot_every: Annotated[int, typer.Option(help="tells between strategy snapshots")] = 50,
     cpus_per_worker: Cpus = 1.0,
     gpus_per_worker: Gpus = 0.0,
     verbose: Verbose = False,
@@ -92,7 +93,7 @@ def search(
     from evomerge import api
 
     outcome = api.search(space_path, db=db, name=name, budget=budget, seed=seed, engine=engine, deadline_s=deadline,
-                         strategy=strategy, optimizer=optimizer,
+                         strategy=strategy, optimizer=optimizer, snapshot_every=snapshot_every,
                          max_attempts=max_attempts, **_exec_kw(workers, backend, address, cpus_per_worker,
                                                                gpus_per_worker, verbose))
     _report(outcome, db)

@@ -33,6 +33,7 @@ from evomerge.errors import EvomergeError, StaleLeaseError
 from evomerge.runner.backend import Backend, Job, Outcome
 from evomerge.space.schema import SearchSpace
 from evomerge.store import CandidateResult, CandidateRow, Lease, NewCandidate, Store
+from evomerge.store.sql import normalize_result
 from evomerge.strategies.base import Evaluated, Replayable
 from evomerge.strategies.registry import strategy_from_state
 
@@ -47,7 +48,8 @@ class DriverOptions:
     slack_s: float = 30.0
     grace_s: float = 60.0  # a RUNNING candidate without a heartbeat for this long is requeued
     lease_ttl_s: float = 60.0
-    snapshot_every: int = 10  # tells between strategy snapshots
+    snapshot_every: int = 50  # tells between strategy snapshots (and one at the end)
+    supervise_s: float = 1.0  # how often to look for silent workers
     poll_s: float = 0.2
     verbose: bool = False  # a log line per candidate
 
@@ -91,14 +93,18 @@ class Driver:
         self.first_with: dict[str, int] = {}  # recipe_id -> first index with that recipe
         self.waiting: dict[int, list[int]] = {}  # index -> later indices with the same recipe
         self.queue: list[int] = []  # PENDING indices to dispatch, in order
+        self._new: dict[int, NewCandidate] = {}  # persisted this session, result not yet read back
+        self._replaying = False
+        self._prior_snapshot: tuple[int, dict[str, Any], dict[str, np.ndarray]] | None = None
         self.told = 0
         self.stats = RunStats()
         self.best: tuple[float, int] | None = None
-        self._last_renew = time.monotonic()
+        self._last_renew = self._last_supervise = time.monotonic()
 
     # ------------------------------------------------------------------ resume
     def load_existing(self) -> None:
         """Rebuild from the store: rows, the strategy (by replay), the dispatch queue."""
+        self._prior_snapshot = self.store.latest_snapshot(self.run_id)  # read before the replay writes any
         requeued = self.store.requeue_running(self.lease)
         if requeued:
             self.log(f"requeued {len(requeued)} candidates that were running when the last driver stopped")
@@ -110,11 +116,15 @@ class Driver:
                 self._note_best(row)
 
     def check_snapshot(self) -> None:
-        """Compare the latest snapshot with the replayed strategy (promise 3: replay wins)."""
-        snap = self.store.latest_snapshot(self.run_id)
+        """Compare the last driver's latest snapshot with the replayed strategy (promise 3:
+        replay wins)."""
+        snap = self._prior_snapshot
         if snap is None:
             return
         told, state, arrays = snap
+        for i, row in self.rows.items():  # per-item scores come from the archive
+            for task, scores in (getattr(row, "item_scores", None) or {}).items():
+                arrays.setdefault(f"items.{i}.{task}", np.asarray(scores, dtype=np.float64))
         try:
             snap_strategy = strategy_from_state(state, arrays)
         except EvomergeError as err:
@@ -123,6 +133,8 @@ class Driver:
         if snap_strategy.events != self.strategy.events[: len(snap_strategy.events)]:
             self.log(f"warning: snapshot at {told} tells disagrees with the replay of committed results; "
                      "using the replay")
+        else:
+            self.log(f"snapshot at {told} tells matches the replay")
 
     # ------------------------------------------------------------------ strategy pacing
     def _ask_more(self) -> None:
@@ -150,6 +162,7 @@ class Driver:
         crash_point("pending", new[-1].index)
         for c in new:
             self.recipe_of[c.index] = c.recipe_json
+            self._new[c.index] = c
             self.rows[c.index] = _Pending(c.index, c.recipe_id)  # type: ignore[assignment]
             first = self.first_with.setdefault(c.recipe_id, c.index)
             if first != c.index:
@@ -186,7 +199,11 @@ class Driver:
             self._ask_more()
 
     def _snapshot(self) -> None:
-        state, arrays = self.strategy.state_dict(), self.strategy.state_arrays()
+        """The strategy's state; per-item scores stay out (the archive has them, see check_snapshot)."""
+        if self._replaying:
+            return
+        state = self.strategy.state_dict()
+        arrays = {k: v for k, v in self.strategy.state_arrays().items() if k.startswith("x.")}
         crash_point("snapshot", self.told)
         self.store.save_snapshot(self.lease, self.told, state, arrays)
 
@@ -219,7 +236,7 @@ class Driver:
                                  item_scores=res.get("item_scores") or {}, seconds=float(res.get("seconds") or 0.0),
                                  error=res.get("error"), tokens=int(res.get("tokens") or 0))
         if self.store.complete(self.lease, job.index, job.attempt, result, worker=out.worker):
-            self._finished(job.index)
+            self._finished(job.index, self._row_from(job, result, out.worker))
         else:
             self.log(f"candidate {job.index} attempt {job.attempt}: late or duplicate result ignored")
 
@@ -234,9 +251,23 @@ class Driver:
             total += (1.0 if o.direction == "maximize" else -1.0) * o.weight * float(v)
         return total
 
-    def _finished(self, index: int) -> None:
-        row = self.store.candidate(self.run_id, index)
+    def _row_from(self, job: Job, result: CandidateResult, worker: str | None) -> CandidateRow | None:
+        """The row as the store just committed it (same normalization), without reading it back
+        (None for rows persisted by an earlier driver: those are read back)."""
+        status, objectives, fitness, error = normalize_result(result)
+        c = self._new.get(job.index)
+        if c is None:
+            return None
+        return CandidateRow(self.run_id, job.index, c.generation, c.recipe_json, c.recipe_id, c.genome,
+                            tuple(c.parents), status, job.attempt, worker, None, None, None, result.seconds, error,
+                            fitness, None, result.tokens, objectives,
+                            result.item_scores if status == "COMPLETE" else {})
+
+    def _finished(self, index: int, row: CandidateRow | None = None) -> None:
+        if row is None:
+            row = self.store.candidate(self.run_id, index)
         self.rows[index] = row
+        self._new.pop(index, None)
         self.stats.completed += 1
         self._note_best(row)
         if self.opts.verbose:
@@ -272,6 +303,9 @@ class Driver:
                                                 f"+ {self.opts.slack_s:.0f} s slack; worker replaced")
                     if self.store.complete(self.lease, index, job.attempt, res):
                         self._finished(index)
+        if now - self._last_supervise < self.opts.supervise_s:
+            return
+        self._last_supervise = now
         for index in self.store.requeue_stale(self.lease, self.opts.grace_s):
             self.log(f"candidate {index}: no heartbeat for {self.opts.grace_s:.0f} s; requeued (a late result "
                      "from the silent worker will be refused)")
@@ -292,11 +326,14 @@ class Driver:
                 else:
                     self.waiting.setdefault(first, []).append(i)
         resumed = bool(self.rows)
+        self._replaying = resumed
         self._ask_more()
         self._tell_ready()  # on resume this replays every committed result into the strategy
+        self._replaying = False
         if resumed:
             self.log(f"resumed: replayed {self.told} committed results into the strategy")
             self.check_snapshot()
+            self._snapshot()
         try:
             while self.told < self.budget:
                 t0 = time.perf_counter()

@@ -90,12 +90,14 @@ def task_names(space: SearchSpace) -> list[str]:
 
 def create_run(store: Store, space: SearchSpace, space_text: str, *, name: str | None, engine: str,
                lag: int, max_attempts: int, deadline_s: float | None, strategy_workers: int,
-               engine_options: dict[str, Any] | None = None, deadline_slack_s: float = 30.0) -> RunInfo:
+               engine_options: dict[str, Any] | None = None, deadline_slack_s: float = 30.0,
+               snapshot_every: int = 50) -> RunInfo:
     names = task_names(space)
     if len(set(names)) != len(names):
         raise ConfigError(f"two objectives have the same task name ({names})", hint="give each task spec its own name")
     config = {"space": space.model_dump(mode="json"), "objective_names": names, "engine": engine, "lag": lag,
               "max_attempts": max_attempts, "deadline_s": deadline_s, "deadline_slack_s": deadline_slack_s,
+              "snapshot_every": snapshot_every,
               "strategy_workers": strategy_workers,
               "engine_options": engine_options or {}}
     if name is None:
@@ -146,7 +148,8 @@ def execute(store: Store, run: RunInfo, opts: ExecOptions, *, log: Callable[[str
         else:
             raise ConfigError(f"unknown backend {opts.backend!r}", hint="use ray (default) or local")
         dopts = DriverOptions(lag=int(cfg["lag"]), max_attempts=int(cfg["max_attempts"]), deadline_s=cfg.get("deadline_s"),
-                              slack_s=float(cfg.get("deadline_slack_s", 30.0)), grace_s=opts.grace_s, lease_ttl_s=opts.lease_ttl_s, verbose=opts.verbose)
+                              slack_s=float(cfg.get("deadline_slack_s", 30.0)), grace_s=opts.grace_s,
+                              snapshot_every=max(1, int(cfg.get("snapshot_every", 50))), lease_ttl_s=opts.lease_ttl_s, verbose=opts.verbose)
         driver = Driver(store=store, lease=lease, space=space, codec=codec, strategy=strategy, backend=backend,
                         objective_names=list(cfg["objective_names"]), options=dopts, log=log, on_progress=progress)
         driver.load_existing()

@@ -131,6 +131,21 @@ def unpack_scores(data: bytes) -> list[float]:
     return np.frombuffer(data, dtype="<f4").astype(float).tolist()
 
 
+def normalize_result(result: CandidateResult) -> tuple[str, dict[str, float] | None, float | None, str | None]:
+    """(status, objectives, fitness, error) as stored: a non-finite number makes an ``ok``
+    result INVALID with NULLs (promise 9); only COMPLETE rows keep objectives and fitness."""
+    status = STATUS_OF.get(result.status)
+    if status is None:
+        raise ValueError(f"unknown result status {result.status!r}")
+    objectives, fitness, error = result.objectives, result.fitness, result.error
+    if status == "COMPLETE" and (not _finite(fitness) or objectives is None
+                                 or not all(_finite(v) for v in objectives.values())):
+        status, error = "INVALID", error or "non-finite fitness or objective"
+    if status != "COMPLETE":
+        objectives, fitness = None, None
+    return status, objectives, fitness, error
+
+
 class Store:
     """The SQL archive (SQLite by default, PostgreSQL by URL). Thread-safe per instance."""
 
@@ -281,14 +296,13 @@ class Store:
         now = time.time()
         with self._tx() as conn:
             self._fence(conn, lease)
-            res = conn.execute(update(Candidate).where(
+            got = conn.execute(update(Candidate).where(
                 Candidate.run_id == lease.run_id, Candidate.idx == index, Candidate.status == "PENDING")
                 .values(status="RUNNING", attempts=Candidate.attempts + 1, worker=worker, started_at=now,
-                        heartbeat_at=now))
-            if res.rowcount != 1:
+                        heartbeat_at=now).returning(Candidate.attempts)).scalar()
+            if got is None:
                 raise EvomergeError(f"run {lease.run_id}: candidate {index} is not PENDING; it cannot be claimed")
-            return int(conn.execute(select(Candidate.attempts).where(
-                Candidate.run_id == lease.run_id, Candidate.idx == index)).scalar_one())
+            return int(got)
 
     def heartbeat(self, run_id: str, index: int, attempt: int) -> bool:
         with self._tx() as conn:
@@ -299,15 +313,7 @@ class Store:
 
     def complete(self, lease: Lease, index: int, attempt: int, result: CandidateResult,
                  worker: str | None = None) -> bool:
-        status = STATUS_OF.get(result.status)
-        if status is None:
-            raise ValueError(f"unknown result status {result.status!r}")
-        objectives, fitness, error = result.objectives, result.fitness, result.error
-        if status == "COMPLETE" and (not _finite(fitness) or objectives is None
-                                     or not all(_finite(v) for v in objectives.values())):
-            status, error = "INVALID", error or "non-finite fitness or objective"
-        if status != "COMPLETE":
-            objectives, fitness = None, None
+        status, objectives, fitness, error = normalize_result(result)
         now = time.time()
         with self._tx() as conn:
             self._fence(conn, lease)

@@ -37,7 +37,7 @@ def test_driver_sigkill_then_resume_equals_an_uninterrupted_run(tiny_sources: Pa
                                                                 strategy: str) -> None:
     space = write_space(tmp_path, tiny_sources, strategy=strategy, budget=16)
     db = f"sqlite:///{tmp_path / 'a.db'}"
-    common = ["--space", str(space), "--db", db, "--engine", "synthetic", "--backend", "local"]
+    common = ["--space", str(space), "--db", db, "--engine", "synthetic", "--backend", "local", "--snapshot-every", "5"]
     ref = cli("search", *common, "--name", "ref", cwd=tmp_path)
     assert ref.returncode == 0, ref.stderr
     crashed = cli("search", *common, "--name", "crash", cwd=tmp_path, env_extra={"EVOMERGE_CRASH_AT": point})
@@ -48,6 +48,9 @@ def test_driver_sigkill_then_resume_equals_an_uninterrupted_run(tiny_sources: Pa
     res = cli("resume", "crash", "--db", db, "--backend", "local", cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "is gone; taking over its lease" in res.stdout and "resumed: replayed" in res.stdout
+    assert "disagrees" not in res.stdout
+    if point == "snapshot:10":  # the snapshot at 10 died with the driver; the one at 5 is checked
+        assert "snapshot at 5 tells matches the replay" in " ".join(res.stdout.split())
     after = archive(db, "crash")
     assert [r[0] for r in after] == list(range(16)) and all(r[1] == "COMPLETE" for r in after)
     assert [r[2:] for r in after] == [r[2:] for r in archive(db, "ref")]
@@ -163,3 +166,29 @@ def test_second_driver_on_a_run_is_refused(tiny_sources: Path, tmp_path: Path) -
     finally:
         first.kill()
         first.wait()
+
+
+def test_a_snapshot_that_disagrees_with_the_archive_loses_to_the_replay(tiny_sources: Path, tmp_path: Path) -> None:
+    from sqlalchemy import select, update
+
+    from evomerge.store import Store
+    from evomerge.store.models import Snapshot
+
+    space = write_space(tmp_path, tiny_sources, strategy="m2n2", budget=16)
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    common = ["--space", str(space), "--db", db, "--engine", "synthetic", "--backend", "local", "--snapshot-every", "5"]
+    assert cli("search", *common, "--name", "ref", cwd=tmp_path).returncode == 0
+    crashed = cli("search", *common, "--name", "bad", cwd=tmp_path, env_extra={"EVOMERGE_CRASH_AT": "result:12"})
+    assert crashed.returncode == -signal.SIGKILL
+    with Store.open(db) as store:  # corrupt the snapshot: a told fitness that the archive does not hold
+        run_id = store.get_run("bad").id
+        with store.engine.begin() as conn:
+            snap = conn.execute(select(Snapshot).where(Snapshot.run_id == run_id).order_by(Snapshot.seq.desc())).first()
+            state = dict(snap.state)
+            state["events"] = state["events"][:-2] + [["ask", 1, [99]]]
+            conn.execute(update(Snapshot).where(Snapshot.run_id == run_id, Snapshot.seq == snap.seq).values(state=state))
+    res = cli("resume", "bad", "--db", db, "--backend", "local", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = " ".join(res.stdout.split())
+    assert "does not rebuild" in out or "disagrees with the replay" in out
+    assert [r[2:] for r in archive(db, "bad")] == [r[2:] for r in archive(db, "ref")]
