@@ -20,6 +20,7 @@ its generation barrier, steady-state strategies (M2N2, random, nevergrad) do not
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -95,6 +96,7 @@ class Driver:
         self.queue: list[int] = []  # PENDING indices to dispatch, in order
         self._new: dict[int, NewCandidate] = {}  # persisted this session, result not yet read back
         self._replaying = False
+        self._added: int | None = None
         self._prior_snapshot: tuple[int, dict[str, Any], dict[str, np.ndarray]] | None = None
         self.told = 0
         self.stats = RunStats()
@@ -158,8 +160,8 @@ class Driver:
                                     [float(v) for v in g.x], tuple(g.parents)))
         if not new:
             return
-        self.store.add_candidates(self.lease, new)  # durable before any dispatch (promise 1)
-        crash_point("pending", new[-1].index)
+        self.store.add_candidates(self.lease, new)  # committed before any dispatch (promise 1)
+        self._added = new[-1].index
         for c in new:
             self.recipe_of[c.index] = c.recipe_json
             self._new[c.index] = c
@@ -208,13 +210,32 @@ class Driver:
         self.store.save_snapshot(self.lease, self.told, state, arrays)
 
     # ------------------------------------------------------------------ dispatch and results
-    def _dispatch(self) -> None:
-        while self.queue and self.backend.free_slots() > 0:
+    def _claim(self) -> list[Job]:
+        """Claim (PENDING -> RUNNING) as many queued candidates as there are free slots."""
+        jobs = []
+        while self.queue and self.backend.free_slots() > len(jobs):
             index = self.queue.pop(0)
             attempt = self.store.claim(self.lease, index, worker="dispatch")
-            job = Job(index, attempt, self.recipe_of[index], self.space.seed, self.opts.deadline_s)
+            jobs.append(Job(index, attempt, self.recipe_of[index], self.space.seed, self.opts.deadline_s))
+        return jobs
+
+    def _dispatch(self, jobs: list[Job]) -> None:
+        for job in jobs:
             self.backend.submit(job)
-            crash_point("dispatch", index)
+            crash_point("dispatch", job.index)
+
+    def _step(self, outcomes: list[Outcome]) -> None:
+        """One transaction (fenced once): record results, tell, ask (PENDING rows), claim for the
+        free slots. Dispatch follows the commit, so every dispatched candidate is durable."""
+        self._added = None
+        with self.store.unit(self.lease):
+            for out in outcomes:
+                self._record(out)
+            self._tell_ready()
+            jobs = self._claim()
+        if self._added is not None:
+            crash_point("pending", self._added)
+        self._dispatch(jobs)
 
     def _record(self, out: Outcome) -> None:
         job = out.job
@@ -227,7 +248,8 @@ class Driver:
             if status == "PENDING":
                 self.queue.insert(0, job.index)
             else:
-                self._finished(job.index)
+                self._finished(job.index, self._local_row(job.index, status=status, attempts=job.attempt,
+                                                          error=out.error, objectives=None, item_scores={}))
             return
         res = out.result
         crash_point("result", job.index)
@@ -251,20 +273,25 @@ class Driver:
             total += (1.0 if o.direction == "maximize" else -1.0) * o.weight * float(v)
         return total
 
-    def _row_from(self, job: Job, result: CandidateResult, worker: str | None) -> CandidateRow | None:
-        """The row as the store just committed it (same normalization), without reading it back
-        (None for rows persisted by an earlier driver: those are read back)."""
+    def _local_row(self, index: int, **changes: Any) -> CandidateRow:
+        """The row as the store just committed it, built here instead of read back (the commit
+        may still be open in this step's transaction)."""
+        c = self._new.get(index)
+        if c is not None:
+            base = CandidateRow(self.run_id, index, c.generation, c.recipe_json, c.recipe_id, c.genome,
+                                tuple(c.parents), "PENDING", 0, None, None, None, None, None, None, None, None, 0)
+        else:  # persisted by an earlier driver: loaded at resume
+            base = self.rows[index]  # type: ignore[assignment]
+        return dataclasses.replace(base, **changes)
+
+    def _row_from(self, job: Job, result: CandidateResult, worker: str | None) -> CandidateRow:
         status, objectives, fitness, error = normalize_result(result)
-        c = self._new.get(job.index)
-        if c is None:
-            return None
-        return CandidateRow(self.run_id, job.index, c.generation, c.recipe_json, c.recipe_id, c.genome,
-                            tuple(c.parents), status, job.attempt, worker, None, None, None, result.seconds, error,
-                            fitness, None, result.tokens, objectives,
-                            result.item_scores if status == "COMPLETE" else {})
+        return self._local_row(job.index, status=status, attempts=job.attempt, worker=worker, seconds=result.seconds,
+                               error=error, fitness=fitness, tokens=result.tokens, objectives=objectives,
+                               item_scores=result.item_scores if status == "COMPLETE" else {})
 
     def _finished(self, index: int, row: CandidateRow | None = None) -> None:
-        if row is None:
+        if row is None:  # outside a step's transaction: read it back
             row = self.store.candidate(self.run_id, index)
         self.rows[index] = row
         self._new.pop(index, None)
@@ -280,7 +307,12 @@ class Driver:
 
     def _complete_cached(self, index: int, source: int) -> None:
         self.store.complete_cached(self.lease, index, source)
-        self.rows[index] = self.store.candidate(self.run_id, index)
+        src = self.rows[source]
+        assert isinstance(src, CandidateRow)  # terminal rows are full rows
+        self.rows[index] = self._local_row(index, status=src.status, attempts=0, seconds=0.0, error=src.error,
+                                           fitness=src.fitness, cached_from=source, tokens=0,
+                                           objectives=src.objectives, item_scores=src.item_scores)
+        self._new.pop(index, None)
         self.stats.cached += 1
 
     def _note_best(self, row: CandidateRow) -> None:
@@ -335,17 +367,14 @@ class Driver:
             self.check_snapshot()
             self._snapshot()
         try:
+            outcomes: list[Outcome] = []
             while self.told < self.budget:
                 t0 = time.perf_counter()
-                self._dispatch()
+                self._step(outcomes)
+                self._supervise()
                 t1 = time.perf_counter()
                 outcomes = self.backend.poll(self.opts.poll_s)
-                t2 = time.perf_counter()
-                for out in outcomes:
-                    self._record(out)
-                self._tell_ready()
-                self._supervise()
-                self.stats.driver_s += (t1 - t0) + (time.perf_counter() - t2)
+                self.stats.driver_s += t1 - t0
                 if self.on_progress:
                     self.on_progress(self)
                 if not self.queue and not self.backend.running() and self.told < self.budget:

@@ -50,7 +50,10 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn) -> None:  # type: ignore[no-untyped-def]
-            conn.exec_driver_sql("BEGIN IMMEDIATE")  # writers queue up instead of failing later
+            # writers take the lock up front (they queue instead of failing at commit); readers
+            # stay deferred and, under WAL, never wait for a writer
+            immediate = conn.get_execution_options().get("immediate")
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
     try:

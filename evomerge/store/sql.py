@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -151,6 +152,7 @@ class Store:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self._local = threading.local()
         self.engine = make_engine(url)
         self.is_pg = self.engine.dialect.name == "postgresql"
         check_schema(self.engine, url)
@@ -171,10 +173,40 @@ class Store:
     # ------------------------------------------------------------------ transactions
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
+        unit = getattr(self._local, "unit", None)
+        if unit is not None:  # inside ``unit()``: join its transaction
+            yield unit[0]
+            return
+        with self._write() as conn:
             yield conn
 
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A write transaction (SQLite: BEGIN IMMEDIATE)."""
+        with self.engine.connect() as conn:
+            conn.execution_options(immediate=True)
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def unit(self, lease: Lease) -> Iterator[Store]:
+        """One transaction, fenced once, for several driver writes (results, new candidates,
+        claims): all of them commit together or not at all. Per thread."""
+        if getattr(self._local, "unit", None) is not None:
+            raise RuntimeError("units do not nest")
+        with self._write() as conn:
+            self._fence(conn, lease)
+            self._local.unit = (conn, lease)
+            try:
+                yield self
+            finally:
+                self._local.unit = None
+
     def _fence(self, conn: Connection, lease: Lease) -> None:
+        unit = getattr(self._local, "unit", None)
+        if unit is not None and unit[1] == lease:
+            return  # fenced when the unit began, and the run row is locked / the database reserved
+
         q = select(Run.lease_owner, Run.lease_epoch).where(Run.id == lease.run_id)
         if self.is_pg:
             q = q.with_for_update()
