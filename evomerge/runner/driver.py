@@ -35,7 +35,7 @@ from evomerge.runner.backend import Backend, Job, Outcome
 from evomerge.space.schema import SearchSpace
 from evomerge.store import CandidateResult, CandidateRow, Lease, NewCandidate, Store
 from evomerge.store.sql import normalize_result
-from evomerge.strategies.base import Evaluated, Replayable
+from evomerge.strategies.base import Evaluated, Replayable, stack_scores
 from evomerge.strategies.registry import strategy_from_state
 
 TERMINAL = {"COMPLETE", "INVALID", "TIMEOUT", "FAILED"}
@@ -124,9 +124,8 @@ class Driver:
         if snap is None:
             return
         told, state, arrays = snap
-        for i, row in self.rows.items():  # per-item scores come from the archive
-            for task, scores in (getattr(row, "item_scores", None) or {}).items():
-                arrays.setdefault(f"items.{i}.{task}", np.asarray(scores, dtype=np.float64))
+        arrays = dict(arrays) | stack_scores(  # per-item scores come from the archive
+            {i: row.item_scores for i, row in self.rows.items() if getattr(row, "item_scores", None)})
         try:
             snap_strategy = strategy_from_state(state, arrays)
         except EvomergeError as err:
@@ -205,7 +204,7 @@ class Driver:
         if self._replaying:
             return
         state = self.strategy.state_dict()
-        arrays = {k: v for k, v in self.strategy.state_arrays().items() if k.startswith("x.")}
+        arrays = self.strategy.state_arrays(scores=False)
         crash_point("snapshot", self.told)
         self.store.save_snapshot(self.lease, self.told, state, arrays)
 

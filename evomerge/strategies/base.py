@@ -13,7 +13,7 @@ genomes, so a rebuilt strategy provably sits where the original did (promise 3: 
 
 from __future__ import annotations
 
-import copy
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -63,6 +63,29 @@ def finite_or_none(f: float | None) -> float | None:
     return float(f) if f is not None and np.isfinite(f) else None
 
 
+def stack_scores(per_candidate: dict[int, dict[str, list[float]]]) -> dict[str, np.ndarray]:
+    """Per-item scores as arrays: ``items.<task>`` (one row per candidate that has scores for
+    the task) and ``items_index.<task>`` (those candidates' indices)."""
+    by_task: dict[str, list[tuple[int, list[float]]]] = {}
+    for i in sorted(per_candidate):
+        for task, scores in per_candidate[i].items():
+            by_task.setdefault(task, []).append((i, scores))
+    out: dict[str, np.ndarray] = {}
+    for task, rows in by_task.items():
+        out[f"items_index.{task}"] = np.asarray([i for i, _ in rows], dtype=np.int64)
+        out[f"items.{task}"] = np.asarray([r for _, r in rows], dtype=np.float64)
+    return out
+
+
+def unstack_scores(arrays: dict[str, np.ndarray]) -> dict[str, dict[int, list[float]]]:
+    out: dict[str, dict[int, list[float]]] = {}
+    for key, idx in arrays.items():
+        if key.startswith("items_index."):
+            task = key[len("items_index."):]
+            out[task] = {int(i): row.tolist() for i, row in zip(idx, arrays[f"items.{task}"], strict=True)}
+    return out
+
+
 class Replayable:
     """Mixin: records the ask/tell sequence so the strategy can be rebuilt by replay.
 
@@ -102,13 +125,19 @@ class Replayable:
         Per-item scores and genomes go to :meth:`state_arrays`."""
         told = {str(i): {"fitness": r.fitness, "objectives": list(r.objectives) if r.objectives else None,
                          "tasks": sorted(r.item_scores)} for i, r in self.told.items()}
-        return copy.deepcopy({"name": self.name, "config": self.config(), "events": self.events, "told": told})
+        # a JSON round trip: a deep copy (later asks must not change a saved state) that also
+        # proves the state is plain JSON
+        return json.loads(json.dumps({"name": self.name, "config": self.config(), "events": self.events,
+                                      "told": told}))
 
-    def state_arrays(self) -> dict[str, np.ndarray]:
-        arrays = {f"x.{i}": np.asarray(g.x, dtype=np.float64) for i, g in self.genomes.items()}
-        for i, r in self.told.items():
-            for task, scores in r.item_scores.items():
-                arrays[f"items.{i}.{task}"] = np.asarray(scores, dtype=np.float64)
+    def state_arrays(self, *, scores: bool = True) -> dict[str, np.ndarray]:
+        """Genomes as one matrix (``genomes`` with row indices ``genome_index``) and, with
+        ``scores``, per-item scores per task (``items.<task>`` with ``items_index.<task>``)."""
+        idx = sorted(self.genomes)
+        arrays = {"genome_index": np.asarray(idx, dtype=np.int64),
+                  "genomes": np.asarray([self.genomes[i].x for i in idx], dtype=np.float64).reshape(len(idx), -1)}
+        if scores:
+            arrays |= stack_scores({i: r.item_scores for i, r in self.told.items()})
         return arrays
 
     @classmethod
@@ -117,6 +146,8 @@ class Replayable:
         if state.get("name") != cls.name:
             raise ReplayMismatch(f"state is for strategy {state.get('name')!r}, not {cls.name!r}")
         arrays = arrays or {}
+        genomes = {int(i): row for i, row in zip(arrays.get("genome_index", []), arrays.get("genomes", []), strict=True)}
+        items = unstack_scores(arrays)
         fresh = cls(**cls.config_from_json(state["config"]))
         told = state["told"]
         for ev in state["events"]:
@@ -125,7 +156,7 @@ class Replayable:
                 if [g.index for g in got] != list(ev[2]):
                     raise ReplayMismatch(f"replay asked {[g.index for g in got]}, recorded {ev[2]}")
                 for g in got:
-                    want = arrays.get(f"x.{g.index}")
+                    want = genomes.get(g.index)
                     if want is not None and not np.array_equal(want, g.x):
                         raise ReplayMismatch(f"replay of candidate {g.index} gave another genome",
                                              hint="the strategy library changed or the state is corrupt")
@@ -133,7 +164,7 @@ class Replayable:
                 results = []
                 for i in ev[1]:
                     t = told[str(i)]
-                    scores = {task: arrays[f"items.{i}.{task}"].tolist() for task in t["tasks"]}
+                    scores = {task: items[task][int(i)] for task in t["tasks"]}
                     obj = tuple(t["objectives"]) if t["objectives"] is not None else None
                     results.append(Evaluated(fresh.genomes[int(i)], t["fitness"], scores, obj))
                 fresh.tell(results)

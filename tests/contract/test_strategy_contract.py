@@ -78,7 +78,7 @@ def test_a_tampered_state_is_refused(name: str) -> None:
     s = FACTORIES[name](3)
     drive(s, 9)
     arrays = s.state_arrays()
-    arrays["x.2"] = arrays["x.2"] + 0.01
+    arrays["genomes"][2] += 0.01
     with pytest.raises(ReplayMismatch, match="candidate 2"):
         type(s).from_state(s.state_dict(), arrays)
 
