@@ -50,8 +50,8 @@ class LocalBackend:
     deadline (``kill`` cannot interrupt a running evaluation); the evaluator's cooperative
     deadline still applies."""
 
-    def __init__(self, spec: WorkerSpec) -> None:
-        self.worker = CandidateWorker(spec)
+    def __init__(self, spec: WorkerSpec, *, evaluator: Any = None) -> None:
+        self.worker = CandidateWorker(spec, evaluator=evaluator)
         self.queue: list[tuple[Job, float]] = []
 
     def free_slots(self) -> int:
@@ -75,4 +75,5 @@ class LocalBackend:
         self.queue = [(j, t) for j, t in self.queue if j.index != index]
 
     def shutdown(self) -> None:
-        pass
+        if self.worker.owns_evaluator:
+            self.worker.close()

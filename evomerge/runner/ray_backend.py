@@ -85,6 +85,7 @@ class RayBackend:
         return out
 
     def _replace(self, actor) -> None:  # type: ignore[no-untyped-def]
+        """Kill a lost or overdue actor and start a fresh one in its slot."""
         try:
             self.ray.kill(actor, no_restart=True)
         except Exception:  # noqa: BLE001 - it is already gone
@@ -98,6 +99,13 @@ class RayBackend:
                 self._replace(actor)
 
     def shutdown(self) -> None:
+        # idle workers release their evaluator first (a vLLM engine's core process would
+        # otherwise outlive the actor); busy ones are killed
+        closing = [a.close.remote() for a in self.idle]
+        try:
+            self.ray.wait(closing, num_returns=len(closing), timeout=60)
+        except Exception:  # noqa: BLE001 - a dead actor cannot close; it is killed below
+            pass
         for actor in self.idle + [a for _, a, _ in self.busy.values()]:
             try:
                 self.ray.kill(actor, no_restart=True)

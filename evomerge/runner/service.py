@@ -112,8 +112,10 @@ def create_run(store: Store, space: SearchSpace, space_text: str, *, name: str |
 
 
 def execute(store: Store, run: RunInfo, opts: ExecOptions, *, log: Callable[[str], None] = print,
-            progress: Callable[[Driver], None] | None = None) -> RunOutcome:
-    """Drive ``run`` to its budget (fresh or resumed: the same code path)."""
+            progress: Callable[[Driver], None] | None = None,
+            backend_factory: Callable[[Any], Any] | None = None) -> RunOutcome:
+    """Drive ``run`` to its budget (fresh or resumed: the same code path). ``backend_factory``
+    (a WorkerSpec -> backend) replaces the backend named in ``opts``."""
     from evomerge.runner.worker import WorkerSpec
     from evomerge.space.codec import make_codec
     from evomerge.strategies.registry import make_strategy
@@ -136,7 +138,9 @@ def execute(store: Store, run: RunInfo, opts: ExecOptions, *, log: Callable[[str
                           store_url=store.url, run_id=run.id, heartbeat_s=opts.heartbeat_s,
                           engine_options=cfg.get("engine_options") or {},
                           threads=max(1, int(opts.cpus_per_worker)) if opts.backend == "ray" else None, faults=faults)
-        if opts.backend == "local":
+        if backend_factory is not None:
+            backend = backend_factory(spec)
+        elif opts.backend == "local":
             from evomerge.runner.backend import LocalBackend
 
             backend = LocalBackend(spec)

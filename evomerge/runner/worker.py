@@ -56,7 +56,8 @@ def make_evaluator(engine: str, options: dict[str, Any] | None = None):  # -> Ev
 
 
 class CandidateWorker:
-    def __init__(self, spec: WorkerSpec) -> None:
+    def __init__(self, spec: WorkerSpec, *, evaluator: Any = None) -> None:
+        """``evaluator``: an evaluator already set up (in-process use); default: the spec's engine."""
         for k, v in WORKER_ENV.items():
             os.environ.setdefault(k, v)
         from evomerge.evaluate.tasks import load_task
@@ -68,13 +69,20 @@ class CandidateWorker:
 
             torch.set_num_threads(spec.threads)
         self.tasks = [load_task(t) for t in spec.tasks]
-        self.evaluator = make_evaluator(spec.engine, spec.engine_options)
+        self.owns_evaluator = evaluator is None
+        self.evaluator = evaluator if evaluator is not None else make_evaluator(spec.engine, spec.engine_options)
         self.evaluator.load_sources({s: s for s in spec.sources})
         self.faults = dict(spec.faults)
         self._store = None
 
     def ping(self) -> str:
         return self.name
+
+    def close(self) -> None:
+        """Release the evaluator (a vLLM engine's core process, for one)."""
+        close = getattr(self.evaluator, "close", None)
+        if close is not None:
+            close()
 
     def _heartbeats(self, index: int, attempt: int, stop: threading.Event) -> None:
         if not (self.spec.store_url and self.spec.run_id):

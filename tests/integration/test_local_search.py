@@ -100,3 +100,22 @@ def test_multi_objective_nevergrad_search_keeps_a_front(zoo_dir: Path, tmp_path:
         if r in front or r["objectives"] is None:
             continue
         assert any(all(f["objectives"][n] >= r["objectives"][n] for n in result.objective_names) for f in front)
+
+
+def test_validate_plans_every_shipped_space_against_the_zoo(zoo_dir: Path, tmp_path: Path) -> None:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), EVOMERGE_ZOO=str(zoo_dir))
+    spaces = sorted(str(p) for p in (REPO / "search_spaces").glob("*.yaml"))
+    proc = subprocess.run([sys.executable, "-m", "evomerge.cli", "validate", *spaces], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = " ".join(proc.stdout.split())
+    assert out.count(": ok (") == len(spaces) >= 5
+    assert "(dfs, 2 repeats, slot scales, 3 experts, 3 objectives, 32 genes" in out
+    assert "(ps_dfs, 1 repeats, slot scales, 3 experts, 3 objectives, 16 genes" in out
+    # a space whose experts do not fit the base is refused before any weight is read
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((REPO / "search_spaces" / "dfs.yaml").read_text().replace("zoo://expert_length", "zoo://variants/wide")
+                   .replace("../fitness/", f"{REPO}/fitness/"))
+    proc = subprocess.run([sys.executable, "-m", "evomerge.cli", "validate", str(bad)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "fix:" in proc.stderr
