@@ -155,8 +155,7 @@ def eval_cmd(
 def validate(spaces: Annotated[list[Path], typer.Argument(help="search space YAML files")]) -> None:
     """Check search spaces (schema, op parameters, bounds, task specs) without running anything."""
     from evomerge.evaluate.tasks import load_task_spec
-    from evomerge.merge.materialize import plan_merge
-    from evomerge.space.codec import make_codec
+    from evomerge.space.codec import check_sources, make_codec
     from evomerge.space.schema import load_space
 
     for path in spaces:
@@ -165,10 +164,10 @@ def validate(spaces: Annotated[list[Path], typer.Argument(help="search space YAM
             load_task_spec(obj.task)
         genes = ""
         if all(Path(p).exists() for p in (space.base, *space.experts)):
-            # headers only: the start recipe is planned (shapes, tensor names), no weights read
+            # headers only: every source against the first (architecture, shapes, tensor names), then
+            # the start recipe planned; no weights read
             codec = make_codec(space, materialize=False)
-            with plan_merge(codec.decode(codec.initial())):
-                pass
+            check_sources(space, codec)
             genes = f", {codec.dim} genes"
         what = space.merge_method if space.kind == "ps" else f"{space.flow.repeats} repeats, {space.flow.scales} scales"
         console.print(f"{path}: ok ({space.kind}, {what}, {len(space.experts)} experts, "

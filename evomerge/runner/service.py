@@ -117,7 +117,7 @@ def execute(store: Store, run: RunInfo, opts: ExecOptions, *, log: Callable[[str
     """Drive ``run`` to its budget (fresh or resumed: the same code path). ``backend_factory``
     (a WorkerSpec -> backend) replaces the backend named in ``opts``."""
     from evomerge.runner.worker import WorkerSpec
-    from evomerge.space.codec import make_codec
+    from evomerge.space.codec import check_sources, make_codec
     from evomerge.strategies.registry import make_strategy
 
     cfg = run.config
@@ -127,6 +127,7 @@ def execute(store: Store, run: RunInfo, opts: ExecOptions, *, log: Callable[[str
 
         ensure_zoo(log=log)
     codec = make_codec(space)
+    check_sources(space, codec)  # a misfit source fails here, not in every candidate
     strategy = make_strategy(space, codec, workers=int(cfg["strategy_workers"]))
     lease = take_lease(store, run.id, opts.lease_ttl_s, log)
     t0 = time.monotonic()

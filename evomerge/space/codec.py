@@ -136,3 +136,21 @@ def make_codec(space: SearchSpace, *, materialize: bool = True):  # -> PSCodec |
         with ModelDir(s) as md:
             layers.append(md.num_layers)
     return DFSCodec(space, sources, layers)
+
+
+def check_sources(space: SearchSpace, codec) -> None:  # type: ignore[no-untyped-def]
+    """Before any heavy work, from headers only: every source against the first (architecture,
+    shape-defining config, tensor names and shapes; layer counts may differ for data-flow
+    paths), then the start recipe planned. Raises ShapeMismatchError / ConfigError."""
+    from evomerge.merge.materialize import plan_merge
+    from evomerge.merge.plan import check_compatible
+
+    paths = list(dict.fromkeys(getattr(codec, "sources", [space.base, *space.experts])))
+    dirs = {p: ModelDir(p) for p in paths}
+    try:
+        check_compatible(dirs, reference=paths[0], check_depth=space.kind == "ps")
+    finally:
+        for d in dirs.values():
+            d.close()
+    with plan_merge(codec.decode(codec.initial())):
+        pass
