@@ -25,7 +25,8 @@ class RayBackend:
 
         self.ray = ray
         self.spec, self.slots, self.log = spec, slots, log
-        if not ray.is_initialized():
+        self.owns_ray = not ray.is_initialized()  # started here: shut down with the run
+        if self.owns_ray:
             env = dict(WORKER_ENV)
             kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "include_dashboard": False,
                                       "log_to_driver": False, "configure_logging": False}
@@ -112,6 +113,8 @@ class RayBackend:
             except Exception:  # noqa: BLE001
                 pass
         self.idle, self.busy = [], {}
+        if self.owns_ray:
+            self.ray.shutdown()
 
 
 def _first_line(err: BaseException) -> str:

@@ -73,4 +73,24 @@ def test_ray_job_submit_on_a_two_node_local_cluster(tiny_sources: Path, tmp_path
         nodes = json.loads(ray("list", "nodes", "--address", f"127.0.0.1:{port}", "--format", "json").stdout or "[]")
         assert len([n for n in nodes if n.get("state") == "ALIVE"]) == 2
     finally:
-        ray("stop", "--force")
+        stop_cluster(tmp_ray)
+
+
+def stop_cluster(temp_dir: Path) -> None:
+    """Kill this test's Ray processes only (`ray stop` would kill every Ray on the machine,
+    including one the test process itself may be connected to)."""
+    import psutil
+
+    procs = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(str(temp_dir) in part for part in (p.info["cmdline"] or [])):
+                procs.append(p)
+        except psutil.Error:
+            continue
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(procs, timeout=20)
