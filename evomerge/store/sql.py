@@ -20,14 +20,12 @@ Promises kept here (RELIABILITY.md):
 from __future__ import annotations
 
 import io
-import math
 import re
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,115 +34,22 @@ from sqlalchemy import Connection, and_, delete, func, insert, select, update
 
 from evomerge.errors import ConfigError, EvomergeError, LeaseHeldError, StaleLeaseError
 from evomerge.store.models import Candidate, ItemScores, ObjectiveValue, Run, Snapshot
+from evomerge.store.records import (
+    TERMINAL,
+    CandidateResult,
+    CandidateRow,
+    Lease,
+    NewCandidate,
+    RunInfo,
+    candidate_row,
+    normalize_result,
+    pack_scores,
+    unpack_scores,
+)
 from evomerge.store.schema import check_schema, default_url, make_engine
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-TERMINAL = ("COMPLETE", "INVALID", "TIMEOUT", "FAILED")
-STATUS_OF = {"ok": "COMPLETE", "invalid": "INVALID", "timeout": "TIMEOUT", "failed": "FAILED"}
 SNAPSHOTS_KEPT = 3
-
-
-@dataclass(frozen=True)
-class Lease:
-    run_id: str
-    owner: str
-    epoch: int
-    expires_at: float
-
-
-@dataclass(frozen=True)
-class NewCandidate:
-    index: int
-    generation: int
-    recipe_json: str
-    recipe_id: str
-    genome: list[float]
-    parents: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True)
-class CandidateResult:
-    status: str  # ok | invalid | timeout | failed
-    objectives: dict[str, float] | None
-    fitness: float | None
-    item_scores: dict[str, list[float]]
-    seconds: float
-    error: str | None = None
-    tokens: int = 0
-
-
-@dataclass
-class CandidateRow:
-    run_id: str
-    index: int
-    generation: int
-    recipe_json: str
-    recipe_id: str
-    genome: list[float]
-    parents: tuple[int, ...]
-    status: str
-    attempts: int
-    worker: str | None
-    heartbeat_at: float | None
-    started_at: float | None
-    finished_at: float | None
-    seconds: float | None
-    error: str | None
-    fitness: float | None
-    cached_from: int | None
-    tokens: int
-    objectives: dict[str, float] | None = None
-    item_scores: dict[str, list[float]] = field(default_factory=dict)
-
-
-@dataclass
-class RunInfo:
-    id: str
-    name: str
-    seed: int
-    budget: int
-    status: str
-    space_yaml: str
-    space_hash: str
-    config: dict[str, Any]
-    objectives: list[dict[str, Any]]
-    created_at: float
-    counts: dict[str, int]
-    lease_owner: str | None = None
-    lease_expires_at: float | None = None
-
-
-def _row(c: Any) -> CandidateRow:
-    return CandidateRow(c.run_id, c.idx, c.generation, c.recipe_json, c.recipe_id, list(c.genome),
-                        tuple(c.parents or ()), c.status, c.attempts, c.worker, c.heartbeat_at, c.started_at,
-                        c.finished_at, c.seconds, c.error, c.fitness, c.cached_from, c.tokens or 0)
-
-
-def _finite(v: Any) -> bool:
-    return v is not None and isinstance(v, int | float) and math.isfinite(v)
-
-
-def pack_scores(scores: Sequence[float]) -> bytes:
-    return np.asarray(scores, dtype="<f4").tobytes()
-
-
-def unpack_scores(data: bytes) -> list[float]:
-    return np.frombuffer(data, dtype="<f4").astype(float).tolist()
-
-
-def normalize_result(result: CandidateResult) -> tuple[str, dict[str, float] | None, float | None, str | None]:
-    """(status, objectives, fitness, error) as stored: a non-finite number makes an ``ok``
-    result INVALID with NULLs (promise 9); only COMPLETE rows keep objectives and fitness."""
-    status = STATUS_OF.get(result.status)
-    if status is None:
-        raise ValueError(f"unknown result status {result.status!r}")
-    objectives, fitness, error = result.objectives, result.fitness, result.error
-    if status == "COMPLETE" and (not _finite(fitness) or objectives is None
-                                 or not all(_finite(v) for v in objectives.values())):
-        status, error = "INVALID", error or "non-finite fitness or objective"
-    if status != "COMPLETE":
-        objectives, fitness = None, None
-    return status, objectives, fitness, error
 
 
 class Store:
@@ -459,7 +364,7 @@ class Store:
             q = select(Candidate).where(Candidate.run_id == run_id)
             if status is not None:
                 q = q.where(Candidate.status == status)
-            rows = [_row(c) for c in conn.execute(q.order_by(Candidate.idx)).all()]
+            rows = [candidate_row(c) for c in conn.execute(q.order_by(Candidate.idx)).all()]
             return self._decorate(conn, run_id, rows, with_scores, all_rows=status is None)
 
     def candidate(self, run_id: str, index: int) -> CandidateRow:
@@ -468,7 +373,7 @@ class Store:
             if c is None:
                 raise ConfigError(f"run {run_id} has no candidate {index}",
                                   hint="`evomerge best RUN -k 10` lists candidates")
-            return self._decorate(conn, run_id, [_row(c)], True)[0]
+            return self._decorate(conn, run_id, [candidate_row(c)], True)[0]
 
     def best(self, run_id: str, *, objective: str | None = None, k: int = 1) -> list[CandidateRow]:
         with self.engine.connect() as conn:
@@ -483,7 +388,7 @@ class Store:
                 q = (select(Candidate).join(ObjectiveValue, and_(ObjectiveValue.run_id == Candidate.run_id,
                                                                 ObjectiveValue.idx == Candidate.idx))
                      .where(ok, ObjectiveValue.name == objective).order_by(order, Candidate.idx).limit(k))
-            rows = [_row(c) for c in conn.execute(q).all()]
+            rows = [candidate_row(c) for c in conn.execute(q).all()]
             return self._decorate(conn, run_id, rows, False)
 
     def pareto(self, run_id: str) -> list[CandidateRow]:
@@ -505,7 +410,7 @@ class Store:
             values = np.full((len(uniq), len(names)), np.nan)
             values[pos, [col.get(d[1], 0) for d in data]] = [d[2] for d in data]
             front = [int(uniq[i]) for i in pareto_front(values, directions)]
-            rows = [_row(c) for c in conn.execute(select(Candidate).where(
+            rows = [candidate_row(c) for c in conn.execute(select(Candidate).where(
                 Candidate.run_id == run_id, Candidate.idx.in_(front)).order_by(Candidate.idx)).all()]
             return self._decorate(conn, run_id, rows, False)
 

@@ -36,9 +36,13 @@ def test_deploy_manifests_parse() -> None:
 
 def test_ray_job_submit_on_a_two_node_local_cluster(tiny_sources: Path, tmp_path: Path) -> None:
     port, dash = free_port(), free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), RAY_DEDUP_LOGS="0")
-    env.pop("RAY_ADDRESS", None)
-    env["HOME"] = str(tmp_path / "home")  # a stale ~/.ray/auth_token from another Ray makes nodes refuse each other
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    for k in [k for k in env if k.startswith("RAY_")]:  # settings an in-process Ray of earlier tests left behind
+        env.pop(k)
+    env["RAY_DEDUP_LOGS"] = "0"
+    # a stale ~/.ray/auth_token from another Ray makes nodes refuse each other: own HOME, no token auth
+    env["HOME"] = str(tmp_path / "home")
+    env["RAY_AUTH_MODE"] = "disabled"
     (tmp_path / "home").mkdir()
     ray_bin = str(Path(sys.executable).parent / "ray")
     import tempfile
