@@ -128,8 +128,9 @@ class Driver:
             {i: row.item_scores for i, row in self.rows.items() if getattr(row, "item_scores", None)})
         try:
             snap_strategy = strategy_from_state(state, arrays)
-        except EvomergeError as err:
-            self.log(f"warning: snapshot at {told} tells does not rebuild ({err.message}); using the replay")
+        except Exception as err:  # noqa: BLE001 - a damaged snapshot never stops a resume: replay wins
+            msg = err.message if isinstance(err, EvomergeError) else f"{type(err).__name__}: {err}"
+            self.log(f"warning: snapshot at {told} tells does not rebuild ({msg}); using the replay")
             return
         if snap_strategy.events != self.strategy.events[: len(snap_strategy.events)]:
             self.log(f"warning: snapshot at {told} tells disagrees with the replay of committed results; "
