@@ -30,8 +30,18 @@ def zoo_build(
     out: Annotated[Path, typer.Argument(help="directory to create")],
     overwrite: Annotated[bool, typer.Option(help="replace an existing directory")] = False,
     seed: Annotated[int, typer.Option(help="training seed")] = 0,
+    size: Annotated[str | None, typer.Option(
+        help="an untrained scaled size for speed benchmarks (tiny, 10m, 100m): random base + synthetic experts")] = None,
+    experts: Annotated[int, typer.Option(help="number of experts of a scaled size")] = 3,
 ) -> None:
-    """Train the tiny base + experts (about 2-4 minutes on 2 CPU cores)."""
+    """Train the tiny base + experts (about 2-4 minutes on 2 CPU cores), or write a scaled size."""
+    if size is not None:
+        from evomerge.zoo_scaled import build_scaled_zoo
+
+        manifest = build_scaled_zoo(out, size, experts=experts, seed=seed, overwrite=overwrite, log=console.print)
+        console.print(f"{manifest['parameters'] / 1e6:.1f}M parameters per model, {len(manifest['models'])} models, "
+                      f"built in {manifest['build_seconds']} s")
+        return
     from evomerge.zoo import ZooSpec, build_zoo
 
     manifest = build_zoo(out, ZooSpec(seed=seed), overwrite=overwrite)

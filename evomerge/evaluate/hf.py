@@ -12,7 +12,7 @@ import torch
 from evomerge.evaluate.base import Deadline, EvalResult, guarded, run_tasks
 from evomerge.evaluate.resident import ResidentSources
 from evomerge.evaluate.tasks import Task
-from evomerge.merge.materialize import iter_merged, plan_merge
+from evomerge.merge.materialize import merge_into, plan_merge
 from evomerge.recipe import Recipe
 
 
@@ -113,10 +113,8 @@ class HFEvaluator:
         """Materialize ``recipe`` straight into the live model's parameters."""
         plan = plan_merge(recipe, self.resident.for_recipe(recipe.source_names()))
         engine = self._engine_for(plan.sources[plan.reference].path, plan.num_layers)
-        params = dict(engine.model.named_parameters())
         with torch.no_grad():
-            for name, tensor in iter_merged(plan, seed=seed):
-                params[name].copy_(tensor)
+            merge_into(plan, dict(engine.model.named_parameters()), seed=seed)
         return engine
 
     def evaluate(self, recipe: Recipe, tasks: Sequence[Task], *, deadline_s: float | None = None,

@@ -17,7 +17,7 @@ class EvomergeWorkerExtension:
     def evomerge_apply(self, recipe_json: str, seed: int) -> dict[str, Any]:
         from evomerge.errors import EvomergeError, MergeError
         from evomerge.evaluate.resident import ResidentSources
-        from evomerge.merge.materialize import iter_merged, plan_merge
+        from evomerge.merge.materialize import merge_into, plan_merge
         from evomerge.recipe import Recipe
 
         t0 = time.perf_counter()
@@ -27,15 +27,28 @@ class EvomergeWorkerExtension:
         try:
             recipe = Recipe.model_validate_json(recipe_json)
             plan = plan_merge(recipe, resident.for_recipe(recipe.source_names()))
-            merged = list(iter_merged(plan, seed=seed))  # NaN-scanned before any weight changes
+            merged = self._evomerge_buffers(plan)
+            merge_into(plan, merged, seed=seed)  # NaN-scanned before any weight changes
         except MergeError as err:
             return {"status": "invalid", "error": err.message}
         except EvomergeError as err:
             return {"status": "failed", "error": str(err)}
         t1 = time.perf_counter()
-        self.model_runner.reload_weights(weights_iterator=iter(merged))  # type: ignore[attr-defined]
+        self.model_runner.reload_weights(weights_iterator=iter(merged.items()))  # type: ignore[attr-defined]
         self._evomerge_fix_tied_head(plan.config)
         return {"status": "ok", "materialize": t1 - t0, "swap": time.perf_counter() - t1}
+
+    def _evomerge_buffers(self, plan: Any) -> dict[str, Any]:
+        """One staging tensor per planned weight, kept and reused by every later candidate of
+        the same shapes (no fresh allocations, no page faults per candidate)."""
+        import torch
+
+        key = tuple((m.name, m.shape, m.dtype) for m in plan.metas)
+        cached = getattr(self, "_evomerge_staging", None)
+        if cached is None or cached[0] != key:
+            cached = (key, {m.name: torch.empty(m.shape, dtype=m.dtype) for m in plan.metas})
+            self._evomerge_staging = cached
+        return cached[1]
 
     def _evomerge_fix_tied_head(self, config: dict[str, Any]) -> None:
         """With tied embeddings the CPU LM head keeps its packed copy of the old weights after a

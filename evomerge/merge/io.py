@@ -186,17 +186,15 @@ class SafetensorsFile:
             return torch.empty(meta.shape, dtype=meta.dtype)
         if self._fh is None:
             self._fh = open(self.path, "rb")  # noqa: SIM115 - kept open for lazy reads, closed in close()
-        buf = bytearray(end - begin)
+        raw = torch.empty(end - begin, dtype=torch.uint8)  # not zero-filled: readinto overwrites it
         self._fh.seek(self._data_start + begin)
-        got = self._fh.readinto(buf)
+        got = self._fh.readinto(memoryview(raw.numpy()))
         self.bytes_read += got or 0
-        if got != len(buf):
-            raise self._bad(f"tensor {name!r}: file ended after {got} of {len(buf)} bytes (truncated since opening?)")
-        raw = torch.frombuffer(buf, dtype=torch.uint8)
+        if got != raw.numel():
+            raise self._bad(f"tensor {name!r}: file ended after {got} of {raw.numel()} bytes (truncated since opening?)")
         if meta.dtype == torch.bool and bool((raw > 1).any()):
             raise self._bad(f"tensor {name!r}: BOOL data holds bytes other than 0 and 1")
-        # The bytearray is referenced only by this tensor, so the result owns its memory.
-        return raw.view(meta.dtype).reshape(meta.shape)
+        return raw.view(meta.dtype).reshape(meta.shape)  # owns its memory
 
     def close(self) -> None:
         if self._fh is not None:

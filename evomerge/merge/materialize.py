@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -278,25 +278,56 @@ def tensor_seed(seed: int, tensor_name: str) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
+def _merge_job(op: Any, plan: MergePlan, job: TensorJob, out: torch.Tensor, seed: int) -> None:
+    """Merge one tensor straight into ``out``; raise :class:`MergeError` on non-finite values."""
+    experts = [plan.sources[s].read(n) for s, n in job.experts]
+    if not experts[0].is_floating_point():
+        out.copy_(experts[0])  # integer buffers (rare) are copied from the first source
+        return
+    base = plan.sources[job.base[0]].read(job.base[1]) if job.base else None
+    gen = None
+    if op.spec.stochastic:
+        gen = torch.Generator().manual_seed(tensor_seed(seed, job.out.name))
+    bad = op.into(out, experts, base=base, params=job.params, generator=gen)
+    if bad is None:
+        bad = 0 if bool(torch.isfinite(out).all()) else 1
+    if bad:
+        raise MergeError(
+            f"merged tensor {job.out.name} has NaN or inf values",
+            hint="check the sources for NaN weights and the recipe for extreme parameters",
+        )
+
+
 def iter_merged(plan: MergePlan, *, seed: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield each merged tensor in plan order; raise :class:`MergeError` on non-finite output."""
+    """Yield each merged tensor (a fresh tensor of the planned dtype) in plan order; raise
+    :class:`MergeError` on non-finite output."""
     op = get_op(plan.recipe.merge_method)
     for job in plan.jobs:
-        experts = [plan.sources[s].read(n) for s, n in job.experts]
-        base = plan.sources[job.base[0]].read(job.base[1]) if job.base else None
-        if not experts[0].is_floating_point():
-            result = experts[0]  # integer buffers (rare) are copied from the first source
-        else:
-            gen = None
-            if op.spec.stochastic:
-                gen = torch.Generator().manual_seed(tensor_seed(seed, job.out.name))
-            result = op(experts, base=base, params=job.params, generator=gen)
-            if not bool(torch.isfinite(result).all()):
-                raise MergeError(
-                    f"merged tensor {job.out.name} has NaN or inf values",
-                    hint="check the sources for NaN weights and the recipe for extreme parameters",
-                )
-        yield job.out.name, result.to(job.out.dtype)
+        out = torch.empty(job.out.shape, dtype=job.out.dtype)
+        _merge_job(op, plan, job, out, seed)
+        yield job.out.name, out
+
+
+def merge_into(plan: MergePlan, outputs: Mapping[str, torch.Tensor], *, seed: int = 0) -> None:
+    """Merge every planned tensor straight into ``outputs[name]`` (live model parameters,
+    engine buffers reused across candidates): no temporaries of tensor size, no extra copy.
+    Raises :class:`MergeError` on non-finite values (earlier tensors are already written)."""
+    op = get_op(plan.recipe.merge_method)
+    missing = [j.out.name for j in plan.jobs if j.out.name not in outputs]
+    if missing:
+        raise MergeError(f"no output tensor for {missing[:3]} ({len(missing)} of {len(plan.jobs)})",
+                         hint="allocate one output per planned tensor (plan.metas)")
+    for job in plan.jobs:
+        out = outputs[job.out.name]
+        if tuple(out.shape) != job.out.shape:
+            raise MergeError(f"output {job.out.name} has shape {tuple(out.shape)}, the plan needs {job.out.shape}",
+                             hint="allocate the outputs from plan.metas")
+        if out.dtype == job.out.dtype:
+            _merge_job(op, plan, job, out, seed)
+        else:  # round to the planned dtype first, so the candidate equals its export
+            tmp = torch.empty(job.out.shape, dtype=job.out.dtype)
+            _merge_job(op, plan, job, tmp, seed)
+            out.copy_(tmp)
 
 
 @dataclass(frozen=True)

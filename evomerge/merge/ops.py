@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from evomerge.errors import ConfigError
-from evomerge.merge import sparsify
+from evomerge.merge import kernels, sparsify
 
 
 @dataclass(frozen=True)
@@ -156,47 +156,79 @@ def _check_inputs(spec: OpSpec, experts: Sequence[Tensor], base: Tensor | None) 
                               hint="merge only models of the same architecture and size")
 
 
-def _weighted_sum(tensors: Sequence[Tensor], weights: Sequence[float], *, minus: Tensor | None = None) -> Tensor:
-    """sum_i w_i (T_i - minus) in float32, accumulated in place: one temporary at a time.
-    Terms of weight 0 are skipped, so a one-hot sum is exactly the chosen tensor."""
-    acc: Tensor | None = None
-    for t, w in zip(tensors, weights, strict=True):
-        if w == 0:
-            continue
-        term = t.float() - minus if minus is not None else t.float() * w  # fresh: inputs stay untouched
-        if minus is not None:
-            acc = term.mul_(w) if acc is None else acc.add_(term, alpha=w)
-        else:
-            acc = term if acc is None else acc.add_(term)
-    if acc is None:
-        acc = torch.zeros(tensors[0].shape, dtype=torch.float32, device=tensors[0].device)
-    return acc
-
-
-def _normalized(acc: Tensor, weights: Sequence[float], normalize: bool) -> Tensor:
-    """Divide by sum_i w_i when ``normalize``; a (near-)zero sum (|sum| < 1e-8) divides by 1."""
+def _divisor(weights: Sequence[float], normalize: bool) -> float:
+    """sum_i w_i when ``normalize`` (a (near-)zero sum, |sum| < 1e-8, divides by 1), else 1."""
     if normalize:
         denom = math.fsum(weights)
-        if abs(denom) >= 1e-8 and denom != 1.0:
-            acc.div_(denom)
-    return acc
+        if abs(denom) >= 1e-8:
+            return denom
+    return 1.0
+
+
+def _splitmix64(x: int) -> int:
+    """SplitMix64 finalizer (Steele et al. 2014): independent 64-bit seeds from consecutive ints."""
+    x = (x + 0x9E3779B97F4A7C15) & 0xFFFF_FFFF_FFFF_FFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFF_FFFF_FFFF_FFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFF_FFFF_FFFF_FFFF
+    return x ^ (x >> 31)
+
+
+class _Rows:
+    """Per-expert kernel scalars (see ``kernels``): neutral values keep everything."""
+
+    def __init__(self) -> None:
+        self.tensors: list[Tensor] = []
+        self.fp: list[list[float]] = []
+        self.ip: list[list[int]] = []
+
+    def add(self, tensor: Tensor, *, scale: float, weight: float, low: sparsify.RankCut | None = None,
+            high: sparsify.RankCut | None = None, keep: int = 1 << 32, seed: int = 0) -> None:
+        low = low or sparsify.RankCut.everything()
+        high = high or sparsify.RankCut.nothing()
+        self.tensors.append(tensor)
+        self.fp.append([scale, weight, low.threshold, high.threshold])
+        self.ip.append([low.cut, high.cut, keep, seed & 0xFFFFFFFF, seed >> 32])
+
+    def run(self, out: Tensor, base: Tensor | None, *, consensus: bool = False, normalize: bool = False,
+            lam: float = 1.0, divisor: float = 1.0) -> int:
+        n = len(self.tensors)
+        rank_low = any(f[2] != -1.0 for f in self.fp)
+        rank_high = any(f[3] != math.inf for f in self.fp)
+        random = any(i[2] != 1 << 32 for i in self.ip)
+        v = kernels.Variant(n, base is not None, rank_low, rank_high, random, consensus, normalize)
+        fp = torch.tensor(self.fp, dtype=torch.float32).reshape(n, 4)
+        ip = torch.tensor(self.ip, dtype=torch.int64).reshape(n, 5)
+        glob = torch.tensor([lam, divisor], dtype=torch.float32)
+        return kernels.run(v, out, base, self.tensors, fp, ip, glob)
 
 
 class _Op:
     spec: ClassVar[OpSpec]
 
-    def __call__(self, experts, *, base, params, generator=None):  # type: ignore[no-untyped-def]
+    def _prepare(self, experts, base, params, generator) -> dict[str, Any]:  # type: ignore[no-untyped-def]
         _check_inputs(self.spec, experts, base)
         p = resolve_params(self.spec, params, len(experts))
         if self.spec.stochastic and generator is None:
             raise ConfigError(f"{self.spec.name}: a seeded torch.Generator is required (random op)",
                               hint="pass generator=torch.Generator().manual_seed(seed)")
-        out = self.compute(experts, base, p, generator).to(experts[0].dtype)
-        if any(out.data_ptr() == t.data_ptr() for t in [*experts, *([base] if base is not None else [])]):
-            out = out.clone()  # never hand back an input: the caller may modify the result
+        return p
+
+    def __call__(self, experts, *, base, params, generator=None):  # type: ignore[no-untyped-def]
+        p = self._prepare(experts, base, params, generator)
+        out = torch.empty(experts[0].shape, dtype=experts[0].dtype, device=experts[0].device)
+        self.compute_into(out, experts, base, p, generator)
         return out
 
-    def compute(self, experts, base, p, generator) -> Tensor:  # type: ignore[no-untyped-def]
+    def into(self, out: Tensor, experts, *, base, params, generator=None) -> int | None:  # type: ignore[no-untyped-def]
+        """Write the merge into ``out`` (the inputs' shape, any floating dtype, e.g. a live model
+        parameter). Returns the number of non-finite entries written, or None if not counted."""
+        p = self._prepare(experts, base, params, generator)
+        if tuple(out.shape) != tuple(experts[0].shape) or not out.is_floating_point():
+            raise ConfigError(f"{self.spec.name}: output {tuple(out.shape)} {out.dtype} does not fit inputs "
+                              f"{tuple(experts[0].shape)}", hint="pass a floating-point output of the inputs' shape")
+        return self.compute_into(out, experts, base, p, generator)
+
+    def compute_into(self, out, experts, base, p, generator) -> int | None:  # type: ignore[no-untyped-def]
         raise NotImplementedError
 
 
@@ -207,8 +239,12 @@ class Linear(_Op):
     spec = OpSpec("linear", (WEIGHT, _normalize(True)), False, 1, None, False,
                   "Wortsman et al. 2022, Model soups: averaging weights of multiple fine-tuned models")
 
-    def compute(self, experts, base, p, generator):  # type: ignore[no-untyped-def]
-        return _normalized(_weighted_sum(experts, p["weight"]), p["weight"], p["normalize"])
+    def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]
+        rows = _Rows()
+        for e, w in zip(experts, p["weight"], strict=True):
+            if w != 0:  # a one-hot sum is exactly the chosen tensor
+                rows.add(e, scale=w, weight=w)
+        return rows.run(out, None, divisor=_divisor(p["weight"], p["normalize"]))
 
 
 class TaskArithmetic(_Op):
@@ -218,41 +254,69 @@ class TaskArithmetic(_Op):
     spec = OpSpec("task_arithmetic", (WEIGHT, LAMBDA, _normalize(False)), True, 1, None, False,
                   "Ilharco et al. 2023, Editing Models with Task Arithmetic")
 
-    def compute(self, experts, base, p, generator):  # type: ignore[no-untyped-def]
-        b = base.float()
-        merged = _normalized(_weighted_sum(experts, p["weight"], minus=b), p["weight"], p["normalize"])
-        return merged.mul_(p["lambda"]).add_(b)
+    def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]
+        rows = _Rows()
+        for e, w in zip(experts, p["weight"], strict=True):
+            if w != 0:
+                rows.add(e, scale=w, weight=w)
+        return rows.run(out, base, lam=p["lambda"], divisor=_divisor(p["weight"], p["normalize"]))
 
 
 class _Sparsified(_Op):
-    """Shared path: sparsify each d_i, weight it, then sum or TIES-consensus, scale, add to B."""
+    """Shared path: sparsify each d_i, weight it, then sum or TIES-consensus, scale, add to B.
+    All in one fused pass (``kernels``); the sparsifier only sets each expert's keep rule."""
 
     consensus: ClassVar[bool]
 
-    def sparsify(self, d: Tensor, i: int, p: dict[str, Any], generator) -> Tensor:  # type: ignore[no-untyped-def]
-        """Sparsify task vector ``d`` of expert ``i`` (``d`` is a fresh tensor: may be modified)."""
+    def add_expert(self, rows: _Rows, e: Tensor, base: Tensor, i: int, w: float, p: dict[str, Any],
+                   seed: int) -> None:
         raise NotImplementedError
 
-    def compute(self, experts, base, p, generator):  # type: ignore[no-untyped-def]
-        b = base.float()
-        weights = p["weight"]
-        weighted: list[Tensor] = []  # kept only for the consensus, which needs every w_i d_i twice
-        merged: Tensor | None = None
-        for i, (e, w) in enumerate(zip(experts, weights, strict=True)):
-            d = self.sparsify(e.float() - b, i, p, generator).mul_(w)
-            if self.consensus:
-                weighted.append(d)
-            else:
-                merged = d if merged is None else merged.add_(d)
+    def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]
+        seed = 0
+        if self.spec.stochastic:
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+        rows = _Rows()
+        for i, (e, w) in enumerate(zip(experts, p["weight"], strict=True)):
+            if w != 0:  # contributes nothing: neither to the sum, the election nor the divisor
+                self.add_expert(rows, e, base, i, w, p, _splitmix64(seed + i))
         if self.consensus:
-            merged = sparsify.ties_consensus(weighted, weights, normalize=p["normalize"])
+            return rows.run(out, base, consensus=True, normalize=p["normalize"], lam=p["lambda"])
+        return rows.run(out, base, lam=p["lambda"], divisor=_divisor(p["weight"], p["normalize"]))
+
+
+class _Trimmed:
+    def add_expert(self, rows, e, base, i, w, p, seed):  # type: ignore[no-untyped-def]
+        density = p["density"][i]
+        low = None if density >= 1.0 else sparsify.rank_cut(e, base, sparsify.top_k_count(density, e.numel()))
+        rows.add(e, scale=w, weight=w, low=low)
+
+
+class _Dropped:
+    def add_expert(self, rows, e, base, i, w, p, seed):  # type: ignore[no-untyped-def]
+        density = p["density"][i]
+        if density >= 1.0:
+            rows.add(e, scale=w, weight=w)
+        elif density < sparsify.MIN_DARE_DENSITY:
+            rows.add(e, scale=0.0, weight=w, keep=0)
         else:
-            assert merged is not None
-            merged = _normalized(merged, weights, p["normalize"])
-        return merged.mul_(p["lambda"]).add_(b)
+            keep = min((1 << 32) - 1, max(1, round(density * 2**32)))
+            rows.add(e, scale=w * 2**32 / keep, weight=w, keep=keep, seed=seed)
 
 
-class Ties(_Sparsified):
+class _Banded:
+    def add_expert(self, rows, e, base, i, w, p, seed):  # type: ignore[no-untyped-def]
+        density = p["density"][i]
+        if density >= 1.0:
+            rows.add(e, scale=w, weight=w)
+            return
+        k_band, n_top = sparsify.breadcrumb_counts(density, p["gamma"][i], e.numel())
+        low = sparsify.rank_cut(e, base, k_band)
+        high = sparsify.rank_cut(e, base, n_top) if n_top > 0 else None
+        rows.add(e, scale=w, weight=w, low=low, high=high)
+
+
+class Ties(_Trimmed, _Sparsified):
     """TIES-Merging (Yadav et al. 2023, sec. 3 / Algorithm 1): trim each d_i to its top-k |d_i|
     (k = max(1, int(density * numel))), elect gamma = sign(sum_i w_i d_i) (0 counts as +), and
     out = B + lambda * sum_{i in A} w_i d_i / sum_{i in A} w_i over the agreeing set A (the
@@ -262,23 +326,18 @@ class Ties(_Sparsified):
     spec = OpSpec("ties", (WEIGHT, DENSITY, LAMBDA, _normalize(True)), True, 1, None, False,
                   "Yadav et al. 2023, TIES-Merging: Resolving Interference When Merging Models")
 
-    def sparsify(self, d, i, p, generator):  # type: ignore[no-untyped-def]
-        return sparsify.magnitude_topk(d, p["density"][i])
 
-
-class DareTies(_Sparsified):
+class DareTies(_Dropped, _Sparsified):
     """DARE + TIES (Yu et al. 2024, "Language Models are Super Mario", sec. 3): d_i' = m_i * d_i /
-    density with m_i ~ Bernoulli(density), then the TIES sign election and disjoint merge."""
+    density with m_i ~ Bernoulli(density), then the TIES sign election and disjoint merge. As in
+    mergekit, ``normalize`` is off by default (the rescaled task vectors are summed)."""
 
     consensus = True
-    spec = OpSpec("dare_ties", (WEIGHT, DENSITY, LAMBDA, _normalize(True)), True, 1, None, True,
+    spec = OpSpec("dare_ties", (WEIGHT, DENSITY, LAMBDA, _normalize(False)), True, 1, None, True,
                   "Yu et al. 2024, Language Models are Super Mario (DARE)")
 
-    def sparsify(self, d, i, p, generator):  # type: ignore[no-untyped-def]
-        return sparsify.dare(d, p["density"][i], generator)
 
-
-class DareLinear(DareTies):
+class DareLinear(_Dropped, _Sparsified):
     """DARE + task arithmetic (Yu et al. 2024, sec. 3): out = B + lambda * sum_i w_i d_i' with
     d_i' = m_i * d_i / density, m_i ~ Bernoulli(density); E[out] is task arithmetic."""
 
@@ -287,7 +346,7 @@ class DareLinear(DareTies):
                   "Yu et al. 2024, Language Models are Super Mario (DARE)")
 
 
-class Breadcrumbs(_Sparsified):
+class Breadcrumbs(_Banded, _Sparsified):
     """Model Breadcrumbs (Davari & Belilovsky 2024, sec. 3): out = B + lambda * sum_i w_i (m_i * d_i),
     where the mask m_i drops the top-gamma fraction of |d_i| and keeps the `density` fraction
     just below it."""
@@ -296,16 +355,13 @@ class Breadcrumbs(_Sparsified):
     spec = OpSpec("breadcrumbs", (WEIGHT, DENSITY, GAMMA, LAMBDA, _normalize(False)), True, 1, None, False,
                   "Davari & Belilovsky 2024, Model Breadcrumbs: Scaling Multi-Task Model Merging with Sparse Masks")
 
-    def sparsify(self, d, i, p, generator):  # type: ignore[no-untyped-def]
-        return sparsify.breadcrumbs(d, p["density"][i], p["gamma"][i])
 
-
-class BreadcrumbsTies(Breadcrumbs):
+class BreadcrumbsTies(_Banded, _Sparsified):
     """Breadcrumbs masks (Davari & Belilovsky 2024, sec. 3) followed by the TIES sign election and
-    disjoint merge (Yadav et al. 2023, sec. 3)."""
+    disjoint merge (Yadav et al. 2023, sec. 3); ``normalize`` off by default, as in mergekit."""
 
     consensus = True
-    spec = OpSpec("breadcrumbs_ties", (WEIGHT, DENSITY, GAMMA, LAMBDA, _normalize(True)), True, 1, None, False,
+    spec = OpSpec("breadcrumbs_ties", (WEIGHT, DENSITY, GAMMA, LAMBDA, _normalize(False)), True, 1, None, False,
                   "Davari & Belilovsky 2024, Model Breadcrumbs; Yadav et al. 2023, TIES-Merging")
 
 
@@ -325,13 +381,17 @@ class Slerp(_Op):
     spec = OpSpec("slerp", (ParamSpec("t", 0.5, 0.0, 1.0, False, doc="weight of the expert"),), True, 1, 1,
                   False, "Shoemake 1985, Animating rotation with quaternion curves")
 
-    def compute(self, experts, base, p, generator):  # type: ignore[no-untyped-def]
-        t = p["t"]
+    def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]
+        out.copy_(self._slerp(experts[0], base, p["t"]))
+        return None
+
+    @staticmethod
+    def _slerp(expert: Tensor, base: Tensor, t: float) -> Tensor:
         if t == 0.0:
-            return base.float()
+            return base
         if t == 1.0:
-            return experts[0].float()
-        v0, v1 = base.float().flatten(), experts[0].float().flatten()
+            return expert
+        v0, v1 = base.float().flatten(), expert.float().flatten()
         n0, n1 = math.sqrt(_dot(v0, v0)), math.sqrt(_dot(v1, v1))
         n0, n1 = (n0 if n0 > 1e-8 else 1.0), (n1 if n1 > 1e-8 else 1.0)
         dot = min(1.0, max(-1.0, _dot(v0, v1) / (n0 * n1)))
@@ -351,9 +411,13 @@ class Passthrough(_Op):
     spec = OpSpec("passthrough", (ParamSpec("scale", 1.0, None, None, False, doc="multiplier"),), False, 1, 1,
                   False, "Goddard et al. 2024, Arcee's MergeKit: A Toolkit for Merging Large Language Models")
 
-    def __call__(self, experts, *, base, params, generator=None):  # type: ignore[no-untyped-def]
-        _check_inputs(self.spec, experts, None)
-        p = resolve_params(self.spec, params, 1)
+    def _prepare(self, experts, base, params, generator):  # type: ignore[no-untyped-def]
+        _check_inputs(self.spec, experts, None)  # the base is ignored
+        return resolve_params(self.spec, params, 1)
+
+    def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]
         if p["scale"] == 1.0:
-            return experts[0].clone()
-        return (experts[0].float() * p["scale"]).to(experts[0].dtype)
+            out.copy_(experts[0])
+        else:
+            out.copy_(experts[0].float() * p["scale"])
+        return None

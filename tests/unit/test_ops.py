@@ -62,8 +62,9 @@ def test_specs_describe_base_expert_count_and_randomness() -> None:
                 assert params[per].per_source
     normalize = {n: {p.name: p for p in spec[n].params}["normalize"].default for n in NAMES
                  if n not in ("slerp", "passthrough")}
-    assert normalize == {"linear": True, "task_arithmetic": False, "ties": True, "dare_ties": True,
-                         "breadcrumbs_ties": True, "dare_linear": False, "breadcrumbs": False}
+    # mergekit 0.1.5's registry: only linear and ties normalize by default
+    assert normalize == {"linear": True, "task_arithmetic": False, "ties": True, "dare_ties": False,
+                         "breadcrumbs_ties": False, "dare_linear": False, "breadcrumbs": False}
 
 
 # ---------------------------------------------------------------- resolve_params
@@ -73,7 +74,7 @@ def test_resolve_fills_defaults_and_broadcasts_per_source_scalars() -> None:
     spec = OPS["breadcrumbs_ties"].spec
     p = resolve_params(spec, {"density": 0.5, "lambda": 2}, 3)
     assert p == {"weight": [1.0, 1.0, 1.0], "density": [0.5, 0.5, 0.5], "gamma": [0.01, 0.01, 0.01],
-                 "lambda": 2.0, "normalize": True}
+                 "lambda": 2.0, "normalize": False}
 
 
 def test_resolve_accepts_tuples_and_tensors_for_per_source_values() -> None:
@@ -269,8 +270,11 @@ def test_breadcrumbs_weights_lambda_and_ties_consensus() -> None:
     assert out.tolist() == [0.0, -5.0, 0.0, 8.0, 0.0]
     # breadcrumbs_ties: sums [0, -2.5, 0, 4, 0] -> [+, -, +, +, +]; entry 2 (3 vs -3): only d1
     # agrees -> 3 / 1; entry 1: only d2 -> -2.5 / 0.5 = -5; entry 3: only d1 -> 4
-    out = get_op("breadcrumbs_ties")([d1, d2], base=base, params=params)
+    out = get_op("breadcrumbs_ties")([d1, d2], base=base, params={**params, "normalize": True})
     assert out.tolist() == [0.0, -5.0, 3.0, 4.0, 0.0]
+    # without normalize (mergekit's default): the agreeing weighted deltas are summed
+    out = get_op("breadcrumbs_ties")([d1, d2], base=base, params=params)
+    assert out.tolist() == [0.0, -2.5, 3.0, 4.0, 0.0]
 
 
 # ---------------------------------------------------------------- DARE
@@ -294,8 +298,10 @@ def test_dare_density_zero_and_one() -> None:
     out = get_op("dare_linear")([e1, e2], base=base, params={"density": 1.0}, generator=gen())
     assert torch.equal(out, get_op("task_arithmetic")([e1, e2], base=base, params={}))
     # dare_ties at density 1 is TIES without trimming: d1 = [1, -1, 2], d2 = [-1, -1, 4]
-    out = get_op("dare_ties")([e1, e2], base=base, params={"density": 1.0}, generator=gen())
+    out = get_op("dare_ties")([e1, e2], base=base, params={"density": 1.0, "normalize": True}, generator=gen())
     assert out.tolist() == [2.0, 0.0, 4.0]  # [+: 1/1, -: -2/2, +: 6/2] on top of 1
+    out = get_op("dare_ties")([e1, e2], base=base, params={"density": 1.0}, generator=gen())
+    assert out.tolist() == [2.0, -1.0, 7.0]  # mergekit's default: no division, [+: 1, -: -2, +: 6]
 
 
 def test_dare_uses_only_the_given_generator() -> None:

@@ -1,0 +1,231 @@
+"""Fused elementwise merge kernels: one pass over the sources per output tensor.
+
+Every task-vector merge (ALGORITHMS.md) is, per entry, a function of the base entry, the
+experts' entries, a few per-expert scalars and the entry's flat index:
+
+    d_i = E_i - B                         (or E_i alone without a base: linear)
+    x_i = s_i * d_i * keep_i              keep_i: magnitude rank band (TIES trim, breadcrumbs)
+                                          and/or a DARE Bernoulli draw
+    merged = sum_i x_i / W                (sum; W = sum_i w_i when normalizing)
+           | TIES elect + disjoint merge  (Yadav et al. 2023, sec. 3 steps 2-3)
+    out = B + lambda * merged
+
+``run`` evaluates that formula for one output tensor and writes it straight into ``out`` (a
+live model parameter, an engine buffer or an export buffer). Tensors of at least
+``COMPILE_MIN_NUMEL`` entries go through ``torch.compile`` (inductor), which fuses the whole
+formula into one loop that reads each source once and writes the output once: no
+temporaries, no page faults on fresh allocations, both cores busy. Smaller tensors, and any
+machine where compiling fails, run the very same function eagerly over cache-sized chunks.
+``EVOMERGE_COMPILE=0`` turns compiling off, ``=1`` compiles every tensor.
+
+DARE's mask is counter-based: entry j of expert i is kept when hash(seed_i, j) < density *
+2**32, a pure function of the seed and the flat index. It is the same in a fused kernel, in
+chunks or on another machine, and it draws nothing from global RNG state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import types
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger("evomerge.kernels")
+
+CHUNK = 1 << 20  # eager fallback: entries per chunk (4 MiB of float32: stays in L2/L3 cache)
+COMPILE_MIN_NUMEL = 1 << 18  # smaller tensors (norms, the tiny zoo) are cheap eagerly; compiling costs seconds
+_M32 = 0xFFFFFFFF
+_MIX = 0x45D9F3B  # below 2**27: products of 32-bit values stay below 2**59 (no int64 overflow)
+TWO32 = float(2**32)
+
+
+def mix32(x: Tensor) -> Tensor:
+    """A 32-bit integer hash (xor-shift-multiply with Mueller's constant 0x45d9f3b) of int64
+    values in [0, 2**32); a bijection of that range."""
+    x = ((x >> 16) ^ x) * _MIX & _M32
+    x = ((x >> 16) ^ x) * _MIX & _M32
+    return (x >> 16) ^ x
+
+
+def random_bits(idx: Tensor, seed_lo: Tensor, seed_hi: Tensor) -> Tensor:
+    """Uniform 32-bit values (int64 in [0, 2**32)) for flat indices ``idx`` under a 64-bit seed:
+    the hash of the low index word xor the seed, with the high word (zero below 2**32 entries)
+    folded in by an odd multiplier."""
+    high = (((idx >> 32) ^ seed_hi) * 0x2C1B3C6D) & _M32  # < 2**62: no int64 overflow
+    return mix32((idx & _M32) ^ seed_lo ^ high)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What one kernel computes; each distinct variant compiles once per process."""
+
+    experts: int
+    base: bool  # task vectors against a base (else a plain weighted sum of the experts: linear)
+    rank_low: bool  # keep only entries above a magnitude rank cut (TIES trim, breadcrumbs)
+    rank_high: bool  # drop entries above a second rank cut (breadcrumbs' outliers)
+    random: bool  # DARE drop
+    consensus: bool  # TIES sign election and disjoint merge
+    normalize: bool  # consensus: divide by the weights of the agreeing experts
+
+
+# Per-expert scalars, one row per expert (float32 / int64 tensors: new values never recompile).
+F_SCALE, F_WEIGHT, F_LOW_T, F_HIGH_T = range(4)
+I_LOW_CUT, I_HIGH_CUT, I_KEEP, I_SEED_LO, I_SEED_HI = range(5)
+
+
+def _in_top(a: Tensor, t: Tensor, cut: Tensor, idx: Tensor) -> Tensor:
+    """The entries of a rank cut: a > t, or a == t at a flat index below ``cut``. Written as a
+    negation so that NaN counts as inside (kept, so it reaches the output's finiteness check)."""
+    return ~((a < t) | ((a == t) & (idx >= cut)))
+
+
+def _in_top_drop(a: Tensor, t: Tensor, cut: Tensor, idx: Tensor) -> Tensor:
+    """The same rank cut for dropping (NaN counts as outside: not dropped)."""
+    return (a > t) | ((a == t) & (idx < cut))
+
+
+def _body(v: Variant, out: Tensor, base: Tensor | None, experts: Sequence[Tensor], fp: Tensor, ip: Tensor,
+          glob: Tensor, offset: Tensor) -> Tensor:
+    """Write the merged values into ``out`` (flat); return the count of non-finite task-vector
+    entries and results (a NaN in a source is reported even where a mask drops it).
+    ``glob`` (float32) holds lambda and the plain sum's divisor W (1 when not normalizing)."""
+    n = out.numel()
+    idx = None
+    if v.rank_low or v.rank_high or v.random:
+        idx = torch.arange(n, dtype=torch.int64, device=out.device) + offset
+    b = base.float() if v.base and base is not None else None
+    xs = []
+    bad = torch.zeros((), dtype=torch.int64, device=out.device)
+    for i, e in enumerate(experts):
+        d = e.float() - b if b is not None else e.float()
+        bad = bad + (~torch.isfinite(d)).sum()  # a NaN source entry counts even where it is dropped
+        keep = None
+        if v.rank_low or v.rank_high:
+            assert idx is not None
+            a = d.abs()
+            if v.rank_low:
+                keep = _in_top(a, fp[i, F_LOW_T], ip[i, I_LOW_CUT], idx)
+            if v.rank_high:
+                drop = _in_top_drop(a, fp[i, F_HIGH_T], ip[i, I_HIGH_CUT], idx)
+                keep = ~drop if keep is None else keep & ~drop
+        if v.random:
+            assert idx is not None
+            kept = random_bits(idx, ip[i, I_SEED_LO], ip[i, I_SEED_HI]) < ip[i, I_KEEP]
+            keep = kept if keep is None else keep & kept
+        x = d * fp[i, F_SCALE]
+        xs.append(x if keep is None else torch.where(keep, x, 0.0))
+    merged: Tensor
+    if not xs:
+        merged = torch.zeros(n, dtype=torch.float32, device=out.device)
+    elif v.consensus:
+        total = xs[0]
+        for x in xs[1:]:
+            total = total + x
+        sign = torch.where(total >= 0, 1.0, -1.0)  # a zero sum elects +
+        merged = torch.zeros_like(total)
+        divisor = torch.zeros_like(total)
+        for i, x in enumerate(xs):
+            agree = x * sign > 0
+            merged = merged + torch.where(agree, x, 0.0)
+            if v.normalize:
+                divisor = divisor + torch.where(agree, fp[i, F_WEIGHT], 0.0)
+        if v.normalize:
+            merged = merged / torch.where(divisor == 0, 1.0, divisor)
+    else:
+        merged = xs[0]
+        for x in xs[1:]:
+            merged = merged + x
+        merged = merged / glob[1]
+    result = b + glob[0] * merged if b is not None else merged
+    out.copy_(result)
+    return bad + (~torch.isfinite(result)).sum()
+
+
+def _bracket_body(mask: Tensor, expert: Tensor, base: Tensor | None, lo: Tensor, hi: Tensor) -> Tensor:
+    """mask = lo <= |d| <= hi (uint8); return the count of |d| > hi (d = expert - base)."""
+    a = (expert.float() - base.float()).abs() if base is not None else expert.float().abs()
+    # via float32: inductor vectorizes that store; a bool -> uint8 store runs ~4x slower
+    mask.copy_(torch.where((a >= lo) & (a <= hi), 1.0, 0.0).to(torch.uint8))
+    return (a > hi).sum()
+
+
+_compiled: dict[object, Callable[..., Tensor]] = {}
+_compile_broken: list[str] = []
+_lock = threading.Lock()
+
+
+def _mode() -> str:
+    return os.environ.get("EVOMERGE_COMPILE", "auto").strip().lower()
+
+
+def use_compiled(numel: int) -> bool:
+    mode = _mode()
+    if mode in ("0", "off", "false", "no") or _compile_broken:
+        return False
+    return mode in ("1", "on", "true", "yes", "always") or numel >= COMPILE_MIN_NUMEL
+
+
+def _compiled_fn(key: object, body: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """``body`` compiled once per ``key``, under a code object of its own (dynamo keeps at most
+    8 compiled graphs per code object; variants must not evict each other)."""
+    with _lock:
+        fn = _compiled.get(key)
+        if fn is None:
+            code = body.__code__.replace(co_name=f"evomerge_kernel_{len(_compiled)}")
+            fresh = types.FunctionType(code, body.__globals__, code.co_name, body.__defaults__, body.__closure__)
+            fn = _compiled[key] = torch.compile(fresh, dynamic=True, fullgraph=True)
+        return fn
+
+
+def _try_compiled(key: object, body: Callable[..., Tensor], *args: object) -> int | None:
+    try:
+        return int(_compiled_fn(key, body)(*args))
+    except Exception as exc:  # no C++ compiler, unsupported platform: eager from now on
+        _compile_broken.append(repr(exc))
+        log.warning("torch.compile unavailable (%s); merging eagerly (slower)", str(exc).splitlines()[0][:200])
+        return None
+
+
+def run(v: Variant, out: Tensor, base: Tensor | None, experts: Sequence[Tensor], fp: Tensor, ip: Tensor,
+        glob: Tensor) -> int:
+    """Evaluate variant ``v`` into ``out``; return the number of non-finite entries written."""
+    flat_out = out.view(-1) if out.is_contiguous() else torch.empty(out.numel(), dtype=out.dtype)
+    flat_b = base.reshape(-1) if base is not None else None
+    flat_e = [e.reshape(-1) for e in experts]
+    n = flat_out.numel()
+    bad: int | None = None
+    if n and use_compiled(n):
+        def body(out_, base_, experts_, fp_, ip_, glob_, offset_):  # type: ignore[no-untyped-def]
+            return _body(v, out_, base_, experts_, fp_, ip_, glob_, offset_)
+
+        bad = _try_compiled(v, body, flat_out, flat_b, flat_e, fp, ip, glob, torch.zeros((), dtype=torch.int64))
+    if bad is None:
+        bad = 0
+        for s in range(0, n, CHUNK):
+            e_ = min(n, s + CHUNK)
+            bad += int(_body(v, flat_out[s:e_], flat_b[s:e_] if flat_b is not None else None,
+                             [x[s:e_] for x in flat_e], fp, ip, glob, torch.tensor(s, dtype=torch.int64)))
+    if flat_out.data_ptr() != out.data_ptr():
+        out.copy_(flat_out.view(out.shape))
+    return bad
+
+
+def bracket(mask: Tensor, expert: Tensor, base: Tensor | None, lo: float, hi: float) -> int:
+    """Fill ``mask`` (flat uint8, at least numel long) with lo <= |expert - base| <= hi and return
+    how many entries are above ``hi``: one pass over the sources (magnitude selection)."""
+    n = expert.numel()
+    lo_t, hi_t = torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32)
+    if n and use_compiled(n):
+        got = _try_compiled(("bracket", base is None), _bracket_body, mask[:n], expert, base, lo_t, hi_t)
+        if got is not None:
+            return got
+    above = 0
+    for s in range(0, n, CHUNK):
+        e_ = min(n, s + CHUNK)
+        above += int(_bracket_body(mask[s:e_], expert[s:e_], base[s:e_] if base is not None else None, lo_t, hi_t))
+    return above

@@ -1,0 +1,223 @@
+"""Fused merge kernels and exact rank cuts: compiled == eager == chunked == a plain reference,
+DARE's counter-based mask, and the fallback when compiling is impossible."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from evomerge.merge import kernels, sparsify
+from evomerge.merge.registry import get_op
+
+W = [1.0, -0.6, 0.8]
+DENS = [0.5, 0.3, 0.9]
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def sources(n: int = 300_000, experts: int = 3, dtype=torch.float32, seed: int = 0):  # type: ignore[no-untyped-def]
+    g = gen(seed)
+    base = torch.randn(n, generator=g) * 0.02
+    return base.to(dtype), [(base + torch.randn(n, generator=g) * 0.003).to(dtype) for _ in range(experts)]
+
+
+# ---------------------------------------------------------------- references (the math, written plainly)
+
+
+def ref_topk_mask(d: torch.Tensor, density: float) -> torch.Tensor:
+    """k = max(1, int(density n)) largest |d|; ties at the threshold: lower flat index first."""
+    n = d.numel()
+    k = max(1, int(density * n))
+    order = sorted(range(n), key=lambda j: (-abs(float(d[j])), j)) if n < 5000 else None
+    if order is not None:
+        mask = torch.zeros(n, dtype=torch.bool)
+        mask[order[:k]] = True
+        return mask
+    # large n: stable sort of -|d| keeps equal magnitudes in index order
+    idx = torch.sort(-d.abs(), stable=True).indices[:k]
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[idx] = True
+    return mask
+
+
+def ref_ties(experts, base, weights, densities, *, normalize=True, lam=1.0):  # type: ignore[no-untyped-def]
+    """TIES as mergekit computes it (ALGORITHMS.md): trim, weight, elect sign, disjoint merge."""
+    b = base.float()
+    xs = []
+    for e, w, dens in zip(experts, weights, densities, strict=True):
+        d = e.float() - b
+        xs.append(torch.where(ref_topk_mask(d, dens), d, 0.0) * w)
+    x = torch.stack(xs)
+    elected = torch.where(x.sum(0) >= 0, 1.0, -1.0)
+    agree = torch.sign(x) == elected
+    merged = (x * agree).sum(0)
+    if normalize:
+        div = (torch.tensor(weights).unsqueeze(1) * agree).sum(0)
+        merged = merged / torch.where(div == 0, 1.0, div)
+    return b + lam * merged
+
+
+# ---------------------------------------------------------------- rank cuts
+
+
+@pytest.mark.parametrize("density", [1e-5, 0.03, 0.5, 0.97])
+def test_rank_cut_selects_exactly_the_reference_top_k(density: float) -> None:
+    base, experts = sources(200_000, 1)
+    d = experts[0] - base
+    k = max(1, int(density * d.numel()))
+    cut = sparsify.rank_cut(experts[0], base, k)
+    got = sparsify.in_cut(d.abs(), cut)
+    assert int(got.sum()) == k
+    assert torch.equal(got, ref_topk_mask(d, density))
+
+
+def test_rank_cut_with_many_ties_keeps_lower_indices_first() -> None:
+    """bfloat16 task vectors repeat magnitudes: the cut must split a tie group by index."""
+    g = gen(3)
+    d = (torch.randn(150_000, generator=g) * 0.01).to(torch.bfloat16).float()
+    for density in (0.1, 0.5, 0.77):
+        k = int(density * d.numel())
+        cut = sparsify.rank_cut(d, None, k)
+        mask = sparsify.in_cut(d.abs(), cut)
+        assert int(mask.sum()) == k
+        assert int((d.abs() == cut.threshold).sum()) > 1  # really a tie group at the threshold
+        assert torch.equal(mask, ref_topk_mask(d, density))
+
+
+def test_rank_cut_falls_back_to_a_full_selection_when_the_bracket_misses(monkeypatch) -> None:
+    """A bracket of zero width around a sampled value misses the k-th value; the result is
+    still exact (the fallback selects over every entry)."""
+    monkeypatch.setattr(sparsify, "_BRACKET_SIGMAS", -1e9)  # lo > hi: an empty bracket
+    base, experts = sources(100_000, 1, seed=5)
+    k = 31_337
+    cut = sparsify.rank_cut(experts[0], base, k)
+    d = experts[0] - base
+    assert torch.equal(sparsify.in_cut(d.abs(), cut), ref_topk_mask(d, k / d.numel()))
+
+
+def test_rank_cut_edges_and_nan() -> None:
+    d = torch.tensor([3.0, -1.0, 2.0, float("nan"), 0.5])
+    assert sparsify.rank_cut(d, None, 10) == sparsify.RankCut.everything()
+    assert sparsify.rank_cut(d, None, 0) == sparsify.RankCut.nothing()
+    # a NaN task-vector entry is reported (the merge is flagged invalid) even where masks drop it
+    for name, params in (("ties", {"density": 0.4}), ("dare_ties", {"density": 0.01}), ("linear", {})):
+        out = torch.empty(5)
+        base = torch.zeros(5) if name != "linear" else None
+        bad = get_op(name).into(out, [d], base=base, params=params, generator=gen())
+        assert bad >= 1, name
+    cut = sparsify.rank_cut(d, None, 2)  # NaN ranks below everything: the top 2 are 3 and 2
+    assert sparsify.in_cut(d.abs(), cut).tolist() == [True, False, True, False, False]
+
+
+# ---------------------------------------------------------------- compiled vs eager vs chunked
+
+PARAMS = {
+    "linear": {"weight": W},
+    "task_arithmetic": {"weight": W, "lambda": 0.9},
+    "ties": {"weight": W, "density": DENS},
+    "dare_ties": {"weight": W, "density": DENS},
+    "dare_linear": {"weight": W, "density": DENS, "normalize": True},
+    "breadcrumbs": {"weight": W, "density": DENS, "gamma": 0.05},
+    "breadcrumbs_ties": {"weight": W, "density": DENS, "gamma": 0.05, "normalize": True},
+}
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_fused_compiled_and_chunked_eager_agree(name: str, monkeypatch) -> None:
+    base, experts = sources(300_000)
+    op = get_op(name)
+    monkeypatch.setenv("EVOMERGE_COMPILE", "1")
+    compiled = op(experts, base=base if name != "linear" else None, params=PARAMS[name], generator=gen(7))
+    assert not kernels._compile_broken
+    monkeypatch.setenv("EVOMERGE_COMPILE", "0")
+    monkeypatch.setattr(kernels, "CHUNK", 4099)  # many chunks, boundaries off any power of two
+    eager = op(experts, base=base if name != "linear" else None, params=PARAMS[name], generator=gen(7))
+    torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-8)
+    if name.startswith(("dare", "ties", "breadcrumbs")):  # the same entries kept, not just close values
+        assert torch.equal(compiled != base, eager != base)
+
+
+def test_ties_equals_the_plain_reference_with_and_without_normalize(monkeypatch) -> None:
+    base, experts = sources(120_000)
+    for mode in ("1", "0"):
+        monkeypatch.setenv("EVOMERGE_COMPILE", mode)
+        for normalize in (True, False):
+            out = get_op("ties")(experts, base=base, params={**PARAMS["ties"], "normalize": normalize, "lambda": 1.3})
+            ref = ref_ties(experts, base, W, DENS, normalize=normalize, lam=1.3)
+            torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-8)
+
+
+def test_bfloat16_sources_and_output(monkeypatch) -> None:
+    base, experts = sources(300_000, dtype=torch.bfloat16)
+    monkeypatch.setenv("EVOMERGE_COMPILE", "1")
+    out = get_op("ties")(experts, base=base, params=PARAMS["ties"])
+    assert out.dtype == torch.bfloat16
+    ref = ref_ties(experts, base, W, DENS).to(torch.bfloat16)
+    assert (out.float() - ref.float()).abs().max() <= 2 ** -8 * ref.float().abs().max()
+
+
+def test_into_writes_a_preallocated_output_of_another_dtype() -> None:
+    base, experts = sources(50_000)
+    out = torch.full((50_000,), 7.0, dtype=torch.float64)
+    bad = get_op("task_arithmetic").into(out, experts, base=base, params={"weight": W})
+    assert bad == 0
+    ref = get_op("task_arithmetic")(experts, base=base, params={"weight": W})
+    torch.testing.assert_close(out.float(), ref)
+
+
+def test_compile_failure_falls_back_to_eager_with_the_same_result(monkeypatch, caplog) -> None:
+    base, experts = sources(300_000)
+    expected = get_op("dare_ties")(experts, base=base, params=PARAMS["dare_ties"], generator=gen(1))
+
+    def broken(*_a, **_k):  # type: ignore[no-untyped-def]
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setenv("EVOMERGE_COMPILE", "1")
+    monkeypatch.setattr(kernels, "_compiled", {})
+    monkeypatch.setattr(kernels, "_compile_broken", [])
+    monkeypatch.setattr(torch, "compile", lambda fn, **_k: broken)
+    with caplog.at_level("WARNING", logger="evomerge.kernels"):
+        out = get_op("dare_ties")(experts, base=base, params=PARAMS["dare_ties"], generator=gen(1))
+    assert "torch.compile unavailable" in caplog.text and "no C++ compiler" in caplog.text
+    assert kernels._compile_broken
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-8)
+
+
+# ---------------------------------------------------------------- DARE's counter-based mask
+
+
+def test_dare_mask_is_bernoulli_and_independent_across_experts_and_neighbours() -> None:
+    n = 400_000
+    idx = torch.arange(n, dtype=torch.int64)
+    seeds = [(0x1234, 0x9), (0xBEEF, 0x9)]
+    p = 0.3
+    keep = [kernels.random_bits(idx, torch.tensor(lo), torch.tensor(hi)) < int(p * 2**32) for lo, hi in seeds]
+    sigma = math.sqrt(p * (1 - p) / n)
+    for k in keep:
+        assert abs(k.float().mean().item() - p) < 5 * sigma
+        both_neighbours = (k[1:] & k[:-1]).float().mean().item()  # adjacent entries independent
+        assert abs(both_neighbours - p * p) < 5 * math.sqrt(p * p * (1 - p * p) / n)
+    together = (keep[0] & keep[1]).float().mean().item()
+    assert abs(together - p * p) < 5 * math.sqrt(p * p * (1 - p * p) / n)
+    # values are 32-bit and the high index word matters
+    bits = kernels.random_bits(idx[:1000] + (1 << 32), torch.tensor(0x1234), torch.tensor(0x9))
+    assert int(bits.min()) >= 0 and int(bits.max()) < 2**32
+    assert not torch.equal(bits, kernels.random_bits(idx[:1000], torch.tensor(0x1234), torch.tensor(0x9)))
+
+
+def test_dare_depends_on_the_generator_not_on_chunking(monkeypatch) -> None:
+    base, experts = sources(200_000, 2)
+    params = {"density": [0.4, 0.6]}
+    monkeypatch.setenv("EVOMERGE_COMPILE", "0")
+    a = get_op("dare_linear")(experts, base=base, params=params, generator=gen(5))
+    monkeypatch.setattr(kernels, "CHUNK", 1000)
+    b = get_op("dare_linear")(experts, base=base, params=params, generator=gen(5))
+    c = get_op("dare_linear")(experts, base=base, params=params, generator=gen(6))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    kept = ((a - base) != 0).float().mean().item()
+    assert abs(kept - (1 - 0.6 * 0.4)) < 0.01  # kept by either expert
