@@ -42,8 +42,10 @@ TORCH = "torch==2.13.0"  # the CPU build on this machine's disk; a bare torch pu
 PARAMS = {
     "ties": [{"weight": 1.0, "density": 0.5}, {"weight": 0.7, "density": 0.3}],
     "dare_ties": [{"weight": 1.0, "density": 0.5}, {"weight": 0.7, "density": 0.3}],
+    "task_arithmetic": [{"weight": 1.0}, {"weight": 0.7}],
 }
-GLOBAL = {"ties": {"normalize": True, "lambda": 1.0}, "dare_ties": {"normalize": False, "lambda": 1.0}}
+GLOBAL = {"ties": {"normalize": True, "lambda": 1.0}, "dare_ties": {"normalize": False, "lambda": 1.0},
+          "task_arithmetic": {"lambda": 1.0}}
 
 
 def default_venv() -> Path:
@@ -181,7 +183,7 @@ def compare(mk_dir: Path, em_dir: Path, base_dir: Path, method: str) -> dict[str
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="100m")
-    ap.add_argument("--methods", default="ties,dare_ties")
+    ap.add_argument("--methods", default="ties,dare_ties,task_arithmetic")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--venv", type=Path, default=None)
     args = ap.parse_args()

@@ -178,15 +178,19 @@ class SafetensorsFile:
                 f"{self.path}: no tensor named {name!r}", hint="check the tensor name against the model's weights"
             ) from None
 
-    def read(self, name: str) -> torch.Tensor:
-        """Read exactly one tensor's bytes into a tensor that owns its memory."""
+    def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        """Read exactly one tensor's bytes into a tensor that owns its memory, or into the front
+        of ``buffer`` (uint8, at least the tensor's size: reused across reads, no fresh pages)."""
         meta = self.meta(name)
         begin, end = self._offsets[name]
         if meta.nbytes == 0:
             return torch.empty(meta.shape, dtype=meta.dtype)
         if self._fh is None:
             self._fh = open(self.path, "rb")  # noqa: SIM115 - kept open for lazy reads, closed in close()
-        raw = torch.empty(end - begin, dtype=torch.uint8)  # not zero-filled: readinto overwrites it
+        if buffer is not None and buffer.dtype == torch.uint8 and buffer.is_contiguous() and buffer.numel() >= end - begin:
+            raw = buffer[: end - begin]
+        else:
+            raw = torch.empty(end - begin, dtype=torch.uint8)  # not zero-filled: readinto overwrites it
         self._fh.seek(self._data_start + begin)
         got = self._fh.readinto(memoryview(raw.numpy()))
         self.bytes_read += got or 0
@@ -194,7 +198,7 @@ class SafetensorsFile:
             raise self._bad(f"tensor {name!r}: file ended after {got} of {raw.numel()} bytes (truncated since opening?)")
         if meta.dtype == torch.bool and bool((raw > 1).any()):
             raise self._bad(f"tensor {name!r}: BOOL data holds bytes other than 0 and 1")
-        return raw.view(meta.dtype).reshape(meta.shape)  # owns its memory
+        return raw.view(meta.dtype).reshape(meta.shape)
 
     def close(self) -> None:
         if self._fh is not None:
@@ -365,9 +369,9 @@ class ModelDir:
             )
         return self._files[self._where[name]].meta(name)
 
-    def read(self, name: str) -> torch.Tensor:
+    def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
         self.meta(name)
-        return self._files[self._where[name]].read(name)
+        return self._files[self._where[name]].read(name, buffer)
 
     @property
     def bytes_read(self) -> int:

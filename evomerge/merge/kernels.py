@@ -26,6 +26,7 @@ chunks or on another machine, and it draws nothing from global RNG state.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import types
@@ -91,8 +92,9 @@ def _in_top_drop(a: Tensor, t: Tensor, cut: Tensor, idx: Tensor) -> Tensor:
 
 def _body(v: Variant, out: Tensor, base: Tensor | None, experts: Sequence[Tensor], fp: Tensor, ip: Tensor,
           glob: Tensor, offset: Tensor) -> Tensor:
-    """Write the merged values into ``out`` (flat); return the count of non-finite task-vector
-    entries and results (a NaN in a source is reported even where a mask drops it).
+    """Write the merged values into ``out`` (flat). Returns a float32 scalar that is NaN exactly
+    when a task vector or the result holds a NaN or inf (x * 0 is 0 for every finite x, so its
+    sum never overflows); a NaN in a source is reported even where a mask drops it.
     ``glob`` (float32) holds lambda and the plain sum's divisor W (1 when not normalizing)."""
     n = out.numel()
     idx = None
@@ -100,10 +102,10 @@ def _body(v: Variant, out: Tensor, base: Tensor | None, experts: Sequence[Tensor
         idx = torch.arange(n, dtype=torch.int64, device=out.device) + offset
     b = base.float() if v.base and base is not None else None
     xs = []
-    bad = torch.zeros((), dtype=torch.int64, device=out.device)
+    check = torch.zeros((), dtype=torch.float32, device=out.device)
     for i, e in enumerate(experts):
         d = e.float() - b if b is not None else e.float()
-        bad = bad + (~torch.isfinite(d)).sum()  # a NaN source entry counts even where it is dropped
+        check = check + (d * 0.0).sum()  # NaN iff d holds NaN/inf (even entries a mask drops)
         keep = None
         if v.rank_low or v.rank_high:
             assert idx is not None
@@ -143,15 +145,25 @@ def _body(v: Variant, out: Tensor, base: Tensor | None, experts: Sequence[Tensor
         merged = merged / glob[1]
     result = b + glob[0] * merged if b is not None else merged
     out.copy_(result)
-    return bad + (~torch.isfinite(result)).sum()
+    return check + (result * 0.0).sum()
 
 
-def _bracket_body(mask: Tensor, expert: Tensor, base: Tensor | None, lo: Tensor, hi: Tensor) -> Tensor:
-    """mask = lo <= |d| <= hi (uint8); return the count of |d| > hi (d = expert - base)."""
+def _bracket_body(codes: Tensor, expert: Tensor, base: Tensor | None, edges: Tensor) -> Tensor:
+    """Sub-bracket codes of a = |expert - base| for ascending ``edges`` q_0 <= ... <= q_S:
+    code = [a >= q_0] + #{j >= 1: a > q_j}, so j in 1..S for q_{j-1} < a <= q_j (j = 1 from q_0
+    inclusive) and 0 outside [q_0, q_S]. Returns the counts #(a >= q_0) and #(a > q_j), j = 1..S:
+    one fused pass (int32 indicators, int64 sums: exact at any size; float sums are ~2x slower
+    as bool sums, and float32 ones stop counting exactly at 2**24)."""
     a = (expert.float() - base.float()).abs() if base is not None else expert.float().abs()
-    # via float32: inductor vectorizes that store; a bool -> uint8 store runs ~4x slower
-    mask.copy_(torch.where((a >= lo) & (a <= hi), 1.0, 0.0).to(torch.uint8))
-    return (a > hi).sum()
+    one, zero = torch.ones((), dtype=torch.int32), torch.zeros((), dtype=torch.int32)
+    code = torch.where(a >= edges[0], one, zero)
+    counts = [code.sum(dtype=torch.int64)]
+    for j in range(1, edges.numel()):
+        above = torch.where(a > edges[j], one, zero)
+        code = code + above
+        counts.append(above.sum(dtype=torch.int64))
+    codes.copy_(torch.where(code >= edges.numel(), zero, code).to(torch.uint8))
+    return torch.stack(counts)
 
 
 _compiled: dict[object, Callable[..., Tensor]] = {}
@@ -176,15 +188,21 @@ def _compiled_fn(key: object, body: Callable[..., Tensor]) -> Callable[..., Tens
     with _lock:
         fn = _compiled.get(key)
         if fn is None:
+            if not _compiled and "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ:
+                # a handful of small kernels: inductor's subprocess compile pool costs more to start
+                # (~1.5 s here) than it saves
+                import torch._inductor.config as inductor_config
+
+                inductor_config.compile_threads = 1
             code = body.__code__.replace(co_name=f"evomerge_kernel_{len(_compiled)}")
             fresh = types.FunctionType(code, body.__globals__, code.co_name, body.__defaults__, body.__closure__)
             fn = _compiled[key] = torch.compile(fresh, dynamic=True, fullgraph=True)
         return fn
 
 
-def _try_compiled(key: object, body: Callable[..., Tensor], *args: object) -> int | None:
+def _try_compiled(key: object, body: Callable[..., Tensor], *args: object) -> Tensor | None:
     try:
-        return int(_compiled_fn(key, body)(*args))
+        return _compiled_fn(key, body)(*args)
     except Exception as exc:  # no C++ compiler, unsupported platform: eager from now on
         _compile_broken.append(repr(exc))
         log.warning("torch.compile unavailable (%s); merging eagerly (slower)", str(exc).splitlines()[0][:200])
@@ -193,39 +211,41 @@ def _try_compiled(key: object, body: Callable[..., Tensor], *args: object) -> in
 
 def run(v: Variant, out: Tensor, base: Tensor | None, experts: Sequence[Tensor], fp: Tensor, ip: Tensor,
         glob: Tensor) -> int:
-    """Evaluate variant ``v`` into ``out``; return the number of non-finite entries written."""
+    """Evaluate variant ``v`` into ``out``; return 1 if a non-finite value was read or written, else 0."""
     flat_out = out.view(-1) if out.is_contiguous() else torch.empty(out.numel(), dtype=out.dtype)
     flat_b = base.reshape(-1) if base is not None else None
     flat_e = [e.reshape(-1) for e in experts]
     n = flat_out.numel()
-    bad: int | None = None
+    check: float | None = None
     if n and use_compiled(n):
         def body(out_, base_, experts_, fp_, ip_, glob_, offset_):  # type: ignore[no-untyped-def]
             return _body(v, out_, base_, experts_, fp_, ip_, glob_, offset_)
 
-        bad = _try_compiled(v, body, flat_out, flat_b, flat_e, fp, ip, glob, torch.zeros((), dtype=torch.int64))
-    if bad is None:
-        bad = 0
+        got = _try_compiled(v, body, flat_out, flat_b, flat_e, fp, ip, glob, torch.zeros((), dtype=torch.int64))
+        check = float(got) if got is not None else None
+    if check is None:
+        check = 0.0
         for s in range(0, n, CHUNK):
             e_ = min(n, s + CHUNK)
-            bad += int(_body(v, flat_out[s:e_], flat_b[s:e_] if flat_b is not None else None,
-                             [x[s:e_] for x in flat_e], fp, ip, glob, torch.tensor(s, dtype=torch.int64)))
+            check += float(_body(v, flat_out[s:e_], flat_b[s:e_] if flat_b is not None else None,
+                                 [x[s:e_] for x in flat_e], fp, ip, glob, torch.tensor(s, dtype=torch.int64)))
     if flat_out.data_ptr() != out.data_ptr():
         out.copy_(flat_out.view(out.shape))
-    return bad
+    return 0 if math.isfinite(check) else 1
 
 
-def bracket(mask: Tensor, expert: Tensor, base: Tensor | None, lo: float, hi: float) -> int:
-    """Fill ``mask`` (flat uint8, at least numel long) with lo <= |expert - base| <= hi and return
-    how many entries are above ``hi``: one pass over the sources (magnitude selection)."""
+def bracket(codes: Tensor, expert: Tensor, base: Tensor | None, edges: list[float]) -> list[int]:
+    """Fill ``codes`` (flat uint8, at least numel long) with each entry's sub-bracket of
+    |expert - base| between ascending ``edges`` and return the counts of ``_bracket_body``: one
+    pass over the sources (magnitude selection, see ``sparsify.rank_cut``)."""
     n = expert.numel()
-    lo_t, hi_t = torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32)
+    edge_t = torch.tensor(edges, dtype=torch.float32)
     if n and use_compiled(n):
-        got = _try_compiled(("bracket", base is None), _bracket_body, mask[:n], expert, base, lo_t, hi_t)
+        got = _try_compiled(("bracket", base is None, len(edges)), _bracket_body, codes[:n], expert, base, edge_t)
         if got is not None:
-            return got
-    above = 0
+            return [int(c) for c in got]
+    total = torch.zeros(len(edges), dtype=torch.int64)
     for s in range(0, n, CHUNK):
         e_ = min(n, s + CHUNK)
-        above += int(_bracket_body(mask[s:e_], expert[s:e_], base[s:e_] if base is not None else None, lo_t, hi_t))
-    return above
+        total += _bracket_body(codes[s:e_], expert[s:e_], base[s:e_] if base is not None else None, edge_t)
+    return [int(c) for c in total]

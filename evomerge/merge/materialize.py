@@ -11,6 +11,7 @@ memory stays near one tensor per source. The same iterator feeds an export to di
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -278,13 +279,32 @@ def tensor_seed(seed: int, tensor_name: str) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def _merge_job(op: Any, plan: MergePlan, job: TensorJob, out: torch.Tensor, seed: int) -> None:
+class _ReadBuffers:
+    """One reusable read buffer per source slot of a job (disk sources only: resident ones are
+    already in memory), so streaming a merge touches no fresh pages after its first tensor."""
+
+    def __init__(self) -> None:
+        self.bufs: dict[int, torch.Tensor] = {}
+
+    def read(self, src: Any, name: str, slot: int) -> torch.Tensor:
+        if not isinstance(src, ModelDir):
+            return src.read(name)
+        need = src.meta(name).nbytes
+        buf = self.bufs.get(slot)
+        if buf is None or buf.numel() < need:
+            buf = self.bufs[slot] = torch.empty(need, dtype=torch.uint8)
+        return src.read(name, buf)
+
+
+def _merge_job(op: Any, plan: MergePlan, job: TensorJob, out: torch.Tensor, seed: int,
+               reads: _ReadBuffers | None = None) -> None:
     """Merge one tensor straight into ``out``; raise :class:`MergeError` on non-finite values."""
-    experts = [plan.sources[s].read(n) for s, n in job.experts]
+    reads = reads or _ReadBuffers()
+    experts = [reads.read(plan.sources[s], n, i) for i, (s, n) in enumerate(job.experts)]
     if not experts[0].is_floating_point():
         out.copy_(experts[0])  # integer buffers (rare) are copied from the first source
         return
-    base = plan.sources[job.base[0]].read(job.base[1]) if job.base else None
+    base = reads.read(plan.sources[job.base[0]], job.base[1], -1) if job.base else None
     gen = None
     if op.spec.stochastic:
         gen = torch.Generator().manual_seed(tensor_seed(seed, job.out.name))
@@ -298,13 +318,23 @@ def _merge_job(op: Any, plan: MergePlan, job: TensorJob, out: torch.Tensor, seed
         )
 
 
-def iter_merged(plan: MergePlan, *, seed: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield each merged tensor (a fresh tensor of the planned dtype) in plan order; raise
-    :class:`MergeError` on non-finite output."""
+def iter_merged(plan: MergePlan, *, seed: int = 0, reuse: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield each merged tensor of the planned dtype in plan order; raise :class:`MergeError` on
+    non-finite output. With ``reuse`` the yielded tensor is a view of one buffer that the next
+    step overwrites (for consumers that write it out at once, like an export)."""
     op = get_op(plan.recipe.merge_method)
+    reads = _ReadBuffers()
+    pool: dict[torch.dtype, torch.Tensor] = {}
     for job in plan.jobs:
-        out = torch.empty(job.out.shape, dtype=job.out.dtype)
-        _merge_job(op, plan, job, out, seed)
+        if reuse:
+            buf = pool.get(job.out.dtype)
+            numel = math.prod(job.out.shape)
+            if buf is None or buf.numel() < numel:
+                buf = pool[job.out.dtype] = torch.empty(numel, dtype=job.out.dtype)
+            out = buf[:numel].view(job.out.shape)
+        else:
+            out = torch.empty(job.out.shape, dtype=job.out.dtype)
+        _merge_job(op, plan, job, out, seed, reads)
         yield job.out.name, out
 
 
@@ -317,16 +347,17 @@ def merge_into(plan: MergePlan, outputs: Mapping[str, torch.Tensor], *, seed: in
     if missing:
         raise MergeError(f"no output tensor for {missing[:3]} ({len(missing)} of {len(plan.jobs)})",
                          hint="allocate one output per planned tensor (plan.metas)")
+    reads = _ReadBuffers()
     for job in plan.jobs:
         out = outputs[job.out.name]
         if tuple(out.shape) != job.out.shape:
             raise MergeError(f"output {job.out.name} has shape {tuple(out.shape)}, the plan needs {job.out.shape}",
                              hint="allocate the outputs from plan.metas")
         if out.dtype == job.out.dtype:
-            _merge_job(op, plan, job, out, seed)
+            _merge_job(op, plan, job, out, seed, reads)
         else:  # round to the planned dtype first, so the candidate equals its export
             tmp = torch.empty(job.out.shape, dtype=job.out.dtype)
-            _merge_job(op, plan, job, tmp, seed)
+            _merge_job(op, plan, job, tmp, seed, reads)
             out.copy_(tmp)
 
 
@@ -369,7 +400,7 @@ def merge_to_dir(
         total = 0
         with ModelDirWriter(out_dir, overwrite=overwrite) as w:
             tw = w.tensor_writer(plan.metas, max_shard_bytes=max_shard_bytes)
-            for name, tensor in iter_merged(plan, seed=seed):
+            for name, tensor in iter_merged(plan, seed=seed, reuse=True):
                 tw.write(name, tensor)
                 total += tensor.numel() * tensor.element_size()
             tw.close()

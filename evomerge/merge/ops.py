@@ -221,7 +221,8 @@ class _Op:
 
     def into(self, out: Tensor, experts, *, base, params, generator=None) -> int | None:  # type: ignore[no-untyped-def]
         """Write the merge into ``out`` (the inputs' shape, any floating dtype, e.g. a live model
-        parameter). Returns the number of non-finite entries written, or None if not counted."""
+        parameter). Returns 1 if a non-finite value was read or written, 0 if not, None if the op
+        did not check (the caller scans ``out``)."""
         p = self._prepare(experts, base, params, generator)
         if tuple(out.shape) != tuple(experts[0].shape) or not out.is_floating_point():
             raise ConfigError(f"{self.spec.name}: output {tuple(out.shape)} {out.dtype} does not fit inputs "

@@ -8,9 +8,11 @@ threshold the lower flat index counts as larger.
 
 ``rank_cut`` finds it without sorting or a full selection over the tensor (``torch.kthvalue`` on
 25M entries takes ~0.4 s here, a sort ~3 s): the k-th value is bracketed from a strided sample
-of up to 131,072 entries, one fused pass counts the entries above the bracket and marks those inside
-it (about 1-2% of them), and the exact k-th value is selected among those. A bracket that
-misses (a sample far from typical) falls back to the full selection, so the cut is always exact.
+of up to 131,072 entries, one fused pass splits the bracket into 8 sub-brackets, counts the
+entries above each and marks every entry with its sub-bracket, and the exact k-th value is
+selected among the entries of the one sub-bracket that holds rank k (a fraction of a percent
+of the tensor). A bracket that misses (a sample far from typical) falls back to the full
+selection, so the cut is always exact.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch import Tensor
 from evomerge.merge import kernels
 
 SAMPLE = 1 << 17  # largest strided sample
+SUB_BRACKETS = 8  # the bracket pass splits its range; only the sub-bracket with rank k is gathered
 SMALL = 1 << 15  # below this many entries, select directly on the full magnitudes
 _BRACKET_SIGMAS = 5.0
 
@@ -70,12 +73,13 @@ def _cut_among(values: Tensor, positions: Tensor | None, need: int) -> RankCut:
 
 
 class _Scratch:
-    """A reusable uint8 buffer for bracket masks (one per thread; grows as needed)."""
+    """A reusable uint8 buffer for sub-bracket codes (one per thread; grows as needed)."""
 
     def __init__(self) -> None:
         self.local = threading.local()
 
     def get(self, n: int) -> Tensor:
+        """Codes for ``n`` entries, padded with zeros to a multiple of 8."""
         words = (n + 7) // 8
         buf = getattr(self.local, "buf", None)
         if buf is None or buf.numel() < words * 8:
@@ -85,16 +89,16 @@ class _Scratch:
         return view
 
 
+
 _scratch = _Scratch()
 
 
-def _positions(mask: Tensor) -> Tensor:
-    """Flat indices of the nonzero bytes of ``mask`` (length a multiple of 8), ascending: the
-    zero 8-byte words are skipped first, so a sparse mask costs a scan of N/8 words."""
-    words = mask.view(torch.int64).nonzero().squeeze(1)
-    if words.numel() == 0:
-        return words
-    rows, cols = torch.index_select(mask.view(-1, 8), 0, words).nonzero(as_tuple=True)
+def _positions(codes: Tensor, j: int) -> Tensor:
+    """Flat indices (ascending) of the entries of ``codes`` (length a multiple of 8) equal to
+    ``j`` >= 1: all-zero 8-byte words are skipped first, so sparse codes cost a scan of N/8 words."""
+    words = codes.view(torch.int64).nonzero().squeeze(1)
+    block = torch.index_select(codes.view(-1, 8), 0, words)
+    rows, cols = (block == j).nonzero(as_tuple=True)
     return torch.index_select(words, 0, rows) * 8 + cols
 
 
@@ -118,19 +122,32 @@ def rank_cut(expert: Tensor, base: Tensor | None, k: int) -> RankCut:
     half = _BRACKET_SIGMAS * math.sqrt(m * p * (1 - p)) + 8
     hi_rank = min(m - 1, math.floor(p * m - half))  # 0-based ranks from the top; -1: no upper bound
     lo_rank = max(0, math.ceil(p * m + half))  # m: no lower bound
-    ranks = sorted({m - 1 - r for r in (hi_rank, lo_rank) if 0 <= r < m})  # ascending positions
-    picked = np.partition(sample.numpy(), ranks) if ranks else sample.numpy()
-    hi = float(picked[m - 1 - hi_rank]) if hi_rank >= 0 else math.inf
-    lo = float(picked[m - 1 - lo_rank]) if lo_rank < m else -1.0
-    mask = _scratch.get(n)
-    above = kernels.bracket(mask, e, b, lo, hi)
-    need = k - above
-    positions = _positions(mask)
-    if 1 <= need <= positions.numel():
-        values = _magnitudes(torch.index_select(e, 0, positions),
-                             torch.index_select(b, 0, positions) if b is not None else None)
-        return _cut_among(values, positions, need)
+    edges = _edges(sample.numpy(), hi_rank, lo_rank)
+    if hi_rank >= lo_rank:  # an empty bracket (only when the width is forced to zero)
+        return _cut_among(_magnitudes(e, b), None, k)
+    codes = _scratch.get(n)
+    counts = kernels.bracket(codes, e, b, edges)
+    # sub-bracket j (1..S) holds edges[j-1] < |d| <= edges[j] (j = 1: from edges[0] inclusive);
+    # counts[j] entries lie above it, so it holds the k-th largest when counts[j] < k <= counts[j-1]
+    for j in range(len(edges) - 1, 0, -1):
+        if counts[j] < k <= counts[j - 1]:
+            positions = _positions(codes, j)
+            if positions.numel() != counts[j - 1] - counts[j]:
+                break  # cannot happen with consistent counts; never trust a cut that does not add up
+            values = _magnitudes(torch.index_select(e, 0, positions),
+                                 torch.index_select(b, 0, positions) if b is not None else None)
+            return _cut_among(values, positions, k - counts[j])
     return _cut_among(_magnitudes(e, b), None, k)  # the bracket missed: select over everything
+
+
+def _edges(sample, hi_rank: int, lo_rank: int) -> list[float]:  # type: ignore[no-untyped-def]
+    """SUB_BRACKETS + 1 ascending edges from the sample's values at top ranks ``lo_rank`` down to
+    ``hi_rank`` (-1.0 below everything when lo_rank is past the sample, inf above it when -1)."""
+    m = sample.shape[0]
+    tops = [lo_rank - (lo_rank - hi_rank) * j // SUB_BRACKETS for j in range(SUB_BRACKETS + 1)]
+    wanted = sorted({m - 1 - r for r in tops if 0 <= r < m})
+    picked = np.partition(sample, wanted) if wanted else sample
+    return [math.inf if r < 0 else -1.0 if r >= m else float(picked[m - 1 - r]) for r in tops]
 
 
 def top_k_count(density: float, numel: int) -> int:

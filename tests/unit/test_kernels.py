@@ -88,15 +88,16 @@ def test_rank_cut_with_many_ties_keeps_lower_indices_first() -> None:
         assert torch.equal(mask, ref_topk_mask(d, density))
 
 
-def test_rank_cut_falls_back_to_a_full_selection_when_the_bracket_misses(monkeypatch) -> None:
-    """A bracket of zero width around a sampled value misses the k-th value; the result is
-    still exact (the fallback selects over every entry)."""
-    monkeypatch.setattr(sparsify, "_BRACKET_SIGMAS", -1e9)  # lo > hi: an empty bracket
+@pytest.mark.parametrize("sigmas", [-1e9, -7.9, 0.0])
+def test_rank_cut_falls_back_to_a_full_selection_when_the_bracket_misses(monkeypatch, sigmas: float) -> None:
+    """Brackets of zero or (nearly) no width around sampled values miss the k-th value; the
+    result is still exact (the fallback selects over every entry)."""
+    monkeypatch.setattr(sparsify, "_BRACKET_SIGMAS", sigmas)
     base, experts = sources(100_000, 1, seed=5)
-    k = 31_337
-    cut = sparsify.rank_cut(experts[0], base, k)
     d = experts[0] - base
-    assert torch.equal(sparsify.in_cut(d.abs(), cut), ref_topk_mask(d, k / d.numel()))
+    for k in (31_337, 50_000, 99_000):
+        cut = sparsify.rank_cut(experts[0], base, k)
+        assert torch.equal(sparsify.in_cut(d.abs(), cut), ref_topk_mask(d, k / d.numel())), k
 
 
 def test_rank_cut_edges_and_nan() -> None:
