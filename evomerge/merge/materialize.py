@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from evomerge.errors import ConfigError, MergeError
-from evomerge.merge import schedule
+from evomerge.merge import kernels, schedule
 from evomerge.merge.io import ModelDir, TensorMeta, layer_index
 from evomerge.merge.ops import resolve_params
 from evomerge.merge.plan import check_compatible
@@ -320,17 +320,18 @@ def _merge_job(op: Any, plan: MergePlan, job: TensorJob, out: torch.Tensor, seed
 
 def iter_merged(plan: MergePlan, *, seed: int = 0, reuse: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield each merged tensor of the planned dtype in plan order; raise :class:`MergeError` on
-    non-finite output. With ``reuse`` the yielded tensor is a view of one buffer that the next
-    step overwrites (for consumers that write it out at once, like an export)."""
+    non-finite output. With ``reuse`` the yielded tensors are views of two alternating buffers:
+    each stays valid until the step after next (an export writes one in the background while
+    the next is merged)."""
     op = get_op(plan.recipe.merge_method)
     reads = _ReadBuffers()
-    pool: dict[torch.dtype, torch.Tensor] = {}
-    for job in plan.jobs:
+    pool: dict[tuple[torch.dtype, int], torch.Tensor] = {}
+    for k, job in enumerate(plan.jobs):
         if reuse:
-            buf = pool.get(job.out.dtype)
+            buf = pool.get((job.out.dtype, k % 2))
             numel = math.prod(job.out.shape)
             if buf is None or buf.numel() < numel:
-                buf = pool[job.out.dtype] = torch.empty(numel, dtype=job.out.dtype)
+                buf = pool[(job.out.dtype, k % 2)] = torch.empty(numel, dtype=job.out.dtype)
             out = buf[:numel].view(job.out.shape)
         else:
             out = torch.empty(job.out.shape, dtype=job.out.dtype)
@@ -359,6 +360,17 @@ def merge_into(plan: MergePlan, outputs: Mapping[str, torch.Tensor], *, seed: in
             tmp = torch.empty(job.out.shape, dtype=job.out.dtype)
             _merge_job(op, plan, job, tmp, seed, reads)
             out.copy_(tmp)
+
+
+def _worth_compiling(plan: MergePlan) -> bool:
+    """A one-shot merge compiles its kernels only when it is big enough to repay the compile:
+    sparsifying or random ops over at least ``kernels.ONE_SHOT_COMPILE_MIN`` expert-entries
+    (linear and task arithmetic run near memory speed eagerly)."""
+    spec = get_op(plan.recipe.merge_method).spec
+    if spec.name in ("linear", "task_arithmetic", "slerp", "passthrough"):
+        return False
+    work = sum(math.prod(j.out.shape) * len(j.experts) for j in plan.jobs)
+    return work >= kernels.ONE_SHOT_COMPILE_MIN
 
 
 @dataclass(frozen=True)
@@ -395,11 +407,11 @@ def merge_to_dir(
     from evomerge.merge.writer import ModelDirWriter
 
     out_dir = Path(out_dir)
-    with plan_merge(recipe) as plan:
+    with plan_merge(recipe) as plan, kernels.compiling(_worth_compiling(plan)):
         ref = plan.sources[plan.reference]
         total = 0
         with ModelDirWriter(out_dir, overwrite=overwrite) as w:
-            tw = w.tensor_writer(plan.metas, max_shard_bytes=max_shard_bytes)
+            tw = w.tensor_writer(plan.metas, max_shard_bytes=max_shard_bytes, background=True)
             for name, tensor in iter_merged(plan, seed=seed, reuse=True):
                 tw.write(name, tensor)
                 total += tensor.numel() * tensor.element_size()

@@ -122,7 +122,8 @@ def rank_cut(expert: Tensor, base: Tensor | None, k: int) -> RankCut:
     half = _BRACKET_SIGMAS * math.sqrt(m * p * (1 - p)) + 8
     hi_rank = min(m - 1, math.floor(p * m - half))  # 0-based ranks from the top; -1: no upper bound
     lo_rank = max(0, math.ceil(p * m + half))  # m: no lower bound
-    edges = _edges(sample.numpy(), hi_rank, lo_rank)
+    # fused, 8 sub-brackets cost little more than one; eagerly every extra edge is a pass
+    edges = _edges(sample.numpy(), hi_rank, lo_rank, SUB_BRACKETS if kernels.use_compiled(n) else 1)
     if hi_rank >= lo_rank:  # an empty bracket (only when the width is forced to zero)
         return _cut_among(_magnitudes(e, b), None, k)
     codes = _scratch.get(n)
@@ -140,11 +141,11 @@ def rank_cut(expert: Tensor, base: Tensor | None, k: int) -> RankCut:
     return _cut_among(_magnitudes(e, b), None, k)  # the bracket missed: select over everything
 
 
-def _edges(sample, hi_rank: int, lo_rank: int) -> list[float]:  # type: ignore[no-untyped-def]
-    """SUB_BRACKETS + 1 ascending edges from the sample's values at top ranks ``lo_rank`` down to
+def _edges(sample, hi_rank: int, lo_rank: int, parts: int) -> list[float]:  # type: ignore[no-untyped-def]
+    """``parts`` + 1 ascending edges from the sample's values at top ranks ``lo_rank`` down to
     ``hi_rank`` (-1.0 below everything when lo_rank is past the sample, inf above it when -1)."""
     m = sample.shape[0]
-    tops = [lo_rank - (lo_rank - hi_rank) * j // SUB_BRACKETS for j in range(SUB_BRACKETS + 1)]
+    tops = [lo_rank - (lo_rank - hi_rank) * j // parts for j in range(parts + 1)]
     wanted = sorted({m - 1 - r for r in tops if 0 <= r < m})
     picked = np.partition(sample, wanted) if wanted else sample
     return [math.inf if r < 0 else -1.0 if r >= m else float(picked[m - 1 - r]) for r in tops]

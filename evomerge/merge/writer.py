@@ -17,6 +17,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -77,7 +78,8 @@ class StreamingSafetensorsWriter:
     than the limit gets a shard of its own.
     """
 
-    def __init__(self, directory: Path, metas: Sequence[TensorMeta], *, max_shard_bytes: int) -> None:
+    def __init__(self, directory: Path, metas: Sequence[TensorMeta], *, max_shard_bytes: int,
+                 background: bool = False) -> None:
         self.dir = directory
         if max_shard_bytes <= 0:
             raise ExportError(f"max_shard_bytes must be positive, not {max_shard_bytes}",
@@ -107,7 +109,14 @@ class StreamingSafetensorsWriter:
         self._shard = -1
         self._left_in_shard = 0
         self._fh: BinaryIO | None = None
+        self._hash: Any = None
+        self.digests: dict[str, str] = {}  # sha256 of each finished shard, computed as it was written
         self.closed = False
+        # background: file writes and hashing run on one thread, so they overlap the caller's
+        # next tensor; ``write`` returns once the previous tensor is on its way to disk, and the
+        # tensor just passed must stay untouched until the next ``write`` (or ``close``) returns
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="evomerge-writer") if background else None
+        self._pending: Future[None] | None = None
 
     def _open_shard(self, i: int) -> None:
         self._close_fh()
@@ -120,15 +129,27 @@ class StreamingSafetensorsWriter:
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned, as safetensors does
         self._fh = open(self.dir / self.files[i], "wb")  # noqa: SIM115 - closed in close()/next shard
-        self._fh.write(len(raw).to_bytes(8, "little"))
-        self._fh.write(raw)
+        self._hash = hashlib.sha256()
+        self._put(len(raw).to_bytes(8, "little"))
+        self._put(raw)
         self._shard = i
         self._left_in_shard = len(self.shards[i])
+
+    def _put(self, data: bytes | memoryview) -> None:
+        assert self._fh is not None
+        self._fh.write(data)
+        self._hash.update(data)
 
     def _close_fh(self) -> None:
         if self._fh is not None:
             fh, self._fh = self._fh, None
             fh.close()
+            self.digests[Path(fh.name).name] = self._hash.hexdigest()
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()  # a failed write (disk full) surfaces here, in the caller's thread
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         """Append the next tensor; it must match the next meta's name, dtype and shape."""
@@ -142,16 +163,22 @@ class StreamingSafetensorsWriter:
                 f"{self.files[self._shard_of(self._next)]}: expected {m.name!r} {m.shape} {m.dtype}",
                 hint="write tensors in the order, shapes and dtypes given to tensor_writer()",
             )
+        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8) if m.nbytes else None
+        self._next += 1
+        if self._pool is None:
+            self._append(data)
+            return
+        self._wait()
+        self._pending = self._pool.submit(self._append, data)
+
+    def _append(self, data: torch.Tensor | None) -> None:
         if self._left_in_shard == 0:
             self._open_shard(self._shard + 1)
-        assert self._fh is not None
-        if m.nbytes:
-            data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+        if data is not None:
             view = memoryview(data.numpy())
             for start in range(0, len(view), _WRITE_CHUNK):
-                self._fh.write(view[start:start + _WRITE_CHUNK])
+                self._put(view[start:start + _WRITE_CHUNK])
         self._left_in_shard -= 1
-        self._next += 1
 
     def _shard_of(self, k: int) -> int:
         for i, shard in enumerate(self.shards):
@@ -170,6 +197,9 @@ class StreamingSafetensorsWriter:
                 f"first missing: {self.metas[self._next].name!r}",
                 hint="write every tensor passed to tensor_writer() before closing",
             )
+        self._wait()
+        if self._pool is not None:
+            self._pool.shutdown()
         if not self.metas:
             self._open_shard(0)
         self._close_fh()
@@ -183,6 +213,12 @@ class StreamingSafetensorsWriter:
 
     def abort(self) -> None:
         """Drop the open shard without caring about flush errors (its directory is about to go)."""
+        try:
+            self._wait()
+        except Exception:  # noqa: S110 - the write that failed is being reported already
+            pass
+        if self._pool is not None:
+            self._pool.shutdown()
         try:
             self._close_fh()
         except OSError:
@@ -247,12 +283,14 @@ class ModelDirWriter:
     def copy_file(self, src: Path, relname: str) -> None:
         shutil.copyfile(src, self._claim(relname))
 
-    def tensor_writer(self, metas: Sequence[TensorMeta], *, max_shard_bytes: int = 2 * 2**30) -> StreamingSafetensorsWriter:
-        """The (single) streaming writer of this directory's weights."""
+    def tensor_writer(self, metas: Sequence[TensorMeta], *, max_shard_bytes: int = 2 * 2**30,
+                      background: bool = False) -> StreamingSafetensorsWriter:
+        """The (single) streaming writer of this directory's weights (``background``: see
+        :class:`StreamingSafetensorsWriter`)."""
         if self._writers:
             raise ExportError(f"{self.out_dir}: tensor_writer() called twice",
                               hint="pass every tensor's meta to one tensor_writer()")
-        w = StreamingSafetensorsWriter(self.tmp, metas, max_shard_bytes=max_shard_bytes)
+        w = StreamingSafetensorsWriter(self.tmp, metas, max_shard_bytes=max_shard_bytes, background=background)
         for fname in [*w.files, INDEX]:
             if fname in self._names:
                 raise ExportError(f"{self.out_dir}: {fname} was already written", hint="let tensor_writer() write weights")
@@ -267,7 +305,8 @@ class ModelDirWriter:
         for w in self._writers:
             w.close()
         files = sorted(p for p in self.tmp.iterdir() if p.is_file() and p.name != MANIFEST)
-        manifest = {"files": {p.name: _sha256(p) for p in files}}
+        known = {name: digest for w in self._writers for name, digest in w.digests.items()}
+        manifest = {"files": {p.name: known.get(p.name) or _sha256(p) for p in files}}
         (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         for p in self.tmp.iterdir():
             _fsync_path(p)

@@ -274,7 +274,7 @@ resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
 try:
     with ModelDirWriter(out) as w:
         w.write_json("config.json", {"architectures": ["X"]})
-        tw = w.tensor_writer(metas, max_shard_bytes=2**30)
+        tw = w.tensor_writer(metas, max_shard_bytes=2**30, background=sys.argv[2] == "bg")
         for m in metas:
             tw.write(m.name, torch.ones(m.shape))
 except ExportError as e:
@@ -285,9 +285,12 @@ print("NO ERROR")
 """
 
 
-def test_disk_full_during_export_leaves_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["inline", "bg"])
+def test_disk_full_during_export_leaves_nothing(tmp_path: Path, mode: str) -> None:
+    """Also when the bytes are written by the background writer thread (the error surfaces in
+    the caller's thread at its next write or close)."""
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-c", DISK_FULL, str(out)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", DISK_FULL, str(out), mode], capture_output=True, text=True,
                           timeout=120, cwd=ROOT)
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert f"EXPORT-ERROR disk full while writing {out}" in proc.stdout

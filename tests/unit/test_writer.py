@@ -276,3 +276,23 @@ def test_transformers_loads_the_export_with_identical_logits(tmp_path: Path, max
     with torch.no_grad():
         la, lb = a(ids).logits, b(ids).logits
     assert la.shape == (1, 6, 40) and torch.equal(la, lb)
+
+
+def test_background_writer_writes_the_same_bytes_and_hashes_them_as_it_goes(tmp_path: Path) -> None:
+    gen = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(300, 70, generator=gen) for _ in range(7)]
+    metas = [TensorMeta.of(f"w{i}", t.dtype, tuple(t.shape)) for i, t in enumerate(tensors)]
+    for mode in ("inline", "bg"):
+        with ModelDirWriter(tmp_path / mode) as w:
+            tw = w.tensor_writer(metas, max_shard_bytes=200_000, background=mode == "bg")  # several shards
+            for m, t in zip(metas, tensors, strict=True):
+                tw.write(m.name, t)
+        verify_manifest(tmp_path / mode)
+    shards = sorted(p.name for p in (tmp_path / "bg").glob("*.safetensors"))
+    assert len(shards) > 1
+    for name in shards:
+        a, b = (tmp_path / "inline" / name).read_bytes(), (tmp_path / "bg" / name).read_bytes()
+        assert a == b
+    manifest = json.loads((tmp_path / "bg" / "evomerge-manifest.json").read_text())
+    for name in shards:
+        assert manifest["files"][name] == hashlib.sha256((tmp_path / "bg" / name).read_bytes()).hexdigest()
