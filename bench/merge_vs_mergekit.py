@@ -174,7 +174,7 @@ def compare(mk_dir: Path, em_dir: Path, base_dir: Path, method: str) -> dict[str
         kept_em += int((b != bb).sum())
         norm_mk += float(((a - bb) ** 2).sum())
         norm_em += float(((b - bb) ** 2).sum())
-    return {"tensors": len(mk), "max_abs": max_abs, "differ_frac": differ / total,
+    return {"tensors": len(mk), "max_abs": max_abs, "differ": differ, "total": total,
             "rel_l2": (num / den) ** 0.5 if den else 0.0,
             "kept_mk": kept_mk / total, "kept_em": kept_em / total,
             "delta_norm_ratio": (norm_em / norm_mk) ** 0.5 if norm_mk else float("nan")}
@@ -243,11 +243,11 @@ def main() -> None:
         print(f"| {method} | {name} | {sec:.2f} | {gbs:.2f} | {speedup} | {100 * gbs / copy_gbs:.0f}% |")
     print(f"| - | torch copy of the same sources (read 3 + write 3) | {copy_s:.2f} | {copy_gbs:.2f} | | 100% |")
     print("\nOutputs, mergekit vs evomerge (same YAML):\n")
-    print("| merge | tensors | max abs diff | entries differing > 1e-6 | rel. L2 diff of merged task vector "
+    print("| merge | tensors | max abs diff | entries differing > 1e-6 (of all) | rel. L2 diff of merged task vector "
           "| entries changed from base (mergekit / evomerge) | merged task vector norm, evomerge / mergekit |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for method, e in equal.items():
-        print(f"| {method} | {e['tensors']} | {e['max_abs']:.2e} | {100 * e['differ_frac']:.4f}% | {e['rel_l2']:.2e} "
+        print(f"| {method} | {e['tensors']} | {e['max_abs']:.2e} | {e['differ']:,} of {e['total']:,} | {e['rel_l2']:.2e} "
               f"| {100 * e['kept_mk']:.2f}% / {100 * e['kept_em']:.2f}% | {e['delta_norm_ratio']:.4f} |")
 
 

@@ -26,6 +26,7 @@ chunks or on another machine, and it draws nothing from global RNG state.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -55,12 +56,24 @@ def mix32(x: Tensor) -> Tensor:
     return (x >> 16) ^ x
 
 
-def random_bits(idx: Tensor, seed_lo: Tensor, seed_hi: Tensor) -> Tensor:
+def random_bits(idx: Tensor, seed_lo: Tensor | int, seed_hi: Tensor | int) -> Tensor:
     """Uniform 32-bit values (int64 in [0, 2**32)) for flat indices ``idx`` under a 64-bit seed:
     the hash of the low index word xor the seed, with the high word (zero below 2**32 entries)
     folded in by an odd multiplier."""
-    high = (((idx >> 32) ^ seed_hi) * 0x2C1B3C6D) & _M32  # < 2**62: no int64 overflow
-    return mix32((idx & _M32) ^ seed_lo ^ high)
+    return mix32((idx & _M32) ^ seed_lo ^ _fold_high(idx >> 32, seed_hi))
+
+
+def _fold_high(high: Tensor | int, seed_hi: Tensor | int) -> Tensor | int:
+    return ((high ^ seed_hi) * 0x2C1B3C6D) & _M32  # < 2**62: no int64 overflow
+
+
+def premixed_seed(seed_lo: int, seed_hi: int) -> int:
+    """For tensors below 2**32 entries the high index word is 0, so random_bits(idx, lo, hi) ==
+    mix32(idx ^ premixed_seed(lo, hi)): three int64 ops per entry fewer."""
+    return seed_lo ^ int(_fold_high(0, seed_hi))
+
+
+ALL_TIES = 1 << 62  # a rank cut's index bound that keeps every entry equal to its threshold
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,8 @@ class Variant:
     random: bool  # DARE drop
     consensus: bool  # TIES sign election and disjoint merge
     normalize: bool  # consensus: divide by the weights of the agreeing experts
+    tie_cuts: bool = False  # some rank cut splits the entries equal to its threshold by index
+    wide: bool = False  # 2**32 entries or more: hash the high index word too
 
 
 # Per-expert scalars, one row per expert (float32 / int64 tensors: new values never recompile).
@@ -81,65 +96,84 @@ F_SCALE, F_WEIGHT, F_LOW_T, F_HIGH_T = range(4)
 I_LOW_CUT, I_HIGH_CUT, I_KEEP, I_SEED_LO, I_SEED_HI = range(5)
 
 
-def _in_top(a: Tensor, t: Tensor, cut: Tensor, idx: Tensor) -> Tensor:
-    """The entries of a rank cut: a > t, or a == t at a flat index below ``cut``. Written as a
-    negation so that NaN counts as inside (kept, so it reaches the output's finiteness check)."""
+def _keep_top(a: Tensor, t: Tensor | float, cut: Tensor | int, idx: Tensor | None) -> Tensor:
+    """The entries of a rank cut: a > t, or a == t at a flat index below ``cut`` (every such
+    entry when ``idx`` is None). Written as a negation so that NaN counts as inside."""
+    if idx is None:
+        return ~(a < t)
     return ~((a < t) | ((a == t) & (idx >= cut)))
 
 
-def _in_top_drop(a: Tensor, t: Tensor, cut: Tensor, idx: Tensor) -> Tensor:
+def _drop_top(a: Tensor, t: Tensor | float, cut: Tensor | int, idx: Tensor | None) -> Tensor:
     """The same rank cut for dropping (NaN counts as outside: not dropped)."""
+    if idx is None:
+        return a >= t
     return (a > t) | ((a == t) & (idx < cut))
 
 
-def _body(v: Variant, out: Tensor, base: Tensor | None, experts: Sequence[Tensor], fp: Tensor, ip: Tensor,
-          glob: Tensor, offset: Tensor) -> Tensor:
+def _body(v: Variant, out: Tensor, base: Tensor | None, experts: Sequence[Tensor], fp, ip, glob,  # type: ignore[no-untyped-def]
+          offset) -> Tensor:
     """Write the merged values into ``out`` (flat). Returns a float32 scalar that is NaN exactly
-    when a task vector or the result holds a NaN or inf (x * 0 is 0 for every finite x, so its
-    sum never overflows); a NaN in a source is reported even where a mask drops it.
-    ``glob`` (float32) holds lambda and the plain sum's divisor W (1 when not normalizing)."""
+    when the result, or a task vector of a masking op, holds a NaN or inf (x * 0 is 0 for every
+    finite x, so its sum never overflows): a NaN in a source is reported even where a mask
+    drops it. ``fp``/``ip`` are the per-expert rows and ``glob`` (lambda, the plain sum's
+    divisor W) as tensors when compiled, as Python numbers when eager (no dispatch per scalar)."""
     n = out.numel()
     idx = None
-    if v.rank_low or v.rank_high or v.random:
+    if isinstance(offset, Tensor) and offset.dim() == 1:
+        idx = offset  # explicit flat indices: a gathered fix-up of a few entries
+    elif v.tie_cuts or v.random:
         idx = torch.arange(n, dtype=torch.int64, device=out.device) + offset
     b = base.float() if v.base and base is not None else None
+    masked = v.rank_low or v.rank_high or v.random
     xs = []
     check = torch.zeros((), dtype=torch.float32, device=out.device)
     for i, e in enumerate(experts):
         d = e.float() - b if b is not None else e.float()
-        check = check + (d * 0.0).sum()  # NaN iff d holds NaN/inf (even entries a mask drops)
+        if masked:
+            check = check + (d * 0.0).sum()  # NaN iff d holds NaN/inf (even entries a mask drops)
         keep = None
         if v.rank_low or v.rank_high:
-            assert idx is not None
             a = d.abs()
+            tie_idx = idx if v.tie_cuts else None
             if v.rank_low:
-                keep = _in_top(a, fp[i, F_LOW_T], ip[i, I_LOW_CUT], idx)
+                keep = _keep_top(a, fp[i][F_LOW_T], ip[i][I_LOW_CUT], tie_idx)
             if v.rank_high:
-                drop = _in_top_drop(a, fp[i, F_HIGH_T], ip[i, I_HIGH_CUT], idx)
+                drop = _drop_top(a, fp[i][F_HIGH_T], ip[i][I_HIGH_CUT], tie_idx)
                 keep = ~drop if keep is None else keep & ~drop
         if v.random:
             assert idx is not None
-            kept = random_bits(idx, ip[i, I_SEED_LO], ip[i, I_SEED_HI]) < ip[i, I_KEEP]
+            bits = random_bits(idx, ip[i][I_SEED_LO], ip[i][I_SEED_HI]) if v.wide else mix32(idx ^ ip[i][I_SEED_LO])
+            kept = bits < ip[i][I_KEEP]
             keep = kept if keep is None else keep & kept
-        x = d * fp[i, F_SCALE]
-        xs.append(x if keep is None else torch.where(keep, x, 0.0))
+        x = d * fp[i][F_SCALE]
+        xs.append(x if keep is None else x * keep)  # (a product, not torch.where: ~10x cheaper eagerly)
     merged: Tensor
     if not xs:
         merged = torch.zeros(n, dtype=torch.float32, device=out.device)
     elif v.consensus:
-        total = xs[0]
-        for x in xs[1:]:
-            total = total + x
-        sign = torch.where(total >= 0, 1.0, -1.0)  # a zero sum elects +
-        merged = torch.zeros_like(total)
-        divisor = torch.zeros_like(total)
+        # TIES elect + disjoint merge as two one-sided sums: P = sum of the positive w_i d_i,
+        # N = of the negative; the elected sign is that of the sum in expert order (0 elects +;
+        # not P + N, whose rounding can flip a near-zero sum), and the agreeing entries are
+        # exactly those summed into P (or N)
+        pos = neg = total = None
+        wpos = wneg = None
         for i, x in enumerate(xs):
-            agree = x * sign > 0
-            merged = merged + torch.where(agree, x, 0.0)
+            p_, n_ = x.clamp(min=0.0), x.clamp(max=0.0)
+            pos = p_ if pos is None else pos + p_
+            neg = n_ if neg is None else neg + n_
+            total = x if total is None else total + x
             if v.normalize:
-                divisor = divisor + torch.where(agree, fp[i, F_WEIGHT], 0.0)
+                wp, wn = (x > 0) * fp[i][F_WEIGHT], (x < 0) * fp[i][F_WEIGHT]
+                wpos = wp if wpos is None else wpos + wp
+                wneg = wn if wneg is None else wneg + wn
+        assert pos is not None and neg is not None and total is not None
+        elect_pos = total >= 0
+        merged = torch.where(elect_pos, pos, neg)
         if v.normalize:
-            merged = merged / torch.where(divisor == 0, 1.0, divisor)
+            assert wpos is not None and wneg is not None
+            divisor = torch.where(elect_pos, wpos, wneg)
+            merged = merged / (divisor + (divisor == 0))  # a zero divisor becomes 1
     else:
         merged = xs[0]
         for x in xs[1:]:
@@ -157,14 +191,13 @@ def _bracket_body(codes: Tensor, expert: Tensor, base: Tensor | None, edges: Ten
     one fused pass (int32 indicators, int64 sums: exact at any size; float sums are ~2x slower
     as bool sums, and float32 ones stop counting exactly at 2**24)."""
     a = (expert.float() - base.float()).abs() if base is not None else expert.float().abs()
-    one, zero = torch.ones((), dtype=torch.int32), torch.zeros((), dtype=torch.int32)
-    code = torch.where(a >= edges[0], one, zero)
+    code = (a >= edges[0]).to(torch.int32)
     counts = [code.sum(dtype=torch.int64)]
     for j in range(1, edges.numel()):
-        above = torch.where(a > edges[j], one, zero)
+        above = (a > edges[j]).to(torch.int32)
         code = code + above
         counts.append(above.sum(dtype=torch.int64))
-    codes.copy_(torch.where(code >= edges.numel(), zero, code).to(torch.uint8))
+    codes.copy_((code * (code < edges.numel())).to(torch.uint8))
     return torch.stack(counts)
 
 
@@ -236,26 +269,36 @@ def _try_compiled(key: object, body: Callable[..., Tensor], *args: object) -> Te
         return None
 
 
-def run(v: Variant, out: Tensor, base: Tensor | None, experts: Sequence[Tensor], fp: Tensor, ip: Tensor,
-        glob: Tensor) -> int:
-    """Evaluate variant ``v`` into ``out``; return 1 if a non-finite value was read or written, else 0."""
+def run(v: Variant, out: Tensor, base: Tensor | None, experts: Sequence[Tensor], fp: list[list[float]],
+        ip: list[list[int]], glob: list[float], fixups: Tensor | None = None) -> int:
+    """Evaluate variant ``v`` into ``out``; return 1 if a non-finite value was read or written, else 0.
+    ``fixups``: flat indices where rank cuts split a tie group (``v.tie_cuts``); the pass over
+    everything takes whole tie groups, and only these entries are recomputed with the exact rule."""
     flat_out = out.view(-1) if out.is_contiguous() else torch.empty(out.numel(), dtype=out.dtype)
     flat_b = base.reshape(-1) if base is not None else None
     flat_e = [e.reshape(-1) for e in experts]
     n = flat_out.numel()
+    main = dataclasses.replace(v, tie_cuts=False)
     check: float | None = None
     if n and use_compiled(n):
         def body(out_, base_, experts_, fp_, ip_, glob_, offset_):  # type: ignore[no-untyped-def]
-            return _body(v, out_, base_, experts_, fp_, ip_, glob_, offset_)
+            return _body(main, out_, base_, experts_, fp_, ip_, glob_, offset_)
 
-        got = _try_compiled(v, body, flat_out, flat_b, flat_e, fp, ip, glob, torch.zeros((), dtype=torch.int64))
+        got = _try_compiled(main, body, flat_out, flat_b, flat_e, torch.tensor(fp, dtype=torch.float32),
+                            torch.tensor(ip, dtype=torch.int64), torch.tensor(glob, dtype=torch.float32),
+                            torch.zeros((), dtype=torch.int64))
         check = float(got) if got is not None else None
     if check is None:
         check = 0.0
         for s in range(0, n, CHUNK):
             e_ = min(n, s + CHUNK)
-            check += float(_body(v, flat_out[s:e_], flat_b[s:e_] if flat_b is not None else None,
-                                 [x[s:e_] for x in flat_e], fp, ip, glob, torch.tensor(s, dtype=torch.int64)))
+            check += float(_body(main, flat_out[s:e_], flat_b[s:e_] if flat_b is not None else None,
+                                 [x[s:e_] for x in flat_e], fp, ip, glob, s))
+    if v.tie_cuts and fixups is not None and fixups.numel():
+        fixed = torch.empty(fixups.numel(), dtype=flat_out.dtype)
+        check += float(_body(v, fixed, flat_b[fixups] if flat_b is not None else None,
+                             [x[fixups] for x in flat_e], fp, ip, glob, fixups))
+        flat_out.index_copy_(0, fixups, fixed)
     if flat_out.data_ptr() != out.data_ptr():
         out.copy_(flat_out.view(out.shape))
     return 0 if math.isfinite(check) else 1

@@ -180,6 +180,7 @@ class _Rows:
         self.tensors: list[Tensor] = []
         self.fp: list[list[float]] = []
         self.ip: list[list[int]] = []
+        self.fixups: list[Tensor] = []  # tie entries a rank cut leaves out (see sparsify.RankCut)
 
     def add(self, tensor: Tensor, *, scale: float, weight: float, low: sparsify.RankCut | None = None,
             high: sparsify.RankCut | None = None, keep: int = 1 << 32, seed: int = 0) -> None:
@@ -188,6 +189,7 @@ class _Rows:
         self.tensors.append(tensor)
         self.fp.append([scale, weight, low.threshold, high.threshold])
         self.ip.append([low.cut, high.cut, keep, seed & 0xFFFFFFFF, seed >> 32])
+        self.fixups += [c.outside_ties for c in (low, high) if c.outside_ties is not None]
 
     def run(self, out: Tensor, base: Tensor | None, *, consensus: bool = False, normalize: bool = False,
             lam: float = 1.0, divisor: float = 1.0) -> int:
@@ -195,11 +197,14 @@ class _Rows:
         rank_low = any(f[2] != -1.0 for f in self.fp)
         rank_high = any(f[3] != math.inf for f in self.fp)
         random = any(i[2] != 1 << 32 for i in self.ip)
-        v = kernels.Variant(n, base is not None, rank_low, rank_high, random, consensus, normalize)
-        fp = torch.tensor(self.fp, dtype=torch.float32).reshape(n, 4)
-        ip = torch.tensor(self.ip, dtype=torch.int64).reshape(n, 5)
-        glob = torch.tensor([lam, divisor], dtype=torch.float32)
-        return kernels.run(v, out, base, self.tensors, fp, ip, glob)
+        tie_cuts = any(c != kernels.ALL_TIES for i in self.ip for c in i[:2])
+        wide = out.numel() > 0xFFFFFFFF
+        if random and not wide:
+            for row in self.ip:
+                row[3], row[4] = kernels.premixed_seed(row[3], row[4]), 0
+        v = kernels.Variant(n, base is not None, rank_low, rank_high, random, consensus, normalize, tie_cuts, wide)
+        fixups = torch.unique(torch.cat(self.fixups)) if self.fixups else None  # sorted, distinct
+        return kernels.run(v, out, base, self.tensors, self.fp, self.ip, [lam, divisor], fixups)
 
 
 class _Op:

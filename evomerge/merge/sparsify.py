@@ -29,7 +29,7 @@ from evomerge.merge import kernels
 
 SAMPLE = 1 << 17  # largest strided sample
 SUB_BRACKETS = 8  # the bracket pass splits its range; only the sub-bracket with rank k is gathered
-SMALL = 1 << 15  # below this many entries, select directly on the full magnitudes
+SMALL = 1 << 16  # below this many entries, select directly on the full magnitudes
 _BRACKET_SIGMAS = 5.0
 
 # torch.rand could not draw float32 keep probabilities below 2**-24 and rescaling by such an
@@ -37,20 +37,30 @@ _BRACKET_SIGMAS = 5.0
 MIN_DARE_DENSITY = 2.0**-24
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RankCut:
-    """Exactly the k largest entries: |d| > threshold, or |d| == threshold at index < cut."""
+    """Exactly the k largest entries: |d| > threshold, or |d| == threshold at index < cut.
+    ``outside_ties``: the flat indices of the entries equal to the threshold that the cut leaves
+    out (index >= cut), so a kernel can apply the cheap rule |d| >= threshold everywhere and fix
+    up just those few entries; None when the cut takes the whole tie group."""
 
     threshold: float
     cut: int
+    outside_ties: Tensor | None = None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RankCut) and (self.threshold, self.cut) == (other.threshold, other.cut)
+
+    def __hash__(self) -> int:
+        return hash((self.threshold, self.cut))
 
     @staticmethod
     def everything() -> RankCut:
-        return RankCut(-1.0, 0)
+        return RankCut(-1.0, kernels.ALL_TIES)
 
     @staticmethod
     def nothing() -> RankCut:
-        return RankCut(math.inf, 0)
+        return RankCut(math.inf, kernels.ALL_TIES)
 
 
 def _magnitudes(expert: Tensor, base: Tensor | None) -> Tensor:
@@ -62,14 +72,15 @@ def _cut_among(values: Tensor, positions: Tensor | None, need: int) -> RankCut:
     """The cut selecting the ``need`` largest of ``values`` (flat indices ``positions``, ascending;
     None = 0..n-1), given that every entry equal to the result lies among them. NaN entries
     rank below everything (the kernels keep them anyway, so the output is flagged non-finite)."""
-    values = torch.where(torch.isnan(values), -1.0, values)
+    values = values.nan_to_num(nan=-1.0, posinf=math.inf, neginf=-math.inf)
     t = torch.kthvalue(values, values.numel() - need + 1).values
     above = int(torch.count_nonzero(values > t))
     ties = (values == t).nonzero().squeeze(1)
     take = need - above  # >= 1: the k-th value itself
-    last = ties[take - 1]
-    flat = int(positions[last]) if positions is not None else int(last)
-    return RankCut(float(t), flat + 1)
+    if take == ties.numel():  # the whole tie group is in: no index bound needed
+        return RankCut(float(t), kernels.ALL_TIES)
+    flat = positions[ties] if positions is not None else ties
+    return RankCut(float(t), int(flat[take - 1]) + 1, flat[take:].clone())
 
 
 class _Scratch:
