@@ -210,6 +210,13 @@ def test_dare_mask_is_bernoulli_and_independent_across_experts_and_neighbours() 
     assert not torch.equal(bits, kernels.random_bits(idx[:1000], torch.tensor(0x1234), torch.tensor(0x9)))
 
 
+def test_eager_numpy_bits_equal_the_int64_formula() -> None:
+    idx = torch.arange(5_000_000 - 70_000, 5_000_000, dtype=torch.int64)
+    for seed, keep in ((0x9E3779B9, 2**31), (7, 12345), (0xFFFFFFFF, 2**32 - 1), (3, 2**32)):
+        ref = kernels.mix32(idx ^ seed) < keep
+        assert torch.equal(kernels.keep_bits_eager(int(idx[0]), idx.numel(), seed, keep), ref)
+
+
 def test_dare_depends_on_the_generator_not_on_chunking(monkeypatch) -> None:
     base, experts = sources(200_000, 2)
     params = {"density": [0.4, 0.6]}
