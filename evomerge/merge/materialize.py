@@ -11,7 +11,6 @@ memory stays near one tensor per source. The same iterator feeds an export to di
 from __future__ import annotations
 
 import hashlib
-import os
 import math
 import re
 from collections.abc import Iterator, Mapping
