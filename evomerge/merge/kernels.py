@@ -319,11 +319,8 @@ def run(v: Variant, out: Tensor, base: Tensor | None, experts: Sequence[Tensor],
         check = float(got) if got is not None else None
     if check is None:
         check = 0.0
-        # masks make many small temporaries: chunks that stay in cache; a plain weighted sum has
-        # few ops, so big chunks cut the per-op overhead
-        chunk = CHUNK if (v.rank_low or v.rank_high or v.random) else 16 * CHUNK
-        for s in range(0, n, chunk):
-            e_ = min(n, s + chunk)
+        for s in range(0, n, CHUNK):
+            e_ = min(n, s + CHUNK)
             check += float(_body(main, flat_out[s:e_], flat_b[s:e_] if flat_b is not None else None,
                                  [x[s:e_] for x in flat_e], fp, ip, glob, s))
     if v.tie_cuts and fixups is not None and fixups.numel():
