@@ -14,10 +14,11 @@ match; ``skill_items`` makes deterministic held-in (``split="dev"``) and held-ou
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -338,6 +339,30 @@ def _state(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+@contextlib.contextmanager
+def building(out_dir: str | Path, *, overwrite: bool) -> Iterator[Path]:
+    """A temporary directory beside ``out_dir`` that replaces it when the block completes; on
+    any error it is removed, so an interrupted build leaves nothing that looks finished."""
+    import shutil
+    import tempfile
+
+    from evomerge.errors import ConfigError
+
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out} already exists", hint="choose another directory or pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def build_zoo(
     out_dir: str | Path,
     spec: ZooSpec | None = None,
@@ -351,79 +376,65 @@ def build_zoo(
     leaves nothing that looks finished. Returns the manifest also saved as ``zoo.json``.
     """
     import copy
-    import shutil
-    import tempfile
 
     from transformers.utils import logging as hf_logging
 
-    from evomerge.errors import ConfigError
-
     hf_logging.disable_progress_bar()
     spec = spec or ZooSpec()
-    out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise ConfigError(f"{out} already exists", hint="choose another directory or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     say = log or (lambda _m: None)
     threads = torch.get_num_threads()
     t_start = time.perf_counter()
     try:
         torch.set_num_threads(min(2, threads))
-        vmap = vocab()
-        tok = build_tokenizer()
-        skills = list(spec.experts)
-        say(f"zoo {spec.digest()}: pretraining the base on {list(spec.pretrain)} for {spec.base_steps} steps")
-        base = new_model(spec.shape, spec.seed)
-        train(base, TrainPlan(mix=dict.fromkeys(spec.pretrain, 1.0), steps=spec.base_steps, lr=spec.base_lr,
-                              seed=spec.seed), vmap, log=log)
-        _save(base, tok, tmp / "base")
-        base_state = _state(base)
-        models = {"base": base}
-        for i, skill in enumerate(skills):
-            say(f"fine-tuning expert_{skill} for {spec.expert_steps} steps")
-            expert = copy.deepcopy(base)
-            mix = {t: spec.old_data_fraction / len(spec.pretrain) for t in spec.pretrain}
-            mix[skill] = 1.0 - spec.old_data_fraction
-            train(expert, TrainPlan(mix=mix, steps=spec.expert_steps, lr=spec.expert_lr, warmup=10,
-                                    seed=spec.seed + 1 + i), vmap)
-            _save(expert, tok, tmp / f"expert_{skill}")
-            models[f"expert_{skill}"] = expert
-        say("scoring base and experts")
-        scores = {name: {s: skill_accuracy(m, s, vmap) for s in skills} for name, m in models.items()}
-        for j, (name, vshape) in enumerate(VARIANTS.items()):
-            vtok = build_tokenizer(vshape.extra_chars)
-            _save(new_model(vshape, spec.seed + 100 + j), vtok, tmp / "variants" / name)
-        # A Qwen2 "expert": the Qwen2 base plus a small deterministic perturbation.
-        qwen = new_model(VARIANTS["qwen2_base"], spec.seed + 100 + list(VARIANTS).index("qwen2_base"))
-        gen = torch.Generator().manual_seed(spec.seed + 200)
-        with torch.no_grad():
-            for p in qwen.parameters():
-                p.add_(torch.randn(p.shape, generator=gen) * 0.01)
-        _save(qwen, build_tokenizer(), tmp / "variants" / "qwen2_expert")
-        manifest = {
-            "digest": spec.digest(),
-            "spec": asdict(spec),
-            "skills": skills,
-            "models": ["base"] + [f"expert_{s}" for s in skills],
-            "variants": list(VARIANTS) + ["qwen2_expert"],
-            "accuracy": scores,
-            "accuracy_items": 200,
-            "build_seconds": round(time.perf_counter() - t_start, 1),
-            "base_delta_norm": {
-                f"expert_{s}": float(
-                    torch.sqrt(sum(((v - base_state[k]) ** 2).sum() for k, v in _state(models[f"expert_{s}"]).items()))
-                )
-                for s in skills
-            },
-        }
-        (tmp / "zoo.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with building(out_dir, overwrite=overwrite) as tmp:
+            vmap = vocab()
+            tok = build_tokenizer()
+            skills = list(spec.experts)
+            say(f"zoo {spec.digest()}: pretraining the base on {list(spec.pretrain)} for {spec.base_steps} steps")
+            base = new_model(spec.shape, spec.seed)
+            train(base, TrainPlan(mix=dict.fromkeys(spec.pretrain, 1.0), steps=spec.base_steps, lr=spec.base_lr,
+                                  seed=spec.seed), vmap, log=log)
+            _save(base, tok, tmp / "base")
+            base_state = _state(base)
+            models = {"base": base}
+            for i, skill in enumerate(skills):
+                say(f"fine-tuning expert_{skill} for {spec.expert_steps} steps")
+                expert = copy.deepcopy(base)
+                mix = {t: spec.old_data_fraction / len(spec.pretrain) for t in spec.pretrain}
+                mix[skill] = 1.0 - spec.old_data_fraction
+                train(expert, TrainPlan(mix=mix, steps=spec.expert_steps, lr=spec.expert_lr, warmup=10,
+                                        seed=spec.seed + 1 + i), vmap)
+                _save(expert, tok, tmp / f"expert_{skill}")
+                models[f"expert_{skill}"] = expert
+            say("scoring base and experts")
+            scores = {name: {s: skill_accuracy(m, s, vmap) for s in skills} for name, m in models.items()}
+            for j, (name, vshape) in enumerate(VARIANTS.items()):
+                vtok = build_tokenizer(vshape.extra_chars)
+                _save(new_model(vshape, spec.seed + 100 + j), vtok, tmp / "variants" / name)
+            # A Qwen2 "expert": the Qwen2 base plus a small deterministic perturbation.
+            qwen = new_model(VARIANTS["qwen2_base"], spec.seed + 100 + list(VARIANTS).index("qwen2_base"))
+            gen = torch.Generator().manual_seed(spec.seed + 200)
+            with torch.no_grad():
+                for p in qwen.parameters():
+                    p.add_(torch.randn(p.shape, generator=gen) * 0.01)
+            _save(qwen, build_tokenizer(), tmp / "variants" / "qwen2_expert")
+            manifest = {
+                "digest": spec.digest(),
+                "spec": asdict(spec),
+                "skills": skills,
+                "models": ["base"] + [f"expert_{s}" for s in skills],
+                "variants": list(VARIANTS) + ["qwen2_expert"],
+                "accuracy": scores,
+                "accuracy_items": 200,
+                "build_seconds": round(time.perf_counter() - t_start, 1),
+                "base_delta_norm": {
+                    f"expert_{s}": float(
+                        torch.sqrt(sum(((v - base_state[k]) ** 2).sum() for k, v in _state(models[f"expert_{s}"]).items()))
+                    )
+                    for s in skills
+                },
+            }
+            (tmp / "zoo.json").write_text(json.dumps(manifest, indent=2) + "\n")
     finally:
         torch.set_num_threads(threads)
     return manifest

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -105,19 +104,14 @@ def build_scaled_zoo(
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
 
-    from evomerge.zoo import build_tokenizer
+    from evomerge.zoo import build_tokenizer, building
 
     shape = shape_of(size) if isinstance(size, str) else size
     if experts < 1:
         raise ConfigError(f"a scaled zoo needs at least one expert, got {experts}", hint="pass experts >= 1")
-    out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise ConfigError(f"{out} already exists", hint="choose another directory or pass --overwrite")
     say = log or (lambda _m: None)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     t0 = time.perf_counter()
-    try:
+    with building(out_dir, overwrite=overwrite) as tmp:
         cfg = _config(shape)
         torch.manual_seed(seed)
         base_model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
@@ -150,12 +144,6 @@ def build_scaled_zoo(
             "build_seconds": round(time.perf_counter() - t0, 1),
         }
         (tmp / "zoo.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 
