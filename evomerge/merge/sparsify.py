@@ -28,6 +28,7 @@ from torch import Tensor
 from evomerge.merge import kernels
 
 SAMPLE = 1 << 17  # largest strided sample
+SAMPLE_FACTOR = 5.0  # sample size ~ (SAMPLE_FACTOR * n)^(2/3), see rank_cut
 SUB_BRACKETS = 8  # the bracket pass splits its range; only the sub-bracket with rank k is gathered
 SMALL = 1 << 16  # below this many entries, select directly on the full magnitudes
 _BRACKET_SIGMAS = 5.0
@@ -126,7 +127,7 @@ def rank_cut(expert: Tensor, base: Tensor | None, k: int) -> RankCut:
         return _cut_among(_magnitudes(e, b), None, k)
     # Selection costs ~12 ns per entry (sample and bracket alike); the bracket holds about
     # 10 sigma / sqrt(m) of the entries, so a sample of m ~ (5 n)^(2/3) balances the two.
-    stride = n // min(SAMPLE, max(4096, int((5 * n) ** (2 / 3))))
+    stride = n // min(SAMPLE, max(4096, int((SAMPLE_FACTOR * n) ** (2 / 3))))
     sample = _magnitudes(e[::stride], b[::stride] if b is not None else None)
     m = sample.numel()
     p = k / n

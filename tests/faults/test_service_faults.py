@@ -148,9 +148,12 @@ def test_second_driver_on_a_run_is_refused(tiny_sources: Path, tmp_path: Path) -
     space = write_space(tmp_path, tiny_sources, strategy="random", budget=100000)  # cannot finish first
     db = f"sqlite:///{tmp_path / 'a.db'}"
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    # output to a file, not a pipe nobody reads: a full pipe would block the first driver, its lease
+    # would expire and the second driver would (rightly) take the run over
+    log = (tmp_path / "first.log").open("w")
     first = subprocess.Popen([sys.executable, "-m", "evomerge.cli", "search", "--space", str(space), "--db", db,
                               "--engine", "synthetic", "--backend", "local", "--name", "busy"], cwd=tmp_path, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -163,9 +166,11 @@ def test_second_driver_on_a_run_is_refused(tiny_sources: Path, tmp_path: Path) -
         second = cli("resume", "busy", "--db", db, "--backend", "local", cwd=tmp_path)
         assert second.returncode == 2
         assert "lease" in second.stderr and "fix:" in second.stderr
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-2000:]  # the holder still runs
     finally:
         first.kill()
         first.wait()
+        log.close()
 
 
 def test_a_snapshot_that_disagrees_with_the_archive_loses_to_the_replay(tiny_sources: Path, tmp_path: Path) -> None:

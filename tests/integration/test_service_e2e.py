@@ -30,8 +30,9 @@ def test_search_kill_resume_query_export(zoo_dir: Path, tmp_path: Path) -> None:
         return subprocess.run([sys.executable, "-m", "evomerge.cli", *args], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=timeout)
 
+    log = (tmp_path / "e2e.log").open("w")  # a file, not an unread pipe that could fill and block the driver
     proc = subprocess.Popen([sys.executable, "-m", "evomerge.cli", "search", *common, "--name", "e2e"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     from evomerge.store import Store
 
     def done() -> int:
@@ -44,9 +45,10 @@ def test_search_kill_resume_query_export(zoo_dir: Path, tmp_path: Path) -> None:
     deadline = time.monotonic() + 300
     while done() < 12 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.3)
-    assert proc.poll() is None, "the search finished before it could be killed: " + proc.stderr.read()
+    assert proc.poll() is None, "the search finished before it could be killed: " + (tmp_path / "e2e.log").read_text()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    log.close()
     killed_at = done()
     assert 12 <= killed_at < 24
 
