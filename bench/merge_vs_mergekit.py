@@ -49,8 +49,9 @@ GLOBAL = {"ties": {"normalize": True, "lambda": 1.0}, "dare_ties": {"normalize":
 
 
 def default_venv() -> Path:
-    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "evomerge" / "bench-venv"
-    return root / MERGEKIT.replace("==", "-")
+    from evomerge.zoo import cache_root
+
+    return cache_root() / "bench-venv" / MERGEKIT.replace("==", "-")
 
 
 def ensure_mergekit(venv: Path) -> Path:
@@ -144,7 +145,7 @@ def last_float(out: str) -> float:
     return float(out.strip().splitlines()[-1])
 
 
-def compare(mk_dir: Path, em_dir: Path, base_dir: Path, method: str) -> dict[str, float]:
+def compare(mk_dir: Path, em_dir: Path, base_dir: Path) -> dict[str, float]:
     import torch
     from safetensors.torch import load_file
 
@@ -160,7 +161,7 @@ def compare(mk_dir: Path, em_dir: Path, base_dir: Path, method: str) -> dict[str
                          f"only evomerge {sorted(set(em) - set(mk))[:5]}")
     max_abs = 0.0
     differ = total = 0
-    num = den = 0.0
+    num = 0.0
     kept_mk = kept_em = 0
     norm_mk = norm_em = 0.0
     for name in mk:
@@ -170,13 +171,12 @@ def compare(mk_dir: Path, em_dir: Path, base_dir: Path, method: str) -> dict[str
         differ += int((diff > 1e-6).sum())
         total += a.numel()
         num += float((diff**2).sum())
-        den += float(((a - bb) ** 2).sum())
         kept_mk += int((a != bb).sum())
         kept_em += int((b != bb).sum())
         norm_mk += float(((a - bb) ** 2).sum())
         norm_em += float(((b - bb) ** 2).sum())
     return {"tensors": len(mk), "max_abs": max_abs, "differ": differ, "total": total,
-            "rel_l2": (num / den) ** 0.5 if den else 0.0,
+            "rel_l2": (num / norm_mk) ** 0.5 if norm_mk else 0.0,
             "kept_mk": kept_mk / total, "kept_em": kept_em / total,
             "delta_norm_ratio": (norm_em / norm_mk) ** 0.5 if norm_mk else float("nan")}
 
@@ -231,7 +231,7 @@ def main() -> None:
                      (method, "mergekit run_merge (merge call)", med["mk_call"]),
                      (method, "evomerge merge_to_dir (merge call)", med["em_call"]),
                      (method, "evomerge search path (resident -> live weights)", live)]
-            equal[method] = compare(t / "mk", t / "em", zoo / "base", method)
+            equal[method] = compare(t / "mk", t / "em", zoo / "base")
     print(f"\nMerge materialization, {args.size} scaled zoo ({info['parameters'] / 1e6:.1f}M parameters x 3 sources, "
           f"float32); bytes moved per merge {moved / 1e9:.2f} GB (3 read + 1 written)\n")
     print("| merge | tool and path | seconds | GB/s moved | mergekit time / this | % of copy bandwidth |")

@@ -440,6 +440,13 @@ def build_zoo(
     return manifest
 
 
+def cache_root() -> Path:
+    """evomerge's cache directory: ``$XDG_CACHE_HOME/evomerge`` (default ``~/.cache/evomerge``)."""
+    import os
+
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "evomerge"
+
+
 def default_zoo_dir(spec: ZooSpec | None = None) -> Path:
     """``$EVOMERGE_ZOO`` if set, else a per-spec cache directory under ``~/.cache/evomerge``."""
     import os
@@ -447,8 +454,7 @@ def default_zoo_dir(spec: ZooSpec | None = None) -> Path:
     env = os.environ.get("EVOMERGE_ZOO")
     if env:
         return Path(env)
-    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "evomerge"
-    return root / f"zoo-{(spec or ZooSpec()).digest()}"
+    return cache_root() / f"zoo-{(spec or ZooSpec()).digest()}"
 
 
 def ensure_zoo(path: str | Path | None = None, spec: ZooSpec | None = None, log=print) -> Path:

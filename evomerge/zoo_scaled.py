@@ -150,11 +150,9 @@ def build_scaled_zoo(
 def ensure_scaled_zoo(size: str = "100m", *, experts: int = 3, seed: int = 0, root: Path | None = None,
                       log: Callable[[str], None] | None = print) -> Path:
     """The scaled zoo in the cache (``~/.cache/evomerge/zoo-scaled-SIZE-eN-sS``), built if missing."""
-    import os
+    from evomerge.zoo import cache_root
 
-    if root is None:
-        root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "evomerge"
-    p = root / f"zoo-scaled-{size}-e{experts}-s{seed}"
+    p = (root or cache_root()) / f"zoo-scaled-{size}-e{experts}-s{seed}"
     if not (p / "zoo.json").exists():
         build_scaled_zoo(p, size, experts=experts, seed=seed, overwrite=p.exists(), log=log)
     return p

@@ -46,7 +46,6 @@ CHUNK = 1 << 16  # eager path: entries per chunk (256 KiB temporaries: cache res
 COMPILE_MIN_NUMEL = 1 << 18  # smaller tensors (norms, the tiny zoo) are cheap eagerly; compiling costs seconds
 _M32 = 0xFFFFFFFF
 _MIX = 0x45D9F3B  # below 2**27: products of 32-bit values stay below 2**59 (no int64 overflow)
-TWO32 = float(2**32)
 
 
 def mix32(x: Tensor) -> Tensor:
@@ -243,19 +242,27 @@ _policy = threading.local()  # per-thread override set by ``compiling`` (None: b
 ONE_SHOT_COMPILE_MIN = 250_000_000
 
 
+_OFF, _ON = ("0", "off", "false", "no", "never"), ("1", "on", "true", "yes", "always")
+
+
 def _mode() -> str:
-    return os.environ.get("EVOMERGE_COMPILE", "auto").strip().lower()
+    mode = os.environ.get("EVOMERGE_COMPILE", "auto").strip().lower()
+    if mode not in (*_OFF, *_ON, "auto", ""):
+        from evomerge.errors import ConfigError
+
+        raise ConfigError(f"EVOMERGE_COMPILE={mode!r} is not a compile mode",
+                          hint="set EVOMERGE_COMPILE to 0 (never compile merge kernels), 1 (always) or auto (by size)")
+    return mode
 
 
 def use_compiled(numel: int) -> bool:
     mode = _mode()
-    if mode in ("0", "off", "false", "no") or _compile_broken:
+    if mode in _OFF or _compile_broken:
         return False
-    if mode in ("1", "on", "true", "yes", "always"):
+    if mode in _ON:
         return True
-    forced = getattr(_policy, "value", None)
-    if forced is not None:
-        return bool(forced) and numel >= COMPILE_MIN_NUMEL
+    if getattr(_policy, "value", None) is False:
+        return False
     return numel >= COMPILE_MIN_NUMEL
 
 

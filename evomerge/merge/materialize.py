@@ -296,10 +296,8 @@ class _ReadBuffers:
         return src.read(name, buf)
 
 
-def _merge_job(op: Any, plan: MergePlan, job: TensorJob, out: torch.Tensor, seed: int,
-               reads: _ReadBuffers | None = None) -> None:
+def _merge_job(op: Any, plan: MergePlan, job: TensorJob, out: torch.Tensor, seed: int, reads: _ReadBuffers) -> None:
     """Merge one tensor straight into ``out``; raise :class:`MergeError` on non-finite values."""
-    reads = reads or _ReadBuffers()
     experts = [reads.read(plan.sources[s], n, i) for i, (s, n) in enumerate(job.experts)]
     if not experts[0].is_floating_point():
         out.copy_(experts[0])  # integer buffers (rare) are copied from the first source

@@ -126,7 +126,7 @@ def rank_cut(expert: Tensor, base: Tensor | None, k: int) -> RankCut:
     if n <= SMALL:
         return _cut_among(_magnitudes(e, b), None, k)
     # Selection costs ~12 ns per entry (sample and bracket alike); the bracket holds about
-    # 10 sigma / sqrt(m) of the entries, so a sample of m ~ (5 n)^(2/3) balances the two.
+    # 10 sigma / sqrt(m) of the entries, so a sample of m ~ (SAMPLE_FACTOR n)^(2/3) balances the two.
     stride = n // min(SAMPLE, max(4096, int((SAMPLE_FACTOR * n) ** (2 / 3))))
     sample = _magnitudes(e[::stride], b[::stride] if b is not None else None)
     m = sample.numel()
@@ -134,10 +134,10 @@ def rank_cut(expert: Tensor, base: Tensor | None, k: int) -> RankCut:
     half = _BRACKET_SIGMAS * math.sqrt(m * p * (1 - p)) + 8
     hi_rank = min(m - 1, math.floor(p * m - half))  # 0-based ranks from the top; -1: no upper bound
     lo_rank = max(0, math.ceil(p * m + half))  # m: no lower bound
-    # fused, 8 sub-brackets cost little more than one; eagerly every extra edge is a pass
-    edges = _edges(sample.numpy(), hi_rank, lo_rank, SUB_BRACKETS if kernels.use_compiled(n) else 1)
     if hi_rank >= lo_rank:  # an empty bracket (only when the width is forced to zero)
         return _cut_among(_magnitudes(e, b), None, k)
+    # fused, 8 sub-brackets cost little more than one; eagerly every extra edge is a pass
+    edges = _edges(sample.numpy(), hi_rank, lo_rank, SUB_BRACKETS if kernels.use_compiled(n) else 1)
     codes = _scratch.get(n)
     counts = kernels.bracket(codes, e, b, edges)
     # sub-bracket j (1..S) holds edges[j-1] < |d| <= edges[j] (j = 1: from edges[0] inclusive);

@@ -121,10 +121,11 @@ def merged_source_dir(recipe: Recipe, cache: Path | None = None) -> Path:
 
     from evomerge.merge.materialize import merge_to_dir
     from evomerge.merge.writer import verify_manifest
+    from evomerge.zoo import cache_root
 
     if cache is None:
         env = os.environ.get("EVOMERGE_CACHE")
-        cache = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "evomerge"
+        cache = Path(env) if env else cache_root()
     out = cache / "merged" / recipe.recipe_id
     if out.exists():
         verify_manifest(out)

@@ -249,3 +249,13 @@ def test_split_tie_groups_are_fixed_up_exactly(monkeypatch, mode: str) -> None:
     bc = get_op("breadcrumbs")(experts, base=base, params=PARAMS["breadcrumbs"])
     kept = (bc != 0).float().mean().item()
     assert abs(kept - (1 - (1 - 0.5) * (1 - 0.3) * (1 - 0.9))) < 0.02  # per-expert bands of exact size
+
+
+def test_an_unknown_compile_mode_is_refused_with_the_fix(monkeypatch) -> None:
+    from evomerge.errors import ConfigError
+
+    monkeypatch.setenv("EVOMERGE_COMPILE", "sometimes")
+    base, experts = sources(1000, 1)
+    with pytest.raises(ConfigError, match="EVOMERGE_COMPILE='sometimes'") as info:
+        get_op("task_arithmetic")(experts, base=base, params={})
+    assert "0 (never" in info.value.hint
