@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from evomerge.merge import rank_index
 from evomerge.merge.io import ModelDir, TensorMeta
 
 
@@ -26,6 +27,8 @@ class ResidentModel:
             self.tensor_names = list(src.tensor_names)
             self._metas = {n: src.meta(n) for n in self.tensor_names}
             self._tensors = {n: src.read(n) for n in self.tensor_names}
+        for t in self._tensors.values():  # read-only for their lifetime: rank cuts may index them
+            rank_index.INDEXES.register(t)
 
     @property
     def num_layers(self) -> int:

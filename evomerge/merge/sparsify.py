@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from evomerge.merge import kernels
+from evomerge.merge import kernels, rank_index
 
 SAMPLE = 1 << 17  # largest strided sample
 SAMPLE_FACTOR = 5.0  # sample size ~ (SAMPLE_FACTOR * n)^(2/3), see rank_cut
@@ -81,7 +81,7 @@ def _cut_among(values: Tensor, positions: Tensor | None, need: int) -> RankCut:
     if take == ties.numel():  # the whole tie group is in: no index bound needed
         return RankCut(float(t), kernels.ALL_TIES)
     flat = positions[ties] if positions is not None else ties
-    return RankCut(float(t), int(flat[take - 1]) + 1, flat[take:].clone())
+    return RankCut(float(t), int(flat[take - 1]) + 1, flat[take:].to(torch.int64, copy=True))
 
 
 class _Scratch:
@@ -123,6 +123,13 @@ def rank_cut(expert: Tensor, base: Tensor | None, k: int) -> RankCut:
         return RankCut.everything()
     if k <= 0:
         return RankCut.nothing()
+    index = rank_index.INDEXES.lookup(expert, base)
+    if index is not None:  # resident sources: the group holding rank k is known, no pass
+        start, end = index.group_of_rank(k)
+        positions = index.order[start:end]
+        values = _magnitudes(torch.index_select(e, 0, positions),
+                             torch.index_select(b, 0, positions) if b is not None else None)
+        return _cut_among(values, positions, k - (n - end))
     if n <= SMALL:
         return _cut_among(_magnitudes(e, b), None, k)
     # Selection costs ~12 ns per entry (sample and bracket alike); the bracket holds about

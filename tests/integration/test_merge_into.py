@@ -11,6 +11,7 @@ import torch
 
 from evomerge.errors import ConfigError, MergeError
 from evomerge.evaluate.resident import ResidentSources
+from evomerge.merge import rank_index
 from evomerge.merge.io import ModelDir
 from evomerge.merge.materialize import iter_merged, merge_into, merge_to_dir, plan_merge
 from evomerge.recipe import recipe_from_dict
@@ -27,7 +28,7 @@ def recipe(models: dict[str, Path], method: str = "dare_ties", dtype: str | None
     return recipe_from_dict(data)
 
 
-@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "dare_ties"])
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "dare_ties", "breadcrumbs_ties"])
 def test_merge_into_live_buffers_equals_iter_merged_and_the_export(tiny_models, tmp_path: Path, method: str) -> None:
     rec = recipe(tiny_models, method)
     with plan_merge(rec) as plan:
@@ -36,9 +37,11 @@ def test_merge_into_live_buffers_equals_iter_merged_and_the_export(tiny_models, 
     plan = plan_merge(rec, resident.for_recipe(rec.source_names()))
     live = {m.name: torch.full(m.shape, 123.0, dtype=m.dtype) for m in plan.metas}
     ptrs = {k: v.data_ptr() for k, v in live.items()}
-    for _ in range(2):  # the same buffers again: a second candidate overwrites everything
+    builds = rank_index.INDEXES.builds
+    for _ in range(3):  # the same buffers again (later candidates cut from rank indexes)
         merge_into(plan, live, seed=4)
     assert {k: v.data_ptr() for k, v in live.items()} == ptrs
+    assert (rank_index.INDEXES.builds > builds) == (method in ("ties", "breadcrumbs_ties"))
     assert set(live) == set(fresh)
     for name, t in fresh.items():
         assert torch.equal(live[name], t), name

@@ -1,0 +1,168 @@
+"""Magnitude rank indexes of resident task vectors: exact TIES/breadcrumbs cuts without a pass.
+
+A search merges the same resident sources for every candidate; only the densities change. For
+a resident pair (expert E, base B) the entries of d = E - B are grouped once by a monotone key of
+|d| (float32 bit pattern >> 16: the exponent and the top 7 mantissa bits, so 128 groups per
+octave) with one stable radix sort of 16-bit keys. The index keeps the flat positions in that
+order (int32, ascending within a group) and the group boundaries. A rank cut for any k then
+touches only the one group holding rank k: its positions are a slice, its magnitudes a gather
+of a few thousand entries, and the exact cut (with the lower-index tie rule of
+:class:`~evomerge.merge.sparsify.RankCut`) is selected among them, since equal magnitudes share
+a key. No pass over the tensor per candidate: TIES on the search path costs about what task
+arithmetic does.
+
+Only tensors registered by their owner as resident and unchanged are indexed (``register``;
+``tensor._version`` guards against in-place edits), each pair on its second cut (a one-shot
+merge never pays the build, ~15 ns per entry), within a memory budget of 4 bytes per indexed
+entry: ``EVOMERGE_RANK_INDEX_MEMORY`` bytes per process (default 1/8 of physical memory; 0
+turns indexing off). Pairs past the budget keep the sampled-bracket path.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from evomerge.errors import ConfigError
+
+KEY_SHIFT = 16  # float32 bits >> 16: sign (0), 8 exponent bits, 7 mantissa bits: fits int16
+
+
+@dataclass
+class PairIndex:
+    """Positions of one (expert, base) pair ordered by magnitude key, ascending; within a key
+    group ascending by flat index. ``ends[g]`` is one past group g's last slot."""
+
+    order: Tensor  # int32 (int64 past 2**31 entries), one slot per entry
+    ends: Tensor  # int64 cumulative group sizes, ascending
+
+    @property
+    def nbytes(self) -> int:
+        return self.order.numel() * self.order.element_size() + self.ends.numel() * 8
+
+    def group_of_rank(self, k: int) -> tuple[int, int]:
+        """(start, end) slots of the group holding the k-th largest magnitude (1-based k)."""
+        slot = self.order.numel() - k  # ascending position of the k-th largest
+        g = int(torch.searchsorted(self.ends, slot, right=True))
+        start = int(self.ends[g - 1]) if g > 0 else 0
+        return start, int(self.ends[g])
+
+
+def magnitude_keys(mag: Tensor) -> Tensor:
+    """int16 keys, monotone non-decreasing in float32 ``mag`` >= 0: the bit pattern >> 16 (at
+    most 0x7F80 for inf); NaN -> 0, so it ranks lowest, as in ``sparsify._cut_among``."""
+    key = torch.bitwise_right_shift(mag.view(torch.int32), KEY_SHIFT).to(torch.int16)
+    return key.masked_fill_(mag.isnan(), 0)
+
+
+def build(expert: Tensor, base: Tensor | None) -> PairIndex:
+    """The index of |expert - base| (float32, as the merge kernels compute it)."""
+    e = expert.reshape(-1)
+    mag = (e.float() - base.reshape(-1).float()).abs() if base is not None else e.float().abs()
+    keys = magnitude_keys(mag)
+    del mag
+    sorted_keys, order = torch.sort(keys, stable=True)
+    del keys
+    _, counts = torch.unique_consecutive(sorted_keys, return_counts=True)
+    if order.numel() < 2**31:
+        order = order.to(torch.int32)
+    return PairIndex(order, torch.cumsum(counts, 0))
+
+
+def _default_budget() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 8
+    except (ValueError, OSError, AttributeError):
+        return 2 * 2**30
+
+
+def budget() -> int:
+    """Bytes the indexes of this process may hold (``EVOMERGE_RANK_INDEX_MEMORY``)."""
+    raw = os.environ.get("EVOMERGE_RANK_INDEX_MEMORY", "").strip()
+    if not raw:
+        return _default_budget()
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(f"EVOMERGE_RANK_INDEX_MEMORY={raw!r} is not a byte count",
+                          hint="set it to a whole number of bytes (0 turns rank indexes off) or unset it")
+    return value
+
+
+class _Entry:
+    __slots__ = ("expert", "base", "versions", "uses", "index")
+
+    def __init__(self, expert: Tensor, base: Tensor | None) -> None:
+        self.expert = weakref.ref(expert)
+        self.base = weakref.ref(base) if base is not None else None
+        self.versions = (expert._version, base._version if base is not None else 0)
+        self.uses = 0
+        self.index: PairIndex | None = None
+
+    def holds(self, expert: Tensor, base: Tensor | None) -> bool:
+        if self.expert() is not expert:
+            return False
+        if (self.base() if self.base is not None else None) is not base:
+            return False
+        return self.versions == (expert._version, base._version if base is not None else 0)
+
+
+class RankIndexes:
+    """The process's indexes, keyed by resident tensor identity."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._resident: dict[int, weakref.ref[Tensor]] = {}
+        self._pairs: dict[tuple[int, int], _Entry] = {}
+        self.used = 0  # bytes held by built indexes
+        self.builds = 0
+
+    def register(self, tensor: Tensor) -> None:
+        """Mark a long-lived tensor that merge ops only read (a resident source's weights)."""
+        if tensor.is_floating_point() and tensor.device.type == "cpu":
+            with self._lock:
+                self._resident[id(tensor)] = weakref.ref(tensor)
+
+    def _is_resident(self, t: Tensor | None) -> bool:
+        if t is None:
+            return True
+        ref = self._resident.get(id(t))
+        return ref is not None and ref() is t
+
+    def lookup(self, expert: Tensor, base: Tensor | None) -> PairIndex | None:
+        """The pair's index if it is (or now gets) built; None: use the sampled path."""
+        if not (self._is_resident(expert) and self._is_resident(base)):
+            return None
+        key = (id(expert), id(base) if base is not None else 0)
+        with self._lock:
+            entry = self._pairs.get(key)
+            if entry is None or not entry.holds(expert, base):
+                if entry is not None and entry.index is not None:
+                    self.used -= entry.index.nbytes
+                entry = self._pairs[key] = _Entry(expert, base)
+            entry.uses += 1
+            if entry.index is not None or entry.uses < 2:
+                return entry.index
+            need = expert.numel() * 4
+            if self.used + need > budget():
+                return None
+            entry.index = build(expert, base)
+            self.used += entry.index.nbytes
+            self.builds += 1
+            return entry.index
+
+    def clear(self) -> None:
+        with self._lock:
+            self._pairs.clear()
+            self._resident.clear()
+            self.used = 0
+
+
+INDEXES = RankIndexes()

@@ -1,0 +1,132 @@
+"""Rank indexes of resident task vectors: cuts read from an index equal the sampled-bracket cuts
+and a sort-based reference, the index is built only for registered, unchanged tensors on their
+second cut, and its memory budget is honoured."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from evomerge.errors import ConfigError
+from evomerge.merge import rank_index, sparsify
+from evomerge.merge.registry import get_op
+from tests.unit.test_kernels import ref_topk_mask
+
+
+@pytest.fixture
+def indexes(monkeypatch):  # type: ignore[no-untyped-def]
+    """A fresh process-wide index registry for each test."""
+    fresh = rank_index.RankIndexes()
+    monkeypatch.setattr(rank_index, "INDEXES", fresh)
+    return fresh
+
+
+def pair(kind: str, n: int = 120_000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n, generator=g) * 0.02
+    delta = torch.randn(n, generator=g) * 0.003
+    if kind == "bf16":  # few distinct magnitudes: large tie groups at every threshold
+        return (base + delta).to(torch.bfloat16), base.to(torch.bfloat16)
+    if kind == "zeros":  # a third of the entries unchanged by fine-tuning
+        delta[: n // 3] = 0.0
+    if kind == "grid":  # magnitudes on a coarse grid
+        delta = torch.round(delta * 2000) / 2000
+    return base + delta, base
+
+
+def test_keys_are_monotone_in_the_magnitude_and_nan_ranks_lowest() -> None:
+    g = torch.Generator().manual_seed(1)
+    mag = torch.cat([torch.rand(50_000, generator=g) * 10.0 ** torch.randint(-40, 38, (50_000,), generator=g).float(),
+                     torch.tensor([0.0, 1e-45, 3.4e38, float("inf")])])
+    keys = rank_index.magnitude_keys(mag.clone())
+    order = torch.argsort(mag)
+    assert bool((keys[order][1:] >= keys[order][:-1]).all())
+    nan_key = rank_index.magnitude_keys(torch.tensor([float("nan"), 0.0, 1.0]))
+    assert nan_key.tolist()[0] == nan_key.tolist()[1] == 0 < nan_key.tolist()[2]
+
+
+@pytest.mark.parametrize("kind", ["float", "bf16", "zeros", "grid"])
+def test_indexed_cuts_equal_sampled_cuts_and_the_reference(indexes, kind: str) -> None:
+    expert, base = pair(kind)
+    d = expert.float() - base.float()
+    n = d.numel()
+    ks = [1, 7, n // 1000, n // 3, n // 3 + 1, n // 2, 2 * n // 3, n - 5]
+    sampled = {k: sparsify.rank_cut(expert, base, k) for k in ks}  # not registered: no index
+    assert indexes.builds == 0
+    indexes.register(expert)
+    indexes.register(base)
+    for k in ks:
+        cut = sparsify.rank_cut(expert, base, k)
+        assert cut == sampled[k], k
+        got = sparsify.in_cut(d.abs(), cut)
+        assert int(got.sum()) == k
+        assert torch.equal(got, ref_topk_mask(d, k / n) if k > 1 else ref_topk_mask(d, 0.0)), k
+        if cut.outside_ties is not None:  # the tie entries the cut leaves out, exactly
+            ties_out = ((d.abs() == cut.threshold) & ~got).nonzero().squeeze(1)
+            assert torch.equal(torch.sort(cut.outside_ties).values, ties_out)
+    assert indexes.builds == 1
+    if kind == "bf16":  # the case the fix-up path exists for
+        assert any(sampled[k].outside_ties is not None for k in ks)
+
+
+def test_no_base_and_nan_entries(indexes) -> None:
+    g = torch.Generator().manual_seed(2)
+    d = torch.randn(80_000, generator=g)
+    d[::97] = float("nan")
+    reference = [sparsify.rank_cut(d, None, k) for k in (10, 40_000, 79_000)]
+    indexes.register(d)
+    for _ in range(2):
+        assert [sparsify.rank_cut(d, None, k) for k in (10, 40_000, 79_000)] == reference
+    assert indexes.builds == 1
+
+
+def test_built_on_the_second_cut_and_rebuilt_after_an_in_place_edit(indexes) -> None:
+    expert, base = pair("float", seed=3)
+    indexes.register(expert)
+    indexes.register(base)
+    sparsify.rank_cut(expert, base, 500)
+    assert indexes.builds == 0  # a one-shot merge never pays for the index
+    sparsify.rank_cut(expert, base, 500)
+    assert indexes.builds == 1 and indexes.used >= 4 * expert.numel()
+    expert[:1000] += 1.0  # resident tensors should not change; if one does, the index is stale
+    d = expert - base
+    for _ in range(2):
+        cut = sparsify.rank_cut(expert, base, 2000)
+        assert torch.equal(sparsify.in_cut(d.abs(), cut), ref_topk_mask(d, 2000 / d.numel()))
+    assert indexes.builds == 2
+    assert indexes.used < 2 * 4 * expert.numel() + 2**20  # the stale index was let go
+
+
+def test_the_memory_budget_is_honoured_and_bad_values_are_refused(indexes, monkeypatch) -> None:
+    expert, base = pair("float", seed=4)
+    indexes.register(expert)
+    indexes.register(base)
+    monkeypatch.setenv("EVOMERGE_RANK_INDEX_MEMORY", "0")
+    for _ in range(3):
+        sparsify.rank_cut(expert, base, 100)
+    assert indexes.builds == 0 and indexes.used == 0
+    monkeypatch.setenv("EVOMERGE_RANK_INDEX_MEMORY", "lots")
+    with pytest.raises(ConfigError, match="EVOMERGE_RANK_INDEX_MEMORY") as err:
+        sparsify.rank_cut(expert, base, 100)
+    assert "bytes" in err.value.hint
+    monkeypatch.setenv("EVOMERGE_RANK_INDEX_MEMORY", str(8 * expert.numel()))
+    sparsify.rank_cut(expert, base, 100)
+    assert indexes.builds == 1
+
+
+@pytest.mark.parametrize("name", ["ties", "breadcrumbs", "breadcrumbs_ties"])
+def test_merges_over_indexed_sources_equal_the_unindexed_merge(indexes, name: str) -> None:
+    g = torch.Generator().manual_seed(5)
+    base32 = torch.randn(90_000, generator=g) * 0.02
+    base = base32.to(torch.bfloat16)
+    e1, e2 = ((base32 + torch.randn(90_000, generator=g) * 0.003).to(torch.bfloat16) for _ in range(2))
+    params = {"weight": [1.0, 0.7], "density": [0.4, 0.25]}
+    if name.startswith("breadcrumbs"):
+        params["gamma"] = [0.02, 0.05]
+    op = get_op(name)
+    plain = op([e1, e2], base=base, params=params)
+    for t in (base, e1, e2):
+        indexes.register(t)
+    for _ in range(3):
+        assert torch.equal(op([e1, e2], base=base, params=params), plain)
+    assert indexes.builds == 2 if name == "ties" else indexes.builds >= 2
