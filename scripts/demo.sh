@@ -14,6 +14,7 @@ export EVOMERGE_ZOO="$WORKDIR/zoo"   # zoo:// in search spaces resolves here
 DB="sqlite:///$WORKDIR/evomerge.db"
 RUN="demo-$(date +%Y%m%d-%H%M%S)"
 python -m pip install -q --disable-pip-version-check -e .
+python -m evomerge.merge.native || true   # the C++ merge kernel, built once per machine (~30 s)
 evomerge demo --workdir "$WORKDIR"
 evomerge search --space search_spaces/demo.yaml --db "$DB" --name "$RUN" --workers 2
 evomerge best "$RUN" --db "$DB" -k 3

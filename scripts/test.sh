@@ -9,6 +9,9 @@ python -m pip install -q --disable-pip-version-check -e '.[test,vllm]'
 python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 # PostgreSQL server binaries for the archive tests (each test session starts a throwaway cluster)
 bash scripts/postgres.sh
+# the C++ merge kernel, built once per machine (~30 s) before tests time anything; a failure
+# here is reported by the kernel tests
+python -m evomerge.merge.native || true
 export EVOMERGE_REQUIRE_PG=1
 python -m ruff check evomerge tests bench
 set +e

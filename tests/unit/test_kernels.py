@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from evomerge.merge import kernels, sparsify
+from evomerge.merge import kernels, native, sparsify
 from evomerge.merge.registry import get_op
 
 W = [1.0, -0.6, 0.8]
@@ -17,6 +17,15 @@ DENS = [0.5, 0.3, 0.9]
 
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+MODES = ["native", "compiled", "eager"]
+
+
+def use(monkeypatch, mode: str) -> None:  # type: ignore[no-untyped-def]
+    """Run the kernels as the C++ build, torch.compile'd, or eagerly in chunks."""
+    monkeypatch.setenv("EVOMERGE_NATIVE", "1" if mode == "native" else "0")
+    monkeypatch.setenv("EVOMERGE_COMPILE", "1" if mode == "compiled" else "0")
 
 
 def sources(n: int = 300_000, experts: int = 3, dtype=torch.float32, seed: int = 0):  # type: ignore[no-untyped-def]
@@ -128,37 +137,43 @@ PARAMS = {
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS))
-def test_fused_compiled_and_chunked_eager_agree(name: str, monkeypatch) -> None:
-    base, experts = sources(300_000)
+def test_native_compiled_and_chunked_eager_agree(name: str, monkeypatch) -> None:
+    base, experts = sources(300_001)  # odd size: partial blocks and chunks at the end
     op = get_op(name)
-    monkeypatch.setenv("EVOMERGE_COMPILE", "1")
-    compiled = op(experts, base=base if name != "linear" else None, params=PARAMS[name], generator=gen(7))
-    assert not kernels._compile_broken
-    monkeypatch.setenv("EVOMERGE_COMPILE", "0")
-    monkeypatch.setattr(kernels, "CHUNK", 4099)  # many chunks, boundaries off any power of two
-    eager = op(experts, base=base if name != "linear" else None, params=PARAMS[name], generator=gen(7))
-    torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-8)
-    if name.startswith(("dare", "ties", "breadcrumbs")):  # the same entries kept, not just close values
-        assert torch.equal(compiled != base, eager != base)
+    out = {}
+    for mode in MODES:
+        use(monkeypatch, mode)
+        if mode == "eager":
+            monkeypatch.setattr(kernels, "CHUNK", 4099)  # many chunks, boundaries off any power of two
+        out[mode] = op(experts, base=base if name != "linear" else None, params=PARAMS[name], generator=gen(7))
+    assert not kernels._compile_broken and not native.broken
+    for mode in ("native", "compiled"):
+        torch.testing.assert_close(out[mode], out["eager"], rtol=1e-6, atol=1e-8)
+        if name.startswith(("dare", "ties", "breadcrumbs")):  # the same entries kept, not just close values
+            assert torch.equal(out[mode] != base, out["eager"] != base), mode
 
 
 def test_ties_equals_the_plain_reference_with_and_without_normalize(monkeypatch) -> None:
     base, experts = sources(120_000)
-    for mode in ("1", "0"):
-        monkeypatch.setenv("EVOMERGE_COMPILE", mode)
+    for mode in MODES:
+        use(monkeypatch, mode)
         for normalize in (True, False):
             out = get_op("ties")(experts, base=base, params={**PARAMS["ties"], "normalize": normalize, "lambda": 1.3})
             ref = ref_ties(experts, base, W, DENS, normalize=normalize, lam=1.3)
             torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-8)
 
 
-def test_bfloat16_sources_and_output(monkeypatch) -> None:
-    base, experts = sources(300_000, dtype=torch.bfloat16)
-    monkeypatch.setenv("EVOMERGE_COMPILE", "1")
-    out = get_op("ties")(experts, base=base, params=PARAMS["ties"])
-    assert out.dtype == torch.bfloat16
-    ref = ref_ties(experts, base, W, DENS).to(torch.bfloat16)
-    assert (out.float() - ref.float()).abs().max() <= 2 ** -8 * ref.float().abs().max()
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_sources_and_output(monkeypatch, dtype: torch.dtype) -> None:
+    base, experts = sources(300_000, dtype=dtype)
+    ref = ref_ties(experts, base, W, DENS).to(dtype)
+    got = {}
+    for mode in MODES:
+        use(monkeypatch, mode)
+        got[mode] = out = get_op("ties")(experts, base=base, params=PARAMS["ties"])
+        assert out.dtype == dtype
+        assert (out.float() - ref.float()).abs().max() <= 2 ** -8 * ref.float().abs().max(), mode
+    assert torch.equal(got["native"], got["eager"])  # rounding to the output type: the same bits
 
 
 def test_into_writes_a_preallocated_output_of_another_dtype() -> None:
@@ -177,7 +192,7 @@ def test_compile_failure_falls_back_to_eager_with_the_same_result(monkeypatch, c
     def broken(*_a, **_k):  # type: ignore[no-untyped-def]
         raise RuntimeError("no C++ compiler found")
 
-    monkeypatch.setenv("EVOMERGE_COMPILE", "1")
+    use(monkeypatch, "compiled")
     monkeypatch.setattr(kernels, "_compiled", {})
     monkeypatch.setattr(kernels, "_compile_broken", [])
     monkeypatch.setattr(torch, "compile", lambda fn, **_k: broken)
@@ -231,12 +246,12 @@ def test_dare_depends_on_the_generator_not_on_chunking(monkeypatch) -> None:
     assert abs(kept - (1 - 0.6 * 0.4)) < 0.01  # kept by either expert
 
 
-@pytest.mark.parametrize("mode", ["0", "1"])
+@pytest.mark.parametrize("mode", MODES)
 def test_split_tie_groups_are_fixed_up_exactly(monkeypatch, mode: str) -> None:
     """Task vectors on a coarse grid tie in large groups at every threshold: the fused pass takes
     whole groups and the few entries a cut leaves out are recomputed; the result is the exact
     reference (lower indices first) for TIES, breadcrumbs and DARE-TIES alike."""
-    monkeypatch.setenv("EVOMERGE_COMPILE", mode)
+    use(monkeypatch, mode)
     g = gen(11)
     n = 300_000
     base = torch.zeros(n)
@@ -259,3 +274,66 @@ def test_an_unknown_compile_mode_is_refused_with_the_fix(monkeypatch) -> None:
     with pytest.raises(ConfigError, match="EVOMERGE_COMPILE='sometimes'") as info:
         get_op("task_arithmetic")(experts, base=base, params={})
     assert "0 (never" in info.value.hint
+
+
+# ---------------------------------------------------------------- the C++ kernel
+
+
+def test_native_bracket_equals_the_torch_bracket(monkeypatch) -> None:
+    base, experts = sources(250_003, 1, seed=9)
+    d = (experts[0] - base).abs()
+    edges = sorted(float(x) for x in d[::5000][:9])
+    got = {}
+    for mode in MODES:
+        use(monkeypatch, mode)
+        codes = torch.full((250_008,), 77, dtype=torch.uint8)
+        counts = kernels.bracket(codes, experts[0], base, edges)
+        got[mode] = (codes[:250_003].clone(), counts)
+    assert got["native"][1] == got["eager"][1] == got["compiled"][1]
+    assert got["native"][1][0] == int((d >= edges[0]).sum())
+    assert torch.equal(got["native"][0], got["eager"][0]) and torch.equal(got["native"][0], got["compiled"][0])
+
+
+def test_native_outputs_of_other_dtypes_and_overflow_are_checked(monkeypatch) -> None:
+    use(monkeypatch, "native")
+    base, experts = sources(70_000)
+    out = torch.empty(70_000, dtype=torch.float64)
+    assert get_op("task_arithmetic").into(out, experts, base=base, params={"weight": W}) == 0
+    torch.testing.assert_close(out.float(), get_op("task_arithmetic")(experts, base=base, params={"weight": W}))
+    # finite in float32, inf once rounded to float16: the stored value is what counts
+    big = [base + 40_000.0 for _ in range(2)]
+    half = torch.empty(70_000, dtype=torch.float16)
+    assert get_op("task_arithmetic").into(half, big, base=base, params={"weight": [1.0, 1.0]}) == 1
+    assert not torch.isfinite(half).all()
+
+
+def test_a_failed_native_build_falls_back_with_one_warning(monkeypatch, caplog) -> None:
+    from torch.utils import cpp_extension
+
+    base, experts = sources(100_000)
+    use(monkeypatch, "native")
+    expected = get_op("dare_ties")(experts, base=base, params=PARAMS["dare_ties"], generator=gen(2))
+    monkeypatch.setattr(native, "_module", [])
+    monkeypatch.setattr(native, "broken", [])
+
+    def no_compiler(*_a, **_k):  # type: ignore[no-untyped-def]
+        raise RuntimeError("Error building extension: g++ not found")
+
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    monkeypatch.setenv("EVOMERGE_COMPILE", "0")
+    with caplog.at_level("WARNING", logger="evomerge.kernels"):
+        for _ in range(2):
+            out = get_op("dare_ties")(experts, base=base, params=PARAMS["dare_ties"], generator=gen(2))
+    assert caplog.text.count("native merge kernel unavailable") == 1 and "g++ not found" in caplog.text
+    assert native.broken and native.module() is None
+    assert torch.equal(out, expected)
+
+
+def test_an_unknown_native_mode_is_refused_with_the_fix(monkeypatch) -> None:
+    from evomerge.errors import ConfigError
+
+    monkeypatch.setenv("EVOMERGE_NATIVE", "maybe")
+    base, experts = sources(1000, 1)
+    with pytest.raises(ConfigError, match="EVOMERGE_NATIVE='maybe'") as info:
+        get_op("task_arithmetic")(experts, base=base, params={})
+    assert "EVOMERGE_NATIVE to 0" in info.value.hint

@@ -1,0 +1,88 @@
+"""The C++ build of the fused merge formula (native_merge.cpp), loaded on first use.
+
+``kernels._body`` is the formula; torch.compile turns it into one loop but costs ~4 s per
+process (importing dynamo and inductor, tracing), which a one-shot export never earns back and
+every Ray worker pays at start-up. The same formula in C++ (blocks of 512 entries kept in L1,
+each step a loop the compiler vectorizes, blocks split over threads) is built once per machine
+with torch's extension builder into the evomerge cache and then loads in milliseconds.
+
+``EVOMERGE_NATIVE=0`` turns it off (``1`` or ``auto``, the default, use it when it builds). A
+failed build (no C++ compiler, no ninja) logs one warning and the process falls back to the
+torch.compile / eager kernels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import threading
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from evomerge.errors import ConfigError
+
+log = logging.getLogger("evomerge.kernels")
+
+SOURCE = Path(__file__).with_name("native_merge.cpp")
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno"]
+
+_lock = threading.Lock()
+_module: list[ModuleType | None] = []  # [] not tried yet; [None] build failed; [module]
+broken: list[str] = []
+
+
+def _mode() -> str:
+    mode = os.environ.get("EVOMERGE_NATIVE", "auto").strip().lower()
+    if mode not in ("0", "1", "auto", ""):
+        raise ConfigError(f"EVOMERGE_NATIVE={mode!r} is not a native-kernel mode",
+                          hint="set EVOMERGE_NATIVE to 0 (Python kernels only), 1 or auto (the C++ kernel when it builds)")
+    return mode
+
+
+def _build_dir() -> Path:
+    """One build per source, flags, torch version and CPU (``-march=native``)."""
+    from evomerge.zoo import cache_root
+
+    cpu = ""
+    try:
+        cpu = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
+    except OSError:
+        cpu = platform.processor()
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), " ".join(FLAGS), torch.__version__, cpu]).encode())
+    return cache_root() / "native" / key.hexdigest()[:16]
+
+
+def module() -> ModuleType | None:
+    """The built extension, or None (turned off, or the build failed: Python kernels)."""
+    if _mode() == "0":
+        return None
+    if _module:
+        return _module[0]
+    with _lock:
+        if not _module:
+            try:
+                from torch.utils import cpp_extension
+
+                build = _build_dir()
+                build.mkdir(parents=True, exist_ok=True)
+                mod = cpp_extension.load(name="evomerge_native_merge", sources=[str(SOURCE)],
+                                         extra_cflags=FLAGS, build_directory=str(build), verbose=False)
+                _module.append(mod)
+            except Exception as exc:  # no compiler, no ninja, unsupported platform
+                broken.append(repr(exc))
+                log.warning("native merge kernel unavailable (%s); using the torch kernels",
+                            str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__)
+                _module.append(None)
+    return _module[0]
+
+
+if __name__ == "__main__":  # `python -m evomerge.merge.native`: build now (CI, set-up scripts)
+    import sys
+
+    built = module()
+    print(f"native merge kernel: {built.__file__ if built else 'unavailable: ' + '; '.join(broken)}")
+    sys.exit(0 if built is not None or _mode() == "0" else 1)

@@ -1,0 +1,494 @@
+// The fused task-vector merge of evomerge/merge/kernels.py (_body), in C++ for the CPU.
+//
+// Same per-entry formula, same order of float operations: d_i = E_i - B; keep rules (rank cut
+// above a threshold, a second cut dropping outliers, DARE's counter-based hash mask); x_i =
+// (w_i' d_i) * keep_i; then either the TIES election (one-sided sums P/N in expert order, sign
+// of the plain sum, optional division by the agreeing weights) or a plain sum divided by W;
+// out = B + lambda * merged. Entries are processed in blocks of BLOCK that stay in L1, each step a
+// simple loop the compiler vectorizes; blocks are split over threads. Returns true when a value
+// read (masking ops: every task vector) or written is NaN or inf.
+
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include <unistd.h>
+
+namespace {
+
+constexpr int64_t BLOCK = 512;
+constexpr uint32_t MIX = 0x45D9F3Bu;
+
+enum Flags : int64_t {
+  HAS_BASE = 1, RANK_LOW = 2, RANK_HIGH = 4, RANDOM = 8, CONSENSUS = 16, NORMALIZE = 32
+};
+
+enum class Kind { F32, BF16, F16, F64 };
+
+Kind kind_of(const torch::Tensor& t) {
+  switch (t.scalar_type()) {
+    case torch::kFloat32: return Kind::F32;
+    case torch::kBFloat16: return Kind::BF16;
+    case torch::kFloat16: return Kind::F16;
+    case torch::kFloat64: return Kind::F64;
+    default: TORCH_CHECK(false, "evomerge native merge: unsupported dtype ", t.scalar_type());
+  }
+}
+
+struct Src {
+  const void* ptr;
+  Kind kind;
+};
+
+inline void load(const Src& s, int64_t start, int64_t len, float* dst) {
+  switch (s.kind) {
+    case Kind::F32: std::memcpy(dst, static_cast<const float*>(s.ptr) + start, len * sizeof(float)); break;
+    case Kind::BF16: {
+      const uint16_t* p = static_cast<const uint16_t*>(s.ptr) + start;
+      for (int64_t j = 0; j < len; ++j) {
+        uint32_t bits = static_cast<uint32_t>(p[j]) << 16;
+        std::memcpy(dst + j, &bits, 4);
+      }
+      break;
+    }
+    case Kind::F16: {
+      const c10::Half* p = static_cast<const c10::Half*>(s.ptr) + start;
+      for (int64_t j = 0; j < len; ++j) dst[j] = static_cast<float>(p[j]);
+      break;
+    }
+    case Kind::F64: {
+      const double* p = static_cast<const double*>(s.ptr) + start;
+      for (int64_t j = 0; j < len; ++j) dst[j] = static_cast<float>(p[j]);
+      break;
+    }
+  }
+}
+
+// Stores the block and returns true if a stored value is NaN or inf (read back as float, so an
+// overflow of a narrower output type counts).
+inline bool store(void* out, Kind kind, int64_t start, int64_t len, const float* src) {
+  uint32_t bad = 0;
+  switch (kind) {
+    case Kind::F32: {
+      float* p = static_cast<float*>(out) + start;
+      for (int64_t j = 0; j < len; ++j) {
+        p[j] = src[j];
+        uint32_t bits;
+        std::memcpy(&bits, src + j, 4);
+        bad |= static_cast<uint32_t>((bits & 0x7F800000u) == 0x7F800000u);
+      }
+      break;
+    }
+    case Kind::BF16: {
+      c10::BFloat16* p = static_cast<c10::BFloat16*>(out) + start;
+      for (int64_t j = 0; j < len; ++j) {
+        p[j] = c10::BFloat16(src[j]);
+        bad |= static_cast<uint32_t>((p[j].x & 0x7F80u) == 0x7F80u);
+      }
+      break;
+    }
+    case Kind::F16: {
+      c10::Half* p = static_cast<c10::Half*>(out) + start;
+      for (int64_t j = 0; j < len; ++j) {
+        p[j] = c10::Half(src[j]);
+        bad |= static_cast<uint32_t>((p[j].x & 0x7C00u) == 0x7C00u);
+      }
+      break;
+    }
+    case Kind::F64: {
+      double* p = static_cast<double*>(out) + start;
+      for (int64_t j = 0; j < len; ++j) {
+        p[j] = static_cast<double>(src[j]);
+        uint32_t bits;
+        std::memcpy(&bits, src + j, 4);
+        bad |= static_cast<uint32_t>((bits & 0x7F800000u) == 0x7F800000u);
+      }
+      break;
+    }
+  }
+  return bad != 0;
+}
+
+struct Expert {
+  Src src;
+  float scale, weight, low_t, high_t;
+  uint32_t seed, keep;
+  bool keep_all;  // keep >= 2**32: the DARE mask keeps everything
+};
+
+struct Job {
+  Src base;
+  bool has_base;
+  std::vector<Expert> experts;
+  int64_t flags;
+  float lam, divisor;
+  void* out;
+  Kind out_kind;
+};
+
+
+// Persistent helper threads (starting a thread per call costs ~80 us, as much as merging 64K
+// entries). Never destroyed: joinable threads must not meet static destructors at exit. A forked
+// child gets a fresh pool (the parent's threads do not exist there).
+class Pool {
+ public:
+  static Pool& get() {
+    static std::mutex made;
+    static Pool* pool = nullptr;
+    std::lock_guard<std::mutex> lock(made);
+    if (pool == nullptr || pool->pid_ != getpid()) pool = new Pool();  // the old one leaks on purpose
+    return *pool;
+  }
+
+  // Runs f(0) .. f(n - 1), f(0) on the caller's thread; one caller at a time.
+  void run(int n, const std::function<void(int)>& f) {
+    std::lock_guard<std::mutex> one_caller(calls_);
+    {
+      std::unique_lock<std::mutex> lock(m_);
+      while (static_cast<int>(workers_.size()) < n - 1) {
+        const int id = static_cast<int>(workers_.size()) + 1;
+        workers_.emplace_back([this, id] { loop(id); });
+      }
+      task_ = &f;
+      active_ = n;
+      pending_ = n - 1;
+      ++generation_;
+    }
+    wake_.notify_all();
+    f(0);
+    std::unique_lock<std::mutex> lock(m_);
+    done_.wait(lock, [this] { return pending_ == 0; });
+    task_ = nullptr;
+  }
+
+ private:
+  Pool() : pid_(getpid()) {}
+
+  void loop(int id) {
+    uint64_t seen = 0;
+    for (;;) {
+      std::unique_lock<std::mutex> lock(m_);
+      wake_.wait(lock, [&] { return generation_ != seen; });
+      seen = generation_;
+      if (id >= active_) continue;
+      const std::function<void(int)>* f = task_;
+      lock.unlock();
+      (*f)(id);
+      lock.lock();
+      if (--pending_ == 0) done_.notify_one();
+    }
+  }
+
+  pid_t pid_;
+  std::mutex calls_, m_;
+  std::condition_variable wake_, done_;
+  std::vector<std::thread> workers_;
+  const std::function<void(int)>* task_ = nullptr;
+  int active_ = 0, pending_ = 0;
+  uint64_t generation_ = 0;
+};
+
+inline uint32_t non_finite(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, 4);
+  return static_cast<uint32_t>((bits & 0x7F800000u) == 0x7F800000u);
+}
+
+// Accumulators of one block: the TIES one-sided sums and weights, or the plain sum.
+struct Acc {
+  alignas(64) float pos[BLOCK], neg[BLOCK], total[BLOCK], wpos[BLOCK], wneg[BLOCK];
+  float* merged = pos;  // plain sums reuse the first array
+};
+
+// One expert's contribution to a block, fused into one loop: d = e - b, the keep rules, x = (w'd) k,
+// then the accumulation. Flags are template arguments so each combination is a branch-free loop.
+template <bool BASE, bool LOW, bool HIGH, bool RAND, bool CONS, bool NORM, bool FIRST>
+uint32_t step(const Expert& ex, const float* __restrict e, const float* __restrict b, int64_t len,
+              uint32_t first_index, Acc& acc) {
+  constexpr bool MASKED = LOW || HIGH || RAND;
+  const float scale = ex.scale, weight = ex.weight, lt = ex.low_t, ht = ex.high_t;
+  const uint32_t seed = ex.seed, keep = ex.keep;
+  float* __restrict pos = acc.pos;
+  float* __restrict neg = acc.neg;
+  float* __restrict total = acc.total;
+  float* __restrict wpos = acc.wpos;
+  float* __restrict wneg = acc.wneg;
+  uint32_t bad = 0;
+  for (int64_t j = 0; j < len; ++j) {
+    const float d = BASE ? e[j] - b[j] : e[j];
+    if (MASKED) bad |= non_finite(d);
+    float k = 1.0f;
+    if (LOW) k = (std::fabs(d) < lt) ? 0.0f : 1.0f;  // NaN stays in (as ~(a < t))
+    if (HIGH) k = (std::fabs(d) >= ht) ? 0.0f : k;
+    if (RAND) {
+      uint32_t h = (first_index + static_cast<uint32_t>(j)) ^ seed;
+      h = ((h >> 16) ^ h) * MIX;
+      h = ((h >> 16) ^ h) * MIX;
+      h = (h >> 16) ^ h;
+      k = (h < keep) ? k : 0.0f;
+    }
+    const float x = MASKED ? (d * scale) * k : d * scale;
+    if (CONS) {
+      const float p = x < 0.0f ? 0.0f : x, n = x > 0.0f ? 0.0f : x;
+      pos[j] = FIRST ? p : pos[j] + p;
+      neg[j] = FIRST ? n : neg[j] + n;
+      total[j] = FIRST ? x : total[j] + x;
+      if (NORM) {
+        const float wp = x > 0.0f ? weight : 0.0f, wn = x < 0.0f ? weight : 0.0f;
+        wpos[j] = FIRST ? wp : wpos[j] + wp;
+        wneg[j] = FIRST ? wn : wneg[j] + wn;
+      }
+    } else {
+      pos[j] = FIRST ? x : pos[j] + x;
+    }
+  }
+  return bad;
+}
+
+using StepFn = uint32_t (*)(const Expert&, const float*, const float*, int64_t, uint32_t, Acc&);
+
+template <bool BASE, bool LOW, bool HIGH, bool RAND, bool CONS, bool NORM>
+StepFn pick_first(bool first) {
+  return first ? &step<BASE, LOW, HIGH, RAND, CONS, NORM, true> : &step<BASE, LOW, HIGH, RAND, CONS, NORM, false>;
+}
+
+template <bool LOW, bool HIGH, bool RAND>
+StepFn pick_combine(bool cons, bool norm, bool first) {
+  if (!cons) return pick_first<true, LOW, HIGH, RAND, false, false>(first);
+  if (!norm) return pick_first<true, LOW, HIGH, RAND, true, false>(first);
+  return pick_first<true, LOW, HIGH, RAND, true, true>(first);
+}
+
+// The loop for one expert: no base only for plain sums (linear), which never mask.
+StepFn pick(bool base, bool low, bool high, bool rand, bool cons, bool norm, bool first) {
+  if (!base) return pick_first<false, false, false, false, false, false>(first);
+  if (high) return rand ? pick_combine<true, true, true>(cons, norm, first) : pick_combine<true, true, false>(cons, norm, first);
+  if (low) return rand ? pick_combine<true, false, true>(cons, norm, first) : pick_combine<true, false, false>(cons, norm, first);
+  return rand ? pick_combine<false, false, true>(cons, norm, first) : pick_combine<false, false, false>(cons, norm, first);
+}
+
+bool run_range(const Job& job, int64_t begin, int64_t end) {
+  alignas(64) float b[BLOCK], conv[BLOCK], out[BLOCK];
+  Acc acc;
+  const bool consensus = job.flags & CONSENSUS, normalize = job.flags & NORMALIZE;
+  const bool low = job.flags & RANK_LOW, high = job.flags & RANK_HIGH;
+  const size_t n_exp = job.experts.size();
+  std::vector<StepFn> steps;
+  for (size_t i = 0; i < n_exp; ++i) {
+    const bool rand = (job.flags & RANDOM) && !job.experts[i].keep_all;
+    steps.push_back(pick(job.has_base, low || high, high, rand, consensus, normalize, i == 0));
+  }
+  uint32_t bad = 0;
+  for (int64_t s = begin; s < end; s += BLOCK) {
+    const int64_t len = std::min(BLOCK, end - s);
+    const float* bp = nullptr;
+    if (job.has_base) {
+      if (job.base.kind == Kind::F32) {
+        bp = static_cast<const float*>(job.base.ptr) + s;
+      } else {
+        load(job.base, s, len, b);
+        bp = b;
+      }
+    }
+    for (size_t i = 0; i < n_exp; ++i) {
+      const Src& src = job.experts[i].src;
+      const float* ep = conv;
+      if (src.kind == Kind::F32) {
+        ep = static_cast<const float*>(src.ptr) + s;
+      } else {
+        load(src, s, len, conv);
+      }
+      bad |= steps[i](job.experts[i], ep, bp, len, static_cast<uint32_t>(s), acc);
+    }
+    float* merged = acc.pos;
+    if (n_exp == 0) {
+      for (int64_t j = 0; j < len; ++j) out[j] = 0.0f;
+      merged = out;
+    } else if (consensus) {
+      if (normalize) {
+        for (int64_t j = 0; j < len; ++j) {
+          const bool up = acc.total[j] >= 0.0f;
+          const float m = up ? acc.pos[j] : acc.neg[j], div = up ? acc.wpos[j] : acc.wneg[j];
+          out[j] = m / (div + (div == 0.0f ? 1.0f : 0.0f));
+        }
+      } else {
+        for (int64_t j = 0; j < len; ++j) out[j] = acc.total[j] >= 0.0f ? acc.pos[j] : acc.neg[j];
+      }
+      merged = out;
+    } else if (job.divisor != 1.0f) {
+      const float w = job.divisor;
+      for (int64_t j = 0; j < len; ++j) out[j] = merged[j] / w;
+      merged = out;
+    }
+    if (job.has_base && job.out_kind == Kind::F32) {  // straight into the output
+      const float lam = job.lam;
+      float* __restrict dst = static_cast<float*>(job.out) + s;
+      uint32_t flag = 0;
+      for (int64_t j = 0; j < len; ++j) {
+        dst[j] = bp[j] + lam * merged[j];
+        flag |= non_finite(dst[j]);
+      }
+      bad |= flag;
+      continue;
+    }
+    if (job.has_base) {
+      const float lam = job.lam;
+      for (int64_t j = 0; j < len; ++j) out[j] = bp[j] + lam * merged[j];
+      merged = out;
+    }
+    bad |= static_cast<uint32_t>(store(job.out, job.out_kind, s, len, merged));
+  }
+  return bad != 0;
+}
+
+}  // namespace
+
+// out, base (undefined: none) and experts are flat and contiguous; fp: [E, 4] float32 (scale,
+// weight, low threshold, high threshold), ip: [E, 5] int64 (low cut, high cut, keep, seed lo,
+// seed hi; cuts ignored: tie fix-ups run separately); threads <= 1 runs on the caller's thread.
+bool merge(torch::Tensor out, c10::optional<torch::Tensor> base, std::vector<torch::Tensor> experts,
+           torch::Tensor fp, torch::Tensor ip, double lam, double divisor, int64_t flags, int64_t threads) {
+  const int64_t n = out.numel();
+  TORCH_CHECK(out.is_contiguous() && out.device().is_cpu(), "out must be contiguous on the CPU");
+  TORCH_CHECK(n < (int64_t(1) << 32), "tensors of 2**32 entries or more take the Python kernels");
+  TORCH_CHECK(fp.scalar_type() == torch::kFloat32 && ip.scalar_type() == torch::kInt64, "fp/ip dtypes");
+  TORCH_CHECK(fp.size(0) == static_cast<int64_t>(experts.size()) && ip.size(0) == fp.size(0), "one row per expert");
+  Job job;
+  job.has_base = base.has_value() && base->defined();
+  if (job.has_base) {
+    TORCH_CHECK(base->is_contiguous() && base->numel() == n, "base must be flat, contiguous, out's size");
+    job.base = Src{base->data_ptr(), kind_of(*base)};
+  }
+  auto f = fp.contiguous();
+  auto g = ip.contiguous();
+  const float* fr = f.data_ptr<float>();
+  const int64_t* ir = g.data_ptr<int64_t>();
+  for (size_t i = 0; i < experts.size(); ++i) {
+    const auto& e = experts[i];
+    TORCH_CHECK(e.is_contiguous() && e.numel() == n, "experts must be flat, contiguous, out's size");
+    Expert x;
+    x.src = Src{e.data_ptr(), kind_of(e)};
+    x.scale = fr[4 * i];
+    x.weight = fr[4 * i + 1];
+    x.low_t = fr[4 * i + 2];
+    x.high_t = fr[4 * i + 3];
+    const int64_t keep = ir[5 * i + 2];
+    x.keep_all = keep >= (int64_t(1) << 32);
+    x.keep = static_cast<uint32_t>(x.keep_all ? 0 : keep);
+    x.seed = static_cast<uint32_t>(ir[5 * i + 3] & 0xFFFFFFFF);
+    job.experts.push_back(x);
+  }
+  job.flags = flags;
+  job.lam = static_cast<float>(lam);
+  job.divisor = static_cast<float>(divisor);
+  job.out = out.data_ptr();
+  job.out_kind = kind_of(out);
+  const int64_t blocks = (n + BLOCK - 1) / BLOCK;
+  const int64_t t = std::max<int64_t>(1, std::min<int64_t>(threads, blocks / 64));
+  if (t == 1) {
+    pybind11::gil_scoped_release release;
+    return run_range(job, 0, n);
+  }
+  std::atomic<bool> bad{false};
+  {
+    pybind11::gil_scoped_release release;
+    const int64_t per = (blocks + t - 1) / t;
+    Pool::get().run(static_cast<int>(t), [&](int w) {
+      const int64_t lo = std::min(n, w * per * BLOCK), hi = std::min(n, (w + 1) * per * BLOCK);
+      if (lo < hi && run_range(job, lo, hi)) bad = true;
+    });
+  }
+  return bad.load();
+}
+
+namespace {
+
+// kernels._bracket_body for a range: code = [a >= q_0] + #{j >= 1: a > q_j} (0 when past q_S),
+// counts[0] = #(a >= q_0), counts[j] = #(a > q_j).
+void bracket_range(const Src& e, const Src* b, const float* q, int64_t edges, uint8_t* codes, int64_t begin,
+                   int64_t end, int64_t* counts) {
+  alignas(64) float eb[BLOCK], bb[BLOCK], a[BLOCK];
+  alignas(64) int32_t code[BLOCK];
+  for (int64_t s = begin; s < end; s += BLOCK) {
+    const int64_t len = std::min(BLOCK, end - s);
+    const float* ep = eb;
+    if (e.kind == Kind::F32) ep = static_cast<const float*>(e.ptr) + s; else load(e, s, len, eb);
+    if (b != nullptr) {
+      const float* bp = bb;
+      if (b->kind == Kind::F32) bp = static_cast<const float*>(b->ptr) + s; else load(*b, s, len, bb);
+      for (int64_t j = 0; j < len; ++j) a[j] = std::fabs(ep[j] - bp[j]);
+    } else {
+      for (int64_t j = 0; j < len; ++j) a[j] = std::fabs(ep[j]);
+    }
+    int32_t c0 = 0;
+    const float q0 = q[0];
+    for (int64_t j = 0; j < len; ++j) {
+      code[j] = a[j] >= q0 ? 1 : 0;
+      c0 += code[j];
+    }
+    counts[0] += c0;
+    for (int64_t k = 1; k < edges; ++k) {
+      const float qk = q[k];
+      int32_t ck = 0;
+      for (int64_t j = 0; j < len; ++j) {
+        const int32_t above = a[j] > qk ? 1 : 0;
+        code[j] += above;
+        ck += above;
+      }
+      counts[k] += ck;
+    }
+    for (int64_t j = 0; j < len; ++j) codes[s + j] = static_cast<uint8_t>(code[j] < edges ? code[j] : 0);
+  }
+}
+
+}  // namespace
+
+// Fills codes (uint8, at least numel) and returns the int64 counts (see kernels.bracket).
+torch::Tensor bracket(torch::Tensor codes, torch::Tensor expert, c10::optional<torch::Tensor> base,
+                      torch::Tensor edges, int64_t threads) {
+  const int64_t n = expert.numel();
+  TORCH_CHECK(expert.is_contiguous() && codes.is_contiguous() && codes.scalar_type() == torch::kUInt8 &&
+              codes.numel() >= n, "bracket: contiguous expert and a uint8 codes buffer of its size");
+  auto q = edges.to(torch::kFloat32).contiguous();
+  const int64_t m = q.numel();
+  TORCH_CHECK(m >= 1 && m < 255, "bracket: 1 to 254 edges");
+  const Src e{expert.data_ptr(), kind_of(expert)};
+  Src bs{};
+  const bool has_base = base.has_value() && base->defined();
+  if (has_base) {
+    TORCH_CHECK(base->is_contiguous() && base->numel() == n, "bracket: base must match the expert");
+    bs = Src{base->data_ptr(), kind_of(*base)};
+  }
+  const float* qp = q.data_ptr<float>();
+  uint8_t* cp = codes.data_ptr<uint8_t>();
+  const int64_t blocks = (n + BLOCK - 1) / BLOCK;
+  const int64_t t = std::max<int64_t>(1, std::min<int64_t>(threads, blocks / 64));
+  std::vector<int64_t> counts(static_cast<size_t>(t * m), 0);
+  {
+    pybind11::gil_scoped_release release;
+    const int64_t per = (blocks + t - 1) / t;
+    auto part = [&](int w) {
+      const int64_t lo = std::min(n, w * per * BLOCK), hi = std::min(n, (w + 1) * per * BLOCK);
+      if (lo < hi) bracket_range(e, has_base ? &bs : nullptr, qp, m, cp, lo, hi, counts.data() + w * m);
+    };
+    if (t == 1) part(0); else Pool::get().run(static_cast<int>(t), part);
+  }
+  auto out = torch::zeros({m}, torch::kInt64);
+  int64_t* op = out.data_ptr<int64_t>();
+  for (int64_t w = 0; w < t; ++w)
+    for (int64_t k = 0; k < m; ++k) op[k] += counts[w * m + k];
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("merge", &merge, "evomerge fused task-vector merge (see kernels._body)");
+  m.def("bracket", &bracket, "magnitude sub-bracket codes and counts (see kernels._bracket_body)");
+}
