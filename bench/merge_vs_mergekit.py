@@ -13,7 +13,9 @@ in the page cache:
   the model directory included: what a user waits for);
 - merge call: the merge alone inside a warm process (mergekit's ``run_merge`` vs evomerge's
   ``merge_to_dir``), and evomerge's search path (resident sources merged into preallocated
-  live weights, no disk: what every candidate of a search pays);
+  live weights, no disk: what every candidate of a search pays), with the C++ kernel (the
+  default) and with the torch.compile kernels (``EVOMERGE_NATIVE=0``), plus what the first and
+  second candidates of a worker cost;
 - a plain torch copy of the same bytes (read the three sources, write them): the memory
   bandwidth the merge is held against. Bytes moved by a merge = 3 sources read + 1 written.
 
@@ -99,8 +101,10 @@ merge_to_dir(rec, sys.argv[2], seed=0, overwrite=True)
 print(time.perf_counter() - t0)
 """
 # The search path: sources resident, each candidate merged into preallocated live weights.
+# Prints the first candidate (kernel build or compile, first cuts), the second (TIES/breadcrumbs
+# build their rank indexes there) and the steady state (fastest of the rest).
 EVOMERGE_LIVE = r"""
-import sys, time, torch
+import json, sys, time, torch
 from evomerge.evaluate.resident import ResidentSources
 from evomerge.merge.materialize import merge_into, plan_merge
 from evomerge.recipe import load_recipe
@@ -109,11 +113,11 @@ resident = ResidentSources()
 plan = plan_merge(rec, resident.for_recipe(rec.source_names()))
 live = {m.name: torch.empty(m.shape, dtype=m.dtype) for m in plan.metas}
 times = []
-for i in range(int(sys.argv[2])):
+for i in range(max(4, int(sys.argv[2]))):
     t0 = time.perf_counter()
     merge_into(plan, live, seed=i)
     times.append(time.perf_counter() - t0)
-print(min(times))
+print(json.dumps({"first": times[0], "second": times[1], "steady": min(times[2:])}))
 """
 COPY = r"""
 import sys, time, torch
@@ -209,6 +213,7 @@ def main() -> None:
     copy_gbs = 2 * 3 * model_bytes / copy_s / 1e9
     rows: list[tuple[str, str, float]] = []
     equal: dict[str, dict[str, float]] = {}
+    first: dict[str, dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="evomerge-bench-mk-") as tmp:
         t = Path(tmp)
         for method in args.methods.split(","):
@@ -224,13 +229,18 @@ def main() -> None:
                                                         str(t / "em2")], env)[1]))
                 print(f"  {method} repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in got.items()),
                       flush=True)
-            live = last_float(timed([sys.executable, "-c", EVOMERGE_LIVE, str(cfg), str(args.repeats + 1)], env)[1])
+            live = json.loads(timed([sys.executable, "-c", EVOMERGE_LIVE, str(cfg), str(args.repeats + 3)], env)[1]
+                              .strip().splitlines()[-1])
+            live_torch = json.loads(timed([sys.executable, "-c", EVOMERGE_LIVE, str(cfg), str(args.repeats + 3)],
+                                          {**env, "EVOMERGE_NATIVE": "0"})[1].strip().splitlines()[-1])
+            first[method] = {"native": live, "torch.compile": live_torch}
             med = {k: statistics.median(v) for k, v in got.items()}
             rows += [(method, "mergekit-yaml (command)", med["mk_cli"]),
                      (method, "evomerge merge (command)", med["em_cli"]),
                      (method, "mergekit run_merge (merge call)", med["mk_call"]),
                      (method, "evomerge merge_to_dir (merge call)", med["em_call"]),
-                     (method, "evomerge search path (resident -> live weights)", live)]
+                     (method, "evomerge search path (resident -> live weights)", live["steady"]),
+                     (method, "evomerge search path, torch.compile kernels (EVOMERGE_NATIVE=0)", live_torch["steady"])]
             equal[method] = compare(t / "mk", t / "em", zoo / "base")
     print(f"\nMerge materialization, {args.size} scaled zoo ({info['parameters'] / 1e6:.1f}M parameters x 3 sources, "
           f"float32); bytes moved per merge {moved / 1e9:.2f} GB (3 read + 1 written)\n")
@@ -243,6 +253,13 @@ def main() -> None:
         gbs = moved / sec / 1e9
         print(f"| {method} | {name} | {sec:.2f} | {gbs:.2f} | {speedup} | {100 * gbs / copy_gbs:.0f}% |")
     print(f"| - | torch copy of the same sources (read 3 + write 3) | {copy_s:.2f} | {copy_gbs:.2f} | | 100% |")
+    print("\nSearch path per candidate, seconds: the first (C++ kernel load or torch.compile, sampled rank cuts), "
+          "the second (rank indexes built) and the steady state:\n")
+    print("| merge | kernels | first candidate | second | steady |")
+    print("|---|---|---:|---:|---:|")
+    for method, by in first.items():
+        for kind, t in by.items():
+            print(f"| {method} | {kind} | {t['first']:.2f} | {t['second']:.2f} | {t['steady']:.3f} |")
     print("\nOutputs, mergekit vs evomerge (same YAML):\n")
     print("| merge | tensors | max abs diff | entries differing > 1e-6 (of all) | rel. L2 diff of merged task vector "
           "| entries changed from base (mergekit / evomerge) | merged task vector norm, evomerge / mergekit |")

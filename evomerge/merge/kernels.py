@@ -326,6 +326,22 @@ def _run_native(v: Variant, out: Tensor, base: Tensor | None, experts: list[Tens
     return math.nan if bad else 0.0
 
 
+def native_cut(expert: Tensor, base: Tensor | None, order: Tensor, start: int, end: int, need: int):  # type: ignore[no-untyped-def]
+    """``sparsify._cut_among`` over one rank-index group in C++ (a RankCut), or None when the
+    C++ kernel is off or a dtype is not its."""
+    from evomerge.merge.sparsify import RankCut
+
+    if order.dtype != torch.int32 or expert.dtype not in NATIVE_DTYPES or (base is not None and base.dtype not in NATIVE_DTYPES):
+        return None
+    mod = native.module()
+    if mod is None:
+        return None
+    t, cut, outside = mod.cut_in_group(expert, base, order, start, end, need)
+    if cut < 0:
+        return RankCut(t, ALL_TIES)
+    return RankCut(t, cut, outside)
+
+
 def _threads(numel: int) -> int:
     return torch.get_num_threads() if numel >= NATIVE_THREADED_NUMEL else 1
 

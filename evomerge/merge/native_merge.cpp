@@ -11,6 +11,8 @@
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <cmath>
+#include <tuple>
 #include <atomic>
 #include <condition_variable>
 #include <functional>
@@ -488,7 +490,97 @@ torch::Tensor bracket(torch::Tensor codes, torch::Tensor expert, c10::optional<t
   return out;
 }
 
+// sparsify._cut_among over the entries at flat positions order[start:end) (ascending, every entry
+// equal to the result among them): the need-th largest |e - b| (NaN ranks lowest), the count
+// strictly above it, and the tie members in index order. Returns (threshold, cut, outside ties):
+// cut = -1 when the whole tie group is in (ALL_TIES), else one past the last tie member taken.
+std::tuple<double, int64_t, torch::Tensor> cut_in_group(torch::Tensor expert, c10::optional<torch::Tensor> base,
+                                                        torch::Tensor order, int64_t start, int64_t end,
+                                                        int64_t need) {
+  TORCH_CHECK(expert.is_contiguous() && order.is_contiguous() && order.scalar_type() == torch::kInt32,
+              "cut_in_group: contiguous expert and int32 order");
+  const int64_t m = end - start;
+  TORCH_CHECK(0 < need && need <= m && start >= 0 && end <= order.numel(), "cut_in_group: bad group");
+  const Src e{expert.data_ptr(), kind_of(expert)};
+  const bool has_base = base.has_value() && base->defined();
+  const Src b = has_base ? Src{base->data_ptr(), kind_of(*base)} : Src{};
+  const int32_t* pos = order.data_ptr<int32_t>() + start;
+  std::vector<float> v(static_cast<size_t>(m));
+  for (int64_t j = 0; j < m; ++j) {
+    float ev, bv = 0.0f;
+    load(e, pos[j], 1, &ev);
+    if (has_base) load(b, pos[j], 1, &bv);
+    const float a = std::fabs(has_base ? ev - bv : ev);
+    v[j] = std::isnan(a) ? -1.0f : a;
+  }
+  std::vector<float> w(v);
+  std::nth_element(w.begin(), w.begin() + (need - 1), w.end(), std::greater<float>());
+  const float t = w[need - 1];
+  int64_t above = 0, ties = 0;
+  for (int64_t j = 0; j < m; ++j) {
+    above += v[j] > t;
+    ties += v[j] == t;
+  }
+  const int64_t take = need - above;  // >= 1
+  if (take == ties) return {t, -1, torch::Tensor()};
+  std::vector<int64_t> members;
+  members.reserve(static_cast<size_t>(ties));
+  for (int64_t j = 0; j < m; ++j)
+    if (v[j] == t) members.push_back(pos[j]);
+  auto outside = torch::empty({ties - take}, torch::kInt64);
+  std::copy(members.begin() + take, members.end(), outside.data_ptr<int64_t>());
+  return {t, members[take - 1] + 1, outside};
+}
+
+// rank_index.build as a counting sort: key = float32 bits of |e - b| >> 16 (NaN -> 0), positions
+// grouped by ascending key, ascending index within a key. Returns (order int32, ends int64: the
+// cumulative sizes of the non-empty groups).
+std::tuple<torch::Tensor, torch::Tensor> rank_order(torch::Tensor expert, c10::optional<torch::Tensor> base) {
+  const int64_t n = expert.numel();
+  TORCH_CHECK(expert.is_contiguous() && n < (int64_t(1) << 31), "rank_order: contiguous, below 2**31 entries");
+  const Src e{expert.data_ptr(), kind_of(expert)};
+  const bool has_base = base.has_value() && base->defined();
+  if (has_base) TORCH_CHECK(base->is_contiguous() && base->numel() == n, "rank_order: base must match");
+  const Src b = has_base ? Src{base->data_ptr(), kind_of(*base)} : Src{};
+  constexpr int64_t KEYS = 1 << 15;
+  std::vector<uint16_t> key(static_cast<size_t>(n));
+  std::vector<int64_t> count(KEYS, 0);
+  auto order = torch::empty({n}, torch::kInt32);
+  {
+    pybind11::gil_scoped_release release;
+    alignas(64) float eb[BLOCK], bb[BLOCK];
+    for (int64_t s = 0; s < n; s += BLOCK) {
+      const int64_t len = std::min(BLOCK, n - s);
+      load(e, s, len, eb);
+      if (has_base) load(b, s, len, bb);
+      for (int64_t j = 0; j < len; ++j) {
+        const float a = std::fabs(has_base ? eb[j] - bb[j] : eb[j]);
+        uint32_t bits;
+        std::memcpy(&bits, &a, 4);
+        key[s + j] = std::isnan(a) ? 0 : static_cast<uint16_t>(bits >> 16);
+      }
+    }
+    for (int64_t j = 0; j < n; ++j) ++count[key[j]];
+    std::vector<int64_t> head(KEYS, 0);
+    for (int64_t k = 1; k < KEYS; ++k) head[k] = head[k - 1] + count[k - 1];
+    int32_t* op = order.data_ptr<int32_t>();
+    for (int64_t j = 0; j < n; ++j) op[head[key[j]]++] = static_cast<int32_t>(j);
+  }
+  std::vector<int64_t> ends;
+  int64_t total = 0;
+  for (int64_t k = 0; k < KEYS; ++k) {
+    if (count[k] == 0) continue;
+    total += count[k];
+    ends.push_back(total);
+  }
+  auto ends_t = torch::empty({static_cast<int64_t>(ends.size())}, torch::kInt64);
+  std::copy(ends.begin(), ends.end(), ends_t.data_ptr<int64_t>());
+  return {order, ends_t};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("merge", &merge, "evomerge fused task-vector merge (see kernels._body)");
+  m.def("rank_order", &rank_order, "rank-index order and group ends (see rank_index.build)");
+  m.def("cut_in_group", &cut_in_group, "exact rank cut within one rank-index group (see sparsify._cut_among)");
   m.def("bracket", &bracket, "magnitude sub-bracket codes and counts (see kernels._bracket_body)");
 }

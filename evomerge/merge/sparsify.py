@@ -126,6 +126,9 @@ def rank_cut(expert: Tensor, base: Tensor | None, k: int) -> RankCut:
     index = rank_index.INDEXES.lookup(expert, base)
     if index is not None:  # resident sources: the group holding rank k is known, no pass
         start, end = index.group_of_rank(k)
+        fast = kernels.native_cut(e, b, index.order, start, end, k - (n - end))
+        if fast is not None:
+            return fast
         positions = index.order[start:end]
         values = _magnitudes(torch.index_select(e, 0, positions),
                              torch.index_select(b, 0, positions) if b is not None else None)

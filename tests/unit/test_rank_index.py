@@ -130,3 +130,16 @@ def test_merges_over_indexed_sources_equal_the_unindexed_merge(indexes, name: st
     for _ in range(3):
         assert torch.equal(op([e1, e2], base=base, params=params), plain)
     assert indexes.builds == 2 if name == "ties" else indexes.builds >= 2
+
+
+@pytest.mark.parametrize("kind", ["float", "bf16", "zeros"])
+def test_the_native_build_equals_the_torch_build(kind: str) -> None:
+    from evomerge.merge import native
+
+    if native.module() is None:
+        pytest.skip(f"native kernel unavailable: {native.broken}")
+    expert, base = pair(kind, seed=8)
+    expert[::1001] = float("nan") if kind == "float" else expert[::1001]
+    a, b = rank_index.build(expert, base), rank_index.build_torch(expert, base)
+    assert a.order.dtype == b.order.dtype == torch.int32
+    assert torch.equal(a.order, b.order) and torch.equal(a.ends, b.ends)
