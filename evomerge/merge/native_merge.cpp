@@ -277,6 +277,33 @@ StepFn pick(bool base, bool low, bool high, bool rand, bool cons, bool norm, boo
   return rand ? pick_combine<false, false, true>(cons, norm, first) : pick_combine<false, false, false>(cons, norm, first);
 }
 
+// Prefetch the block PREFETCH_BLOCKS ahead in every stream (sources and output), so all of them are
+// in flight at once: each step loop reads only one expert, and with the hardware prefetcher alone
+// two threads reached ~1.3x one thread's bandwidth here (2x with this; the distance measured).
+constexpr int64_t PREFETCH_BLOCKS = 4;
+
+inline size_t elem_size(Kind k) {
+  return k == Kind::F32 ? 4 : k == Kind::F64 ? 8 : 2;
+}
+
+inline void prefetch_range(const void* base, Kind kind, int64_t start, int64_t len, bool write) {
+  const size_t es = elem_size(kind);
+  const char* p = static_cast<const char*>(base) + static_cast<size_t>(start) * es;
+  const size_t bytes = static_cast<size_t>(len) * es;
+  for (size_t off = 0; off < bytes; off += 64) {
+    if (write) __builtin_prefetch(p + off, 1, 3); else __builtin_prefetch(p + off, 0, 3);
+  }
+}
+
+inline void prefetch_ahead(const Job& job, int64_t s, int64_t end) {
+  const int64_t at = s + PREFETCH_BLOCKS * BLOCK;
+  if (at >= end) return;
+  const int64_t len = std::min(BLOCK, end - at);
+  if (job.has_base) prefetch_range(job.base.ptr, job.base.kind, at, len, false);
+  for (const Expert& e : job.experts) prefetch_range(e.src.ptr, e.src.kind, at, len, false);
+  prefetch_range(job.out, job.out_kind, at, len, true);
+}
+
 bool run_range(const Job& job, int64_t begin, int64_t end) {
   alignas(64) float b[BLOCK], conv[BLOCK], out[BLOCK];
   Acc acc;
@@ -291,6 +318,7 @@ bool run_range(const Job& job, int64_t begin, int64_t end) {
   uint32_t bad = 0;
   for (int64_t s = begin; s < end; s += BLOCK) {
     const int64_t len = std::min(BLOCK, end - s);
+    prefetch_ahead(job, s, end);
     const float* bp = nullptr;
     if (job.has_base) {
       if (job.base.kind == Kind::F32) {

@@ -1,0 +1,107 @@
+"""Search-path merge time per candidate under each kernel configuration, before vs after.
+
+    python -m bench.kernel_paths [--sizes tiny,100m] [--candidates 8]
+
+Every candidate of a search merges the resident sources into the evaluator's live weights
+(``merge_into``). Rows: the tiny trained zoo (what the demo and the tests search) and the
+``100m`` scaled zoo, base + 2 experts, per merge method; columns: the configurations, each run in
+a fresh process so first-candidate costs (C++ kernel load or torch.compile, rank-index builds)
+show:
+
+- ``torch, no index``: the torch.compile / eager kernels and sampled rank cuts (evomerge before
+  the C++ kernel and the rank indexes: ``EVOMERGE_NATIVE=0 EVOMERGE_RANK_INDEX_MEMORY=0``);
+- ``torch + index``: the same kernels with rank indexes (``EVOMERGE_NATIVE=0``);
+- ``C++ + index``: the default.
+
+Each cell: first candidate / second candidate / steady state (median of the rest), seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = {
+    "torch, no index": {"EVOMERGE_NATIVE": "0", "EVOMERGE_RANK_INDEX_MEMORY": "0"},
+    "torch + index": {"EVOMERGE_NATIVE": "0"},
+    "C++ + index": {},
+}
+METHODS = {
+    "task_arithmetic": ([{"weight": 1.0}, {"weight": 0.7}], {"lambda": 1.0}),
+    "dare_ties": ([{"weight": 1.0, "density": 0.5}, {"weight": 0.7, "density": 0.3}], {"normalize": False}),
+    "ties": ([{"weight": 1.0, "density": 0.5}, {"weight": 0.7, "density": 0.3}], {"normalize": True}),
+    "breadcrumbs_ties": ([{"weight": 1.0, "density": 0.5, "gamma": 0.01}, {"weight": 0.7, "density": 0.3, "gamma": 0.01}],
+                         {"normalize": True}),
+}
+LIVE = r"""
+import json, statistics, sys, time, torch
+from evomerge.evaluate.resident import ResidentSources
+from evomerge.merge.materialize import merge_into, plan_merge
+from evomerge.recipe import load_recipe
+rec = load_recipe(sys.argv[1])
+plan = plan_merge(rec, ResidentSources().for_recipe(rec.source_names()))
+live = {m.name: torch.empty(m.shape, dtype=m.dtype) for m in plan.metas}
+times = []
+for i in range(int(sys.argv[2])):
+    t0 = time.perf_counter()
+    merge_into(plan, live, seed=i)
+    times.append(time.perf_counter() - t0)
+print(json.dumps([times[0], times[1], statistics.median(times[2:])]))
+"""
+
+
+def sources(size: str) -> tuple[Path, Path, Path]:
+    if size == "tiny":
+        from evomerge.zoo import ensure_zoo
+
+        zoo = ensure_zoo(log=print)
+        return zoo / "base", zoo / "expert_add", zoo / "expert_caesar"
+    from evomerge.zoo_scaled import ensure_scaled_zoo
+
+    zoo = ensure_scaled_zoo(size, experts=2, log=print)
+    return zoo / "base", zoo / "expert_0", zoo / "expert_1"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="tiny,100m")
+    ap.add_argument("--candidates", type=int, default=8)
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="evomerge-bench-kp-") as tmp:
+        for size in args.sizes.split(","):
+            base, e0, e1 = sources(size)
+            for method, (params, glob) in METHODS.items():
+                cfg = Path(tmp) / f"{size}-{method}.yml"
+                cfg.write_text(yaml.safe_dump({
+                    "merge_method": method, "base_model": str(base), "dtype": "float32", "parameters": glob,
+                    "models": [{"model": str(e0), "parameters": params[0]}, {"model": str(e1), "parameters": params[1]}]}))
+                cells = []
+                for env in CONFIGS.values():
+                    out = subprocess.run([sys.executable, "-c", LIVE, str(cfg), str(args.candidates)], cwd=REPO,
+                                         capture_output=True, text=True, env={**os.environ, **env})
+                    if out.returncode != 0:
+                        raise SystemExit(f"{size} {method} failed:\n{out.stderr[-2000:]}")
+                    cells.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                rows.append((size, method, cells))
+                print(f"  {size} {method}: " + "; ".join(f"{c[2]:.4f}" for c in cells), flush=True)
+    print(f"\nSearch-path merge per candidate (first / second / steady, seconds; {args.candidates} candidates, "
+          "base + 2 experts, float32)\n")
+    print("| zoo | merge | " + " | ".join(CONFIGS) + " | steady, before / now |")
+    print("|---|---|" + "---:|" * (len(CONFIGS) + 1))
+    for size, method, cells in rows:
+        fmt = " | ".join(f"{a:.3f} / {b:.3f} / {c:.4f}" for a, b, c in cells)
+        print(f"| {size} | {method} | {fmt} | {cells[0][2] / cells[-1][2]:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
