@@ -1,6 +1,6 @@
 """Search-path merge time per candidate under each kernel configuration, before vs after.
 
-    python -m bench.kernel_paths [--sizes tiny,100m] [--candidates 8]
+    python -m bench.kernel_paths [--sizes tiny,100m] [--candidates 8] [--repeats 3]
 
 Every candidate of a search merges the resident sources into the evaluator's live weights
 (``merge_into``). Rows: the tiny trained zoo (what the demo and the tests search) and the
@@ -13,7 +13,9 @@ show:
 - ``torch + index``: the same kernels with rank indexes (``EVOMERGE_NATIVE=0``);
 - ``C++ + index``: the default.
 
-Each cell: first candidate / second candidate / steady state (median of the rest), seconds.
+Each cell: first candidate / second candidate / steady state (median of the rest), seconds, each
+the median over ``--repeats`` processes (a process's steady state varies by up to +-30% here
+with where its memory landed).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -74,6 +77,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="tiny,100m")
     ap.add_argument("--candidates", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     rows = []
@@ -87,15 +91,18 @@ def main() -> None:
                     "models": [{"model": str(e0), "parameters": params[0]}, {"model": str(e1), "parameters": params[1]}]}))
                 cells = []
                 for env in CONFIGS.values():
-                    out = subprocess.run([sys.executable, "-c", LIVE, str(cfg), str(args.candidates)], cwd=REPO,
-                                         capture_output=True, text=True, env={**os.environ, **env})
-                    if out.returncode != 0:
-                        raise SystemExit(f"{size} {method} failed:\n{out.stderr[-2000:]}")
-                    cells.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                    runs = []
+                    for _ in range(args.repeats):
+                        out = subprocess.run([sys.executable, "-c", LIVE, str(cfg), str(args.candidates)], cwd=REPO,
+                                             capture_output=True, text=True, env={**os.environ, **env})
+                        if out.returncode != 0:
+                            raise SystemExit(f"{size} {method} failed:\n{out.stderr[-2000:]}")
+                        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                    cells.append([statistics.median(r[i] for r in runs) for i in range(3)])
                 rows.append((size, method, cells))
                 print(f"  {size} {method}: " + "; ".join(f"{c[2]:.4f}" for c in cells), flush=True)
     print(f"\nSearch-path merge per candidate (first / second / steady, seconds; {args.candidates} candidates, "
-          "base + 2 experts, float32)\n")
+          f"base + 2 experts, float32; medians of {args.repeats} processes)\n")
     print("| zoo | merge | " + " | ".join(CONFIGS) + " | steady, before / now |")
     print("|---|---|" + "---:|" * (len(CONFIGS) + 1))
     for size, method, cells in rows:
