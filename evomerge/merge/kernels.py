@@ -16,8 +16,8 @@ with the C++ build of the formula (``native``: L1-sized blocks, vectorized loops
 where it builds; else through ``torch.compile`` (inductor fuses the formula into one loop;
 tensors of at least ``COMPILE_MIN_NUMEL`` entries, ~4 s of compiling per process); else the very
 same function runs eagerly over cache-sized chunks. ``EVOMERGE_NATIVE=0`` skips the C++ kernel,
-``EVOMERGE_COMPILE=0`` turns compiling off, ``=1`` compiles every tensor. All three give the
-same entries (tested).
+``EVOMERGE_COMPILE=0`` turns compiling off, ``=1`` compiles every tensor. All three keep the
+same entries and agree to float rounding (tested).
 
 DARE's mask is counter-based: entry j of expert i is kept when hash(seed_i, j) < density *
 2**32, a pure function of the seed and the flat index. It is the same in a fused kernel, in
@@ -314,7 +314,7 @@ def _try_compiled(key: object, body: Callable[..., Tensor], *args: object) -> Te
 def _run_native(v: Variant, out: Tensor, base: Tensor | None, experts: list[Tensor], fp: list[list[float]],
                 ip: list[list[int]], glob: list[float]) -> float | None:
     """The C++ kernel (``native``); None when it is off, failed to build, or a dtype is not its."""
-    if not all(t.dtype in NATIVE_DTYPES for t in [out, *experts, *([base] if base is not None else [])]):
+    if not native_ok(out, *experts, base):
         return None
     mod = native.module()
     if mod is None:
@@ -326,12 +326,20 @@ def _run_native(v: Variant, out: Tensor, base: Tensor | None, experts: list[Tens
     return math.nan if bad else 0.0
 
 
+def native_ok(*tensors: Tensor | None) -> bool:
+    """Whether the C++ kernels take these tensors (None: absent): contiguous, on the CPU, of a
+    dtype they read; anything else (a CUDA evaluator's weights, strided views) takes the torch
+    kernels."""
+    return all(t is None or (t.device.type == "cpu" and t.is_contiguous()
+                             and (t.dtype in NATIVE_DTYPES or t.dtype == torch.uint8)) for t in tensors)
+
+
 def native_cut(expert: Tensor, base: Tensor | None, order: Tensor, start: int, end: int, need: int):  # type: ignore[no-untyped-def]
     """``sparsify._cut_among`` over one rank-index group in C++ (a RankCut), or None when the
     C++ kernel is off or a dtype is not its."""
     from evomerge.merge.sparsify import RankCut
 
-    if order.dtype != torch.int32 or expert.dtype not in NATIVE_DTYPES or (base is not None and base.dtype not in NATIVE_DTYPES):
+    if order.dtype != torch.int32 or not native_ok(expert, base):
         return None
     mod = native.module()
     if mod is None:
@@ -390,10 +398,8 @@ def bracket(codes: Tensor, expert: Tensor, base: Tensor | None, edges: list[floa
     pass over the sources (magnitude selection, see ``sparsify.rank_cut``)."""
     n = expert.numel()
     edge_t = torch.tensor(edges, dtype=torch.float32)
-    if (n and expert.dtype in NATIVE_DTYPES and (base is None or base.dtype in NATIVE_DTYPES)
-            and (mod := native.module()) is not None):
-        got = mod.bracket(codes, expert.contiguous(), base.contiguous() if base is not None else None, edge_t,
-                          _threads(n))
+    if n and native_ok(expert, base, codes) and (mod := native.module()) is not None:
+        got = mod.bracket(codes, expert, base, edge_t, _threads(n))
         return [int(c) for c in got]
     if n and use_compiled(n):
         got = _try_compiled(("bracket", base is None, len(edges)), _bracket_body, codes[:n], expert, base, edge_t)

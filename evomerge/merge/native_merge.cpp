@@ -15,6 +15,7 @@
 #include <tuple>
 #include <atomic>
 #include <condition_variable>
+#include <exception>
 #include <functional>
 #include <mutex>
 #include <cstdint>
@@ -22,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include <pthread.h>
 #include <unistd.h>
 
 namespace {
@@ -139,18 +141,19 @@ struct Job {
 
 // Persistent helper threads (starting a thread per call costs ~80 us, as much as merging 64K
 // entries). Never destroyed: joinable threads must not meet static destructors at exit. A forked
-// child gets a fresh pool (the parent's threads do not exist there).
+// child starts a fresh pool (pthread_atfork): the parent's threads do not exist there.
 class Pool {
  public:
   static Pool& get() {
-    static std::mutex made;
-    static Pool* pool = nullptr;
-    std::lock_guard<std::mutex> lock(made);
-    if (pool == nullptr || pool->pid_ != getpid()) pool = new Pool();  // the old one leaks on purpose
+    static std::once_flag registered;
+    std::call_once(registered, [] { pthread_atfork(nullptr, nullptr, [] { current() = nullptr; }); });
+    Pool*& pool = current();
+    if (pool == nullptr) pool = new Pool();  // a forked child's old pool leaks on purpose
     return *pool;
   }
 
-  // Runs f(0) .. f(n - 1), f(0) on the caller's thread; one caller at a time.
+  // Runs f(0) .. f(n - 1), f(0) on the caller's thread; one caller at a time. Waits for every
+  // part even when one throws, then rethrows the first exception.
   void run(int n, const std::function<void(int)>& f) {
     std::lock_guard<std::mutex> one_caller(calls_);
     {
@@ -160,19 +163,32 @@ class Pool {
         workers_.emplace_back([this, id] { loop(id); });
       }
       task_ = &f;
+      error_ = nullptr;
       active_ = n;
       pending_ = n - 1;
       ++generation_;
     }
     wake_.notify_all();
-    f(0);
+    std::exception_ptr mine;
+    try {
+      f(0);
+    } catch (...) {
+      mine = std::current_exception();
+    }
     std::unique_lock<std::mutex> lock(m_);
     done_.wait(lock, [this] { return pending_ == 0; });
     task_ = nullptr;
+    if (mine) std::rethrow_exception(mine);
+    if (error_) std::rethrow_exception(error_);
   }
 
  private:
-  Pool() : pid_(getpid()) {}
+  Pool() = default;
+
+  static Pool*& current() {
+    static Pool* pool = nullptr;
+    return pool;
+  }
 
   void loop(int id) {
     uint64_t seen = 0;
@@ -183,17 +199,23 @@ class Pool {
       if (id >= active_) continue;
       const std::function<void(int)>* f = task_;
       lock.unlock();
-      (*f)(id);
+      std::exception_ptr err;
+      try {
+        (*f)(id);
+      } catch (...) {
+        err = std::current_exception();
+      }
       lock.lock();
+      if (err && !error_) error_ = err;
       if (--pending_ == 0) done_.notify_one();
     }
   }
 
-  pid_t pid_;
   std::mutex calls_, m_;
   std::condition_variable wake_, done_;
   std::vector<std::thread> workers_;
   const std::function<void(int)>* task_ = nullptr;
+  std::exception_ptr error_;
   int active_ = 0, pending_ = 0;
   uint64_t generation_ = 0;
 };
@@ -394,7 +416,7 @@ bool merge(torch::Tensor out, c10::optional<torch::Tensor> base, std::vector<tor
   Job job;
   job.has_base = base.has_value() && base->defined();
   if (job.has_base) {
-    TORCH_CHECK(base->is_contiguous() && base->numel() == n, "base must be flat, contiguous, out's size");
+    TORCH_CHECK(base->is_contiguous() && base->numel() == n && base->device().is_cpu(), "base must be flat, contiguous, out's size, on the CPU");
     job.base = Src{base->data_ptr(), kind_of(*base)};
   }
   auto f = fp.contiguous();
@@ -403,7 +425,7 @@ bool merge(torch::Tensor out, c10::optional<torch::Tensor> base, std::vector<tor
   const int64_t* ir = g.data_ptr<int64_t>();
   for (size_t i = 0; i < experts.size(); ++i) {
     const auto& e = experts[i];
-    TORCH_CHECK(e.is_contiguous() && e.numel() == n, "experts must be flat, contiguous, out's size");
+    TORCH_CHECK(e.is_contiguous() && e.numel() == n && e.device().is_cpu(), "experts must be flat, contiguous, out's size, on the CPU");
     Expert x;
     x.src = Src{e.data_ptr(), kind_of(e)};
     x.scale = fr[4 * i];
@@ -528,9 +550,12 @@ std::tuple<double, int64_t, torch::Tensor> cut_in_group(torch::Tensor expert, c1
   TORCH_CHECK(expert.is_contiguous() && order.is_contiguous() && order.scalar_type() == torch::kInt32,
               "cut_in_group: contiguous expert and int32 order");
   const int64_t m = end - start;
-  TORCH_CHECK(0 < need && need <= m && start >= 0 && end <= order.numel(), "cut_in_group: bad group");
+  TORCH_CHECK(0 < need && need <= m && start >= 0 && end <= order.numel() && order.numel() == expert.numel(),
+              "cut_in_group: bad group");
   const Src e{expert.data_ptr(), kind_of(expert)};
   const bool has_base = base.has_value() && base->defined();
+  if (has_base)
+    TORCH_CHECK(base->is_contiguous() && base->numel() == expert.numel(), "cut_in_group: base must match the expert");
   const Src b = has_base ? Src{base->data_ptr(), kind_of(*base)} : Src{};
   const int32_t* pos = order.data_ptr<int32_t>() + start;
   std::vector<float> v(static_cast<size_t>(m));

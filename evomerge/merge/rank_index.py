@@ -13,13 +13,14 @@ arithmetic does.
 
 Only tensors registered by their owner as resident and unchanged are indexed (``register``;
 ``tensor._version`` guards against in-place edits), each pair on its second cut (a one-shot
-merge never pays the build, ~5 ns per entry in C++, ~20 in torch), within a memory budget of 4 bytes per indexed
+merge never pays the build: ~10 ns per entry in C++, ~20 in torch), within a memory budget of 4 bytes per indexed
 entry: ``EVOMERGE_RANK_INDEX_MEMORY`` bytes per process (default 1/8 of physical memory; 0
 turns indexing off). Pairs past the budget keep the sampled-bracket path.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import threading
 import weakref
@@ -68,9 +69,8 @@ def build(expert: Tensor, base: Tensor | None) -> PairIndex:
 
     e = expert.reshape(-1)
     b = base.reshape(-1) if base is not None else None
-    if (e.numel() < 2**31 and all(t.dtype in kernels.NATIVE_DTYPES for t in (e, *([b] if b is not None else [])))
-            and (mod := native.module()) is not None):
-        order, ends = mod.rank_order(e.contiguous(), b.contiguous() if b is not None else None)
+    if e.numel() < 2**31 and kernels.native_ok(e, b) and (mod := native.module()) is not None:
+        order, ends = mod.rank_order(e, b)
         return PairIndex(order, ends)
     return build_torch(expert, base)
 
@@ -114,9 +114,9 @@ def budget() -> int:
 class _Entry:
     __slots__ = ("expert", "base", "versions", "uses", "index")
 
-    def __init__(self, expert: Tensor, base: Tensor | None) -> None:
-        self.expert = weakref.ref(expert)
-        self.base = weakref.ref(base) if base is not None else None
+    def __init__(self, expert: Tensor, base: Tensor | None, on_death) -> None:  # type: ignore[no-untyped-def]
+        self.expert = weakref.ref(expert, on_death)
+        self.base = weakref.ref(base, on_death) if base is not None else None
         self.versions = (expert._version, base._version if base is not None else 0)
         self.uses = 0
         self.index: PairIndex | None = None
@@ -128,22 +128,43 @@ class _Entry:
             return False
         return self.versions == (expert._version, base._version if base is not None else 0)
 
+    def dead(self) -> bool:
+        return self.expert() is None or (self.base is not None and self.base() is None)
+
 
 class RankIndexes:
-    """The process's indexes, keyed by resident tensor identity."""
+    """The process's indexes, keyed by resident tensor identity. An index goes (and its bytes
+    leave the budget) when its expert or base is freed: a closed evaluator's sources."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._resident: dict[int, weakref.ref[Tensor]] = {}
         self._pairs: dict[tuple[int, int], _Entry] = {}
+        self._deaths: collections.deque[int] = collections.deque()  # appended by weakref callbacks
         self.used = 0  # bytes held by built indexes
         self.builds = 0
+
+    def _died(self, _ref: object) -> None:
+        self._deaths.append(1)  # no lock here: a callback can run inside any allocation
+
+    def _prune(self) -> None:
+        """Drop entries of freed tensors (called with the lock held)."""
+        if not self._deaths:
+            return
+        self._deaths.clear()
+        for key in [k for k, e in self._pairs.items() if e.dead()]:
+            index = self._pairs.pop(key).index
+            if index is not None:
+                self.used -= index.nbytes
+        for key in [k for k, r in self._resident.items() if r() is None]:
+            del self._resident[key]
 
     def register(self, tensor: Tensor) -> None:
         """Mark a long-lived tensor that merge ops only read (a resident source's weights)."""
         if tensor.is_floating_point() and tensor.device.type == "cpu":
             with self._lock:
-                self._resident[id(tensor)] = weakref.ref(tensor)
+                self._prune()
+                self._resident[id(tensor)] = weakref.ref(tensor, self._died)
 
     def _is_resident(self, t: Tensor | None) -> bool:
         if t is None:
@@ -152,20 +173,22 @@ class RankIndexes:
         return ref is not None and ref() is t
 
     def lookup(self, expert: Tensor, base: Tensor | None) -> PairIndex | None:
-        """The pair's index if it is (or now gets) built; None: use the sampled path."""
+        """The pair's index if it is (or now gets) built; None: use the sampled path. Builds run
+        under the lock (one at a time per process; a few seconds for a 100M-parameter pair)."""
         if not (self._is_resident(expert) and self._is_resident(base)):
             return None
         key = (id(expert), id(base) if base is not None else 0)
         with self._lock:
+            self._prune()
             entry = self._pairs.get(key)
             if entry is None or not entry.holds(expert, base):
                 if entry is not None and entry.index is not None:
                     self.used -= entry.index.nbytes
-                entry = self._pairs[key] = _Entry(expert, base)
+                entry = self._pairs[key] = _Entry(expert, base, self._died)
             entry.uses += 1
             if entry.index is not None or entry.uses < 2:
                 return entry.index
-            need = expert.numel() * 4
+            need = expert.numel() * (4 if expert.numel() < 2**31 else 8)
             if self.used + need > budget():
                 return None
             entry.index = build(expert, base)

@@ -337,3 +337,53 @@ def test_an_unknown_native_mode_is_refused_with_the_fix(monkeypatch) -> None:
     with pytest.raises(ConfigError, match="EVOMERGE_NATIVE='maybe'") as info:
         get_op("task_arithmetic")(experts, base=base, params={})
     assert "EVOMERGE_NATIVE to 0" in info.value.hint
+
+
+def test_strided_inputs_take_the_torch_kernels_with_the_same_result(monkeypatch) -> None:
+    use(monkeypatch, "native")
+    base, experts = sources(60_000)
+    wide = [torch.stack([e, torch.zeros_like(e)], 1).reshape(-1) for e in experts]
+    strided = [w[::2] for w in wide]  # the same values, not contiguous
+    assert not strided[0].is_contiguous() and not kernels.native_ok(strided[0])
+    for name in ("ties", "dare_ties", "task_arithmetic"):
+        a = get_op(name)(experts, base=base, params=PARAMS[name], generator=gen(3))
+        b = get_op(name)(strided, base=base, params=PARAMS[name], generator=gen(3))
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
+        assert torch.equal(a != base, b != base), name
+
+
+def _native_dare(threads: int) -> float:
+    """A DARE-TIES merge of 2**20 entries straight through the C++ kernel on ``threads`` threads."""
+    base, experts = sources(1 << 20, 2)
+    out = torch.empty(1 << 20)
+    fp = torch.tensor([[1.0, 1.0, -1.0, math.inf], [0.7, 0.7, -1.0, math.inf]])
+    ip = torch.tensor([[kernels.ALL_TIES, kernels.ALL_TIES, 1 << 31, 12345, 0]] * 2)
+    flags = kernels.NATIVE_BASE | kernels.NATIVE_RANDOM | kernels.NATIVE_CONSENSUS
+    assert not native.module().merge(out, base, experts, fp, ip, 1.0, 1.0, flags, threads)
+    return float(out.double().sum())
+
+
+def _merge_in_child(queue) -> None:  # type: ignore[no-untyped-def]
+    torch.set_num_threads(1)  # torch's own OpenMP pool hangs after fork (a libgomp limit), not ours
+    queue.put(_native_dare(2))
+
+
+def test_a_forked_child_merges_with_a_fresh_helper_pool() -> None:
+    """The helper threads of the C++ kernel do not survive fork(); a child must start its own
+    instead of waiting forever on the parent's."""
+    import multiprocessing
+
+    if native.module() is None:
+        pytest.skip(f"native kernel unavailable: {native.broken}")
+    expected = _native_dare(2)  # the parent's pool is running now
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_merge_in_child, args=(queue,))
+    child.start()
+    child.join(60)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive, "the forked child hung in the merge"
+    assert child.exitcode == 0
+    assert queue.get(timeout=5) == expected == _native_dare(1)

@@ -143,3 +143,20 @@ def test_the_native_build_equals_the_torch_build(kind: str) -> None:
     a, b = rank_index.build(expert, base), rank_index.build_torch(expert, base)
     assert a.order.dtype == b.order.dtype == torch.int32
     assert torch.equal(a.order, b.order) and torch.equal(a.ends, b.ends)
+
+
+def test_indexes_of_freed_sources_are_dropped(indexes) -> None:
+    import gc
+
+    expert, base = pair("float", seed=9)
+    indexes.register(expert)
+    indexes.register(base)
+    for _ in range(2):
+        sparsify.rank_cut(expert, base, 300)
+    assert indexes.builds == 1 and indexes.used > 0
+    del expert
+    gc.collect()
+    other, base2 = pair("float", n=5000, seed=10)
+    indexes.register(other)  # any later call prunes
+    assert indexes.used == 0 and len(indexes._pairs) == 0
+    assert len(indexes._resident) == 2  # the live base and the new tensor
