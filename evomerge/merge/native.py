@@ -15,11 +15,14 @@ torch.compile / eager kernels.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
 import platform
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -58,6 +61,24 @@ def _build_dir() -> Path:
     return cache_root() / "native" / key.hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def _build_lock(build: Path) -> Iterator[None]:
+    """Serialize builds and loads across processes with an flock, which the kernel drops when its
+    holder dies. torch's own lock is a plain file that a process killed mid-build (a worker
+    SIGKILLed by a fault test or a crash) leaves behind, and every later load would wait on it
+    forever; under our lock no live builder can hold it, so a leftover one is removed."""
+    with open(build / "evomerge.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            stale = build / "lock"
+            if stale.exists():
+                log.warning("removing the lock file of an interrupted native kernel build: %s", stale)
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def module() -> ModuleType | None:
     """The built extension, or None (turned off, or the build failed: Python kernels)."""
     if _mode() == "0":
@@ -71,8 +92,9 @@ def module() -> ModuleType | None:
 
                 build = _build_dir()
                 build.mkdir(parents=True, exist_ok=True)
-                mod = cpp_extension.load(name="evomerge_native_merge", sources=[str(SOURCE)],
-                                         extra_cflags=FLAGS, build_directory=str(build), verbose=False)
+                with _build_lock(build):
+                    mod = cpp_extension.load(name="evomerge_native_merge", sources=[str(SOURCE)],
+                                             extra_cflags=FLAGS, build_directory=str(build), verbose=False)
                 _module.append(mod)
             except Exception as exc:  # no compiler, no ninja, unsupported platform
                 broken.append(repr(exc))
