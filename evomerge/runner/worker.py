@@ -72,6 +72,10 @@ class CandidateWorker:
         self.owns_evaluator = evaluator is None
         self.evaluator = evaluator if evaluator is not None else make_evaluator(spec.engine, spec.engine_options)
         self.evaluator.load_sources({s: s for s in spec.sources})
+        if spec.engine != "synthetic":
+            from evomerge.merge import native
+
+            native.module()  # build (first worker on a node, ~30 s) or load the C++ kernel before any deadline runs
         self.faults = dict(spec.faults)
         self._store = None
 
