@@ -326,6 +326,86 @@ inline void prefetch_ahead(const Job& job, int64_t s, int64_t end) {
   prefetch_range(job.out, job.out_kind, at, len, true);
 }
 
+// The TIES election of two experts, float32 throughout, in one loop per block: both task
+// vectors, the one-sided sums, the election and the output per entry, with no accumulator
+// round-trips (the common case of a search over two experts). Same operations, same order as
+// the per-expert steps.
+template <bool LOW, bool HIGH, bool RAND, bool NORM>
+uint32_t pair_block(const Expert& x0, const Expert& x1, const float* __restrict e0, const float* __restrict e1,
+                    const float* __restrict b, float* __restrict dst, int64_t len, uint32_t first, float lam) {
+  constexpr bool MASKED = LOW || HIGH || RAND;
+  const float lt0 = x0.low_t, lt1 = x1.low_t, ht0 = x0.high_t, ht1 = x1.high_t;
+  const float s0 = x0.scale, s1 = x1.scale, w0 = x0.weight, w1 = x1.weight;
+  const uint32_t seed0 = x0.seed, seed1 = x1.seed, keep0 = x0.keep, keep1 = x1.keep;
+  uint32_t bad = 0;
+  for (int64_t j = 0; j < len; ++j) {
+    const float d0 = e0[j] - b[j], d1 = e1[j] - b[j];
+    if (MASKED) bad |= non_finite(d0) | non_finite(d1);
+    float k0 = 1.0f, k1 = 1.0f;
+    if (LOW) {
+      k0 = (std::fabs(d0) < lt0) ? 0.0f : 1.0f;
+      k1 = (std::fabs(d1) < lt1) ? 0.0f : 1.0f;
+    }
+    if (HIGH) {
+      k0 = (std::fabs(d0) >= ht0) ? 0.0f : k0;
+      k1 = (std::fabs(d1) >= ht1) ? 0.0f : k1;
+    }
+    if (RAND) {
+      const uint32_t idx = first + static_cast<uint32_t>(j);
+      uint32_t h0 = idx ^ seed0, h1 = idx ^ seed1;
+      h0 = ((h0 >> 16) ^ h0) * MIX;
+      h1 = ((h1 >> 16) ^ h1) * MIX;
+      h0 = ((h0 >> 16) ^ h0) * MIX;
+      h1 = ((h1 >> 16) ^ h1) * MIX;
+      h0 = (h0 >> 16) ^ h0;
+      h1 = (h1 >> 16) ^ h1;
+      k0 = (h0 < keep0) ? k0 : 0.0f;
+      k1 = (h1 < keep1) ? k1 : 0.0f;
+    }
+    const float y0 = MASKED ? (d0 * s0) * k0 : d0 * s0;
+    const float y1 = MASKED ? (d1 * s1) * k1 : d1 * s1;
+    const float pos = (y0 < 0.0f ? 0.0f : y0) + (y1 < 0.0f ? 0.0f : y1);
+    const float neg = (y0 > 0.0f ? 0.0f : y0) + (y1 > 0.0f ? 0.0f : y1);
+    const bool up = (y0 + y1) >= 0.0f;
+    float m = up ? pos : neg;
+    if (NORM) {
+      const float wp = (y0 > 0.0f ? w0 : 0.0f) + (y1 > 0.0f ? w1 : 0.0f);
+      const float wn = (y0 < 0.0f ? w0 : 0.0f) + (y1 < 0.0f ? w1 : 0.0f);
+      const float div = up ? wp : wn;
+      m = m / (div + (div == 0.0f ? 1.0f : 0.0f));
+    }
+    const float r = b[j] + lam * m;
+    dst[j] = r;
+    bad |= non_finite(r);
+  }
+  return bad;
+}
+
+using PairFn = uint32_t (*)(const Expert&, const Expert&, const float*, const float*, const float*, float*, int64_t,
+                            uint32_t, float);
+
+template <bool LOW, bool HIGH>
+PairFn pick_pair_rand(bool rand, bool norm) {
+  if (rand) return norm ? &pair_block<LOW, HIGH, true, true> : &pair_block<LOW, HIGH, true, false>;
+  return norm ? &pair_block<LOW, HIGH, false, true> : &pair_block<LOW, HIGH, false, false>;
+}
+
+// The fused two-expert loop when it applies (float32 base, experts and output; TIES election;
+// DARE either on for both or off for both), else nullptr.
+PairFn pick_pair(const Job& job) {
+  if (!(job.flags & CONSENSUS) || !job.has_base || job.experts.size() != 2 || job.out_kind != Kind::F32 ||
+      job.base.kind != Kind::F32)
+    return nullptr;
+  const Expert &a = job.experts[0], &b = job.experts[1];
+  if (a.src.kind != Kind::F32 || b.src.kind != Kind::F32) return nullptr;
+  const bool rand = job.flags & RANDOM;
+  if (rand && (a.keep_all || b.keep_all)) return nullptr;
+  const bool norm = job.flags & NORMALIZE, low = job.flags & (RANK_LOW | RANK_HIGH), high = job.flags & RANK_HIGH;
+  if (high) return pick_pair_rand<true, true>(rand, norm);
+  if (low) return pick_pair_rand<true, false>(rand, norm);
+  return pick_pair_rand<false, false>(rand, norm);
+}
+
 bool run_range(const Job& job, int64_t begin, int64_t end) {
   alignas(64) float b[BLOCK], conv[BLOCK], out[BLOCK];
   Acc acc;
@@ -338,6 +418,19 @@ bool run_range(const Job& job, int64_t begin, int64_t end) {
     steps.push_back(pick(job.has_base, low || high, high, rand, consensus, normalize, i == 0));
   }
   uint32_t bad = 0;
+  if (PairFn pair = pick_pair(job)) {
+    const float* e0 = static_cast<const float*>(job.experts[0].src.ptr);
+    const float* e1 = static_cast<const float*>(job.experts[1].src.ptr);
+    const float* bp = static_cast<const float*>(job.base.ptr);
+    float* dst = static_cast<float*>(job.out);
+    for (int64_t s = begin; s < end; s += BLOCK) {
+      const int64_t len = std::min(BLOCK, end - s);
+      prefetch_ahead(job, s, end);
+      bad |= pair(job.experts[0], job.experts[1], e0 + s, e1 + s, bp + s, dst + s, len, static_cast<uint32_t>(s),
+                  job.lam);
+    }
+    return bad != 0;
+  }
   for (int64_t s = begin; s < end; s += BLOCK) {
     const int64_t len = std::min(BLOCK, end - s);
     prefetch_ahead(job, s, end);

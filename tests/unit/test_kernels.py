@@ -400,3 +400,24 @@ def test_a_build_lock_left_by_a_killed_build_does_not_block_loading(monkeypatch,
         mod = native.module()
     assert mod is not None and not (build / "lock").exists()
     assert "interrupted native kernel build" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["ties", "dare_ties", "breadcrumbs_ties"])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_the_fused_two_expert_election_equals_eager(name: str, normalize: bool, monkeypatch) -> None:
+    """Two float32 experts under a TIES election take a loop of their own in the C++ kernel."""
+    base, experts = sources(200_003, 2, seed=12)
+    params = {"weight": [1.0, -0.7], "density": [0.6, 0.35], "normalize": normalize, "lambda": 1.0}
+    if name.startswith("breadcrumbs"):
+        params["gamma"] = [0.02, 0.05]
+    out = {}
+    for mode in ("native", "eager"):
+        use(monkeypatch, mode)
+        out[mode] = get_op(name)(experts, base=base, params=params, generator=gen(5))
+    assert torch.equal(out["native"], out["eager"])
+    if name == "dare_ties":  # one expert keeping everything: the general loop, same result
+        params["density"] = [1.0, 0.35]
+        for mode in ("native", "eager"):
+            use(monkeypatch, mode)
+            out[mode] = get_op(name)(experts, base=base, params=params, generator=gen(5))
+        assert torch.equal(out["native"], out["eager"])
