@@ -330,8 +330,19 @@ def native_ok(*tensors: Tensor | None) -> bool:
     """Whether the C++ kernels take these tensors (None: absent): contiguous, on the CPU, of a
     dtype they read; anything else (a CUDA evaluator's weights, strided views) takes the torch
     kernels."""
-    return all(t is None or (t.device.type == "cpu" and t.is_contiguous()
-                             and (t.dtype in NATIVE_DTYPES or t.dtype == torch.uint8)) for t in tensors)
+    return all(t is None or (t.device.type == "cpu" and t.is_contiguous() and t.dtype in NATIVE_DTYPES)
+               for t in tensors)
+
+
+def native_bracket_ok(expert: Tensor, base: Tensor | None) -> bool:
+    """Whether the bracket pass over these sources runs in C++ (see ``bracket``)."""
+    return native_ok(expert, base) and native.module() is not None
+
+
+def fused_bracket(n: int, expert: Tensor, base: Tensor | None) -> bool:
+    """Whether ``bracket`` runs as one fused pass (C++ or compiled), where extra edges are nearly
+    free; eagerly every extra edge is another pass."""
+    return native_bracket_ok(expert, base) or use_compiled(n)
 
 
 def native_cut(expert: Tensor, base: Tensor | None, order: Tensor, start: int, end: int, need: int):  # type: ignore[no-untyped-def]
@@ -398,8 +409,8 @@ def bracket(codes: Tensor, expert: Tensor, base: Tensor | None, edges: list[floa
     pass over the sources (magnitude selection, see ``sparsify.rank_cut``)."""
     n = expert.numel()
     edge_t = torch.tensor(edges, dtype=torch.float32)
-    if n and native_ok(expert, base, codes) and (mod := native.module()) is not None:
-        got = mod.bracket(codes, expert, base, edge_t, _threads(n))
+    if n and codes.is_contiguous() and native_bracket_ok(expert, base):
+        got = native.module().bracket(codes, expert, base, edge_t, _threads(n))
         return [int(c) for c in got]
     if n and use_compiled(n):
         got = _try_compiled(("bracket", base is None, len(edges)), _bracket_body, codes[:n], expert, base, edge_t)

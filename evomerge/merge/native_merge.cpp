@@ -76,6 +76,12 @@ inline void load(const Src& s, int64_t start, int64_t len, float* dst) {
   }
 }
 
+inline uint32_t non_finite(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, 4);
+  return static_cast<uint32_t>((bits & 0x7F800000u) == 0x7F800000u);
+}
+
 // Stores the block and returns true if a stored value is NaN or inf (read back as float, so an
 // overflow of a narrower output type counts).
 inline bool store(void* out, Kind kind, int64_t start, int64_t len, const float* src) {
@@ -85,9 +91,7 @@ inline bool store(void* out, Kind kind, int64_t start, int64_t len, const float*
       float* p = static_cast<float*>(out) + start;
       for (int64_t j = 0; j < len; ++j) {
         p[j] = src[j];
-        uint32_t bits;
-        std::memcpy(&bits, src + j, 4);
-        bad |= static_cast<uint32_t>((bits & 0x7F800000u) == 0x7F800000u);
+        bad |= non_finite(src[j]);
       }
       break;
     }
@@ -111,9 +115,7 @@ inline bool store(void* out, Kind kind, int64_t start, int64_t len, const float*
       double* p = static_cast<double*>(out) + start;
       for (int64_t j = 0; j < len; ++j) {
         p[j] = static_cast<double>(src[j]);
-        uint32_t bits;
-        std::memcpy(&bits, src + j, 4);
-        bad |= static_cast<uint32_t>((bits & 0x7F800000u) == 0x7F800000u);
+        bad |= non_finite(src[j]);
       }
       break;
     }
@@ -219,12 +221,6 @@ class Pool {
   int active_ = 0, pending_ = 0;
   uint64_t generation_ = 0;
 };
-
-inline uint32_t non_finite(float v) {
-  uint32_t bits;
-  std::memcpy(&bits, &v, 4);
-  return static_cast<uint32_t>((bits & 0x7F800000u) == 0x7F800000u);
-}
 
 // Accumulators of one block: the TIES one-sided sums and weights, or the plain sum.
 struct Acc {

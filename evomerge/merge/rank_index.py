@@ -77,8 +77,9 @@ def build(expert: Tensor, base: Tensor | None) -> PairIndex:
 
 def build_torch(expert: Tensor, base: Tensor | None) -> PairIndex:
     """``build`` with torch ops alone."""
-    e = expert.reshape(-1)
-    mag = (e.float() - base.reshape(-1).float()).abs() if base is not None else e.float().abs()
+    from evomerge.merge.sparsify import magnitudes
+
+    mag = magnitudes(expert.reshape(-1), base.reshape(-1) if base is not None else None)
     keys = magnitude_keys(mag)
     del mag
     sorted_keys, order = torch.sort(keys, stable=True)
@@ -111,13 +112,18 @@ def budget() -> int:
     return value
 
 
+def _versions(expert: Tensor, base: Tensor | None) -> tuple[int, int]:
+    """In-place edit counters of a pair (torch bumps ``_version`` on every in-place op)."""
+    return expert._version, base._version if base is not None else 0
+
+
 class _Entry:
     __slots__ = ("expert", "base", "versions", "uses", "index")
 
     def __init__(self, expert: Tensor, base: Tensor | None, on_death) -> None:  # type: ignore[no-untyped-def]
         self.expert = weakref.ref(expert, on_death)
         self.base = weakref.ref(base, on_death) if base is not None else None
-        self.versions = (expert._version, base._version if base is not None else 0)
+        self.versions = _versions(expert, base)
         self.uses = 0
         self.index: PairIndex | None = None
 
@@ -126,7 +132,7 @@ class _Entry:
             return False
         if (self.base() if self.base is not None else None) is not base:
             return False
-        return self.versions == (expert._version, base._version if base is not None else 0)
+        return self.versions == _versions(expert, base)
 
     def dead(self) -> bool:
         return self.expert() is None or (self.base is not None and self.base() is None)

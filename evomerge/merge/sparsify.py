@@ -64,7 +64,7 @@ class RankCut:
         return RankCut(math.inf, kernels.ALL_TIES)
 
 
-def _magnitudes(expert: Tensor, base: Tensor | None) -> Tensor:
+def magnitudes(expert: Tensor, base: Tensor | None) -> Tensor:
     """|expert - base| in float32, computed exactly as the fused merge kernels compute it."""
     return (expert.float() - base.float()).abs() if base is not None else expert.float().abs()
 
@@ -126,28 +126,29 @@ def rank_cut(expert: Tensor, base: Tensor | None, k: int) -> RankCut:
     index = rank_index.INDEXES.lookup(expert, base)
     if index is not None:  # resident sources: the group holding rank k is known, no pass
         start, end = index.group_of_rank(k)
-        fast = kernels.native_cut(e, b, index.order, start, end, k - (n - end))
+        need = k - (n - end)  # the group's own rank of the k-th largest
+        fast = kernels.native_cut(e, b, index.order, start, end, need)
         if fast is not None:
             return fast
         positions = index.order[start:end]
-        values = _magnitudes(torch.index_select(e, 0, positions),
-                             torch.index_select(b, 0, positions) if b is not None else None)
-        return _cut_among(values, positions, k - (n - end))
+        values = magnitudes(torch.index_select(e, 0, positions),
+                            torch.index_select(b, 0, positions) if b is not None else None)
+        return _cut_among(values, positions, need)
     if n <= SMALL:
-        return _cut_among(_magnitudes(e, b), None, k)
+        return _cut_among(magnitudes(e, b), None, k)
     # Selection costs ~12 ns per entry (sample and bracket alike); the bracket holds about
     # 10 sigma / sqrt(m) of the entries, so a sample of m ~ (SAMPLE_FACTOR n)^(2/3) balances the two.
     stride = n // min(SAMPLE, max(4096, int((SAMPLE_FACTOR * n) ** (2 / 3))))
-    sample = _magnitudes(e[::stride], b[::stride] if b is not None else None)
+    sample = magnitudes(e[::stride], b[::stride] if b is not None else None)
     m = sample.numel()
     p = k / n
     half = _BRACKET_SIGMAS * math.sqrt(m * p * (1 - p)) + 8
     hi_rank = min(m - 1, math.floor(p * m - half))  # 0-based ranks from the top; -1: no upper bound
     lo_rank = max(0, math.ceil(p * m + half))  # m: no lower bound
     if hi_rank >= lo_rank:  # an empty bracket (only when the width is forced to zero)
-        return _cut_among(_magnitudes(e, b), None, k)
+        return _cut_among(magnitudes(e, b), None, k)
     # fused, 8 sub-brackets cost little more than one; eagerly every extra edge is a pass
-    edges = _edges(sample.numpy(), hi_rank, lo_rank, SUB_BRACKETS if kernels.use_compiled(n) else 1)
+    edges = _edges(sample.numpy(), hi_rank, lo_rank, SUB_BRACKETS if kernels.fused_bracket(n, e, b) else 1)
     codes = _scratch.get(n)
     counts = kernels.bracket(codes, e, b, edges)
     # sub-bracket j (1..S) holds edges[j-1] < |d| <= edges[j] (j = 1: from edges[0] inclusive);
@@ -157,10 +158,10 @@ def rank_cut(expert: Tensor, base: Tensor | None, k: int) -> RankCut:
             positions = _positions(codes, j)
             if positions.numel() != counts[j - 1] - counts[j]:
                 break  # cannot happen with consistent counts; never trust a cut that does not add up
-            values = _magnitudes(torch.index_select(e, 0, positions),
+            values = magnitudes(torch.index_select(e, 0, positions),
                                  torch.index_select(b, 0, positions) if b is not None else None)
             return _cut_among(values, positions, k - counts[j])
-    return _cut_among(_magnitudes(e, b), None, k)  # the bracket missed: select over everything
+    return _cut_among(magnitudes(e, b), None, k)  # the bracket missed: select over everything
 
 
 def _edges(sample, hi_rank: int, lo_rank: int, parts: int) -> list[float]:  # type: ignore[no-untyped-def]

@@ -266,14 +266,16 @@ def test_split_tie_groups_are_fixed_up_exactly(monkeypatch, mode: str) -> None:
     assert abs(kept - (1 - (1 - 0.5) * (1 - 0.3) * (1 - 0.9))) < 0.02  # per-expert bands of exact size
 
 
-def test_an_unknown_compile_mode_is_refused_with_the_fix(monkeypatch) -> None:
+@pytest.mark.parametrize(("var", "value", "fix"), [("EVOMERGE_COMPILE", "sometimes", "0 (never"),
+                                                  ("EVOMERGE_NATIVE", "maybe", "EVOMERGE_NATIVE to 0")])
+def test_an_unknown_kernel_mode_is_refused_with_the_fix(monkeypatch, var: str, value: str, fix: str) -> None:
     from evomerge.errors import ConfigError
 
-    monkeypatch.setenv("EVOMERGE_COMPILE", "sometimes")
+    monkeypatch.setenv(var, value)
     base, experts = sources(1000, 1)
-    with pytest.raises(ConfigError, match="EVOMERGE_COMPILE='sometimes'") as info:
+    with pytest.raises(ConfigError, match=f"{var}='{value}'") as info:
         get_op("task_arithmetic")(experts, base=base, params={})
-    assert "0 (never" in info.value.hint
+    assert fix in info.value.hint
 
 
 # ---------------------------------------------------------------- the C++ kernel
@@ -327,16 +329,6 @@ def test_a_failed_native_build_falls_back_with_one_warning(monkeypatch, caplog) 
     assert caplog.text.count("native merge kernel unavailable") == 1 and "g++ not found" in caplog.text
     assert native.broken and native.module() is None
     assert torch.equal(out, expected)
-
-
-def test_an_unknown_native_mode_is_refused_with_the_fix(monkeypatch) -> None:
-    from evomerge.errors import ConfigError
-
-    monkeypatch.setenv("EVOMERGE_NATIVE", "maybe")
-    base, experts = sources(1000, 1)
-    with pytest.raises(ConfigError, match="EVOMERGE_NATIVE='maybe'") as info:
-        get_op("task_arithmetic")(experts, base=base, params={})
-    assert "EVOMERGE_NATIVE to 0" in info.value.hint
 
 
 def test_strided_inputs_take_the_torch_kernels_with_the_same_result(monkeypatch) -> None:
