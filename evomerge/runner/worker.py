@@ -73,9 +73,11 @@ class CandidateWorker:
         self.evaluator = evaluator if evaluator is not None else make_evaluator(spec.engine, spec.engine_options)
         self.evaluator.load_sources({s: s for s in spec.sources})
         if spec.engine != "synthetic":
-            from evomerge.merge import native
+            from evomerge.merge import kernels, native, rank_index
 
             native.module()  # build (first worker on a node, ~30 s) or load the C++ kernel before any deadline runs
+            kernels.use_compiled(0)  # a misspelt EVOMERGE_COMPILE or EVOMERGE_RANK_INDEX_MEMORY fails here, not
+            rank_index.budget()  # on the first or second candidate
         self.faults = dict(spec.faults)
         self._store = None
 
