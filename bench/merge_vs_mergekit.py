@@ -17,7 +17,10 @@ in the page cache:
   default) and with the torch.compile kernels (``EVOMERGE_NATIVE=0``), plus what the first and
   second candidates of a worker cost;
 - a plain torch copy of the same bytes (read the three sources, write them): the memory
-  bandwidth the merge is held against. Bytes moved by a merge = 3 sources read + 1 written.
+  bandwidth the merge is held against, timed in a process of its own and, for the search
+  path, also interleaved with the candidates in the search-path process (one copy after each
+  candidate; medians), so both see the same conditions. Bytes moved by a merge = 3 sources
+  read + 1 written.
 
 Equality: TIES is deterministic, so the outputs are compared entry by entry; DARE draws random
 masks (mergekit from torch's global RNG, evomerge from per-tensor seeded generators), so its
@@ -102,9 +105,12 @@ print(time.perf_counter() - t0)
 """
 # The search path: sources resident, each candidate merged into preallocated live weights.
 # Prints the first candidate (kernel build or compile, first cuts), the second (TIES/breadcrumbs
-# build their rank indexes there) and the steady state (fastest of the rest).
+# build their rank indexes there) and the steady state (median of the rest). Each steady
+# candidate is followed by a plain copy of the three resident sources in the same process (read
+# 3 + write 3), so the merge and the bandwidth it is held against see the same conditions: on
+# this VM the copy swings by a third between processes (33-51 GB/s), far more than within one.
 EVOMERGE_LIVE = r"""
-import json, sys, time, torch
+import json, statistics, sys, time, torch
 from evomerge.evaluate.resident import ResidentSources
 from evomerge.merge.materialize import merge_into, plan_merge
 from evomerge.recipe import load_recipe
@@ -112,12 +118,20 @@ rec = load_recipe(sys.argv[1])
 resident = ResidentSources()
 plan = plan_merge(rec, resident.for_recipe(rec.source_names()))
 live = {m.name: torch.empty(m.shape, dtype=m.dtype) for m in plan.metas}
-times = []
+sources = [t for src in plan.sources.values() for t in (src.read(n) for n in src.tensor_names)]
+copies = [torch.empty_like(t) for t in sources]
+times, copy_times = [], []
 for i in range(max(4, int(sys.argv[2]))):
     t0 = time.perf_counter()
     merge_into(plan, live, seed=i)
     times.append(time.perf_counter() - t0)
-print(json.dumps({"first": times[0], "second": times[1], "steady": min(times[2:])}))
+    if i >= 2:
+        t0 = time.perf_counter()
+        for c, t in zip(copies, sources):
+            c.copy_(t)
+        copy_times.append(time.perf_counter() - t0)
+print(json.dumps({"first": times[0], "second": times[1], "steady": statistics.median(times[2:]),
+                  "copy": statistics.median(copy_times)}))
 """
 COPY = r"""
 import sys, time, torch
@@ -211,7 +225,7 @@ def main() -> None:
             f.read_bytes()
     copy_s = last_float(timed([sys.executable, "-c", COPY, "9", *srcs], env)[1])
     copy_gbs = 2 * 3 * model_bytes / copy_s / 1e9
-    rows: list[tuple[str, str, float]] = []
+    rows: list[tuple[str, str, float, float | None]] = []  # (method, path, seconds, copy in the same process)
     equal: dict[str, dict[str, float]] = {}
     first: dict[str, dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="evomerge-bench-mk-") as tmp:
@@ -229,30 +243,36 @@ def main() -> None:
                                                         str(t / "em2")], env)[1]))
                 print(f"  {method} repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in got.items()),
                       flush=True)
-            live = json.loads(timed([sys.executable, "-c", EVOMERGE_LIVE, str(cfg), str(args.repeats + 3)], env)[1]
+            candidates = str(max(12, args.repeats + 3))
+            live = json.loads(timed([sys.executable, "-c", EVOMERGE_LIVE, str(cfg), candidates], env)[1]
                               .strip().splitlines()[-1])
-            live_torch = json.loads(timed([sys.executable, "-c", EVOMERGE_LIVE, str(cfg), str(args.repeats + 3)],
+            live_torch = json.loads(timed([sys.executable, "-c", EVOMERGE_LIVE, str(cfg), candidates],
                                           {**env, "EVOMERGE_NATIVE": "0"})[1].strip().splitlines()[-1])
             first[method] = {"native": live, "torch.compile": live_torch}
             med = {k: statistics.median(v) for k, v in got.items()}
-            rows += [(method, "mergekit-yaml (command)", med["mk_cli"]),
-                     (method, "evomerge merge (command)", med["em_cli"]),
-                     (method, "mergekit run_merge (merge call)", med["mk_call"]),
-                     (method, "evomerge merge_to_dir (merge call)", med["em_call"]),
-                     (method, "evomerge search path (resident -> live weights)", live["steady"]),
-                     (method, "evomerge search path, torch.compile kernels (EVOMERGE_NATIVE=0)", live_torch["steady"])]
+            rows += [(method, "mergekit-yaml (command)", med["mk_cli"], None),
+                     (method, "evomerge merge (command)", med["em_cli"], None),
+                     (method, "mergekit run_merge (merge call)", med["mk_call"], None),
+                     (method, "evomerge merge_to_dir (merge call)", med["em_call"], None),
+                     (method, "evomerge search path (resident -> live weights)", live["steady"], live["copy"]),
+                     (method, "evomerge search path, torch.compile kernels (EVOMERGE_NATIVE=0)", live_torch["steady"],
+                      live_torch["copy"])]
             equal[method] = compare(t / "mk", t / "em", zoo / "base")
     print(f"\nMerge materialization, {args.size} scaled zoo ({info['parameters'] / 1e6:.1f}M parameters x 3 sources, "
           f"float32); bytes moved per merge {moved / 1e9:.2f} GB (3 read + 1 written)\n")
-    print("| merge | tool and path | seconds | GB/s moved | mergekit time / this | % of copy bandwidth |")
+    print("| merge | tool and path | seconds | GB/s moved | mergekit time / this | % of copy bandwidth "
+          "(copy process / same process) |")
     print("|---|---|---:|---:|---:|---:|")
-    for method, name, sec in rows:
-        ref = next(s for m, n, s in rows if m == method and n.startswith("mergekit") and
+    for method, name, sec, same in rows:
+        ref = next(s for m, n, s, _ in rows if m == method and n.startswith("mergekit") and
                    ("command" in n) == ("command" in name))
         speedup = f"{ref / sec:.1f}x" if not name.startswith("mergekit") else ""
         gbs = moved / sec / 1e9
-        print(f"| {method} | {name} | {sec:.2f} | {gbs:.2f} | {speedup} | {100 * gbs / copy_gbs:.0f}% |")
-    print(f"| - | torch copy of the same sources (read 3 + write 3) | {copy_s:.2f} | {copy_gbs:.2f} | | 100% |")
+        pct = f"{100 * gbs / copy_gbs:.0f}%"
+        if same is not None:  # the copy interleaved with this row's candidates
+            pct += f" / {100 * gbs / (2 * 3 * model_bytes / same / 1e9):.0f}% (copy {2 * 3 * model_bytes / same / 1e9:.1f} GB/s)"
+        print(f"| {method} | {name} | {sec:.3f} | {gbs:.2f} | {speedup} | {pct} |")
+    print(f"| - | torch copy of the same sources (read 3 + write 3), own process | {copy_s:.3f} | {copy_gbs:.2f} | | 100% |")
     print("\nSearch path per candidate, seconds: the first (C++ kernel load or torch.compile, sampled rank cuts), "
           "the second (rank indexes built) and the steady state:\n")
     print("| merge | kernels | first candidate | second | steady |")

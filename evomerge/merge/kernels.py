@@ -47,7 +47,7 @@ log = logging.getLogger("evomerge.kernels")
 CHUNK = 1 << 16  # eager path: entries per chunk (256 KiB temporaries: cache resident, and small enough
 #                  that malloc reuses them instead of mapping fresh pages per chunk)
 NATIVE_BASE, NATIVE_LOW, NATIVE_HIGH, NATIVE_RANDOM, NATIVE_CONSENSUS, NATIVE_NORMALIZE = 1, 2, 4, 8, 16, 32
-NATIVE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+NATIVE_DTYPES = frozenset((torch.float32, torch.bfloat16, torch.float16, torch.float64))
 NATIVE_THREADED_NUMEL = 1 << 19  # smaller tensors run on the caller's thread (waking a helper costs ~50 us)
 COMPILE_MIN_NUMEL = 1 << 18  # smaller tensors (norms, the tiny zoo) are cheap eagerly; compiling costs seconds
 _M32 = 0xFFFFFFFF
@@ -312,8 +312,9 @@ def _try_compiled(key: object, body: Callable[..., Tensor], *args: object) -> Te
 
 
 def _run_native(v: Variant, out: Tensor, base: Tensor | None, experts: list[Tensor], fp: list[list[float]],
-                ip: list[list[int]], glob: list[float]) -> float | None:
-    """The C++ kernel (``native``); None when it is off, failed to build, or a dtype is not its."""
+                ip: list[list[int]], glob: list[float], fixups: Sequence[Tensor]) -> float | None:
+    """The C++ kernel (``native``), tie fix-ups included; None when it is off, failed to build, or
+    a dtype is not its."""
     if not native_ok(out, *experts, base):
         return None
     mod = native.module()
@@ -321,8 +322,8 @@ def _run_native(v: Variant, out: Tensor, base: Tensor | None, experts: list[Tens
         return None
     flags = (NATIVE_BASE * v.base + NATIVE_LOW * v.rank_low + NATIVE_HIGH * v.rank_high + NATIVE_RANDOM * v.random
              + NATIVE_CONSENSUS * v.consensus + NATIVE_NORMALIZE * v.normalize)
-    bad = mod.merge(out, base, experts, torch.tensor(fp, dtype=torch.float32).view(-1, 4),
-                    torch.tensor(ip, dtype=torch.int64).view(-1, 5), glob[0], glob[1], flags, _threads(out.numel()))
+    bad = mod.merge(out, base, experts, [x for row in fp for x in row], [x for row in ip for x in row], glob[0],
+                    glob[1], flags, _threads(out.numel()), list(fixups) if v.tie_cuts else [])
     return math.nan if bad else 0.0
 
 
@@ -330,8 +331,10 @@ def native_ok(*tensors: Tensor | None) -> bool:
     """Whether the C++ kernels take these tensors (None: absent): contiguous, on the CPU, of a
     dtype they read; anything else (a CUDA evaluator's weights, strided views) takes the torch
     kernels."""
-    return all(t is None or (t.device.type == "cpu" and t.is_contiguous() and t.dtype in NATIVE_DTYPES)
-               for t in tensors)
+    for t in tensors:  # (a plain loop: this runs for every tensor of every candidate)
+        if t is not None and not (t.is_cpu and t.dtype in NATIVE_DTYPES and t.is_contiguous()):
+            return False
+    return True
 
 
 def native_bracket_ok(expert: Tensor, base: Tensor | None) -> bool:
@@ -345,9 +348,9 @@ def fused_bracket(n: int, expert: Tensor, base: Tensor | None) -> bool:
     return native_bracket_ok(expert, base) or use_compiled(n)
 
 
-def native_cut(expert: Tensor, base: Tensor | None, order: Tensor, start: int, end: int, need: int):  # type: ignore[no-untyped-def]
-    """``sparsify._cut_among`` over one rank-index group in C++ (a RankCut), or None when the
-    C++ kernel is off or a dtype is not its."""
+def native_cut(expert: Tensor, base: Tensor | None, order: Tensor, k: int):  # type: ignore[no-untyped-def]
+    """The rank cut of the ``k`` largest |expert - base| read from a rank order
+    (``rank_index``) in C++ (a RankCut), or None when the C++ kernel is off or a dtype is not its."""
     from evomerge.merge.sparsify import RankCut
 
     if order.dtype != torch.int32 or not native_ok(expert, base):
@@ -355,7 +358,7 @@ def native_cut(expert: Tensor, base: Tensor | None, order: Tensor, start: int, e
     mod = native.module()
     if mod is None:
         return None
-    t, cut, outside = mod.cut_in_group(expert, base, order, start, end, need)
+    t, cut, outside = mod.cut_sorted(expert, base, order, k)
     if cut < 0:
         return RankCut(t, ALL_TIES)
     return RankCut(t, cut, outside)
@@ -366,10 +369,11 @@ def _threads(numel: int) -> int:
 
 
 def run(v: Variant, out: Tensor, base: Tensor | None, experts: Sequence[Tensor], fp: list[list[float]],
-        ip: list[list[int]], glob: list[float], fixups: Tensor | None = None) -> int:
+        ip: list[list[int]], glob: list[float], fixups: Sequence[Tensor] = ()) -> int:
     """Evaluate variant ``v`` into ``out``; return 1 if a non-finite value was read or written, else 0.
-    ``fixups``: flat indices where rank cuts split a tie group (``v.tie_cuts``); the pass over
-    everything takes whole tie groups, and only these entries are recomputed with the exact rule."""
+    ``fixups``: flat indices (int64; may repeat) where rank cuts split a tie group (``v.tie_cuts``);
+    the pass over everything takes whole tie groups, and only these entries are recomputed with
+    the exact rule."""
     flat_out = out.view(-1) if out.is_contiguous() else torch.empty(out.numel(), dtype=out.dtype)
     flat_b = base.reshape(-1) if base is not None else None
     flat_e = [e.reshape(-1) for e in experts]
@@ -378,7 +382,9 @@ def run(v: Variant, out: Tensor, base: Tensor | None, experts: Sequence[Tensor],
     main = dataclasses.replace(v, tie_cuts=False) if v.tie_cuts else v
     check: float | None = None
     if n and not v.wide:
-        check = _run_native(main, flat_out, flat_b, flat_e, fp, ip, glob)
+        check = _run_native(v, flat_out, flat_b, flat_e, fp, ip, glob, fixups)
+        if check is not None:
+            fixups = ()  # rewritten by the C++ kernel
     if check is None and n and use_compiled(n):
         def body(out_, base_, experts_, fp_, ip_, glob_, offset_):  # type: ignore[no-untyped-def]
             return _body(main, out_, base_, experts_, fp_, ip_, glob_, offset_)
@@ -393,11 +399,12 @@ def run(v: Variant, out: Tensor, base: Tensor | None, experts: Sequence[Tensor],
             e_ = min(n, s + CHUNK)
             check += float(_body(main, flat_out[s:e_], flat_b[s:e_] if flat_b is not None else None,
                                  [x[s:e_] for x in flat_e], fp, ip, glob, s))
-    if v.tie_cuts and fixups is not None and fixups.numel():
-        fixed = torch.empty(fixups.numel(), dtype=flat_out.dtype)
-        check += float(_body(v, fixed, flat_b[fixups] if flat_b is not None else None,
-                             [x[fixups] for x in flat_e], fp, ip, glob, fixups))
-        flat_out.index_copy_(0, fixups, fixed)
+    if v.tie_cuts and fixups:
+        idx = torch.unique(torch.cat(list(fixups)))  # sorted, distinct
+        fixed = torch.empty(idx.numel(), dtype=flat_out.dtype)
+        check += float(_body(v, fixed, flat_b[idx] if flat_b is not None else None,
+                             [x[idx] for x in flat_e], fp, ip, glob, idx))
+        flat_out.index_copy_(0, idx, fixed)
     if flat_out.data_ptr() != out.data_ptr():
         out.copy_(flat_out.view(out.shape))
     return 0 if math.isfinite(check) else 1

@@ -45,7 +45,7 @@ class TensorJob:
     layer: int | None  # output layer index (drives per-layer schedules)
     base: tuple[str, str] | None  # (source, tensor name)
     experts: tuple[tuple[str, str], ...]
-    params: dict[str, Any]  # resolved scalars: globals plus per-expert lists
+    params: dict[str, Any]  # ops.resolve_params's output: defaults filled, per-expert lists, checked
 
 
 @dataclass
@@ -177,7 +177,7 @@ def _plan_elementwise(plan: MergePlan, ref: ModelDir, n_experts: int) -> None:
                         hint=f"give every model a {key!r} (or set it in the top-level `parameters:`)",
                     )
                 params[key] = vals
-        resolve_params(spec, params, n_experts)  # bounds and lengths checked now, not mid-merge
+        params = resolve_params(spec, params, n_experts)  # bounds and lengths checked now, not mid-merge
         plan.jobs.append(
             TensorJob(
                 out=TensorMeta.of(name, _out_dtype(recipe, ref, name), ref.meta(name).shape),
@@ -217,7 +217,7 @@ def _plan_passthrough(plan: MergePlan, ref: ModelDir) -> None:
 
     def job(src: str, name: str, out_name: str, layer: int | None, params: dict[str, Any]) -> TensorJob:
         meta = plan.sources[src].meta(name)
-        resolve_params(spec, params, 1)
+        params = resolve_params(spec, params, 1)
         return TensorJob(
             out=TensorMeta.of(out_name, _out_dtype(recipe, plan.sources[src], name), meta.shape),
             layer=layer, base=None, experts=((src, name),), params=params,
@@ -306,7 +306,7 @@ def _merge_job(op: Any, plan: MergePlan, job: TensorJob, out: torch.Tensor, seed
     gen = None
     if op.spec.stochastic:
         gen = torch.Generator().manual_seed(tensor_seed(seed, job.out.name))
-    bad = op.into(out, experts, base=base, params=job.params, generator=gen)
+    bad = op.into(out, experts, base=base, params=job.params, generator=gen, resolved=True)
     if bad is None:
         bad = 0 if bool(torch.isfinite(out).all()) else 1
     if bad:

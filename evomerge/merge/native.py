@@ -6,7 +6,8 @@ every Ray worker pays at start-up. The same formula in C++ (blocks of 512 entrie
 each step a loop the compiler vectorizes, blocks split over threads) is built once per machine
 with torch's extension builder into the evomerge cache and then loads in ~0.1 s. Besides the
 merge it holds the other per-entry passes: the sampled rank cut's bracket pass, the rank-index
-build (a counting sort) and the cut within one index group (``sparsify``, ``rank_index``).
+build (a counting sort) and the cut read from an index (``sparsify``, ``rank_index``). Outputs
+of 2**18 float32 entries or more are written with non-temporal stores (no write-allocate reads).
 
 ``EVOMERGE_NATIVE=0`` turns it off (``1`` or ``auto``, the default, use it when it builds). A
 failed build (no C++ compiler, no ninja) logs one warning and the process falls back to the

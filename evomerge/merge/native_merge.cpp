@@ -17,12 +17,14 @@
 #include <condition_variable>
 #include <exception>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <cstdint>
 #include <cstring>
 #include <thread>
 #include <vector>
 
+#include <immintrin.h>
 #include <pthread.h>
 #include <unistd.h>
 
@@ -30,6 +32,7 @@ namespace {
 
 constexpr int64_t BLOCK = 512;
 constexpr uint32_t MIX = 0x45D9F3Bu;
+constexpr int64_t STREAM_NUMEL = int64_t(1) << 18;  // 1 MiB of float32: smaller outputs stay cached
 
 enum Flags : int64_t {
   HAS_BASE = 1, RANK_LOW = 2, RANK_HIGH = 4, RANDOM = 8, CONSENSUS = 16, NORMALIZE = 32
@@ -82,6 +85,31 @@ inline uint32_t non_finite(float v) {
   return static_cast<uint32_t>((bits & 0x7F800000u) == 0x7F800000u);
 }
 
+// Writes len floats from an L1 block to dst with non-temporal (streaming) stores: a merged tensor
+// far larger than the caches is written without first reading every destination line into
+// the cache (write-allocate), the traffic a plain store adds on top of the bytes written.
+// The head before a 64-byte boundary and the tail take plain stores; callers sfence once.
+inline void stream_f32(float* __restrict dst, const float* __restrict src, int64_t len) {
+  int64_t j = 0;
+#if defined(__AVX512F__)
+  for (; j < len && (reinterpret_cast<uintptr_t>(dst + j) & 63) != 0; ++j) dst[j] = src[j];
+  for (; j + 16 <= len; j += 16) _mm512_stream_ps(dst + j, _mm512_loadu_ps(src + j));
+#elif defined(__AVX__)
+  for (; j < len && (reinterpret_cast<uintptr_t>(dst + j) & 31) != 0; ++j) dst[j] = src[j];
+  for (; j + 8 <= len; j += 8) _mm256_stream_ps(dst + j, _mm256_loadu_ps(src + j));
+#elif defined(__SSE__)
+  for (; j < len && (reinterpret_cast<uintptr_t>(dst + j) & 15) != 0; ++j) dst[j] = src[j];
+  for (; j + 4 <= len; j += 4) _mm_stream_ps(dst + j, _mm_loadu_ps(src + j));
+#endif
+  for (; j < len; ++j) dst[j] = src[j];
+}
+
+inline void stream_fence() {
+#if defined(__SSE__)
+  _mm_sfence();
+#endif
+}
+
 // Stores the block and returns true if a stored value is NaN or inf (read back as float, so an
 // overflow of a narrower output type counts).
 inline bool store(void* out, Kind kind, int64_t start, int64_t len, const float* src) {
@@ -126,6 +154,7 @@ inline bool store(void* out, Kind kind, int64_t start, int64_t len, const float*
 struct Expert {
   Src src;
   float scale, weight, low_t, high_t;
+  int64_t low_cut, high_cut;  // rank cuts' index bounds at their thresholds (used by tie fix-ups)
   uint32_t seed, keep;
   bool keep_all;  // keep >= 2**32: the DARE mask keeps everything
 };
@@ -138,6 +167,7 @@ struct Job {
   float lam, divisor;
   void* out;
   Kind out_kind;
+  bool stream = false;  // float32 output written with non-temporal stores (large tensors)
 };
 
 
@@ -319,7 +349,7 @@ inline void prefetch_ahead(const Job& job, int64_t s, int64_t end) {
   const int64_t len = std::min(BLOCK, end - at);
   if (job.has_base) prefetch_range(job.base.ptr, job.base.kind, at, len, false);
   for (const Expert& e : job.experts) prefetch_range(e.src.ptr, e.src.kind, at, len, false);
-  prefetch_range(job.out, job.out_kind, at, len, true);
+  if (!job.stream) prefetch_range(job.out, job.out_kind, at, len, true);
 }
 
 // The TIES election of two experts, float32 throughout, in one loop per block: both task
@@ -422,9 +452,11 @@ bool run_range(const Job& job, int64_t begin, int64_t end) {
     for (int64_t s = begin; s < end; s += BLOCK) {
       const int64_t len = std::min(BLOCK, end - s);
       prefetch_ahead(job, s, end);
-      bad |= pair(job.experts[0], job.experts[1], e0 + s, e1 + s, bp + s, dst + s, len, static_cast<uint32_t>(s),
-                  job.lam);
+      bad |= pair(job.experts[0], job.experts[1], e0 + s, e1 + s, bp + s, job.stream ? out : dst + s, len,
+                  static_cast<uint32_t>(s), job.lam);
+      if (job.stream) stream_f32(dst + s, out, len);
     }
+    if (job.stream) stream_fence();
     return bad != 0;
   }
   for (int64_t s = begin; s < end; s += BLOCK) {
@@ -471,13 +503,14 @@ bool run_range(const Job& job, int64_t begin, int64_t end) {
     }
     if (job.has_base && job.out_kind == Kind::F32) {  // straight into the output
       const float lam = job.lam;
-      float* __restrict dst = static_cast<float*>(job.out) + s;
+      float* __restrict dst = job.stream ? conv : static_cast<float*>(job.out) + s;  // (conv: free by now)
       uint32_t flag = 0;
       for (int64_t j = 0; j < len; ++j) {
         dst[j] = bp[j] + lam * merged[j];
         flag |= non_finite(dst[j]);
       }
       bad |= flag;
+      if (job.stream) stream_f32(static_cast<float*>(job.out) + s, conv, len);
       continue;
     }
     if (job.has_base) {
@@ -485,42 +518,112 @@ bool run_range(const Job& job, int64_t begin, int64_t end) {
       for (int64_t j = 0; j < len; ++j) out[j] = bp[j] + lam * merged[j];
       merged = out;
     }
+    if (job.stream) {
+      uint32_t flag = 0;
+      for (int64_t j = 0; j < len; ++j) flag |= non_finite(merged[j]);
+      bad |= flag;
+      stream_f32(static_cast<float*>(job.out) + s, merged, len);
+      continue;
+    }
     bad |= static_cast<uint32_t>(store(job.out, job.out_kind, s, len, merged));
   }
+  if (job.stream) stream_fence();
   return bad != 0;
+}
+
+// One entry recomputed with the exact rank-cut rules (kernels._keep_top / _drop_top with flat
+// indices: at a threshold, only indices below the cut are inside), the same float operations in
+// the same order as the block loops. The main pass keeps whole tie groups; the entries of split
+// groups (tie fix-ups) are rewritten with this. Returns true when a value read or written is
+// NaN or inf.
+bool fix_entry(const Job& job, int64_t j) {
+  const bool masked = job.flags & (RANK_LOW | RANK_HIGH | RANDOM);
+  const bool low = job.flags & RANK_LOW, high = job.flags & RANK_HIGH, rand = job.flags & RANDOM;
+  float bv = 0.0f;
+  if (job.has_base) load(job.base, j, 1, &bv);
+  float pos = 0.0f, neg = 0.0f, total = 0.0f, wpos = 0.0f, wneg = 0.0f;
+  uint32_t bad = 0;
+  for (size_t i = 0; i < job.experts.size(); ++i) {
+    const Expert& ex = job.experts[i];
+    float ev;
+    load(ex.src, j, 1, &ev);
+    const float d = job.has_base ? ev - bv : ev;
+    if (masked) bad |= non_finite(d);
+    const float a = std::fabs(d);
+    float k = 1.0f;
+    if (low) k = (a < ex.low_t || (a == ex.low_t && j >= ex.low_cut)) ? 0.0f : 1.0f;
+    if (high) k = (a > ex.high_t || (a == ex.high_t && j < ex.high_cut)) ? 0.0f : k;
+    if (rand && !ex.keep_all) {
+      uint32_t h = static_cast<uint32_t>(j) ^ ex.seed;
+      h = ((h >> 16) ^ h) * MIX;
+      h = ((h >> 16) ^ h) * MIX;
+      h = (h >> 16) ^ h;
+      k = (h < ex.keep) ? k : 0.0f;
+    }
+    const float x = masked ? (d * ex.scale) * k : d * ex.scale;
+    const bool first = i == 0;
+    if (job.flags & CONSENSUS) {
+      const float p = x < 0.0f ? 0.0f : x, q = x > 0.0f ? 0.0f : x;
+      pos = first ? p : pos + p;
+      neg = first ? q : neg + q;
+      total = first ? x : total + x;
+      const float wp = x > 0.0f ? ex.weight : 0.0f, wn = x < 0.0f ? ex.weight : 0.0f;
+      wpos = first ? wp : wpos + wp;
+      wneg = first ? wn : wneg + wn;
+    } else {
+      pos = first ? x : pos + x;
+    }
+  }
+  float merged = pos;
+  if (job.experts.empty()) {
+    merged = 0.0f;
+  } else if (job.flags & CONSENSUS) {
+    const bool up = total >= 0.0f;
+    merged = up ? pos : neg;
+    if (job.flags & NORMALIZE) {
+      const float div = up ? wpos : wneg;
+      merged = merged / (div + (div == 0.0f ? 1.0f : 0.0f));
+    }
+  } else if (job.divisor != 1.0f) {
+    merged = merged / job.divisor;
+  }
+  const float r = job.has_base ? bv + job.lam * merged : merged;
+  return (bad != 0) | store(job.out, job.out_kind, j, 1, &r);
 }
 
 }  // namespace
 
-// out, base (undefined: none) and experts are flat and contiguous; fp: [E, 4] float32 (scale,
-// weight, low threshold, high threshold), ip: [E, 5] int64 (low cut, high cut, keep, seed lo,
-// seed hi; cuts ignored: tie fix-ups run separately); threads <= 1 runs on the caller's thread.
+// out, base (undefined: none) and experts are flat and contiguous; fp: 4 values per expert (scale,
+// weight, low threshold, high threshold; rounded to float32), ip: 5 per expert (low cut, high
+// cut, keep, seed lo, seed hi); threads <= 1 runs on the caller's thread. The pass over all entries keeps whole tie
+// groups at the rank cuts' thresholds; ``fixups`` (int64 flat indices) are the entries of split
+// groups, rewritten afterwards with the exact rule (cut index bounds).
 bool merge(torch::Tensor out, c10::optional<torch::Tensor> base, std::vector<torch::Tensor> experts,
-           torch::Tensor fp, torch::Tensor ip, double lam, double divisor, int64_t flags, int64_t threads) {
+           std::vector<double> fp, std::vector<int64_t> ip, double lam, double divisor, int64_t flags,
+           int64_t threads, std::vector<torch::Tensor> fixups) {
   const int64_t n = out.numel();
   TORCH_CHECK(out.is_contiguous() && out.device().is_cpu(), "out must be contiguous on the CPU");
   TORCH_CHECK(n < (int64_t(1) << 32), "tensors of 2**32 entries or more take the Python kernels");
-  TORCH_CHECK(fp.scalar_type() == torch::kFloat32 && ip.scalar_type() == torch::kInt64, "fp/ip dtypes");
-  TORCH_CHECK(fp.size(0) == static_cast<int64_t>(experts.size()) && ip.size(0) == fp.size(0), "one row per expert");
+  TORCH_CHECK(fp.size() == 4 * experts.size() && ip.size() == 5 * experts.size(), "fp/ip: 4 and 5 values per expert");
   Job job;
   job.has_base = base.has_value() && base->defined();
   if (job.has_base) {
     TORCH_CHECK(base->is_contiguous() && base->numel() == n && base->device().is_cpu(), "base must be flat, contiguous, out's size, on the CPU");
     job.base = Src{base->data_ptr(), kind_of(*base)};
   }
-  auto f = fp.contiguous();
-  auto g = ip.contiguous();
-  const float* fr = f.data_ptr<float>();
-  const int64_t* ir = g.data_ptr<int64_t>();
+  const double* fr = fp.data();
+  const int64_t* ir = ip.data();
   for (size_t i = 0; i < experts.size(); ++i) {
     const auto& e = experts[i];
     TORCH_CHECK(e.is_contiguous() && e.numel() == n && e.device().is_cpu(), "experts must be flat, contiguous, out's size, on the CPU");
     Expert x;
     x.src = Src{e.data_ptr(), kind_of(e)};
-    x.scale = fr[4 * i];
-    x.weight = fr[4 * i + 1];
-    x.low_t = fr[4 * i + 2];
-    x.high_t = fr[4 * i + 3];
+    x.scale = static_cast<float>(fr[4 * i]);  // float32 rows, as the torch kernels take them
+    x.weight = static_cast<float>(fr[4 * i + 1]);
+    x.low_t = static_cast<float>(fr[4 * i + 2]);
+    x.high_t = static_cast<float>(fr[4 * i + 3]);
+    x.low_cut = ir[5 * i];
+    x.high_cut = ir[5 * i + 1];
     const int64_t keep = ir[5 * i + 2];
     x.keep_all = keep >= (int64_t(1) << 32);
     x.keep = static_cast<uint32_t>(x.keep_all ? 0 : keep);
@@ -532,20 +635,32 @@ bool merge(torch::Tensor out, c10::optional<torch::Tensor> base, std::vector<tor
   job.divisor = static_cast<float>(divisor);
   job.out = out.data_ptr();
   job.out_kind = kind_of(out);
+  job.stream = job.out_kind == Kind::F32 && n >= STREAM_NUMEL;
   const int64_t blocks = (n + BLOCK - 1) / BLOCK;
   const int64_t t = std::max<int64_t>(1, std::min<int64_t>(threads, blocks / 64));
-  if (t == 1) {
-    pybind11::gil_scoped_release release;
-    return run_range(job, 0, n);
+  for (const auto& f : fixups) {
+    TORCH_CHECK(f.scalar_type() == torch::kInt64 && f.is_contiguous() && f.dim() == 1, "fixups: flat int64 indices");
+    const int64_t* idx = f.data_ptr<int64_t>();
+    for (int64_t q = 0; q < f.numel(); ++q) TORCH_CHECK(idx[q] >= 0 && idx[q] < n, "fixups: index out of range");
   }
   std::atomic<bool> bad{false};
   {
     pybind11::gil_scoped_release release;
-    const int64_t per = (blocks + t - 1) / t;
-    Pool::get().run(static_cast<int>(t), [&](int w) {
-      const int64_t lo = std::min(n, w * per * BLOCK), hi = std::min(n, (w + 1) * per * BLOCK);
-      if (lo < hi && run_range(job, lo, hi)) bad = true;
-    });
+    if (t == 1) {
+      bad = run_range(job, 0, n);
+    } else {
+      const int64_t per = (blocks + t - 1) / t;
+      Pool::get().run(static_cast<int>(t), [&](int w) {
+        const int64_t lo = std::min(n, w * per * BLOCK), hi = std::min(n, (w + 1) * per * BLOCK);
+        if (lo < hi && run_range(job, lo, hi)) bad = true;
+      });
+    }
+    bool fix_bad = false;
+    for (const auto& f : fixups) {
+      const int64_t* idx = f.data_ptr<int64_t>();
+      for (int64_t q = 0; q < f.numel(); ++q) fix_bad |= fix_entry(job, idx[q]);
+    }
+    if (fix_bad) bad = true;
   }
   return bad.load();
 }
@@ -629,100 +744,140 @@ torch::Tensor bracket(torch::Tensor codes, torch::Tensor expert, c10::optional<t
   return out;
 }
 
-// sparsify._cut_among over the entries at flat positions order[start:end) (ascending, every entry
-// equal to the result among them): the need-th largest |e - b| (NaN ranks lowest), the count
-// strictly above it, and the tie members in index order. Returns (threshold, cut, outside ties):
-// cut = -1 when the whole tie group is in (ALL_TIES), else one past the last tie member taken.
-std::tuple<double, int64_t, torch::Tensor> cut_in_group(torch::Tensor expert, c10::optional<torch::Tensor> base,
-                                                        torch::Tensor order, int64_t start, int64_t end,
-                                                        int64_t need) {
-  TORCH_CHECK(expert.is_contiguous() && order.is_contiguous() && order.scalar_type() == torch::kInt32,
-              "cut_in_group: contiguous expert and int32 order");
-  const int64_t m = end - start;
-  TORCH_CHECK(0 < need && need <= m && start >= 0 && end <= order.numel() && order.numel() == expert.numel(),
-              "cut_in_group: bad group");
+namespace {
+
+// |e - b| (|e| without a base) at flat index j as the merge computes it, NaN mapped to -1 (it ranks
+// below every magnitude, as in sparsify._cut_among).
+inline float rank_magnitude(const Src& e, const Src* b, int64_t j) {
+  float ev, bv = 0.0f;
+  load(e, j, 1, &ev);
+  if (b != nullptr) load(*b, j, 1, &bv);
+  const float a = std::fabs(b != nullptr ? ev - bv : ev);
+  return std::isnan(a) ? -1.0f : a;
+}
+
+}  // namespace
+
+// The exact cut of the k largest magnitudes (1 <= k < numel) read from a rank order (rank_order:
+// ascending magnitude, equal magnitudes by descending index): the k-th largest sits at slot
+// n - k; the members of its tie group below that slot are the ties the cut leaves out. Returns
+// (threshold, cut, outside ties ascending): cut = -1 when the whole tie group is in (ALL_TIES),
+// else one past the largest index taken.
+std::tuple<double, int64_t, torch::Tensor> cut_sorted(torch::Tensor expert, c10::optional<torch::Tensor> base,
+                                                      torch::Tensor order, int64_t k) {
+  const int64_t n = expert.numel();
+  TORCH_CHECK(expert.is_contiguous() && order.is_contiguous() && order.scalar_type() == torch::kInt32 &&
+              order.numel() == n, "cut_sorted: contiguous expert and an int32 order of its size");
+  TORCH_CHECK(0 < k && k < n, "cut_sorted: need 0 < k < numel");
   const Src e{expert.data_ptr(), kind_of(expert)};
   const bool has_base = base.has_value() && base->defined();
   if (has_base)
-    TORCH_CHECK(base->is_contiguous() && base->numel() == expert.numel(), "cut_in_group: base must match the expert");
-  const Src b = has_base ? Src{base->data_ptr(), kind_of(*base)} : Src{};
-  const int32_t* pos = order.data_ptr<int32_t>() + start;
-  std::vector<float> v(static_cast<size_t>(m));
-  for (int64_t j = 0; j < m; ++j) {
-    float ev, bv = 0.0f;
-    load(e, pos[j], 1, &ev);
-    if (has_base) load(b, pos[j], 1, &bv);
-    const float a = std::fabs(has_base ? ev - bv : ev);
-    v[j] = std::isnan(a) ? -1.0f : a;
-  }
-  std::vector<float> w(v);
-  std::nth_element(w.begin(), w.begin() + (need - 1), w.end(), std::greater<float>());
-  const float t = w[need - 1];
-  int64_t above = 0, ties = 0;
-  for (int64_t j = 0; j < m; ++j) {
-    above += v[j] > t;
-    ties += v[j] == t;
-  }
-  const int64_t take = need - above;  // >= 1
-  if (take == ties) return {t, -1, torch::Tensor()};
-  std::vector<int64_t> members;
-  members.reserve(static_cast<size_t>(ties));
-  for (int64_t j = 0; j < m; ++j)
-    if (v[j] == t) members.push_back(pos[j]);
-  auto outside = torch::empty({ties - take}, torch::kInt64);
-  std::copy(members.begin() + take, members.end(), outside.data_ptr<int64_t>());
-  return {t, members[take - 1] + 1, outside};
+    TORCH_CHECK(base->is_contiguous() && base->numel() == n, "cut_sorted: base must match the expert");
+  const Src bs = has_base ? Src{base->data_ptr(), kind_of(*base)} : Src{};
+  const Src* b = has_base ? &bs : nullptr;
+  const int32_t* op = order.data_ptr<int32_t>();
+  const int64_t slot = n - k;
+  const float t = rank_magnitude(e, b, op[slot]);
+  int64_t lo = slot;
+  while (lo > 0 && rank_magnitude(e, b, op[lo - 1]) == t) --lo;
+  if (lo == slot) return {t, -1, torch::Tensor()};
+  auto outside = torch::empty({slot - lo}, torch::kInt64);
+  int64_t* dst = outside.data_ptr<int64_t>();
+  for (int64_t j = slot - 1; j >= lo; --j) *dst++ = op[j];  // descending index in slot order
+  return {t, static_cast<int64_t>(op[slot]) + 1, outside};
 }
 
-// rank_index.build as a counting sort: key = float32 bits of |e - b| >> 16 (NaN -> 0), positions
-// grouped by ascending key, ascending index within a key. Returns (order int32, ends int64: the
-// cumulative sizes of the non-empty groups).
-std::tuple<torch::Tensor, torch::Tensor> rank_order(torch::Tensor expert, c10::optional<torch::Tensor> base) {
+// rank_index.build: every flat position ordered by ascending |e - b| (NaN lowest), equal
+// magnitudes by descending index, as two stable counting-sort passes (least significant digit
+// first, 16 bits each) over a 32-bit key: 0 for NaN, else the float32 bits + 1 (monotone for
+// non-negative floats). The first pass visits positions from the last down, which orders ties by
+// descending index. Each pass is split over up to ``threads`` threads with per-thread digit
+// offsets that keep it stable. Returns an int32 order.
+torch::Tensor rank_order(torch::Tensor expert, c10::optional<torch::Tensor> base, int64_t threads) {
   const int64_t n = expert.numel();
   TORCH_CHECK(expert.is_contiguous() && n < (int64_t(1) << 31), "rank_order: contiguous, below 2**31 entries");
   const Src e{expert.data_ptr(), kind_of(expert)};
   const bool has_base = base.has_value() && base->defined();
   if (has_base) TORCH_CHECK(base->is_contiguous() && base->numel() == n, "rank_order: base must match");
   const Src b = has_base ? Src{base->data_ptr(), kind_of(*base)} : Src{};
-  constexpr int64_t KEYS = 1 << 15;
-  std::vector<uint16_t> key(static_cast<size_t>(n));
-  std::vector<int64_t> count(KEYS, 0);
   auto order = torch::empty({n}, torch::kInt32);
   {
     pybind11::gil_scoped_release release;
-    alignas(64) float eb[BLOCK], bb[BLOCK];
-    for (int64_t s = 0; s < n; s += BLOCK) {
-      const int64_t len = std::min(BLOCK, n - s);
-      load(e, s, len, eb);
-      if (has_base) load(b, s, len, bb);
-      for (int64_t j = 0; j < len; ++j) {
-        const float a = std::fabs(has_base ? eb[j] - bb[j] : eb[j]);
-        uint32_t bits;
-        std::memcpy(&bits, &a, 4);
-        key[s + j] = std::isnan(a) ? 0 : static_cast<uint16_t>(bits >> 16);
+    constexpr int64_t DIGITS = 1 << 16;
+    const int t = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, n / (1 << 18))));
+    auto part = [&](int w) { return std::pair<int64_t, int64_t>{n * w / t, n * (w + 1) / t}; };
+    auto run = [&](const std::function<void(int)>& f) {
+      if (t == 1) f(0); else Pool::get().run(t, f);
+    };
+    std::unique_ptr<uint32_t[]> key(new uint32_t[n]);  // (not zero-filled: every slot is written)
+    std::vector<std::vector<int64_t>> count(static_cast<size_t>(t), std::vector<int64_t>(DIGITS, 0));
+    run([&](int w) {  // keys and the low-digit counts of each input part
+      auto [lo, hi] = part(w);
+      int64_t* c = count[w].data();
+      alignas(64) float eb[BLOCK], bb[BLOCK];
+      for (int64_t s = lo; s < hi; s += BLOCK) {
+        const int64_t len = std::min(BLOCK, hi - s);
+        load(e, s, len, eb);
+        if (has_base) load(b, s, len, bb);
+        for (int64_t j = 0; j < len; ++j) {
+          const float a = std::fabs(has_base ? eb[j] - bb[j] : eb[j]);
+          uint32_t bits;
+          std::memcpy(&bits, &a, 4);
+          const uint32_t kj = std::isnan(a) ? 0u : bits + 1u;
+          key[s + j] = kj;
+          ++c[kj & 0xFFFF];
+        }
+      }
+    });
+    // first pass in descending index: the highest part's entries of a digit come first
+    int64_t at = 0;
+    for (int64_t d = 0; d < DIGITS; ++d) {
+      for (int w = t - 1; w >= 0; --w) {
+        const int64_t c = count[w][d];
+        count[w][d] = at;
+        at += c;
       }
     }
-    for (int64_t j = 0; j < n; ++j) ++count[key[j]];
-    std::vector<int64_t> head(KEYS, 0);
-    for (int64_t k = 1; k < KEYS; ++k) head[k] = head[k - 1] + count[k - 1];
+    std::unique_ptr<int32_t[]> pos(new int32_t[n]);
+    std::unique_ptr<uint16_t[]> top(new uint16_t[n]);
+    run([&](int w) {
+      auto [lo, hi] = part(w);
+      int64_t* head = count[w].data();
+      for (int64_t j = hi - 1; j >= lo; --j) {
+        const uint32_t kj = key[j];
+        const int64_t slot = head[kj & 0xFFFF]++;
+        pos[slot] = static_cast<int32_t>(j);
+        top[slot] = static_cast<uint16_t>(kj >> 16);
+      }
+    });
+    key.reset();
+    run([&](int w) {  // high-digit counts of each part of the first pass's output
+      auto [lo, hi] = part(w);
+      int64_t* c = count[w].data();
+      std::fill(c, c + DIGITS, 0);
+      for (int64_t j = lo; j < hi; ++j) ++c[top[j]];
+    });
+    at = 0;
+    for (int64_t d = 0; d < DIGITS; ++d) {
+      for (int w = 0; w < t; ++w) {
+        const int64_t c = count[w][d];
+        count[w][d] = at;
+        at += c;
+      }
+    }
     int32_t* op = order.data_ptr<int32_t>();
-    for (int64_t j = 0; j < n; ++j) op[head[key[j]]++] = static_cast<int32_t>(j);
+    run([&](int w) {
+      auto [lo, hi] = part(w);
+      int64_t* head = count[w].data();
+      for (int64_t j = lo; j < hi; ++j) op[head[top[j]]++] = pos[j];
+    });
   }
-  std::vector<int64_t> ends;
-  int64_t total = 0;
-  for (int64_t k = 0; k < KEYS; ++k) {
-    if (count[k] == 0) continue;
-    total += count[k];
-    ends.push_back(total);
-  }
-  auto ends_t = torch::empty({static_cast<int64_t>(ends.size())}, torch::kInt64);
-  std::copy(ends.begin(), ends.end(), ends_t.data_ptr<int64_t>());
-  return {order, ends_t};
+  return order;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("merge", &merge, "evomerge fused task-vector merge (see kernels._body)");
-  m.def("rank_order", &rank_order, "rank-index order and group ends (see rank_index.build)");
-  m.def("cut_in_group", &cut_in_group, "exact rank cut within one rank-index group (see sparsify._cut_among)");
+  m.def("rank_order", &rank_order, "rank-index order: ascending magnitude, ties by descending index (see rank_index.build)");
+  m.def("cut_sorted", &cut_sorted, "exact rank cut read from a rank order (see sparsify.rank_cut)");
   m.def("bracket", &bracket, "magnitude sub-bracket codes and counts (see kernels._bracket_body)");
 }

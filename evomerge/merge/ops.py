@@ -203,16 +203,15 @@ class _Rows:
             for row in self.ip:
                 row[3], row[4] = kernels.premixed_seed(row[3], row[4]), 0
         v = kernels.Variant(n, base is not None, rank_low, rank_high, random, consensus, normalize, tie_cuts, wide)
-        fixups = torch.unique(torch.cat(self.fixups)) if self.fixups else None  # sorted, distinct
-        return kernels.run(v, out, base, self.tensors, self.fp, self.ip, [lam, divisor], fixups)
+        return kernels.run(v, out, base, self.tensors, self.fp, self.ip, [lam, divisor], self.fixups)
 
 
 class _Op:
     spec: ClassVar[OpSpec]
 
-    def _prepare(self, experts, base, params, generator) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    def _prepare(self, experts, base, params, generator, resolved=False) -> dict[str, Any]:  # type: ignore[no-untyped-def]
         _check_inputs(self.spec, experts, base)
-        p = resolve_params(self.spec, params, len(experts))
+        p = params if resolved else resolve_params(self.spec, params, len(experts))
         if self.spec.stochastic and generator is None:
             raise ConfigError(f"{self.spec.name}: a seeded torch.Generator is required (random op)",
                               hint="pass generator=torch.Generator().manual_seed(seed)")
@@ -224,11 +223,12 @@ class _Op:
         self.compute_into(out, experts, base, p, generator)
         return out
 
-    def into(self, out: Tensor, experts, *, base, params, generator=None) -> int | None:  # type: ignore[no-untyped-def]
+    def into(self, out: Tensor, experts, *, base, params, generator=None, resolved=False) -> int | None:  # type: ignore[no-untyped-def]
         """Write the merge into ``out`` (the inputs' shape, any floating dtype, e.g. a live model
         parameter). Returns 1 if a non-finite value was read or written, 0 if not, None if the op
-        did not check (the caller scans ``out``)."""
-        p = self._prepare(experts, base, params, generator)
+        did not check (the caller scans ``out``). ``resolved``: ``params`` already came out of
+        ``resolve_params`` for these experts (a merge plan's), so they are not checked again."""
+        p = self._prepare(experts, base, params, generator, resolved)
         if tuple(out.shape) != tuple(experts[0].shape) or not out.is_floating_point():
             raise ConfigError(f"{self.spec.name}: output {tuple(out.shape)} {out.dtype} does not fit inputs "
                               f"{tuple(experts[0].shape)}", hint="pass a floating-point output of the inputs' shape")
@@ -417,9 +417,9 @@ class Passthrough(_Op):
     spec = OpSpec("passthrough", (ParamSpec("scale", 1.0, None, None, False, doc="multiplier"),), False, 1, 1,
                   False, "Goddard et al. 2024, Arcee's MergeKit: A Toolkit for Merging Large Language Models")
 
-    def _prepare(self, experts, base, params, generator):  # type: ignore[no-untyped-def]
+    def _prepare(self, experts, base, params, generator, resolved=False):  # type: ignore[no-untyped-def]
         _check_inputs(self.spec, experts, None)  # the base is ignored
-        return resolve_params(self.spec, params, 1)
+        return params if resolved else resolve_params(self.spec, params, 1)
 
     def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]
         if p["scale"] == 1.0:

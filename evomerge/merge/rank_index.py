@@ -1,21 +1,19 @@
 """Magnitude rank indexes of resident task vectors: exact TIES/breadcrumbs cuts without a pass.
 
 A search merges the same resident sources for every candidate; only the densities change. For
-a resident pair (expert E, base B) the entries of d = E - B are grouped once by a monotone key of
-|d| (float32 bit pattern >> 16: the exponent and the top 7 mantissa bits, so 128 groups per
-octave) with one stable radix sort of 16-bit keys. The index keeps the flat positions in that
-order (int32, ascending within a group) and the group boundaries. A rank cut for any k then
-touches only the one group holding rank k: its positions are a slice, its magnitudes a gather
-of a few thousand entries, and the exact cut (with the lower-index tie rule of
-:class:`~evomerge.merge.sparsify.RankCut`) is selected among them, since equal magnitudes share
-a key. No pass over the tensor per candidate: TIES on the search path costs about what task
-arithmetic does.
+a resident pair (expert E, base B) the flat positions of d = E - B are sorted once by |d|
+(ascending; NaN lowest; equal magnitudes by descending index), by a two-pass counting sort of
+32-bit keys in C++ (torch's stable sort as the fallback, same order). The k-th largest
+magnitude then sits at slot n - k: a rank cut for any k reads one entry, plus the members of
+its tie group below that slot (the ties the cut leaves out, under the lower-index-first rule of
+:class:`~evomerge.merge.sparsify.RankCut`). No pass over the tensor per candidate: TIES on the
+search path costs about what task arithmetic does.
 
 Only tensors registered by their owner as resident and unchanged are indexed (``register``;
 ``tensor._version`` guards against in-place edits), each pair on its second cut (a one-shot
-merge never pays the build: ~10 ns per entry in C++, ~20 in torch), within a memory budget of 4 bytes per indexed
-entry: ``EVOMERGE_RANK_INDEX_MEMORY`` bytes per process (default 1/8 of physical memory; 0
-turns indexing off). Pairs past the budget keep the sampled-bracket path.
+merge never pays the build: ~10 ns per entry in C++), within a memory budget of 4 bytes per
+indexed entry: ``EVOMERGE_RANK_INDEX_MEMORY`` bytes per process (default 1/8 of physical
+memory; 0 turns indexing off). Pairs past the budget keep the sampled-bracket path.
 """
 
 from __future__ import annotations
@@ -31,63 +29,50 @@ from torch import Tensor
 
 from evomerge.errors import ConfigError
 
-KEY_SHIFT = 16  # float32 bits >> 16: sign (0), 8 exponent bits, 7 mantissa bits: fits int16
-
 
 @dataclass
 class PairIndex:
-    """Positions of one (expert, base) pair ordered by magnitude key, ascending; within a key
-    group ascending by flat index. ``ends[g]`` is one past group g's last slot."""
+    """Flat positions of one (expert, base) pair by ascending magnitude; equal magnitudes by
+    descending flat index, so the top k of the rank rule are exactly the last k slots."""
 
     order: Tensor  # int32 (int64 past 2**31 entries), one slot per entry
-    ends: Tensor  # int64 cumulative group sizes, ascending
 
     @property
     def nbytes(self) -> int:
-        return self.order.numel() * self.order.element_size() + self.ends.numel() * 8
-
-    def group_of_rank(self, k: int) -> tuple[int, int]:
-        """(start, end) slots of the group holding the k-th largest magnitude (1-based k)."""
-        slot = self.order.numel() - k  # ascending position of the k-th largest
-        g = int(torch.searchsorted(self.ends, slot, right=True))
-        start = int(self.ends[g - 1]) if g > 0 else 0
-        return start, int(self.ends[g])
+        return self.order.numel() * self.order.element_size()
 
 
 def magnitude_keys(mag: Tensor) -> Tensor:
-    """int16 keys, monotone non-decreasing in float32 ``mag`` >= 0: the bit pattern >> 16 (at
-    most 0x7F80 for inf); NaN -> 0, so it ranks lowest, as in ``sparsify._cut_among``."""
-    key = torch.bitwise_right_shift(mag.view(torch.int32), KEY_SHIFT).to(torch.int16)
+    """int64 sort keys, strictly monotone in float32 ``mag`` >= 0 (equal magnitudes, equal keys):
+    the float32 bit pattern + 1; NaN -> 0, so it ranks lowest, as in ``sparsify._cut_among``."""
+    key = mag.view(torch.int32).to(torch.int64) + 1
     return key.masked_fill_(mag.isnan(), 0)
 
 
 def build(expert: Tensor, base: Tensor | None) -> PairIndex:
     """The index of |expert - base| (float32, as the merge kernels compute it): a counting sort
-    in C++ where the native kernel is available, else a stable radix sort in torch (the same
-    order)."""
+    in C++ where the native kernel is available, else torch's stable sort (the same order)."""
     from evomerge.merge import kernels, native
 
     e = expert.reshape(-1)
     b = base.reshape(-1) if base is not None else None
     if e.numel() < 2**31 and kernels.native_ok(e, b) and (mod := native.module()) is not None:
-        order, ends = mod.rank_order(e, b)
-        return PairIndex(order, ends)
+        return PairIndex(mod.rank_order(e, b, torch.get_num_threads()))
     return build_torch(expert, base)
 
 
 def build_torch(expert: Tensor, base: Tensor | None) -> PairIndex:
-    """``build`` with torch ops alone."""
+    """``build`` with torch ops alone: a stable sort of the keys in reversed position order, so
+    equal magnitudes come out by descending index."""
     from evomerge.merge.sparsify import magnitudes
 
     mag = magnitudes(expert.reshape(-1), base.reshape(-1) if base is not None else None)
-    keys = magnitude_keys(mag)
+    keys = magnitude_keys(mag).flip(0)
     del mag
-    sorted_keys, order = torch.sort(keys, stable=True)
+    _, reversed_order = torch.sort(keys, stable=True)
     del keys
-    _, counts = torch.unique_consecutive(sorted_keys, return_counts=True)
-    if order.numel() < 2**31:
-        order = order.to(torch.int32)
-    return PairIndex(order, torch.cumsum(counts, 0))
+    order = (reversed_order.numel() - 1) - reversed_order
+    return PairIndex(order.to(torch.int32) if order.numel() < 2**31 else order)
 
 
 def _default_budget() -> int:

@@ -84,6 +84,30 @@ def _cut_among(values: Tensor, positions: Tensor | None, need: int) -> RankCut:
     return RankCut(float(t), int(flat[take - 1]) + 1, flat[take:].to(torch.int64, copy=True))
 
 
+def _cut_from_order(e: Tensor, b: Tensor | None, order: Tensor, k: int) -> RankCut:
+    """The cut of the ``k`` largest (0 < k < n) read from a rank order (``rank_index``: ascending
+    magnitude, ties by descending index): the threshold is the magnitude at slot n - k; the tie
+    members below that slot, found in windows that double, are the ties left out."""
+    slot = order.numel() - k
+
+    def mags(lo: int, hi: int) -> Tensor:
+        pos = order[lo:hi].to(torch.int64)
+        return magnitudes(e[pos], b[pos] if b is not None else None).nan_to_num(nan=-1.0, posinf=math.inf)
+
+    t = float(mags(slot, slot + 1)[0])
+    lo, width = slot, 64
+    while lo > 0:
+        start = max(0, lo - width)
+        differ = (mags(start, lo) != t).nonzero()
+        if differ.numel():
+            lo = start + int(differ[-1]) + 1
+            break
+        lo, width = start, width * 2
+    if lo == slot:
+        return RankCut(t, kernels.ALL_TIES)
+    return RankCut(t, int(order[slot]) + 1, order[lo:slot].flip(0).to(torch.int64))
+
+
 class _Scratch:
     """A reusable uint8 buffer for sub-bracket codes (one per thread; grows as needed)."""
 
@@ -124,16 +148,9 @@ def rank_cut(expert: Tensor, base: Tensor | None, k: int) -> RankCut:
     if k <= 0:
         return RankCut.nothing()
     index = rank_index.INDEXES.lookup(expert, base)
-    if index is not None:  # resident sources: the group holding rank k is known, no pass
-        start, end = index.group_of_rank(k)
-        need = k - (n - end)  # the group's own rank of the k-th largest
-        fast = kernels.native_cut(e, b, index.order, start, end, need)
-        if fast is not None:
-            return fast
-        positions = index.order[start:end]
-        values = magnitudes(torch.index_select(e, 0, positions),
-                            torch.index_select(b, 0, positions) if b is not None else None)
-        return _cut_among(values, positions, need)
+    if index is not None:  # resident sources: the k-th largest is at a known slot, no pass
+        fast = kernels.native_cut(e, b, index.order, k)
+        return fast if fast is not None else _cut_from_order(e, b, index.order, k)
     if n <= SMALL:
         return _cut_among(magnitudes(e, b), None, k)
     # Selection costs ~12 ns per entry (sample and bracket alike); the bracket holds about

@@ -348,10 +348,10 @@ def _native_dare(threads: int) -> float:
     """A DARE-TIES merge of 2**20 entries straight through the C++ kernel on ``threads`` threads."""
     base, experts = sources(1 << 20, 2)
     out = torch.empty(1 << 20)
-    fp = torch.tensor([[1.0, 1.0, -1.0, math.inf], [0.7, 0.7, -1.0, math.inf]])
-    ip = torch.tensor([[kernels.ALL_TIES, kernels.ALL_TIES, 1 << 31, 12345, 0]] * 2)
+    fp = [1.0, 1.0, -1.0, math.inf, 0.7, 0.7, -1.0, math.inf]
+    ip = [kernels.ALL_TIES, kernels.ALL_TIES, 1 << 31, 12345, 0] * 2
     flags = kernels.NATIVE_BASE | kernels.NATIVE_RANDOM | kernels.NATIVE_CONSENSUS
-    assert not native.module().merge(out, base, experts, fp, ip, 1.0, 1.0, flags, threads)
+    assert not native.module().merge(out, base, experts, fp, ip, 1.0, 1.0, flags, threads, [])
     return float(out.double().sum())
 
 
