@@ -88,6 +88,7 @@ class HFEvaluator:
         self.resident = ResidentSources()
         self.engine: HFEngine | None = None
         self._model_key: tuple[str, int] | None = None
+        self.build_seconds = 0.0  # model construction within the current evaluation (not merging)
 
     def load_sources(self, sources: dict[str, str]) -> None:
         for path in sources.values():
@@ -104,9 +105,11 @@ class HFEvaluator:
             cfg.num_hidden_layers = num_layers
             if getattr(cfg, "layer_types", None):
                 cfg.layer_types = [cfg.layer_types[0]] * num_layers
+            t0 = time.perf_counter()
             model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).to(self.device).eval()
             self.engine = HFEngine(model, load_hf_tokenizer(reference), batch_size=self.batch_size)
             self._model_key = key
+            self.build_seconds += time.perf_counter() - t0
         return self.engine
 
     def write_weights(self, recipe: Recipe, *, seed: int = 0) -> HFEngine:
@@ -124,8 +127,11 @@ class HFEvaluator:
 
         def work():  # type: ignore[no-untyped-def]
             t0 = time.perf_counter()
+            self.build_seconds = 0.0
             engine = self.write_weights(recipe, seed=seed)
-            timings["materialize"] = time.perf_counter() - t0
+            if self.build_seconds:  # a new model object (first candidate, or another depth): not merging
+                timings["build_model"] = self.build_seconds
+            timings["materialize"] = time.perf_counter() - t0 - self.build_seconds
             deadline.check("materialization")
             t1 = time.perf_counter()
             result = run_tasks(engine, tasks, deadline)

@@ -50,7 +50,8 @@ def _mode() -> str:
 
 
 def _build_dir() -> Path:
-    """One build per source, flags, torch version and CPU (``-march=native``)."""
+    """One build per source (text and path: torch's builder rebuilds a directory whose ninja file
+    names another path), flags, torch version and CPU (``-march=native``)."""
     from evomerge.zoo import cache_root
 
     cpu = ""
@@ -58,7 +59,7 @@ def _build_dir() -> Path:
         cpu = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
     except OSError:
         cpu = platform.processor()
-    key = hashlib.sha256("\n".join([SOURCE.read_text(), " ".join(FLAGS), torch.__version__, cpu]).encode())
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), str(SOURCE.resolve()), " ".join(FLAGS), torch.__version__, cpu]).encode())
     return cache_root() / "native" / key.hexdigest()[:16]
 
 

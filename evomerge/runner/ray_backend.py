@@ -42,7 +42,7 @@ class RayBackend:
         self.lost_in_a_row = 0
 
     def _new_actor(self):  # type: ignore[no-untyped-def]
-        return self._actor_cls.remote(self.spec)
+        return self._actor_cls.remote(self.spec, defer_errors=True)
 
     def free_slots(self) -> int:
         return len(self.idle)
@@ -80,6 +80,9 @@ class RayBackend:
                 out.append(Outcome(job, {"status": "failed", "objectives": None, "item_scores": {},
                                          "seconds": 0.0, "error": _first_line(err), "tokens": 0}))
                 continue
+            if res.get("status") == "startup_error":  # the same on every worker: stop, with the fix
+                self.idle.append(actor)
+                raise _startup_error(res)
             self.lost_in_a_row = 0
             self.idle.append(actor)
             out.append(Outcome(job, res, worker=res.get("worker")))
@@ -120,3 +123,13 @@ class RayBackend:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[-1][:300] if text else type(err).__name__
+
+
+def _startup_error(res: dict[str, Any]) -> EvomergeError:
+    """The error a worker met while starting, as the driver's own (same class, message and fix)."""
+    from evomerge import errors
+
+    cls = getattr(errors, str(res.get("error_type")), None)
+    if not (isinstance(cls, type) and issubclass(cls, EvomergeError)):
+        cls = EvomergeError
+    return cls(f"evaluation worker {res.get('worker')} could not start: {res.get('error')}", hint=res.get("hint"))

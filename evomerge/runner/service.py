@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evomerge.errors import ConfigError
+from evomerge.errors import ConfigError, EvomergeError, StaleLeaseError
 from evomerge.runner.driver import Driver, DriverOptions
 from evomerge.space.schema import SearchSpace
 from evomerge.store import RunInfo, Store
@@ -164,6 +164,15 @@ def execute(store: Store, run: RunInfo, opts: ExecOptions, *, log: Callable[[str
         except KeyboardInterrupt:
             store.set_run_status(driver.lease, "stopped")
             log(f"stopped; continue with `evomerge resume {run.name}`")
+            raise
+        except EvomergeError as err:  # e.g. the workers cannot start: nothing is lost, the run resumes
+            if not isinstance(err, StaleLeaseError):
+                try:
+                    store.set_run_status(driver.lease, "stopped")
+                    store.release_lease(driver.lease)
+                except Exception:  # noqa: BLE001 - the error being raised is the one to report
+                    pass
+                log(f"stopped: {err.message}; once fixed, continue with `evomerge resume {run.name}`")
             raise
         store.set_run_status(driver.lease, "finished" if driver.told >= space.budget else "stopped")
         store.release_lease(driver.lease)

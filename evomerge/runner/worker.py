@@ -8,7 +8,8 @@ so the driver can tell a stuck worker from a slow one (RELIABILITY.md, failure t
 ``WorkerSpec.faults`` (from the driver's ``EVOMERGE_FAULTS``, JSON) injects faults for the
 failure tests, keyed by candidate index and active on the first attempt only: ``crash_on`` (the process exits mid-evaluation),
 ``freeze_on`` (heartbeats stop and the result comes ``freeze_s`` seconds late), ``sleep_on``
-(index -> seconds of extra work), ``nan_on`` (a NaN objective).
+(index -> seconds of extra work), ``nan_on`` (a NaN objective), ``startup_error`` (a message:
+the worker raises it as a ConfigError while starting, as a misspelt setting on its node would).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from evomerge.errors import EvomergeError
 
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -56,20 +59,37 @@ def make_evaluator(engine: str, options: dict[str, Any] | None = None):  # -> Ev
 
 
 class CandidateWorker:
-    def __init__(self, spec: WorkerSpec, *, evaluator: Any = None) -> None:
-        """``evaluator``: an evaluator already set up (in-process use); default: the spec's engine."""
+    def __init__(self, spec: WorkerSpec, *, evaluator: Any = None, defer_errors: bool = False) -> None:
+        """``evaluator``: an evaluator already set up (in-process use); default: the spec's engine.
+        ``defer_errors``: an :class:`EvomergeError` while starting (a bad source, a misspelt
+        environment setting) is kept and returned by every call as a ``startup_error`` outcome
+        instead of raised, so a remote driver gets the message and its fix rather than a dead
+        actor (Ray workers)."""
+        self.spec = spec
+        self.name = f"{os.uname().nodename}:{os.getpid()}"
+        self.startup_error: dict[str, Any] | None = None
+        self.faults = dict(spec.faults)
+        self._store = None
+        self.evaluator = None
+        self.owns_evaluator = evaluator is None
+        try:
+            self._start(spec, evaluator)
+        except EvomergeError as err:
+            if not defer_errors:
+                raise
+            self.startup_error = {"status": "startup_error", "error_type": type(err).__name__, "error": err.message,
+                                  "hint": err.hint, "worker": self.name}
+
+    def _start(self, spec: WorkerSpec, evaluator: Any) -> None:
         for k, v in WORKER_ENV.items():
             os.environ.setdefault(k, v)
         from evomerge.evaluate.tasks import load_task
 
-        self.spec = spec
-        self.name = f"{os.uname().nodename}:{os.getpid()}"
         if spec.threads and spec.engine != "synthetic":
             import torch
 
             torch.set_num_threads(spec.threads)
         self.tasks = [load_task(t) for t in spec.tasks]
-        self.owns_evaluator = evaluator is None
         self.evaluator = evaluator if evaluator is not None else make_evaluator(spec.engine, spec.engine_options)
         self.evaluator.load_sources({s: s for s in spec.sources})
         if spec.engine != "synthetic":
@@ -78,14 +98,18 @@ class CandidateWorker:
             native.module()  # build (first worker on a node, ~30 s) or load the C++ kernel before any deadline runs
             kernels.use_compiled(0)  # a misspelt EVOMERGE_COMPILE or EVOMERGE_RANK_INDEX_MEMORY fails here, not
             rank_index.budget()  # on the first or second candidate
-        self.faults = dict(spec.faults)
-        self._store = None
+        if self.faults.get("startup_error"):
+            from evomerge.errors import ConfigError
+
+            raise ConfigError(str(self.faults["startup_error"]), hint="(an injected fault: unset EVOMERGE_FAULTS)")
 
     def ping(self) -> str:
         return self.name
 
     def close(self) -> None:
         """Release the evaluator (a vLLM engine's core process, for one)."""
+        if self.evaluator is None:
+            return
         close = getattr(self.evaluator, "close", None)
         if close is not None:
             close()
@@ -115,6 +139,9 @@ class CandidateWorker:
     def evaluate(self, index: int, attempt: int, recipe_json: str, seed: int,
                  deadline_s: float | None = None) -> dict[str, Any]:
         from evomerge.recipe import recipe_from_dict
+
+        if self.startup_error is not None:
+            return dict(self.startup_error)
 
         t0 = time.perf_counter()
         stop = threading.Event()

@@ -129,6 +129,29 @@ def test_hard_deadline_times_out_replaces_the_worker_and_leaks_nothing(tiny_sour
     assert not _actor_processes(), "the run's actors (including the replaced one) must be gone"
 
 
+@pytest.mark.ray
+def test_workers_that_cannot_start_stop_the_run_with_the_fix_and_it_resumes(tiny_sources: Path, tmp_path: Path,
+                                                                            ray_local, monkeypatch) -> None:
+    """A ConfigError raised while a Ray worker starts (a misspelt setting on its node) reaches the
+    driver as that error, message and fix, on the first candidate: no candidate is burnt as
+    "worker lost", the run is left stopped with its lease released, and resumes once fixed."""
+    from evomerge.errors import ConfigError
+
+    monkeypatch.setenv("EVOMERGE_FAULTS", '{"startup_error": "EVOMERGE_COMPILE=\'sometimes\' is not a compile mode"}')
+    space = write_space(tmp_path, tiny_sources, strategy="random", budget=6)
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    logs: list[str] = []
+    with pytest.raises(ConfigError, match="could not start: EVOMERGE_COMPILE='sometimes'") as err:
+        api.search(space, db=db, engine="synthetic", backend="ray", workers=2, name="st", log=logs.append)
+    assert "EVOMERGE_FAULTS" in (err.value.hint or "")
+    assert not any("worker lost" in m for m in logs)
+    assert any("evomerge resume st" in m for m in logs)
+    assert not any(r[1] in ("COMPLETE", "FAILED") for r in archive(db, "st"))
+    monkeypatch.delenv("EVOMERGE_FAULTS")
+    out = api.resume("st", db=db, backend="ray", workers=2, log=quiet)
+    assert out.told == 6 and all(r[1] == "COMPLETE" for r in archive(db, "st"))
+
+
 def _actor_processes() -> list[int]:
     """PIDs of live Ray actor processes of evomerge's worker class (Ray titles them ray::CandidateWorker)."""
     import psutil

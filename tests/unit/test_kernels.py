@@ -413,3 +413,26 @@ def test_the_fused_two_expert_election_equals_eager(name: str, normalize: bool, 
             use(monkeypatch, mode)
             out[mode] = get_op(name)(experts, base=base, params=params, generator=gen(5))
         assert torch.equal(out["native"], out["eager"])
+
+
+@pytest.mark.parametrize("name", ["ties", "dare_ties", "task_arithmetic", "linear"])
+@pytest.mark.parametrize("experts_n", [2, 3])
+def test_streaming_stores_into_an_unaligned_view_write_exactly_the_view(monkeypatch, name: str,
+                                                                       experts_n: int) -> None:
+    """Outputs of 2**18 entries or more are written with non-temporal stores from a 64-byte
+    boundary on: an output view starting 3 floats past one (and ending mid-line) gets the same
+    values as a fresh tensor, and the guard entries around it are untouched."""
+    use(monkeypatch, "native")
+    n = (1 << 18) + 37
+    base, experts = sources(n, experts_n)
+    params = {"weight": W[:experts_n]}
+    if name in ("ties", "dare_ties"):
+        params["density"] = DENS[:experts_n]
+    op = get_op(name)
+    expected = op(experts, base=base if name != "linear" else None, params=params, generator=gen(4))
+    buffer = torch.full((n + 8,), 123.0)
+    view = buffer[3:3 + n]
+    assert view.data_ptr() % 64 != 0
+    assert op.into(view, experts, base=base if name != "linear" else None, params=params, generator=gen(4)) == 0
+    assert torch.equal(view, expected)
+    assert bool((buffer[:3] == 123.0).all()) and bool((buffer[3 + n:] == 123.0).all())
