@@ -24,7 +24,9 @@
 #include <thread>
 #include <vector>
 
-#include <immintrin.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>  // streaming stores (x86 only; elsewhere stream_f32 is a plain copy)
+#endif
 #include <pthread.h>
 #include <unistd.h>
 
@@ -91,7 +93,8 @@ inline uint32_t non_finite(float v) {
 // The head before a 64-byte boundary and the tail take plain stores; callers sfence once.
 inline void stream_f32(float* __restrict dst, const float* __restrict src, int64_t len) {
   int64_t j = 0;
-#if defined(__AVX512F__)
+#if !(defined(__x86_64__) || defined(__i386__))
+#elif defined(__AVX512F__)
   for (; j < len && (reinterpret_cast<uintptr_t>(dst + j) & 63) != 0; ++j) dst[j] = src[j];
   for (; j + 16 <= len; j += 16) _mm512_stream_ps(dst + j, _mm512_loadu_ps(src + j));
 #elif defined(__AVX__)
@@ -105,7 +108,7 @@ inline void stream_f32(float* __restrict dst, const float* __restrict src, int64
 }
 
 inline void stream_fence() {
-#if defined(__SSE__)
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__SSE__)
   _mm_sfence();
 #endif
 }
@@ -179,6 +182,8 @@ class Pool {
   static Pool& get() {
     static std::once_flag registered;
     std::call_once(registered, [] { pthread_atfork(nullptr, nullptr, [] { current() = nullptr; }); });
+    static std::mutex creating;  // two threads' first calls (a merge, an index build) make one pool
+    std::lock_guard<std::mutex> one(creating);
     Pool*& pool = current();
     if (pool == nullptr) pool = new Pool();  // a forked child's old pool leaks on purpose
     return *pool;
@@ -639,7 +644,8 @@ bool merge(torch::Tensor out, c10::optional<torch::Tensor> base, std::vector<tor
   const int64_t blocks = (n + BLOCK - 1) / BLOCK;
   const int64_t t = std::max<int64_t>(1, std::min<int64_t>(threads, blocks / 64));
   for (const auto& f : fixups) {
-    TORCH_CHECK(f.scalar_type() == torch::kInt64 && f.is_contiguous() && f.dim() == 1, "fixups: flat int64 indices");
+    TORCH_CHECK(f.scalar_type() == torch::kInt64 && f.is_contiguous() && f.dim() == 1 && f.device().is_cpu(),
+                "fixups: flat int64 indices on the CPU");
     const int64_t* idx = f.data_ptr<int64_t>();
     for (int64_t q = 0; q < f.numel(); ++q) TORCH_CHECK(idx[q] >= 0 && idx[q] < n, "fixups: index out of range");
   }
@@ -760,7 +766,8 @@ inline float rank_magnitude(const Src& e, const Src* b, int64_t j) {
 
 // The exact cut of the k largest magnitudes (1 <= k < numel) read from a rank order (rank_order:
 // ascending magnitude, equal magnitudes by descending index): the k-th largest sits at slot
-// n - k; the members of its tie group below that slot are the ties the cut leaves out. Returns
+// n - k; the members of its tie group below that slot are the ties the cut leaves out (not
+// listed when the threshold is 0: see sparsify.RankCut). Returns
 // (threshold, cut, outside ties ascending): cut = -1 when the whole tie group is in (ALL_TIES),
 // else one past the largest index taken.
 std::tuple<double, int64_t, torch::Tensor> cut_sorted(torch::Tensor expert, c10::optional<torch::Tensor> base,
@@ -778,6 +785,10 @@ std::tuple<double, int64_t, torch::Tensor> cut_sorted(torch::Tensor expert, c10:
   const int32_t* op = order.data_ptr<int32_t>();
   const int64_t slot = n - k;
   const float t = rank_magnitude(e, b, op[slot]);
+  if (t == 0.0f) {  // ties of d = 0: kept or not they add nothing, so they are not listed (RankCut)
+    const bool whole = slot == 0 || rank_magnitude(e, b, op[slot - 1]) != 0.0f;
+    return {t, whole ? -1 : static_cast<int64_t>(op[slot]) + 1, torch::Tensor()};
+  }
   int64_t lo = slot;
   while (lo > 0 && rank_magnitude(e, b, op[lo - 1]) == t) --lo;
   if (lo == slot) return {t, -1, torch::Tensor()};

@@ -43,9 +43,10 @@ class PairIndex:
 
 
 def magnitude_keys(mag: Tensor) -> Tensor:
-    """int64 sort keys, strictly monotone in float32 ``mag`` >= 0 (equal magnitudes, equal keys):
-    the float32 bit pattern + 1; NaN -> 0, so it ranks lowest, as in ``sparsify._cut_among``."""
-    key = mag.view(torch.int32).to(torch.int64) + 1
+    """int32 sort keys, strictly monotone in float32 ``mag`` >= 0 (equal magnitudes, equal keys):
+    the float32 bit pattern + 1 (at most 0x7F800001, for inf); NaN -> 0, so it ranks lowest, as
+    in ``sparsify._cut_among``."""
+    key = mag.view(torch.int32).add(1)
     return key.masked_fill_(mag.isnan(), 0)
 
 
@@ -69,9 +70,9 @@ def build_torch(expert: Tensor, base: Tensor | None) -> PairIndex:
     mag = magnitudes(expert.reshape(-1), base.reshape(-1) if base is not None else None)
     keys = magnitude_keys(mag).flip(0)
     del mag
-    _, reversed_order = torch.sort(keys, stable=True)
-    del keys
-    order = (reversed_order.numel() - 1) - reversed_order
+    sorted_keys, order = torch.sort(keys, stable=True)
+    del keys, sorted_keys
+    order = order.neg_().add_(order.numel() - 1)  # positions in the unflipped tensor
     return PairIndex(order.to(torch.int32) if order.numel() < 2**31 else order)
 
 

@@ -43,7 +43,10 @@ class RankCut:
     """Exactly the k largest entries: |d| > threshold, or |d| == threshold at index < cut.
     ``outside_ties``: the flat indices of the entries equal to the threshold that the cut leaves
     out (index >= cut), so a kernel can apply the cheap rule |d| >= threshold everywhere and fix
-    up just those few entries; None when the cut takes the whole tie group."""
+    up just those few entries; None when the cut takes the whole tie group, or when the
+    threshold is 0: those ties are entries with d = 0, which add nothing to a merge kept or not
+    (a signed zero times a 0/1 mask keeps its sign; it is never > 0 or < 0 for the election or
+    its weights), and a fine-tune can leave millions of them."""
 
     threshold: float
     cut: int
@@ -81,7 +84,8 @@ def _cut_among(values: Tensor, positions: Tensor | None, need: int) -> RankCut:
     if take == ties.numel():  # the whole tie group is in: no index bound needed
         return RankCut(float(t), kernels.ALL_TIES)
     flat = positions[ties] if positions is not None else ties
-    return RankCut(float(t), int(flat[take - 1]) + 1, flat[take:].to(torch.int64, copy=True))
+    outside = flat[take:].to(torch.int64, copy=True) if float(t) != 0.0 else None  # (see RankCut)
+    return RankCut(float(t), int(flat[take - 1]) + 1, outside)
 
 
 def _cut_from_order(e: Tensor, b: Tensor | None, order: Tensor, k: int) -> RankCut:
@@ -95,6 +99,9 @@ def _cut_from_order(e: Tensor, b: Tensor | None, order: Tensor, k: int) -> RankC
         return magnitudes(e[pos], b[pos] if b is not None else None).nan_to_num(nan=-1.0, posinf=math.inf)
 
     t = float(mags(slot, slot + 1)[0])
+    if t == 0.0:  # ties of d = 0 are not listed (see RankCut)
+        whole = slot == 0 or float(mags(slot - 1, slot)[0]) != 0.0
+        return RankCut(t, kernels.ALL_TIES) if whole else RankCut(t, int(order[slot]) + 1)
     lo, width = slot, 64
     while lo > 0:
         start = max(0, lo - width)

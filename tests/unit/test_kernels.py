@@ -423,7 +423,7 @@ def test_streaming_stores_into_an_unaligned_view_write_exactly_the_view(monkeypa
     boundary on: an output view starting 3 floats past one (and ending mid-line) gets the same
     values as a fresh tensor, and the guard entries around it are untouched."""
     use(monkeypatch, "native")
-    n = (1 << 18) + 37
+    n = (1 << 19) + 37  # past NATIVE_THREADED_NUMEL: both threads stream their halves
     base, experts = sources(n, experts_n)
     params = {"weight": W[:experts_n]}
     if name in ("ties", "dare_ties"):
@@ -436,3 +436,29 @@ def test_streaming_stores_into_an_unaligned_view_write_exactly_the_view(monkeypa
     assert op.into(view, experts, base=base if name != "linear" else None, params=params, generator=gen(4)) == 0
     assert torch.equal(view, expected)
     assert bool((buffer[:3] == 123.0).all()) and bool((buffer[3 + n:] == 123.0).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("experts_n", [2, 3])
+@pytest.mark.parametrize("name", ["ties", "breadcrumbs", "breadcrumbs_ties", "dare_ties"])
+def test_tie_fix_ups_in_the_native_kernel_equal_eager_bit_for_bit(monkeypatch, name: str, experts_n: int,
+                                                                  dtype: torch.dtype) -> None:
+    """Coarse-grid task vectors split tie groups at every low and high cut; the C++ kernel
+    rewrites those entries itself (two-expert fused loop and per-expert loops, float32 and
+    bfloat16 outputs) and must give eager torch's result exactly."""
+    g = gen(21)
+    n = 200_000
+    base = (torch.randn(n, generator=g) * 0.02).to(dtype)
+    experts = [(base.float() + torch.randint(-40, 41, (n,), generator=g).float() / 1000).to(dtype)
+               for _ in range(experts_n)]
+    params = {"weight": W[:experts_n], "density": [0.5, 0.3, 0.9][:experts_n]}
+    if name.startswith("breadcrumbs"):
+        params["gamma"] = [0.05, 0.02, 0.1][:experts_n]
+    got = {}
+    for mode in ("native", "eager"):
+        use(monkeypatch, mode)
+        got[mode] = get_op(name)(experts, base=base, params=params, generator=gen(5))
+    if name != "dare_ties":  # (DARE-TIES masks by hash: no rank cut, no fix-ups; compared for the election)
+        cut = sparsify.rank_cut(experts[0], base, sparsify.top_k_count(params["density"][0], n))
+        assert cut.outside_ties is not None and cut.outside_ties.numel() > 100
+    assert torch.equal(got["native"], got["eager"])

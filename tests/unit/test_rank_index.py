@@ -184,3 +184,53 @@ def test_indexes_of_freed_sources_are_dropped(indexes) -> None:
     indexes.register(other)  # any later call prunes
     assert indexes.used == 0 and len(indexes._pairs) == 0
     assert len(indexes._resident) == 2  # the live base and the new tensor
+
+
+@pytest.mark.parametrize("kind", ["float", "bf16", "zeros"])
+def test_the_threaded_native_build_is_the_same_stable_order(kind: str) -> None:
+    """Both counting-sort passes split over 2 and 3 threads (uneven parts) give the single
+    thread's order, which is the torch build's."""
+    from evomerge.merge import native
+
+    mod = native.module()
+    if mod is None:
+        pytest.skip(f"native kernel unavailable: {native.broken}")
+    expert, base = pair(kind, n=(1 << 19) + 7, seed=12)
+    if kind == "float":
+        expert[::997] = float("nan")
+    one = mod.rank_order(expert, base, 1)
+    for threads in (2, 3):
+        assert torch.equal(mod.rank_order(expert, base, threads), one), threads
+    assert torch.equal(one, rank_index.build_torch(expert, base).order)
+
+
+def test_cuts_from_an_int64_order_take_the_torch_path_and_agree(indexes) -> None:
+    """Past 2**31 entries an order is int64 and cuts are read by torch ops; the same cuts."""
+    expert, base = pair("bf16", n=50_000, seed=13)
+    d = expert.float() - base.float()
+    order = rank_index.build_torch(expert, base).order
+    for k in (1, 3, 5_000, 25_000, 49_999):
+        narrow = sparsify._cut_from_order(expert, base, order, k)
+        wide = sparsify._cut_from_order(expert, base, order.to(torch.int64), k)
+        assert narrow == wide and torch.equal(sparsify.in_cut(d.abs(), wide), ref_topk_mask(d, k / d.numel()))
+        if wide.outside_ties is not None:
+            assert torch.equal(wide.outside_ties, narrow.outside_ties)
+
+
+def test_a_cut_at_zero_magnitude_lists_no_ties_and_merges_the_same(indexes) -> None:
+    """Where rank k falls among entries with d = 0 the cut is still exact, but those ties are
+    not listed for fix-ups: kept or dropped, a zero task-vector entry adds nothing."""
+    expert, base = pair("zeros", n=60_000, seed=14)  # a third of d is exactly 0
+    d = expert - base
+    k = 50_000  # past the 40,000 nonzero entries
+    plain = sparsify.rank_cut(expert, base, k)
+    indexes.register(expert)
+    indexes.register(base)
+    for _ in range(2):
+        cut = sparsify.rank_cut(expert, base, k)
+        assert cut.threshold == 0.0 and cut.outside_ties is None and cut == plain
+        assert torch.equal(sparsify.in_cut(d.abs(), cut), ref_topk_mask(d, k / d.numel()))
+    params = {"weight": [1.0], "density": [k / d.numel()]}
+    merged = get_op("ties")([expert], base=base, params=params)
+    masked = torch.where(ref_topk_mask(d, k / d.numel()), d, torch.zeros_like(d))
+    assert torch.equal(merged, base + masked)
