@@ -97,6 +97,7 @@ class HFEvaluator:
     def _engine_for(self, reference: str, num_layers: int) -> HFEngine:
         key = (str(Path(reference).resolve()), num_layers)
         if self.engine is None or self._model_key != key:
+            t0 = time.perf_counter()  # imports, config, tokenizer, the model object: not merging
             from transformers import AutoConfig, AutoModelForCausalLM
 
             from evomerge.hfmodel import load_hf_tokenizer
@@ -105,7 +106,6 @@ class HFEvaluator:
             cfg.num_hidden_layers = num_layers
             if getattr(cfg, "layer_types", None):
                 cfg.layer_types = [cfg.layer_types[0]] * num_layers
-            t0 = time.perf_counter()
             model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).to(self.device).eval()
             self.engine = HFEngine(model, load_hf_tokenizer(reference), batch_size=self.batch_size)
             self._model_key = key
