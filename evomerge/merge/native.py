@@ -36,6 +36,8 @@ log = logging.getLogger("evomerge.kernels")
 SOURCE = Path(__file__).with_name("native_merge.cpp")
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno"]
 
+STALE_BUILD_DAYS = 30  # builds of other sources or CPUs untouched this long are removed
+
 _lock = threading.Lock()
 _module: list[ModuleType | None] = []  # [] not tried yet; [None] build failed; [module]
 broken: list[str] = []
@@ -81,6 +83,28 @@ def _build_lock(build: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def prune_stale_builds(root: Path, *, keep: Path, days: float = STALE_BUILD_DAYS) -> list[Path]:
+    """Remove build directories under ``root`` (one per source version, flags and CPU, ~1 MB each)
+    that no process has loaded for ``days``; a directory whose lock another process holds is left
+    alone. Returns the removed directories."""
+    import shutil
+    import time
+
+    removed = []
+    cutoff = time.time() - days * 86400
+    for d in root.iterdir() if root.is_dir() else ():
+        try:
+            if d == keep or not d.is_dir() or d.is_symlink() or d.stat().st_mtime > cutoff:
+                continue
+            with open(d / "evomerge.lock", "a+") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if a build or load holds it
+                shutil.rmtree(d)
+            removed.append(d)
+        except OSError:  # locked, or already gone: another process's business
+            continue
+    return removed
+
+
 def module() -> ModuleType | None:
     """The built extension, or None (turned off, or the build failed: Python kernels)."""
     if _mode() == "0":
@@ -97,7 +121,9 @@ def module() -> ModuleType | None:
                 with _build_lock(build):
                     mod = cpp_extension.load(name="evomerge_native_merge", sources=[str(SOURCE)],
                                              extra_cflags=FLAGS, build_directory=str(build), verbose=False)
+                    os.utime(build)  # in use: not stale for another STALE_BUILD_DAYS
                 _module.append(mod)
+                prune_stale_builds(build.parent, keep=build)
             except Exception as exc:  # no compiler, no ninja, unsupported platform
                 broken.append(repr(exc))
                 log.warning("native merge kernel unavailable (%s); using the torch kernels",

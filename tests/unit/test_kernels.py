@@ -394,6 +394,27 @@ def test_a_build_lock_left_by_a_killed_build_does_not_block_loading(monkeypatch,
     assert "interrupted native kernel build" in caplog.text
 
 
+def test_stale_native_builds_are_pruned_and_live_ones_kept(tmp_path) -> None:
+    """Build directories (one per source version and CPU) untouched for 30 days go; the current
+    one, recent ones and one whose lock another process holds stay."""
+    import fcntl
+    import os
+    import time
+
+    old = time.time() - 40 * 86400
+    dirs = {name: tmp_path / name for name in ("current", "recent", "stale", "locked")}
+    for d in dirs.values():
+        d.mkdir()
+        (d / "evomerge_native_merge.so").write_bytes(b"x")
+    for name in ("current", "stale", "locked"):
+        os.utime(dirs[name], (old, old))
+    with open(dirs["locked"] / "evomerge.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        removed = native.prune_stale_builds(tmp_path, keep=dirs["current"])
+    assert removed == [dirs["stale"]] and not dirs["stale"].exists()
+    assert all(dirs[n].exists() for n in ("current", "recent", "locked"))
+
+
 @pytest.mark.parametrize("name", ["ties", "dare_ties", "breadcrumbs_ties"])
 @pytest.mark.parametrize("normalize", [True, False])
 def test_the_fused_two_expert_election_equals_eager(name: str, normalize: bool, monkeypatch) -> None:
