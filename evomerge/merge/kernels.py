@@ -315,9 +315,7 @@ def _run_native(v: Variant, out: Tensor, base: Tensor | None, experts: list[Tens
                 ip: list[list[int]], glob: list[float], fixups: Sequence[Tensor]) -> float | None:
     """The C++ kernel (``native``), tie fix-ups included; None when it is off, failed to build, or
     a dtype is not its."""
-    if not native_ok(out, *experts, base):
-        return None
-    mod = native.module()
+    mod = native_for(out, *experts, base)
     if mod is None:
         return None
     flags = (NATIVE_BASE * v.base + NATIVE_LOW * v.rank_low + NATIVE_HIGH * v.rank_high + NATIVE_RANDOM * v.random
@@ -337,15 +335,15 @@ def native_ok(*tensors: Tensor | None) -> bool:
     return True
 
 
-def native_bracket_ok(expert: Tensor, base: Tensor | None) -> bool:
-    """Whether the bracket pass over these sources runs in C++ (see ``bracket``)."""
-    return native_ok(expert, base) and native.module() is not None
+def native_for(*tensors: Tensor | None) -> types.ModuleType | None:
+    """The C++ kernels' module if they take these tensors (``native_ok``) and are built, else None."""
+    return native.module() if native_ok(*tensors) else None
 
 
 def fused_bracket(n: int, expert: Tensor, base: Tensor | None) -> bool:
     """Whether ``bracket`` runs as one fused pass (C++ or compiled), where extra edges are nearly
     free; eagerly every extra edge is another pass."""
-    return native_bracket_ok(expert, base) or use_compiled(n)
+    return native_for(expert, base) is not None or use_compiled(n)
 
 
 def native_cut(expert: Tensor, base: Tensor | None, order: Tensor, k: int):  # type: ignore[no-untyped-def]
@@ -353,9 +351,7 @@ def native_cut(expert: Tensor, base: Tensor | None, order: Tensor, k: int):  # t
     (``rank_index``) in C++ (a RankCut), or None when the C++ kernel is off or a dtype is not its."""
     from evomerge.merge.sparsify import RankCut
 
-    if order.dtype != torch.int32 or not native_ok(expert, base):
-        return None
-    mod = native.module()
+    mod = native_for(expert, base) if order.dtype == torch.int32 else None
     if mod is None:
         return None
     t, cut, outside = mod.cut_sorted(expert, base, order, k)
@@ -379,12 +375,12 @@ def run(v: Variant, out: Tensor, base: Tensor | None, experts: Sequence[Tensor],
     flat_e = [e.reshape(-1) for e in experts]
     n = flat_out.numel()
     _mode()  # a misspelt EVOMERGE_COMPILE is refused whichever kernel runs
-    main = dataclasses.replace(v, tie_cuts=False) if v.tie_cuts else v
     check: float | None = None
     if n and not v.wide:
         check = _run_native(v, flat_out, flat_b, flat_e, fp, ip, glob, fixups)
         if check is not None:
             fixups = ()  # rewritten by the C++ kernel
+    main = dataclasses.replace(v, tie_cuts=False) if v.tie_cuts and check is None else v
     if check is None and n and use_compiled(n):
         def body(out_, base_, experts_, fp_, ip_, glob_, offset_):  # type: ignore[no-untyped-def]
             return _body(main, out_, base_, experts_, fp_, ip_, glob_, offset_)
@@ -416,9 +412,9 @@ def bracket(codes: Tensor, expert: Tensor, base: Tensor | None, edges: list[floa
     pass over the sources (magnitude selection, see ``sparsify.rank_cut``)."""
     n = expert.numel()
     edge_t = torch.tensor(edges, dtype=torch.float32)
-    if n and codes.is_contiguous() and native_bracket_ok(expert, base):
-        got = native.module().bracket(codes, expert, base, edge_t, _threads(n))
-        return [int(c) for c in got]
+    mod = native_for(expert, base) if n and codes.is_contiguous() else None
+    if mod is not None:
+        return [int(c) for c in mod.bracket(codes, expert, base, edge_t, _threads(n))]
     if n and use_compiled(n):
         got = _try_compiled(("bracket", base is None, len(edges)), _bracket_body, codes[:n], expert, base, edge_t)
         if got is not None:

@@ -87,6 +87,23 @@ inline uint32_t non_finite(float v) {
   return static_cast<uint32_t>((bits & 0x7F800000u) == 0x7F800000u);
 }
 
+// kernels.mix32: DARE keeps entry j of an expert when mix32(j ^ seed) < keep.
+inline uint32_t mix32(uint32_t h) {
+  h = ((h >> 16) ^ h) * MIX;
+  h = ((h >> 16) ^ h) * MIX;
+  return (h >> 16) ^ h;
+}
+
+// The optional base of a kernel call as a source: none (false), or checked against the expert's
+// size and layout.
+bool base_source(const c10::optional<torch::Tensor>& base, int64_t n, const char* fn, Src& out) {
+  if (!base.has_value() || !base->defined()) return false;
+  TORCH_CHECK(base->is_contiguous() && base->numel() == n && base->device().is_cpu(), fn,
+              ": base must be flat, contiguous, on the CPU and of the expert's size");
+  out = Src{base->data_ptr(), kind_of(*base)};
+  return true;
+}
+
 // Writes len floats from an L1 block to dst with non-temporal (streaming) stores: a merged tensor
 // far larger than the caches is written without first reading every destination line into
 // the cache (write-allocate), the traffic a plain store adds on top of the bytes written.
@@ -302,11 +319,7 @@ uint32_t step(const Expert& ex, const float* __restrict e, const float* __restri
     if (LOW) k = (std::fabs(d) < lt) ? 0.0f : 1.0f;  // NaN stays in (as ~(a < t))
     if (HIGH) k = (std::fabs(d) >= ht) ? 0.0f : k;
     if (RAND) {
-      uint32_t h = (first_index + static_cast<uint32_t>(j)) ^ seed;
-      h = ((h >> 16) ^ h) * MIX;
-      h = ((h >> 16) ^ h) * MIX;
-      h = (h >> 16) ^ h;
-      k = (h < keep) ? k : 0.0f;
+      k = (mix32((first_index + static_cast<uint32_t>(j)) ^ seed) < keep) ? k : 0.0f;
     }
     const float x = MASKED ? (d * scale) * k : d * scale;
     if (CONS) {
@@ -401,15 +414,8 @@ uint32_t pair_block(const Expert& x0, const Expert& x1, const float* __restrict 
     }
     if (RAND) {
       const uint32_t idx = first + static_cast<uint32_t>(j);
-      uint32_t h0 = idx ^ seed0, h1 = idx ^ seed1;
-      h0 = ((h0 >> 16) ^ h0) * MIX;
-      h1 = ((h1 >> 16) ^ h1) * MIX;
-      h0 = ((h0 >> 16) ^ h0) * MIX;
-      h1 = ((h1 >> 16) ^ h1) * MIX;
-      h0 = (h0 >> 16) ^ h0;
-      h1 = (h1 >> 16) ^ h1;
-      k0 = (h0 < keep0) ? k0 : 0.0f;
-      k1 = (h1 < keep1) ? k1 : 0.0f;
+      k0 = (mix32(idx ^ seed0) < keep0) ? k0 : 0.0f;
+      k1 = (mix32(idx ^ seed1) < keep1) ? k1 : 0.0f;
     }
     const float y0 = MASKED ? (d0 * s0) * k0 : d0 * s0;
     const float y1 = MASKED ? (d1 * s1) * k1 : d1 * s1;
@@ -576,13 +582,7 @@ bool fix_entry(const Job& job, int64_t j) {
     float k = 1.0f;
     if (low) k = (a < ex.low_t || (a == ex.low_t && j >= ex.low_cut)) ? 0.0f : 1.0f;
     if (high) k = (a > ex.high_t || (a == ex.high_t && j < ex.high_cut)) ? 0.0f : k;
-    if (rand && !ex.keep_all) {
-      uint32_t h = static_cast<uint32_t>(j) ^ ex.seed;
-      h = ((h >> 16) ^ h) * MIX;
-      h = ((h >> 16) ^ h) * MIX;
-      h = (h >> 16) ^ h;
-      k = (h < ex.keep) ? k : 0.0f;
-    }
+    if (rand && !ex.keep_all) k = (mix32(static_cast<uint32_t>(j) ^ ex.seed) < ex.keep) ? k : 0.0f;
     const float x = masked ? (d * ex.scale) * k : d * ex.scale;
     const bool first = i == 0;
     if (job.flags & CONSENSUS) {
@@ -629,11 +629,7 @@ bool merge(torch::Tensor out, c10::optional<torch::Tensor> base, std::vector<tor
   TORCH_CHECK(n < (int64_t(1) << 32), "tensors of 2**32 entries or more take the Python kernels");
   TORCH_CHECK(fp.size() == 4 * experts.size() && ip.size() == 5 * experts.size(), "fp/ip: 4 and 5 values per expert");
   Job job;
-  job.has_base = base.has_value() && base->defined();
-  if (job.has_base) {
-    TORCH_CHECK(base->is_contiguous() && base->numel() == n && base->device().is_cpu(), "base must be flat, contiguous, out's size, on the CPU");
-    job.base = Src{base->data_ptr(), kind_of(*base)};
-  }
+  job.has_base = base_source(base, n, "merge", job.base);
   const double* fr = fp.data();
   const int64_t* ir = ip.data();
   for (size_t i = 0; i < experts.size(); ++i) {
@@ -742,11 +738,7 @@ torch::Tensor bracket(torch::Tensor codes, torch::Tensor expert, c10::optional<t
   TORCH_CHECK(m >= 1 && m < 255, "bracket: 1 to 254 edges");
   const Src e{expert.data_ptr(), kind_of(expert)};
   Src bs{};
-  const bool has_base = base.has_value() && base->defined();
-  if (has_base) {
-    TORCH_CHECK(base->is_contiguous() && base->numel() == n, "bracket: base must match the expert");
-    bs = Src{base->data_ptr(), kind_of(*base)};
-  }
+  const bool has_base = base_source(base, n, "bracket", bs);
   const float* qp = q.data_ptr<float>();
   uint8_t* cp = codes.data_ptr<uint8_t>();
   const int64_t blocks = (n + BLOCK - 1) / BLOCK;
@@ -795,11 +787,8 @@ std::tuple<double, int64_t, torch::Tensor> cut_sorted(torch::Tensor expert, c10:
               order.numel() == n, "cut_sorted: contiguous expert and an int32 order of its size");
   TORCH_CHECK(0 < k && k < n, "cut_sorted: need 0 < k < numel");
   const Src e{expert.data_ptr(), kind_of(expert)};
-  const bool has_base = base.has_value() && base->defined();
-  if (has_base)
-    TORCH_CHECK(base->is_contiguous() && base->numel() == n, "cut_sorted: base must match the expert");
-  const Src bs = has_base ? Src{base->data_ptr(), kind_of(*base)} : Src{};
-  const Src* b = has_base ? &bs : nullptr;
+  Src bs{};
+  const Src* b = base_source(base, n, "cut_sorted", bs) ? &bs : nullptr;
   const int32_t* op = order.data_ptr<int32_t>();
   const int64_t slot = n - k;
   const float t = rank_magnitude(e, b, op[slot]);
@@ -826,9 +815,8 @@ torch::Tensor rank_order(torch::Tensor expert, c10::optional<torch::Tensor> base
   const int64_t n = expert.numel();
   TORCH_CHECK(expert.is_contiguous() && n < (int64_t(1) << 31), "rank_order: contiguous, below 2**31 entries");
   const Src e{expert.data_ptr(), kind_of(expert)};
-  const bool has_base = base.has_value() && base->defined();
-  if (has_base) TORCH_CHECK(base->is_contiguous() && base->numel() == n, "rank_order: base must match");
-  const Src b = has_base ? Src{base->data_ptr(), kind_of(*base)} : Src{};
+  Src b{};
+  const bool has_base = base_source(base, n, "rank_order", b);
   auto order = torch::empty({n}, torch::kInt32);
   {
     pybind11::gil_scoped_release release;
@@ -858,15 +846,20 @@ torch::Tensor rank_order(torch::Tensor expert, c10::optional<torch::Tensor> base
         }
       }
     });
-    // first pass in descending index: the highest part's entries of a digit come first
-    int64_t at = 0;
-    for (int64_t d = 0; d < DIGITS; ++d) {
-      for (int w = t - 1; w >= 0; --w) {
-        const int64_t c = count[w][d];
-        count[w][d] = at;
-        at += c;
+    // counts -> each part's first slot per digit, digits ascending and, within a digit, the parts
+    // in the order the pass visits them (stability across parts)
+    auto to_offsets = [&](bool parts_descending) {
+      int64_t at = 0;
+      for (int64_t d = 0; d < DIGITS; ++d) {
+        for (int q = 0; q < t; ++q) {
+          const int w = parts_descending ? t - 1 - q : q;
+          const int64_t c = count[w][d];
+          count[w][d] = at;
+          at += c;
+        }
       }
-    }
+    };
+    to_offsets(true);  // the first pass visits positions from the last down: the highest part first
     std::unique_ptr<int32_t[]> pos(new int32_t[n]);
     std::unique_ptr<uint16_t[]> top(new uint16_t[n]);
     run([&](int w) {
@@ -886,14 +879,7 @@ torch::Tensor rank_order(torch::Tensor expert, c10::optional<torch::Tensor> base
       std::fill(c, c + DIGITS, 0);
       for (int64_t j = lo; j < hi; ++j) ++c[top[j]];
     });
-    at = 0;
-    for (int64_t d = 0; d < DIGITS; ++d) {
-      for (int w = 0; w < t; ++w) {
-        const int64_t c = count[w][d];
-        count[w][d] = at;
-        at += c;
-      }
-    }
+    to_offsets(false);
     int32_t* op = order.data_ptr<int32_t>();
     run([&](int w) {
       auto [lo, hi] = part(w);

@@ -18,7 +18,6 @@ memory; 0 turns indexing off). Pairs past the budget keep the sampled-bracket pa
 
 from __future__ import annotations
 
-import collections
 import os
 import threading
 import weakref
@@ -53,11 +52,11 @@ def magnitude_keys(mag: Tensor) -> Tensor:
 def build(expert: Tensor, base: Tensor | None) -> PairIndex:
     """The index of |expert - base| (float32, as the merge kernels compute it): a counting sort
     in C++ where the native kernel is available, else torch's stable sort (the same order)."""
-    from evomerge.merge import kernels, native
+    from evomerge.merge import kernels
 
     e = expert.reshape(-1)
     b = base.reshape(-1) if base is not None else None
-    if e.numel() < 2**31 and kernels.native_ok(e, b) and (mod := native.module()) is not None:
+    if e.numel() < 2**31 and (mod := kernels.native_for(e, b)) is not None:
         return PairIndex(mod.rank_order(e, b, torch.get_num_threads()))
     return build_torch(expert, base)
 
@@ -132,18 +131,18 @@ class RankIndexes:
         self._lock = threading.Lock()
         self._resident: dict[int, weakref.ref[Tensor]] = {}
         self._pairs: dict[tuple[int, int], _Entry] = {}
-        self._deaths: collections.deque[int] = collections.deque()  # appended by weakref callbacks
+        self._someone_died = False  # set by weakref callbacks
         self.used = 0  # bytes held by built indexes
         self.builds = 0
 
     def _died(self, _ref: object) -> None:
-        self._deaths.append(1)  # no lock here: a callback can run inside any allocation
+        self._someone_died = True  # no lock here: a callback can run inside any allocation
 
     def _prune(self) -> None:
         """Drop entries of freed tensors (called with the lock held)."""
-        if not self._deaths:
+        if not self._someone_died:
             return
-        self._deaths.clear()
+        self._someone_died = False
         for key in [k for k, e in self._pairs.items() if e.dead()]:
             index = self._pairs.pop(key).index
             if index is not None:

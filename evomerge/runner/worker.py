@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from evomerge.errors import EvomergeError
+from evomerge.errors import ConfigError, EvomergeError
 
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -53,8 +53,6 @@ def make_evaluator(engine: str, options: dict[str, Any] | None = None):  # -> Ev
         from evomerge.evaluate.synthetic import SyntheticEvaluator
 
         return SyntheticEvaluator(**options)
-    from evomerge.errors import ConfigError
-
     raise ConfigError(f"unknown engine {engine!r}", hint="use hf (transformers), vllm, or synthetic (plumbing tests)")
 
 
@@ -99,8 +97,6 @@ class CandidateWorker:
             kernels.use_compiled(0)  # a misspelt EVOMERGE_COMPILE or EVOMERGE_RANK_INDEX_MEMORY fails here, not
             rank_index.budget()  # on the first or second candidate
         if self.faults.get("startup_error"):
-            from evomerge.errors import ConfigError
-
             raise ConfigError(str(self.faults["startup_error"]), hint="(an injected fault: unset EVOMERGE_FAULTS)")
 
     def ping(self) -> str:
