@@ -11,9 +11,10 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from evomerge.errors import EvomergeError
@@ -22,13 +23,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 from evomerge import cli_runs  # noqa: E402,F401 - registers search/resume/runs/best/pareto/show/export/plot/db
-from evomerge.cli_base import app, console, err_console, zoo_app  # noqa: E402
+from evomerge.cli_base import (  # noqa: E402
+    Col,
+    app,
+    console,
+    err_console,
+    logs_to_stderr,
+    print_json,
+    print_table,
+    seal_stdout,
+    zoo_app,
+)
 
 
 @zoo_app.command("build")
 def zoo_build(
     out: Annotated[Path, typer.Argument(help="directory to create")],
-    overwrite: Annotated[bool, typer.Option(help="replace an existing directory")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="replace an existing zoo that evomerge built (anything else is refused)")] = False,
     seed: Annotated[int, typer.Option(help="training seed")] = 0,
     size: Annotated[str | None, typer.Option(
         help="an untrained scaled size for speed benchmarks (tiny, 10m, 100m): random base + synthetic experts")] = None,
@@ -86,7 +98,8 @@ def _print_accuracy(scores: dict[str, dict[str, float]], skills: list[str], titl
 def merge(
     recipe: Annotated[Path, typer.Argument(help="recipe YAML (mergekit-style)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="output model directory")],
-    overwrite: Annotated[bool, typer.Option(help="replace an existing output directory")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="replace an existing output directory that evomerge wrote (anything else is refused)")] = False,
     seed: Annotated[int, typer.Option(help="seed for stochastic ops (DARE)")] = 0,
     shard_mb: Annotated[int, typer.Option(help="maximum safetensors shard size in MiB")] = 2048,
 ) -> None:
@@ -129,59 +142,65 @@ def eval_cmd(
         recipe = load_recipe(target).resolved(target.resolve().parent)
     splits = ["search", "heldout"] if split == "both" else [split]
     tasks = [load_task(t, split=sp) for t in task for sp in splits]
-    if engine == "vllm":
-        from evomerge.evaluate.vllm import VLLMEvaluator
-
-        evaluator = VLLMEvaluator()
-    else:
-        from evomerge.evaluate.hf import HFEvaluator
-
-        evaluator = HFEvaluator()
     results = {}
-    for sp in splits:
-        res = evaluator.evaluate(recipe, [t for t in tasks if t.split == sp], deadline_s=deadline, seed=seed)
-        results[sp] = res
+    # the engines' own output (vLLM's log lines, from this process and its engine process) goes to
+    # stderr, so that stdout holds the table, or exactly one JSON document
+    with logs_to_stderr():
+        if engine == "vllm":
+            from evomerge.evaluate.vllm import VLLMEvaluator
+
+            evaluator: Any = VLLMEvaluator()
+        else:
+            from evomerge.evaluate.hf import HFEvaluator
+
+            evaluator = HFEvaluator()
+        try:
+            for sp in splits:
+                res = evaluator.evaluate(recipe, [t for t in tasks if t.split == sp], deadline_s=deadline, seed=seed)
+                results[sp] = res
+        finally:
+            close = getattr(evaluator, "close", None)
+            if close is not None:
+                close()  # the engine stops now, while its shutdown logs still go to stderr
     if as_json:
-        print(json.dumps({sp: {"status": r.status, "objectives": r.objectives, "error": r.error,
-                               "seconds": r.seconds, "tokens": r.tokens, "item_scores": r.item_scores} for sp, r in results.items()}))
+        print_json({sp: {"status": r.status, "objectives": r.objectives, "error": r.error, "seconds": r.seconds,
+                         "tokens": r.tokens, "item_scores": r.item_scores} for sp, r in results.items()}, indent=None)
         return
-    table = Table(title=f"{target} ({engine}, recipe {recipe.recipe_id})")
-    table.add_column("task")
-    for sp in splits:
-        table.add_column(sp, justify="right")
-    for name in dict.fromkeys(t.name for t in tasks):
-        row = []
-        for sp in splits:
-            r = results[sp]
-            row.append(f"{r.objectives[name]:.4f}" if r.objectives else r.status)
-        table.add_row(name, *row)
-    console.print(table)
+    names = list(dict.fromkeys(t.name for t in tasks))
+    rows = [[name, *(f"{results[sp].objectives[name]:.4f}" if results[sp].objectives else results[sp].status
+                     for sp in splits)] for name in names]
+    print_table([Col("task", wrap=True), *(Col(sp, numeric=True) for sp in splits)], rows,
+                title=f"{target} ({engine}, recipe {recipe.recipe_id})")
     for sp, r in results.items():
         timing = ", ".join(f"{k} {v:.2f} s" for k, v in r.seconds.items())
-        console.print(f"{sp}: {r.status}{' (' + r.error + ')' if r.error else ''}; {r.items} items, {r.tokens} tokens; {timing}")
+        console.print(f"{sp}: {r.status}{' (' + r.error + ')' if r.error else ''}; {r.items} items, {r.tokens} tokens; "
+                      f"{timing}", highlight=False)
 
 
 @app.command("validate")
 def validate(spaces: Annotated[list[Path], typer.Argument(help="search space YAML files")]) -> None:
-    """Check search spaces (schema, op parameters, bounds, task specs) without running anything."""
-    from evomerge.evaluate.tasks import load_task_spec
-    from evomerge.space.codec import check_sources, make_codec
-    from evomerge.space.schema import load_space
+    """Check search spaces without running anything: schema, bounds and sizes, task specs and their
+    data, and (when the models exist) source headers, the start recipe's plan and the strategy.
+    Every file is checked; each bad one gets an `error:` line naming it; exit status 2 if any is bad."""
+    from evomerge import api
 
+    bad = 0
     for path in spaces:
-        space = load_space(path)
-        for obj in space.objectives:
-            load_task_spec(obj.task)
-        genes = ""
-        if all(Path(p).exists() for p in (space.base, *space.experts)):
-            # headers only: every source against the first (architecture, shapes, tensor names), then
-            # the start recipe planned; no weights read
-            codec = make_codec(space, materialize=False)
-            check_sources(space, codec)
-            genes = f", {codec.dim} genes"
-        what = space.merge_method if space.kind == "ps" else f"{space.flow.repeats} repeats, {space.flow.scales} scales"
-        console.print(f"{path}: ok ({space.kind}, {what}, {len(space.experts)} experts, "
-                      f"{len(space.objectives)} objectives{genes}, budget {space.budget}, hash {space.space_hash})")
+        try:
+            d = api.validate(path)
+        except EvomergeError as err:
+            bad += 1
+            where = "" if err.message.startswith(str(path)) else f"{path}: "
+            err_console.print("[bold red]error:[/]", f"{where}{err.message}", highlight=False)
+            if err.hint:
+                err_console.print("  [bold]fix:[/]", err.hint, highlight=False)
+            continue
+        genes = f", {d['genes']} genes" if d["genes"] is not None else \
+            f", sources not checked ({len(d['missing'])} model paths not found, e.g. {d['missing'][0]})"
+        console.print(f"{path}: ok ({d['kind']}, {d['what']}, {d['experts']} experts, "
+                      f"{d['objectives']} objectives{genes}, budget {d['budget']}, hash {d['hash']})")
+    if bad:
+        raise SystemExit(2)  # not typer.Exit: main() runs click without standalone mode, which would return it
 
 
 @app.command("generate")
@@ -218,12 +237,21 @@ def demo(
 
 
 def main() -> None:
+    """Run the command line. An EvomergeError (bad input, or an environment problem the code
+    turned into one, e.g. an unusable archive) is printed as ``error:`` and ``fix:`` lines on
+    stderr, exit status 2, no traceback. After a ``--json`` command, stdout is sealed: whatever runs
+    at exit writes to stderr, so the JSON document stays the only thing on stdout."""
+    as_json = "--json" in sys.argv[1:]
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # a command's typer.Exit(N) comes back as N in this mode
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except EvomergeError as err:
-        err_console.print("[bold red]error:[/]", err.message, highlight=False)
+        # soft_wrap: one line each, however narrow the terminal (scripts grep these)
+        # escaped: a message holding "[...]" (a path, a list) is text, not rich markup
+        err_console.print("[bold red]error:[/]", escape(err.message), highlight=False, soft_wrap=True)
         if err.hint:
-            err_console.print("  [bold]fix:[/]", err.hint, highlight=False)
+            err_console.print("  [bold]fix:[/]", escape(err.hint), highlight=False, soft_wrap=True)
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)
@@ -234,6 +262,9 @@ def main() -> None:
             e.show()
             sys.exit(e.exit_code)
         raise
+    finally:
+        if as_json:
+            seal_stdout()
 
 
 if __name__ == "__main__":

@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from evomerge.cli_base import app, console, db_app
+from evomerge.cli_base import Col, app, console, db_app, local_time, logs_to_stderr, print_json, print_table
 
 DB = Annotated[str | None, typer.Option("--db", help="archive URL (default sqlite:///./evomerge.db); "
                                         "postgresql+psycopg://user@host/db for clusters", envvar="EVOMERGE_DB")]
@@ -58,6 +57,8 @@ def _report(outcome: Any, db: str | None) -> None:
                       f"{ {k: round(v, 4) for k, v in (b['objectives'] or {}).items()} }", highlight=False)
         console.print(f"next: evomerge show {run.name}:{b['index']} | evomerge export {run.name}:{b['index']} --out DIR"
                       f" | evomerge pareto {run.name}")
+    if outcome.stopped_by:  # stopped by a signal: exit as a process ended by it would (128 + N)
+        raise typer.Exit(128 + outcome.stopped_by)
 
 
 Workers = Annotated[int, typer.Option(help="evaluation slots (one Ray actor each)")]
@@ -119,30 +120,38 @@ def resume(
 
 @app.command("runs")
 def runs(db: DB = None, as_json: JSON = False) -> None:
-    """List the runs in the archive."""
+    """List the runs in the archive (times in local time; ISO 8601 with offset in --json)."""
     from evomerge import api
 
-    rows = api.runs(db)
+    with logs_to_stderr(as_json):
+        rows = api.runs(db)
     if as_json:
-        print(json.dumps(rows, indent=1))
+        print_json(rows)
         return
-    t = Table("name", "id", "status", "kind", "strategy", "engine", "done/budget", "created")
+    cols = [Col("name", wrap=True), Col("id"), Col("status"), Col("kind"), Col("strategy"),
+            Col("engine"), Col("done/budget", short="done"), Col("created", wrap=True)]
+    table = []
     for r in rows:
         done = sum(v for k, v in r["counts"].items() if k not in ("PENDING", "RUNNING"))
-        t.add_row(r["name"], r["id"], r["status"], str(r["kind"]), str(r["strategy"]), str(r["engine"]),
-                  f"{done}/{r['budget']}", r["created_at"][:19])
-    console.print(t)
+        table.append([r["name"], r["id"], r["status"], str(r["kind"]), str(r["strategy"]), str(r["engine"]),
+                      f"{done}/{r['budget']}", local_time(r["created_at"])])
+    print_table(cols, table)
 
 
 def _candidates_table(rows: list[dict], title: str) -> None:
+    """Index, fitness, every objective by name, generation, parents, recipe id; objective names
+    stay whole (o1, o2, ... with a legend only when the terminal is too narrow for them)."""
     names = list(rows[0]["objectives"] or {}) if rows else []
-    t = Table("index", "fitness", *names, "generation", "parents", "recipe_id", title=title)
+    cols = [Col("index", numeric=True), Col("fitness", numeric=True),
+            *[Col(n, numeric=True, short=f"o{j + 1}") for j, n in enumerate(names)],
+            Col("generation", numeric=True, short="gen"), Col("parents", wrap=True), Col("recipe_id", wrap=True)]
+    table = []
     for r in rows:
         obj = r["objectives"] or {}
-        t.add_row(str(r["index"]), f"{r['fitness']:.4f}" if r["fitness"] is not None else "-",
-                  *[f"{obj[n]:.4f}" for n in names], str(r["generation"]), ",".join(map(str, r["parents"])),
-                  r["recipe_id"])
-    console.print(t)
+        table.append([str(r["index"]), f"{r['fitness']:.4f}" if r["fitness"] is not None else "-",
+                      *[f"{obj[n]:.4f}" if obj.get(n) is not None else "-" for n in names], str(r["generation"]),
+                      ",".join(map(str, r["parents"])) or "-", r["recipe_id"]])
+    print_table(cols, table, title=title)
 
 
 @app.command("best")
@@ -156,9 +165,10 @@ def best(
     """The best candidates of a run (by weighted fitness, or by one objective)."""
     from evomerge import api
 
-    rows = api.best(run, objective=objective, k=k, db=db)
+    with logs_to_stderr(as_json):
+        rows = api.best(run, objective=objective, k=k, db=db)
     if as_json:
-        print(json.dumps(rows, indent=1))
+        print_json(rows)
     else:
         _candidates_table(rows, f"best of {run}" + (f" by {objective}" if objective else ""))
 
@@ -168,25 +178,28 @@ def pareto(run: Annotated[str, typer.Argument(help="run name or id")], db: DB = 
     """The Pareto front of a run over all its objectives (failed and invalid candidates never enter)."""
     from evomerge import api
 
-    rows = api.pareto(run, db=db)
+    with logs_to_stderr(as_json):
+        rows = api.pareto(run, db=db)
     if as_json:
-        print(json.dumps(rows, indent=1))
+        print_json(rows)
     else:
         _candidates_table(rows, f"Pareto front of {run}: {len(rows)} candidates")
 
 
 @app.command("show")
 def show(candidate: Annotated[str, typer.Argument(help="RUN:INDEX")], db: DB = None, as_json: JSON = False) -> None:
-    """One candidate: recipe (mergekit YAML), objectives, status, timings and lineage."""
+    """One candidate: recipe (mergekit YAML), objectives, status, times, attempts and lineage."""
     from evomerge import api
     from evomerge.recipe import recipe_from_dict
 
-    d = api.show(candidate, db=db)
+    with logs_to_stderr(as_json):
+        d = api.show(candidate, db=db)
     if as_json:
-        print(json.dumps(d, indent=1))
+        print_json(d)
         return
     console.print(f"[bold]{d['run']}:{d['index']}[/] {d['status']} (generation {d['generation']}, "
                   f"{d['attempts']} attempt(s), {d['seconds'] or 0:.2f} s, worker {d['worker']})")
+    console.print(f"started {local_time(d['started_at'])}, finished {local_time(d['finished_at'])}", highlight=False)
     if d["error"]:
         console.print(f"error: {d['error']}", highlight=False)
     if d["cached_from"] is not None:
@@ -202,14 +215,17 @@ def show(candidate: Annotated[str, typer.Argument(help="RUN:INDEX")], db: DB = N
 def export(
     candidate: Annotated[str, typer.Argument(help="RUN:INDEX")],
     out: Annotated[Path, typer.Option("--out", help="new model directory")],
-    overwrite: Annotated[bool, typer.Option(help="replace an existing directory")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="replace an existing directory that evomerge wrote (anything else is refused)")] = False,
+    any_status: Annotated[bool, typer.Option(
+        "--any-status", help="also export a FAILED, INVALID, TIMEOUT, PENDING or RUNNING candidate")] = False,
     db: DB = None,
     as_json: JSON = False,
 ) -> None:
-    """Write a candidate as a Hugging Face model directory plus its mergekit YAML (atomically)."""
+    """Write a COMPLETE candidate as a Hugging Face model directory plus its mergekit YAML (atomically)."""
     from evomerge import api
 
-    path = api.export(candidate, out, db=db, overwrite=overwrite)
+    path = api.export(candidate, out, db=db, overwrite=overwrite, any_status=any_status)
     if as_json:
         print(json.dumps({"candidate": candidate, "out": str(path), "mergekit_config": str(path / "mergekit_config.yml")}))
     else:
@@ -226,18 +242,26 @@ def plot(
     """Fitness over evaluations and the Pareto front (first two objectives) as a PNG."""
     from evomerge.plot import plot_run
 
-    path = plot_run(run, out, db=db)
+    with logs_to_stderr(as_json):
+        path = plot_run(run, out, db=db)
     if as_json:
-        print(json.dumps({"run": run, "out": str(path)}))
+        print_json({"run": run, "out": str(path)}, indent=None)
     else:
         console.print(f"wrote {path}")
 
 
 @db_app.command("upgrade")
 def db_upgrade(db: DB = None) -> None:
-    """Migrate the archive's schema to this version of evomerge (Alembic)."""
+    """Migrate the archive's schema to this version of evomerge (Alembic). An archive at a schema
+    this evomerge does not know (written by a newer one) is refused, untouched."""
     from evomerge.store import default_url, upgrade
+    from evomerge.store.schema import shown_url
 
     url = db or default_url(Path.cwd())
-    upgrade(url)
-    console.print(f"{url}: schema is current")
+    before, now = upgrade(url)
+    if before == now:
+        console.print(f"{shown_url(url)}: schema {now} is current; nothing to do", highlight=False)
+    elif before is None:
+        console.print(f"{shown_url(url)}: new archive created at schema {now}", highlight=False)
+    else:
+        console.print(f"{shown_url(url)}: upgraded from schema {before} to {now}", highlight=False)

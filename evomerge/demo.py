@@ -55,16 +55,17 @@ def fixed_recipes(skills: list[str]) -> dict[str, Recipe]:
 
 
 def run_demo(workdir: Path, *, log: Callable[..., None] = print, n_items: int = 200):
-    """Build (or reuse) the zoo under ``workdir``, merge the fixed recipes, score all models."""
+    """Build (or reuse) the machine's zoo (the cache the tests and ``zoo://`` spaces use, or
+    ``$EVOMERGE_ZOO``), merge the fixed recipes under ``workdir``, score all models."""
     workdir = Path(workdir)
-    zoo = ensure_zoo(workdir / "zoo", log=log)
+    zoo = ensure_zoo(log=log)
     manifest = load_zoo_manifest(zoo)
     skills = manifest["skills"]
     scores: dict[str, dict[str, float]] = dict(manifest["accuracy"])
     (workdir / "recipes").mkdir(parents=True, exist_ok=True)
     for name, recipe in fixed_recipes(skills).items():
         (workdir / "recipes" / f"{name}.yaml").write_text(
-            recipe.with_sources({s: f"../zoo/{s}" for s in recipe.source_names()}).to_yaml()
+            recipe.with_sources({s: str(zoo / s) for s in recipe.source_names()}).to_yaml()
         )
         out = workdir / "merged" / name
         merge_to_dir(recipe.resolved(zoo), out, overwrite=True)

@@ -200,7 +200,10 @@ def recipe_from_dict(data: Any, *, source: str = "<recipe>") -> Recipe:
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    """Read a recipe YAML (or JSON) file; model paths stay as written (see ``Recipe.resolved``)."""
+    """Read a recipe YAML (or JSON) file; model paths stay as written (see ``Recipe.resolved``).
+
+    The file is read by :func:`evomerge.space.loader.load_yaml`: a regular file only (a FIFO or
+    device is refused), at most ``MAX_YAML_BYTES``, nesting and number literals bounded."""
     return recipe_from_dict(load_yaml(path), source=str(path))
 
 

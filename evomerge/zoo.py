@@ -342,25 +342,114 @@ def _state(model) -> dict[str, torch.Tensor]:
 @contextlib.contextmanager
 def building(out_dir: str | Path, *, overwrite: bool) -> Iterator[Path]:
     """A temporary directory beside ``out_dir`` that replaces it when the block completes; on
-    any error it is removed, so an interrupted build leaves nothing that looks finished."""
+    any error it is removed, so an interrupted build leaves nothing that looks finished.
+
+    The block must write ``zoo.json``; the list of every file built is added to it (``files``),
+    and that is what makes a zoo replaceable: with ``overwrite`` an existing ``out_dir`` is
+    replaced only if it is empty or a zoo whose ``zoo.json`` lists every file in it (see
+    :func:`check_zoo_replaceable`), and it is removed only after the new zoo is in place.
+    Temporaries are named after their owner, and those of dead processes beside ``out_dir``
+    are removed first (:func:`evomerge.merge.writer.remove_stale_temporaries`).
+    """
+    import os
     import shutil
-    import tempfile
 
     from evomerge.errors import ConfigError
+    from evomerge.merge.writer import refuse_protected, remove_stale_temporaries, temp_path
 
-    out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise ConfigError(f"{out} already exists", hint="choose another directory or pass --overwrite")
+    out = Path(os.path.abspath(out_dir))
+    if not out.name:
+        raise ConfigError(f"cannot build a zoo in {str(out_dir)!r}", hint="choose a new directory such as zoo/")
+    if os.path.lexists(out):
+        if not overwrite:
+            raise ConfigError(f"{out} already exists", hint="choose another directory or pass --overwrite")
+        if out.is_symlink() or not out.is_dir():
+            raise ConfigError(f"{out} exists and is not a directory; refusing to replace it",
+                              hint="remove it yourself or choose another directory")
+        refuse_protected(out)
+        check_zoo_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    remove_stale_temporaries(out.parent)
+    tmp = temp_path(out, "tmp")
+    tmp.mkdir()
     try:
         yield tmp
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        _record_files(tmp)
+        if os.path.lexists(out):
+            if not overwrite:
+                raise ConfigError(f"{out} already exists", hint="choose another directory or pass --overwrite")
+            refuse_protected(out)
+            old = temp_path(out, "old")
+            out.rename(old)
+            try:  # checked where it now is: nothing can slip in between the check and the deletion
+                check_zoo_replaceable(old, shown=out)
+                tmp.rename(out)
+            except BaseException:
+                old.rename(out)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _zoo_files(root: Path) -> tuple[list[str], list[str]]:
+    """Relative paths of the regular files and of everything else (directories aside) under ``root``,
+    symlinks not followed."""
+    import os
+    import stat
+
+    def unreadable(err: OSError) -> None:
+        from evomerge.errors import ConfigError
+
+        raise ConfigError(f"cannot inspect {err.filename}: {err.strerror}", hint="check its permissions")
+
+    files, other = [], []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
+        for name in [*dirnames, *filenames]:
+            path = Path(dirpath) / name
+            mode = path.lstat().st_mode
+            rel = path.relative_to(root).as_posix()
+            if stat.S_ISREG(mode):
+                files.append(rel)
+            elif not stat.S_ISDIR(mode):
+                other.append(rel)  # os.walk lists a symlink to a directory among dirnames but never enters it
+    return sorted(files), sorted(other)
+
+
+def _record_files(tmp: Path) -> None:
+    path = tmp / "zoo.json"
+    manifest = json.loads(path.read_text())
+    manifest["files"] = [f for f in _zoo_files(tmp)[0] if f != "zoo.json"]
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def check_zoo_replaceable(root: Path, *, shown: Path | None = None) -> None:
+    """Raise :class:`~evomerge.errors.ConfigError` unless ``root`` is empty or a zoo evomerge
+    built: a ``zoo.json`` with ``models`` and ``files`` (the list every build records), and
+    nothing under it but those files and their directories. The first other entry is named."""
+    from evomerge.errors import ConfigError
+
+    shown = shown or root
+    hint = "choose a new directory (or remove this one yourself if it is disposable)"
+    files, other = _zoo_files(root)
+    if not files and not other and not any(root.iterdir()):
+        return
+    try:
+        manifest = json.loads((root / "zoo.json").read_text()) if (root / "zoo.json").is_file() else None
+    except (OSError, ValueError):
+        manifest = None
+    listed = manifest.get("files") if isinstance(manifest, dict) and isinstance(manifest.get("models"), list) else None
+    if not isinstance(listed, list) or not all(isinstance(f, str) for f in listed) or (root / "zoo.json").is_symlink():
+        raise ConfigError(f"refusing to replace {shown}: it has no zoo.json listing its files, so it is not a zoo "
+                          "this evomerge built", hint=hint)
+    allowed = {*listed, "zoo.json"}
+    for rel in [*other, *files]:
+        if rel not in allowed:
+            raise ConfigError(f"refusing to replace {shown}: {shown / rel} is not a file of the zoo (not listed in "
+                              "its zoo.json)", hint=f"move it out of {shown}, or {hint}")
 
 
 def build_zoo(
@@ -458,10 +547,23 @@ def default_zoo_dir(spec: ZooSpec | None = None) -> Path:
 
 
 def ensure_zoo(path: str | Path | None = None, spec: ZooSpec | None = None, log=print) -> Path:
-    """The zoo at ``path`` (default: the cache), built first if it is missing."""
+    """The zoo at ``path`` (default: the machine's cache, one directory per spec digest, shared by
+    the demo, searches and the tests), built first if it is missing. Processes that ask at once
+    build it once: the first holds an flock on ``<dir>.lock`` while it builds, the others wait
+    for it and then find the zoo complete."""
+    import fcntl
+
     p = Path(path) if path else default_zoo_dir(spec)
-    if not (p / "zoo.json").exists():
-        build_zoo(p, spec, log=log, overwrite=p.exists())
+    if (p / "zoo.json").exists():
+        return p
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with open(p.parent / f"{p.name}.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released by the kernel if this process dies
+        try:
+            if not (p / "zoo.json").exists():
+                build_zoo(p, spec, log=log, overwrite=p.exists())
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     return p
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up a fresh machine and run the main job: bash scripts/demo.sh [workdir]
-#   1. builds the offline zoo (once, ~2 min) and scores fixed merges of it (the baselines);
+#   1. builds the offline zoo (once per machine, ~2 min, in ~/.cache/evomerge: the tests share it) and scores fixed merges of it (the baselines);
 #   2. runs a CMA-ES search over per-layer merge weights (search_spaces/demo.yaml) on a local
 #      Ray with two worker actors, every candidate recorded in a SQLite archive (~1-2 min);
 #   3. queries the archive (best, Pareto front), exports the best candidate as a model
@@ -10,7 +10,6 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1
 mkdir -p "${1:-evomerge-demo}"
 WORKDIR="$(cd "${1:-evomerge-demo}" && pwd)"
-export EVOMERGE_ZOO="$WORKDIR/zoo"   # zoo:// in search spaces resolves here
 DB="sqlite:///$WORKDIR/evomerge.db"
 RUN="demo-$(date +%Y%m%d-%H%M%S)"
 python -m pip install -q --disable-pip-version-check -e .

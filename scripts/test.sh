@@ -12,6 +12,9 @@ bash scripts/postgres.sh
 # the C++ merge kernel, built once per machine (~30 s) before tests time anything; a failure
 # here is reported by the kernel tests
 python -m evomerge.merge.native || true
+# the trained zoo, built once per machine into the cache the demo shares (~2 min quiet, longer on a
+# busy machine): outside pytest's per-test timeout
+python -c 'from evomerge.zoo import ensure_zoo; print("zoo:", ensure_zoo())'
 export EVOMERGE_REQUIRE_PG=1
 python -m ruff check evomerge tests bench
 set +e

@@ -8,11 +8,19 @@ Kinds (one engine interface serves all, see :class:`Engine`):
 
 Templates use ``{field}`` placeholders only (no attribute access, indexing or format specs), so
 a spec can never run code. Every item gets a score in [0, 1] (``loglik``: the mean log-prob).
+
+Bounded inputs (RELIABILITY.md promise 7): data files are read only if regular (a FIFO or
+device is refused, see :mod:`evomerge.textfile`) and at most :data:`MAX_JSONL_BYTES` of them;
+each line's JSON nests at most 64 levels and its number literals have at most 1000 characters. A ``regex``
+extractor is compiled once, when the spec loads, with the ``regex`` package, and every match
+runs under a :data:`REGEX_TIMEOUT_S` deadline: a pattern that backtracks catastrophically scores
+the item as wrong and logs a warning, instead of hanging the evaluation.
 """
 
 from __future__ import annotations
 
-import json
+import functools
+import logging
 import math
 import re
 import string
@@ -21,13 +29,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import regex
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evomerge.errors import ConfigError
 from evomerge.space.loader import load_yaml
+from evomerge.textfile import loads_json, open_regular
+
+log = logging.getLogger(__name__)
 
 MAX_JSONL_BYTES = 256 * 2**20
+REGEX_TIMEOUT_S = 0.5  # per match; a real extractor on a few thousand characters needs microseconds
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+@functools.lru_cache(maxsize=256)
+def compile_extractor(pattern: str) -> regex.Pattern:
+    """The compiled ``regex:`` extractor (cached: compiled once per process, at spec load).
+    Raises ``regex.error`` for an invalid pattern."""
+    return regex.compile(pattern)
 
 
 class Engine(Protocol):
@@ -74,10 +94,11 @@ class TaskSpec(BaseModel):
             if not self.regex:
                 raise ValueError("extract: regex needs `regex:` with one capture group")
             try:
-                if re.compile(self.regex).groups != 1:
-                    raise ValueError("`regex:` must have exactly one capture group")
-            except re.error as err:
+                groups = compile_extractor(self.regex).groups
+            except (regex.error, ValueError, OverflowError, RecursionError) as err:
                 raise ValueError(f"`regex:` does not compile: {err}") from None
+            if groups != 1:
+                raise ValueError("`regex:` must have exactly one capture group")
         return self
 
     def fields(self) -> set[str]:
@@ -109,30 +130,43 @@ def load_task_spec(path: str | Path) -> tuple[TaskSpec, Path]:
 
 
 def read_jsonl(path: Path, required: set[str]) -> list[dict[str, Any]]:
-    """Items from a JSONL file; each line a JSON object holding ``required`` fields."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: data file not found",
-                          hint="point `data:` at a local JSONL file (paths are relative to the spec)") from None
-    if size > MAX_JSONL_BYTES:
-        raise ConfigError(f"{path}: {size} bytes exceeds the {MAX_JSONL_BYTES}-byte limit for task data")
+    """Items from a JSONL file; each line a JSON object holding ``required`` fields.
+
+    The file must be a regular file (never a FIFO or device) and at most :data:`MAX_JSONL_BYTES`
+    are read; each line's JSON is bounded as in :func:`evomerge.textfile.loads_json`. Every error
+    is a :class:`ConfigError` naming the file and line.
+    """
+    too_big = ConfigError(f"{path}: task data is larger than the {MAX_JSONL_BYTES}-byte limit",
+                          hint="use fewer items (`limit:` cuts after loading) or split the file")
+    fh, size = open_regular(path, what="data file",
+                            missing_hint="point `data:` at a local JSONL file (paths are relative to the spec)")
     items = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ConfigError(f"{path}:{n}: invalid JSON ({err.msg})", hint="one JSON object per line") from None
-            if not isinstance(obj, dict):
-                raise ConfigError(f"{path}:{n}: each line must be a JSON object")
-            missing = required - set(obj)
-            if missing:
-                raise ConfigError(f"{path}:{n}: missing field(s) {sorted(missing)}",
-                                  hint=f"every item needs {sorted(required)}")
-            items.append(obj)
+    with fh:
+        if size > MAX_JSONL_BYTES:
+            raise too_big
+        total = 0
+        n = 0
+        while chunk := fh.readline(MAX_JSONL_BYTES - total + 1):
+            total += len(chunk)
+            if total > MAX_JSONL_BYTES:
+                raise too_big
+            for raw in chunk.splitlines():  # \n, \r\n and a bare \r end a line, as in text mode
+                n += 1
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise ConfigError(f"{path}:{n}: not UTF-8 text (byte {err.start} of the line)",
+                                      hint="save the file as UTF-8") from None
+                if not line.strip():
+                    continue
+                obj = loads_json(line, source=f"{path}:{n}", hint="one JSON object per line")
+                if not isinstance(obj, dict):
+                    raise ConfigError(f"{path}:{n}: each line must be a JSON object")
+                missing = required - set(obj)
+                if missing:
+                    raise ConfigError(f"{path}:{n}: missing field(s) {sorted(missing)}",
+                                      hint=f"every item needs {sorted(required)}")
+                items.append(obj)
     if not items:
         raise ConfigError(f"{path}: no items", hint="add at least one JSON object line")
     return items
@@ -155,8 +189,9 @@ def render(spec: TaskSpec, item: dict[str, Any]) -> str:
     return spec.prompt.format_map({k: item[k] for k in spec.fields()})
 
 
-def extract_answer(spec: TaskSpec, text: str) -> str:
-    """The answer part of a generation (GSM8K/MGSM style: ``last_number``)."""
+def extract_answer(spec: TaskSpec, text: str) -> str | None:
+    """The answer part of a generation (GSM8K/MGSM style: ``last_number``); ``None`` when the
+    ``regex`` extractor ran past :data:`REGEX_TIMEOUT_S` (the item then scores as wrong)."""
     for s in spec.stop:
         if s and s in text:
             text = text[: text.index(s)]
@@ -164,7 +199,10 @@ def extract_answer(spec: TaskSpec, text: str) -> str:
         nums = _NUMBER.findall(text)
         return _normalize_number(nums[-1]) if nums else ""
     if spec.extract == "regex":
-        m = re.search(spec.regex or "", text)
+        try:
+            m = compile_extractor(spec.regex or "").search(text, timeout=REGEX_TIMEOUT_S)
+        except TimeoutError:
+            return None
         return m.group(1).strip() if m else ""
     return text.strip()
 
@@ -193,7 +231,14 @@ def score_task(task: Task, engine: Engine) -> list[float]:
     prompts = [render(spec, it) for it in task.items]
     if spec.kind == "generate":
         outs = engine.generate(prompts, max_new_tokens=spec.max_new_tokens, stop=spec.stop)
-        return [float(extract_answer(spec, o) == reference(spec, it)) for o, it in zip(outs, task.items, strict=True)]
+        scores = []
+        for i, (o, it) in enumerate(zip(outs, task.items, strict=True)):
+            answer = extract_answer(spec, o)
+            if answer is None:
+                log.warning("task %s: item %d: `regex:` %r ran past its %.1f s limit on a %d-character "
+                            "generation; the item scores 0", spec.name, i, spec.regex, REGEX_TIMEOUT_S, len(o))
+            scores.append(float(answer is not None and answer == reference(spec, it)))
+        return scores
     if spec.kind == "choice":
         flat_p, flat_c, owner = [], [], []
         for i, (p, it) in enumerate(zip(prompts, task.items, strict=True)):

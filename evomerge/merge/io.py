@@ -4,7 +4,12 @@ A safetensors file is an 8-byte little-endian header length, a JSON header mappi
 to ``{dtype, shape, data_offsets}``, then the raw data. The header is checked in full (size cap,
 duplicate keys, dtypes, shapes, byte counts, bounds, overlaps) on open; tensors are read one at
 a time with plain file IO (seek + readinto), never through pickle and never by mapping untrusted
-sizes (RELIABILITY.md promises 5 and 7, failure tests 4, 12 and 13).
+sizes (RELIABILITY.md promises 5 and 7, failure tests 4, 12 and 13). Every file is opened only if
+it is a regular file (never a FIFO or device) and JSON files are read with a cap and bounded
+nesting (:mod:`evomerge.textfile`). A model's config is checked against its tensors: the layer
+count must match the layers the weights hold, and the sizes loaders allocate by (vocabulary,
+width, MLP width, attention heads) may not exceed the tensors' shapes, so no config value can
+make later code loop or allocate past the weights.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -20,6 +24,7 @@ from typing import Any, BinaryIO
 import torch
 
 from evomerge.errors import ConfigError, CorruptArtifactError, ShapeMismatchError, UnsafeArtifactError
+from evomerge.textfile import loads_json, open_regular, read_regular
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -34,6 +39,7 @@ DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
 MAX_HEADER_BYTES = 100 * 2**20
 MAX_CONFIG_BYTES = 4 * 2**20
 MAX_INDEX_BYTES = 64 * 2**20
+MAX_LAYERS = 100_000  # far above any real model; only reached by a config with no layer tensors to check
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 CONVERT_HINT = (
     "convert it to safetensors in a trusted environment: load it with transformers "
@@ -43,6 +49,8 @@ CONVERT_HINT = (
 )
 _CORRUPT_HINT = "re-download or re-export the model; the file is truncated or was not written by a safetensors writer"
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+# input embeddings ([vocab, width]) under the names of Llama/Qwen/Mistral/Gemma, GPT-2, BLOOM/Falcon, GPT-NeoX
+_EMBED_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight")
 
 
 def layer_index(name: str) -> int | None:
@@ -97,14 +105,13 @@ class SafetensorsFile:
         self.path = Path(path)
         self._fh: BinaryIO | None = None
         self.bytes_read = 0
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            raise ConfigError(f"{self.path}: file not found", hint="check the model path") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"{self.path}: not a regular file", hint="point at a .safetensors file")
-        with open(self.path, "rb") as fh:
-            self._parse(fh, st.st_size, max_header_bytes)
+        fh, size = self._open_file()
+        with fh:
+            self._parse(fh, size, max_header_bytes)
+
+    def _open_file(self) -> tuple[BinaryIO, int]:
+        # a regular file only, opened without blocking (a FIFO or device is refused, not waited on)
+        return open_regular(self.path, what="safetensors file", missing_hint="check the model path", open_fn=open)
 
     def _bad(self, what: str) -> CorruptArtifactError:
         return CorruptArtifactError(f"{self.path}: corrupt safetensors file: {what}", hint=_CORRUPT_HINT)
@@ -186,7 +193,7 @@ class SafetensorsFile:
         if meta.nbytes == 0:
             return torch.empty(meta.shape, dtype=meta.dtype)
         if self._fh is None:
-            self._fh = open(self.path, "rb")  # noqa: SIM115 - kept open for lazy reads, closed in close()
+            self._fh, _ = self._open_file()  # kept open for lazy reads, closed in close()
         if buffer is not None and buffer.dtype == torch.uint8 and buffer.is_contiguous() and buffer.numel() >= end - begin:
             raw = buffer[: end - begin]
         else:
@@ -213,22 +220,20 @@ class SafetensorsFile:
 
 
 def read_json_capped(path: Path, what: str, cap: int) -> Any:
-    """Parse a small JSON file: regular file, at most ``cap`` bytes, UTF-8, no duplicate keys."""
+    """Parse a small JSON file: a regular file (a FIFO or device is refused, never opened
+    blocking), at most ``cap`` bytes read, UTF-8, no duplicate keys, nesting and numbers bounded
+    (:func:`evomerge.textfile.loads_json`)."""
     hint = "fix or regenerate the file (it should be written by transformers)"
-    try:
-        if not stat.S_ISREG(path.stat().st_mode):  # never open a FIFO or device (it could block forever)
-            raise ConfigError(f"{path}: {what} is not a regular file", hint=hint)
-        with open(path, "rb") as fh:
-            raw = fh.read(cap + 1)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: {what} not found", hint="point at a Hugging Face model directory") from None
-    if len(raw) > cap:
-        raise CorruptArtifactError(f"{path}: {what} is larger than the {cap}-byte limit", hint=hint)
+    raw = read_regular(path, cap=cap, what=what, missing_hint="point at a Hugging Face model directory",
+                       too_large=CorruptArtifactError, limit_hint=hint, open_fn=open)
     on_dup = lambda k: CorruptArtifactError(f"{path}: duplicate key {k!r} in {what}", hint=hint)  # noqa: E731
-    try:
-        return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates(on_dup))
-    except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise CorruptArtifactError(f"{path}: invalid JSON in {what} ({err})", hint=hint) from None
+    return loads_json(raw, source=str(path), what=what, error=CorruptArtifactError, hint=hint,
+                      object_pairs_hook=_no_duplicates(on_dup))
+
+
+def _config_fix(key: str) -> str:
+    return (f"set {key} in config.json to what the weights hold, or re-export the model "
+            "(save_pretrained writes a matching config)")
 
 
 def _safe_shard_name(index: Path, name: Any) -> str:
@@ -276,19 +281,111 @@ class ModelDir:
         try:
             self._index()
             self.num_layers: int = self._layers(cfg_path, cfg_hint)
+            self._check_sizes(cfg_path, cfg_hint)
         except BaseException:
             self.close()
             raise
 
     def _layers(self, cfg_path: Path, hint: str) -> int:
+        """The layer count: the config's, which must match the layers the tensors hold (indices
+        0..n-1, plus ``num_nextn_predict_layers`` multi-token-prediction layers after them);
+        with no config key, one past the highest layer index in the tensor names."""
+        found = self._layer_indices()
         for key in ("num_hidden_layers", "n_layer", "num_layers"):
             if key in self.config:
                 n = self.config[key]
                 if not _is_int(n) or n < 0:
                     raise CorruptArtifactError(f"{cfg_path}: {key} must be a non-negative integer, not {n!r}", hint=hint)
+                self._check_layer_count(cfg_path, key, n, found)
                 return int(n)
-        found = [i for i in map(layer_index, self._where) if i is not None]
-        return max(found) + 1 if found else 0
+        n = found[-1] + 1 if found else 0
+        if n > MAX_LAYERS:
+            raise CorruptArtifactError(
+                f"{self.path}: tensor names reach layer index {found[-1]}, past the {MAX_LAYERS}-layer limit",
+                hint="re-export the model; its tensor names are not a real layer stack",
+            )
+        return n
+
+    def _layer_indices(self) -> list[int]:
+        """Sorted layer indices in the tensor names (an index of 10+ digits is refused: garbage)."""
+        for name in self._where:
+            m = _LAYER.search(name)
+            if m and len(m.group(1)) > 9:
+                raise CorruptArtifactError(
+                    f"{self.path}: tensor {name[:80]!r} has a {len(m.group(1))}-digit layer index",
+                    hint="re-export the model; its tensor names are not a real layer stack",
+                )
+        return sorted({i for i in map(layer_index, self._where) if i is not None})
+
+    def _check_layer_count(self, cfg_path: Path, key: str, n: int, found: list[int]) -> None:
+        says = f"{cfg_path}: {key} is {n}"
+        hint = _config_fix(key)
+        if not found:
+            if n > MAX_LAYERS:
+                raise CorruptArtifactError(
+                    f"{says}, past the {MAX_LAYERS}-layer limit (and no tensor name holds a layer index)", hint=hint
+                )
+            return
+        mtp = self.config.get("num_nextn_predict_layers")
+        extra = mtp if _is_int(mtp) and 0 <= mtp <= len(found) else 0
+        top = found[-1] + 1
+        if not n <= top <= n + extra:
+            plus = f" (+ {extra} prediction layers)" if extra else ""
+            raise CorruptArtifactError(
+                f"{says}{plus} but the weights hold {len(found)} layers (indices {found[0]}..{found[-1]})", hint=hint
+            )
+        gap = next((i for i, v in enumerate(found) if i != v), None)
+        if gap is not None:
+            raise CorruptArtifactError(
+                f"{says} but the weights hold no tensors for layer {gap} (they hold {len(found)} of layers "
+                f"0..{found[-1]})", hint=hint,
+            )
+
+    def _check_sizes(self, cfg_path: Path, hint: str) -> None:
+        """Config sizes that loaders allocate by (transformers' ``from_config`` in the HF
+        evaluator, vLLM) may not exceed what the weights hold: ``vocab_size`` the input
+        embedding's rows; ``hidden_size`` (or ``embedding_size`` / ``word_embed_proj_dim`` where a
+        model projects its embeddings) its columns; ``intermediate_size`` the widest
+        ``mlp.down_proj``; ``num_attention_heads`` / ``num_key_value_heads`` times the head size
+        (``head_dim``, else hidden_size / heads) the rows of the widest ``q_proj`` / ``k_proj``.
+        Each is checked only where the config holds an integer and the tensor exists. A smaller
+        value is left to the source comparison (:func:`evomerge.merge.plan.check_compatible`),
+        which names both models, and to the loaders, which refuse a shape mismatch."""
+        cfg = self.config
+
+        def size(key: str) -> int | None:
+            v = cfg.get(key)
+            if v is None or isinstance(v, list | dict):  # absent, or per-layer / nested: not checked here
+                return None
+            if not _is_int(v) or v < 0:
+                raise CorruptArtifactError(f"{cfg_path}: {key} must be a non-negative integer, not {v!r}", hint=hint)
+            return int(v)
+
+        width_key = next((k for k in ("embedding_size", "word_embed_proj_dim") if k in cfg), "hidden_size")
+        # (config key, the size it implies, how the message shows it, tensor-name suffixes, dimension)
+        checks: list[tuple[str, int | None, str, tuple[str, ...], int]] = [
+            ("vocab_size", size("vocab_size"), "", _EMBED_SUFFIXES, 0),
+            (width_key, size(width_key), "", _EMBED_SUFFIXES, 1),
+            ("intermediate_size", size("intermediate_size"), "", ("mlp.down_proj.weight",), 1),
+        ]
+        heads, hidden = size("num_attention_heads"), size("hidden_size")
+        head_dim = size("head_dim") or (hidden // heads if hidden and heads else None)
+        if head_dim:
+            for key, suffix in (("num_attention_heads", "q_proj.weight"), ("num_key_value_heads", "k_proj.weight")):
+                n = size(key)
+                if n is not None:
+                    shown = f"{n} (x head size {head_dim} = {n * head_dim})"
+                    checks.append((key, n * head_dim, shown, (f"self_attn.{suffix}",), 0))
+        for key, value, shown, suffixes, dim in checks:
+            if value is None:
+                continue
+            widest = max(((self.meta(t).shape[dim], t) for t in self._where
+                          if t.endswith(suffixes) and len(self.meta(t).shape) == 2), default=None)
+            if widest is not None and value > widest[0]:
+                raise CorruptArtifactError(
+                    f"{cfg_path}: {key} is {shown or value} but {widest[1]} has {widest[0]} "
+                    f"{('rows', 'columns')[dim]} (shape {list(self.meta(widest[1]).shape)})", hint=_config_fix(key),
+                )
 
     def _open(self, fname: str) -> SafetensorsFile:
         f = SafetensorsFile(self.path / fname)

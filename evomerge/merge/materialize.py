@@ -401,6 +401,10 @@ def merge_to_dir(
 
     Written atomically (temporary directory, fsync, rename) with a sha256 manifest, the
     canonical recipe (``evomerge-recipe.json``) and a mergekit config (``mergekit_config.yml``).
+    An existing ``out_dir`` is an :class:`~evomerge.errors.ExportError` unless ``overwrite``, and
+    then it is replaced only if evomerge wrote it (its manifest lists every file in it, unchanged)
+    and it is not the root, home or current directory or a parent of them; temporaries of dead
+    evomerge processes beside it are removed (see :class:`~evomerge.merge.writer.ModelDirWriter`).
     """
     from evomerge.merge.writer import ModelDirWriter
 

@@ -4,6 +4,9 @@ Everything goes into a temporary directory beside the target; on success a manif
 SHA-256 of every file is written, files and directory are fsynced, and the directory is renamed
 into place. On any failure the temporary directory is removed, so no partial model is visible;
 running out of disk (ENOSPC, EFBIG, EDQUOT) becomes an :class:`ExportError`.
+Overwriting replaces only a directory evomerge wrote (:func:`check_replaceable`). Temporaries
+are named after their owner (``.<target>.tmp-<host>-<pid>-<random>``), so the next export into
+the same parent removes those a killed process left (:func:`remove_stale_temporaries`).
 Safetensors shards are streamed: all tensor metas are known up front, so each shard's header
 is written first and tensor bytes follow one tensor at a time (peak memory about one tensor).
 """
@@ -14,8 +17,12 @@ import errno
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
+import socket
+import stat
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -23,13 +30,19 @@ from typing import Any, BinaryIO
 
 import torch
 
-from evomerge.errors import CorruptArtifactError, ExportError, UnsafeArtifactError
+from evomerge.errors import CorruptArtifactError, EvomergeError, ExportError, UnsafeArtifactError
 from evomerge.merge.io import DTYPE_NAMES, TensorMeta, read_json_capped
 
 MANIFEST = "evomerge-manifest.json"
 INDEX = "model.safetensors.index.json"
 _WRITE_CHUNK = 64 * 2**20
 _DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+_MAX_MANIFEST_BYTES = 16 * 2**20
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# Failure tests only: EVOMERGE_HOLD_EXPORT=FILE stops an export after its first tensor is on disk,
+# writes FILE ({"pid", "tmp"}) and waits there (at most an hour) to be killed.
+HOLD_ENV = "EVOMERGE_HOLD_EXPORT"
+_HOLD_MAX_S = 3600.0
 
 
 def _safe_relname(relname: str, root: Path | None = None) -> str:
@@ -68,6 +81,183 @@ def _disk_full(exc: BaseException | None) -> OSError | None:
         exc = exc.__cause__ or exc.__context__
         seen += 1
     return None
+
+
+def _hold_for_test(marker: str, directory: Path, fh: BinaryIO | None) -> None:
+    """Failure tests (``HOLD_ENV``): flush the open shard, announce ``{"pid", "tmp"}`` in ``marker``
+    (written whole, then renamed) and wait to be killed."""
+    if fh is not None:
+        fh.flush()
+        os.fsync(fh.fileno())
+    part = f"{marker}.part"
+    with open(part, "w", encoding="utf-8") as out:
+        json.dump({"pid": os.getpid(), "tmp": str(directory)}, out)
+    os.replace(part, marker)
+    time.sleep(_HOLD_MAX_S)
+
+
+def _host_tag() -> str:
+    """This host's name as temporaries carry it (letters, digits, '.', '_', '-'; at most 64)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())[:64] or "localhost"
+
+
+def temp_path(target: Path, kind: str = "tmp") -> Path:
+    """A temporary of this process beside ``target``: ``.<name>.<kind>-<host>-<pid>-<12 hex>``.
+
+    ``kind`` is ``tmp`` (a directory being written) or ``old`` (a replaced directory about to be
+    deleted); :func:`remove_stale_temporaries` recognizes both by this name alone."""
+    if kind not in ("tmp", "old"):
+        raise ValueError(f"temporary kind {kind!r} is not tmp or old")
+    return target.parent / f".{target.name}.{kind}-{_host_tag()}-{os.getpid()}-{secrets.token_hex(6)}"
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists; when that cannot be told (another user's), it does."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):
+        return True
+    return True
+
+
+def remove_stale_temporaries(parent: Path) -> list[Path]:
+    """Clean up after evomerge processes that died (SIGKILL, power loss) while writing into ``parent``.
+
+    Only directories named as :func:`temp_path` names them, with this host's name and the pid of
+    no running process (nor this one), are touched: a ``tmp`` (an unfinished export) is deleted;
+    an ``old`` (a replaced directory that was to be deleted) is deleted when its target exists,
+    and otherwise renamed back to it (the owner died between moving it aside and publishing the
+    replacement). Temporaries of live processes or other hosts, symlinks and every other name
+    are left alone. Best effort: what cannot be removed is skipped. Returns the paths handled.
+    """
+    if os.name != "posix":
+        return []
+    pattern = re.compile(rf"\.(?P<target>.+)\.(?P<kind>tmp|old)-{re.escape(_host_tag())}-"
+                         r"(?P<pid>[1-9][0-9]{0,9})-[0-9a-f]{12}")
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return []
+    handled = []
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if m is None:
+            continue
+        pid = int(m["pid"])
+        try:
+            if pid == os.getpid() or not entry.is_dir(follow_symlinks=False) or _pid_alive(pid):
+                continue
+            path = Path(entry.path)
+            target = path.parent / m["target"]
+            if m["kind"] == "old" and not os.path.lexists(target):
+                path.rename(target)
+            else:
+                shutil.rmtree(path)
+            handled.append(path)
+        except OSError:
+            continue
+    return handled
+
+
+def _protected(path: Path) -> str | None:
+    """Why ``path`` may never be replaced (the root, the home or current directory, or a parent of
+    either), or None."""
+    real = Path(os.path.realpath(path))
+    if real.parent == real:
+        return "the root directory"
+    places = [("your home directory", os.path.expanduser("~"))]
+    try:
+        places.append(("the current directory", os.getcwd()))
+    except OSError:
+        pass
+    for what, where in places:
+        where_real = Path(os.path.realpath(where))
+        if where_real == real:
+            return what
+        if where_real.is_relative_to(real):
+            return f"a parent of {what}"
+    return None
+
+
+def _listing(directory: Path) -> tuple[tuple[int, int], dict[str, os.stat_result]]:
+    st = os.lstat(directory)
+    return (st.st_dev, st.st_ino), {e.name: e.stat(follow_symlinks=False) for e in os.scandir(directory)}
+
+
+def check_replaceable(directory: Path, *, shown: Path | None = None, known: Any = None) -> Any:
+    """Raise :class:`ExportError` unless ``directory`` is one evomerge may replace; return its fingerprint.
+
+    Replaceable means empty, or holding an ``evomerge-manifest.json`` that parses as evomerge's
+    (a regular file, ``{"files": {plain name: sha256}}``) and otherwise only regular files that
+    manifest lists, each with its listed SHA-256: nothing evomerge did not write, nothing changed
+    since. The first other entry (a user's file, a subdirectory, a symlink, an edited weight
+    file) is named in the error. Hashing is skipped when the fingerprint (names, sizes, mtimes,
+    inodes) equals ``known``, one an earlier check returned. ``shown`` is the path in messages.
+    """
+    shown = shown or directory
+    hint = (f"move it out of {shown} or choose another --out; --overwrite only replaces a directory "
+            "evomerge wrote and nobody changed")
+    try:
+        ident, entries = _listing(directory)
+    except OSError as err:
+        raise ExportError(f"cannot inspect {shown} before replacing it: {err}",
+                          hint="check its permissions, or choose another --out") from err
+    fingerprint = (ident, tuple(sorted((name, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino)
+                                       for name, st in entries.items())))
+    if not entries:
+        return fingerprint  # nothing to lose
+    manifest = entries.get(MANIFEST)
+    if manifest is None or not stat.S_ISREG(manifest.st_mode):
+        raise ExportError(f"refusing to replace {shown}: it has no {MANIFEST}, so evomerge did not write it",
+                          hint="choose a new directory for --out (or remove this one yourself if it is disposable)")
+    try:
+        data = read_json_capped(directory / MANIFEST, "evomerge manifest", _MAX_MANIFEST_BYTES)
+    except EvomergeError as err:
+        raise ExportError(f"refusing to replace {shown}: its {MANIFEST} is unreadable ({err.message})",
+                          hint="choose a new directory for --out (or remove this one yourself if it is disposable)"
+                          ) from None
+    files = data.get("files") if isinstance(data, dict) and set(data) == {"files"} else None
+    if not isinstance(files, dict) or not all(
+        isinstance(k, str) and _plain_name(k) and k != MANIFEST and isinstance(v, str) and _SHA256_HEX.fullmatch(v)
+        for k, v in files.items()
+    ):
+        raise ExportError(f"refusing to replace {shown}: its {MANIFEST} is not evomerge's "
+                          "(expected {\"files\": {file name: sha256}})",
+                          hint="choose a new directory for --out (or remove this one yourself if it is disposable)")
+    for name, st in sorted(entries.items()):
+        if name == MANIFEST:
+            continue
+        if name not in files:
+            raise ExportError(f"refusing to replace {shown}: {shown / name} is not listed in its {MANIFEST} "
+                              "(evomerge did not write it)", hint=hint)
+        if not stat.S_ISREG(st.st_mode):
+            raise ExportError(f"refusing to replace {shown}: {shown / name} is not a regular file "
+                              "(evomerge writes only regular files)", hint=hint)
+    if fingerprint != known:
+        for name in sorted(entries):
+            if name != MANIFEST and _sha256(directory / name) != files[name]:
+                raise ExportError(f"refusing to replace {shown}: {shown / name} changed since evomerge wrote it "
+                                  f"(its SHA-256 differs from {MANIFEST})", hint=hint)
+    return fingerprint
+
+
+def _plain_name(name: str) -> bool:
+    try:
+        _safe_relname(name)
+    except UnsafeArtifactError:
+        return False
+    return True
+
+
+def refuse_protected(path: Path) -> None:
+    """Raise :class:`ExportError` if ``path`` is the root, the home or the current directory or a
+    parent of either: none of them is ever replaced, whatever it holds."""
+    why = _protected(path)
+    if why is not None:
+        raise ExportError(f"refusing to replace {path}: it is {why}",
+                          hint="choose a new directory that does not exist yet, such as merged/")
 
 
 class StreamingSafetensorsWriter:
@@ -117,6 +307,7 @@ class StreamingSafetensorsWriter:
         # tensor just passed must stay untouched until the next ``write`` (or ``close``) returns
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="evomerge-writer") if background else None
         self._pending: Future[None] | None = None
+        self._hold = os.environ.get(HOLD_ENV) or None
 
     def _open_shard(self, i: int) -> None:
         self._close_fh()
@@ -179,6 +370,9 @@ class StreamingSafetensorsWriter:
             for start in range(0, len(view), _WRITE_CHUNK):
                 self._put(view[start:start + _WRITE_CHUNK])
         self._left_in_shard -= 1
+        if self._hold is not None:
+            hold, self._hold = self._hold, None
+            _hold_for_test(hold, self.dir, self._fh)
 
     def _shard_of(self, k: int) -> int:
         for i, shard in enumerate(self.shards):
@@ -228,10 +422,14 @@ class StreamingSafetensorsWriter:
 class ModelDirWriter:
     """Context manager that publishes a complete model directory or nothing.
 
-    Files go to ``tmp`` (``.<name>.tmp-<random>`` beside ``out_dir``). A clean exit closes the
-    tensor writer, writes ``evomerge-manifest.json`` (``{"files": {name: sha256}}``), fsyncs
-    files and directory and renames ``tmp`` to ``out_dir``; an existing ``out_dir`` is an
-    :class:`ExportError` unless ``overwrite`` (then it is moved aside, replaced, and deleted).
+    Files go to ``tmp`` (``.<name>.tmp-<host>-<pid>-<random>`` beside ``out_dir``; stale ones of
+    dead processes there are removed first, see :func:`remove_stale_temporaries`). A clean exit
+    closes the tensor writer, writes ``evomerge-manifest.json`` (``{"files": {name: sha256}}``),
+    fsyncs files and directory and renames ``tmp`` to ``out_dir``. An existing ``out_dir`` is an
+    :class:`ExportError` unless ``overwrite``, and even then it is replaced only if evomerge wrote
+    it and nobody changed it (:func:`check_replaceable`, checked again after it is moved aside)
+    and it is not the root, home or current directory or a parent of them: the new directory is
+    complete before the old one is moved aside, swapped in and deleted.
     Any exception removes ``tmp`` and propagates (out-of-space as :class:`ExportError`).
     """
 
@@ -240,10 +438,11 @@ class ModelDirWriter:
         self.overwrite = overwrite
         if not self.out_dir.name:
             raise ExportError(f"cannot export to {str(out_dir)!r}", hint="choose a new directory such as --out merged/")
-        self._check_target()
+        self._checked = self._check_target()  # fingerprint of the directory to replace, if any
         try:
             self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = self.out_dir.parent / f".{self.out_dir.name}.tmp-{secrets.token_hex(6)}"
+            remove_stale_temporaries(self.out_dir.parent)
+            self.tmp = temp_path(self.out_dir, "tmp")
             self.tmp.mkdir()
         except OSError as err:
             if _disk_full(err):
@@ -253,14 +452,19 @@ class ModelDirWriter:
         self._writers: list[StreamingSafetensorsWriter] = []
         self._names: set[str] = set()
 
-    def _check_target(self) -> None:
-        if self.out_dir.is_symlink() or self.out_dir.exists():
-            if not self.overwrite:
-                raise ExportError(f"{self.out_dir} already exists",
-                                  hint="choose another --out or pass --overwrite to replace it")
-            if self.out_dir.is_symlink() or not self.out_dir.is_dir():
-                raise ExportError(f"{self.out_dir} exists and is not a directory; refusing to replace it",
-                                  hint="remove it yourself or choose another --out")
+    def _check_target(self, *, contents: bool = True) -> Any:
+        """None if ``out_dir`` is free; else raise unless ``overwrite`` may replace it (with
+        ``contents``: its files checked too; returns their fingerprint)."""
+        if not os.path.lexists(self.out_dir):
+            return None
+        if not self.overwrite:
+            raise ExportError(f"{self.out_dir} already exists",
+                              hint="choose another --out or pass --overwrite to replace it")
+        if self.out_dir.is_symlink() or not self.out_dir.is_dir():
+            raise ExportError(f"{self.out_dir} exists and is not a directory; refusing to replace it",
+                              hint="remove it yourself or choose another --out")
+        refuse_protected(self.out_dir)
+        return check_replaceable(self.out_dir) if contents else None
 
     def _disk_full_error(self) -> ExportError:
         return ExportError(f"disk full while writing {self.out_dir}; nothing was written",
@@ -311,11 +515,12 @@ class ModelDirWriter:
         for p in self.tmp.iterdir():
             _fsync_path(p)
         _fsync_path(self.tmp)
-        if self.out_dir.is_symlink() or self.out_dir.exists():
-            self._check_target()  # it may have appeared while we were writing
-            old = self.out_dir.parent / f".{self.out_dir.name}.old-{secrets.token_hex(6)}"
+        if os.path.lexists(self.out_dir):
+            self._check_target(contents=False)  # it may have appeared, or changed, while we were writing
+            old = temp_path(self.out_dir, "old")
             self.out_dir.rename(old)
-            try:
+            try:  # checked where it now is: nothing can slip in between the check and the deletion
+                check_replaceable(old, shown=self.out_dir, known=self._checked)
                 self.tmp.rename(self.out_dir)
             except BaseException:
                 old.rename(self.out_dir)

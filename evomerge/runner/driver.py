@@ -13,6 +13,11 @@ Promises (RELIABILITY.md) and how the loop keeps them:
    the same archive as one that was not. Snapshots are checked against the replay; replay wins.
 4. One driver per run: every write carries the lease; a superseded driver's writes fail.
 
+A stop request (SIGTERM, as Kubernetes, Slurm and ``ray job stop`` send, or Ctrl-C; see
+:func:`evomerge.runner.service.execute`) ends the loop at its next step: nothing new is
+dispatched, candidates still running are put back to PENDING (their late results are refused
+by the compare-and-set), and the run resumes exactly where it stopped.
+
 Workers stay busy across the strategy's pace: up to ``lag`` (default 2 x workers) candidates
 may be outstanding, so one slow candidate does not idle the other slots; CMA-ES still waits at
 its generation barrier, steady-state strategies (M2N2, random, nevergrad) do not.
@@ -101,6 +106,7 @@ class Driver:
         self.told = 0
         self.stats = RunStats()
         self.best: tuple[float, int] | None = None
+        self.stop_requested: str | None = None  # set (to the reason) from a signal handler
         self._last_renew = self._last_supervise = time.monotonic()
 
     # ------------------------------------------------------------------ resume
@@ -345,6 +351,18 @@ class Driver:
             self.stats.failed_attempts += 1
             self.queue.insert(0, index)
 
+    def _stop_in_flight(self, outcomes: list[Outcome]) -> None:
+        """On a stop request: record the results already received, end the running slots and put
+        their candidates back to PENDING (a result arriving later is refused by attempt)."""
+        with self.store.unit(self.lease):
+            for out in outcomes:
+                self._record(out)
+        running = sorted(self.backend.running())
+        for index in running:
+            self.backend.kill(index)
+        requeued = self.store.requeue_running(self.lease)
+        self.log(f"{self.stop_requested}: stopping; {len(requeued)} running candidate(s) put back to PENDING")
+
     # ------------------------------------------------------------------ the loop
     def run(self) -> None:
         self.queue = sorted(i for i, r in self.rows.items() if r.status == "PENDING")
@@ -368,7 +386,7 @@ class Driver:
             self._snapshot()
         try:
             outcomes: list[Outcome] = []
-            while self.told < self.budget:
+            while self.told < self.budget and not self.stop_requested:
                 t0 = time.perf_counter()
                 self._step(outcomes)
                 self._supervise()
@@ -384,6 +402,8 @@ class Driver:
                             self.log(f"stopping after {self.told} candidates: the strategy has nothing to ask "
                                      "(too few candidates succeeded; see the errors with `evomerge show`)")
                             break
+            if self.stop_requested:
+                self._stop_in_flight(outcomes)
         except StaleLeaseError:
             self.log("another driver took over this run; stopping without further writes")
             raise

@@ -7,12 +7,15 @@ but the database.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,7 @@ class RunOutcome:
     told: int
     best: tuple[float, int] | None
     seconds: float
+    stopped_by: int | None = None  # the signal number that stopped the run early, if one did
 
 
 def lease_owner() -> str:
@@ -92,6 +96,22 @@ def create_run(store: Store, space: SearchSpace, space_text: str, *, name: str |
                lag: int, max_attempts: int, deadline_s: float | None, strategy_workers: int,
                engine_options: dict[str, Any] | None = None, deadline_slack_s: float = 30.0,
                snapshot_every: int = 50) -> RunInfo:
+    """Record a new run (status ``created``) holding everything ``execute`` needs. Callers check
+    the space, tasks, sources and strategy first (``api.preflight``); this refuses, before any row
+    is written, run options no driver can honour: ``lag``, ``max_attempts``, ``snapshot_every`` or
+    ``strategy_workers`` below 1, a ``deadline_s`` that is not a finite number above 0, duplicate
+    task names."""
+    import math
+
+    for option, value in (("lag", lag), ("max_attempts", max_attempts), ("snapshot_every", snapshot_every),
+                          ("strategy_workers", strategy_workers)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{option} {value!r} is out of range: it must be a whole number of 1 or more",
+                              hint=f"pass {option} of 1 or more")
+    if deadline_s is not None and not (isinstance(deadline_s, int | float) and math.isfinite(deadline_s)
+                                       and deadline_s > 0):
+        raise ConfigError(f"deadline_s {deadline_s!r} is out of range: it must be a finite number above 0",
+                          hint="pass a deadline in seconds above 0, or None for no deadline")
     names = task_names(space)
     if len(set(names)) != len(names):
         raise ConfigError(f"two objectives have the same task name ({names})", hint="give each task spec its own name")
@@ -101,14 +121,46 @@ def create_run(store: Store, space: SearchSpace, space_text: str, *, name: str |
               "strategy_workers": strategy_workers,
               "engine_options": engine_options or {}}
     if name is None:
+        from evomerge.store.sql import RUN_NAME
+
         taken = {r.name for r in store.list_runs()}
         k = 1
         while f"{space.name}-s{space.seed}-{k}" in taken:
             k += 1
         name = f"{space.name}-s{space.seed}-{k}"
+        if not RUN_NAME.match(name):
+            raise ConfigError(f"the default run name {name!r} (<space name>-s<seed>-<n>) is not a valid run name",
+                              hint="pass --name (1-64 letters, digits, '.', '_' or '-', starting with a letter or "
+                                   "digit), or shorten the space's name")
     objectives = [{"name": n, "direction": o.direction, "weight": o.weight} for n, o in zip(names, space.objectives, strict=True)]
     return store.create_run(name=name, space_yaml=space_text, space_hash=space.space_hash, config=config,
                             seed=space.seed, budget=space.budget, objectives=objectives)
+
+
+@contextlib.contextmanager
+def stop_on_signals(driver: Driver, log: Callable[[str], None]) -> Iterator[dict[str, int]]:
+    """While the block runs, SIGTERM and SIGINT ask ``driver`` to stop at its next step (a clean
+    stop: results recorded, running candidates requeued, lease released, workers shut down); a
+    second signal interrupts at once. The received signal's number is put in the yielded dict.
+    Only the main thread can take signals; elsewhere nothing is installed."""
+    got: dict[str, int] = {}
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        if driver.stop_requested:
+            raise KeyboardInterrupt
+        got["signal"] = signum
+        driver.stop_requested = signal.Signals(signum).name
+        log(f"{driver.stop_requested} received: stopping after the current step (again to interrupt at once)")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield got
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def execute(store: Store, run: RunInfo, opts: ExecOptions, *, log: Callable[[str], None] = print,
@@ -116,7 +168,7 @@ def execute(store: Store, run: RunInfo, opts: ExecOptions, *, log: Callable[[str
             backend_factory: Callable[[Any], Any] | None = None) -> RunOutcome:
     """Drive ``run`` to its budget (fresh or resumed: the same code path). ``backend_factory``
     (a WorkerSpec -> backend) replaces the backend named in ``opts``."""
-    from evomerge.runner.worker import WorkerSpec
+    from evomerge.runner.worker import WorkerSpec, code_fingerprint
     from evomerge.space.codec import check_sources, make_codec
     from evomerge.strategies.registry import make_strategy
 
@@ -138,7 +190,12 @@ def execute(store: Store, run: RunInfo, opts: ExecOptions, *, log: Callable[[str
         spec = WorkerSpec(engine=cfg["engine"], tasks=tuple(o.task for o in space.objectives), sources=tuple(sources),
                           store_url=store.url, run_id=run.id, heartbeat_s=opts.heartbeat_s,
                           engine_options=cfg.get("engine_options") or {},
-                          threads=max(1, int(opts.cpus_per_worker)) if opts.backend == "ray" else None, faults=faults)
+                          threads=max(1, int(opts.cpus_per_worker)) if opts.backend == "ray" else None, faults=faults,
+                          code=code_fingerprint())
+        if cfg["engine"] != "synthetic" and opts.backend == "ray":
+            from evomerge.merge import native
+
+            native.module()  # built (once per machine) or loaded here, so workers on this node only load it
         if backend_factory is not None:
             backend = backend_factory(spec)
         elif opts.backend == "local":
@@ -160,7 +217,8 @@ def execute(store: Store, run: RunInfo, opts: ExecOptions, *, log: Callable[[str
         driver.load_existing()
         store.set_run_status(lease, "running")
         try:
-            driver.run()
+            with stop_on_signals(driver, log) as got:
+                driver.run()
         except KeyboardInterrupt:
             store.set_run_status(driver.lease, "stopped")
             log(f"stopped; continue with `evomerge resume {run.name}`")
@@ -176,7 +234,11 @@ def execute(store: Store, run: RunInfo, opts: ExecOptions, *, log: Callable[[str
             raise
         store.set_run_status(driver.lease, "finished" if driver.told >= space.budget else "stopped")
         store.release_lease(driver.lease)
-        return RunOutcome(store.get_run(run.id), driver.told, driver.best, time.monotonic() - t0)
+        if got:
+            log(f"stopped by {driver.stop_requested} after {driver.told} of {space.budget} candidates; "
+                f"continue with `evomerge resume {run.name}`")
+        return RunOutcome(store.get_run(run.id), driver.told, driver.best, time.monotonic() - t0,
+                          stopped_by=got.get("signal"))
     finally:
         if backend is not None:
             backend.shutdown()

@@ -1,24 +1,37 @@
 """One evaluation slot: loads an evaluator and the fitness tasks once, then scores candidates.
 
 Runs inside a Ray actor (:mod:`evomerge.runner.ray_backend`) or in the driver's process
-(:mod:`evomerge.runner.local_backend`). Only the recipe's canonical JSON comes in and only
-plain JSON-able values go out. While a candidate runs, a thread records a heartbeat in the store
-so the driver can tell a stuck worker from a slow one (RELIABILITY.md, failure test 3).
+(:class:`evomerge.runner.backend.LocalBackend`). Only the recipe's canonical JSON comes in and
+only plain JSON-able values go out. While a candidate runs, a thread records a heartbeat in the
+store so the driver can tell a stuck worker from a slow one (docs/reliability.md, "silent
+workers"). Start-up (imports, sources, the engine, the C++ kernel) is not a candidate's time:
+a backend dispatches to a worker only after :meth:`CandidateWorker.ready` answered, so a start
+of any length never counts as silence.
+
+A worker refuses to start when it runs other evomerge code than the driver
+(``WorkerSpec.code``: a fingerprint of the package's source files), e.g. an installed release
+in the driver and a source checkout in the workers.
 
 ``WorkerSpec.faults`` (from the driver's ``EVOMERGE_FAULTS``, JSON) injects faults for the
 failure tests, keyed by candidate index and active on the first attempt only: ``crash_on`` (the process exits mid-evaluation),
 ``freeze_on`` (heartbeats stop and the result comes ``freeze_s`` seconds late), ``sleep_on``
 (index -> seconds of extra work), ``nan_on`` (a NaN objective), ``startup_error`` (a message:
-the worker raises it as a ConfigError while starting, as a misspelt setting on its node would).
+the worker raises it as a ConfigError while starting, as a misspelt setting on its node would),
+``startup_delay_s`` (seconds the worker's start takes longer, as a GPU engine's start does),
+``startup_crash`` (the process exits while starting, as one that runs out of memory loading
+the sources does).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from evomerge.errors import ConfigError, EvomergeError
@@ -37,6 +50,28 @@ class WorkerSpec:
     engine_options: dict[str, Any] = field(default_factory=dict)
     threads: int | None = None  # torch threads per worker (default: torch's own choice)
     faults: dict[str, Any] = field(default_factory=dict)
+    code: str | None = None  # the driver's code_fingerprint(); a worker with other code refuses to start
+
+
+@cache
+def code_fingerprint() -> str:
+    """SHA-256 prefix over this evomerge package's source files (relative path and content):
+    what a driver and its workers must agree on, wherever each has the package installed."""
+    import evomerge
+
+    root = Path(evomerge.__file__).resolve().parent
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.suffix in (".py", ".cpp") and p.is_file():
+            h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def package_root() -> str:
+    """The directory that holds this evomerge package (what a worker's PYTHONPATH must lead with)."""
+    import evomerge
+
+    return str(Path(evomerge.__file__).resolve().parent.parent)
 
 
 def make_evaluator(engine: str, options: dict[str, Any] | None = None):  # -> Evaluator
@@ -81,6 +116,17 @@ class CandidateWorker:
     def _start(self, spec: WorkerSpec, evaluator: Any) -> None:
         for k, v in WORKER_ENV.items():
             os.environ.setdefault(k, v)
+        if spec.code is not None and spec.code != code_fingerprint():
+            raise ConfigError(
+                f"this worker runs other evomerge code ({package_root()}, fingerprint {code_fingerprint()}) "
+                f"than the driver (fingerprint {spec.code})",
+                hint="install the same evomerge on every node (or start the driver from the same checkout "
+                     "its workers import)")
+        delay = float(self.faults.get("startup_delay_s") or 0.0)
+        if delay > 0:
+            time.sleep(delay)
+        if self.faults.get("startup_crash"):
+            os._exit(13)
         from evomerge.evaluate.tasks import load_task
 
         if spec.threads and spec.engine != "synthetic":
@@ -101,6 +147,12 @@ class CandidateWorker:
 
     def ping(self) -> str:
         return self.name
+
+    def ready(self) -> dict[str, Any]:
+        """Answered once ``__init__`` has finished: the worker's name, or its start-up error."""
+        if self.startup_error is not None:
+            return dict(self.startup_error)
+        return {"status": "ready", "worker": self.name}
 
     def close(self) -> None:
         """Release the evaluator (a vLLM engine's core process, for one)."""

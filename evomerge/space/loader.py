@@ -2,8 +2,12 @@
 
 Promise 5 and 7 of RELIABILITY.md: nothing in a YAML file is executed, and its size is capped.
 On top of ``yaml.SafeLoader`` (no python/* tags) this loader refuses anchors and aliases
-(so no alias bomb), duplicate keys, non-string keys and files that are not UTF-8, and every
-error names the file and line.
+(so no alias bomb), duplicate keys, non-string keys, files that are not UTF-8, nesting deeper
+than :data:`~evomerge.textfile.MAX_DEPTH` levels of mappings and lists (else a RecursionError)
+and number literals longer than :data:`~evomerge.textfile.MAX_NUMBER_DIGITS` characters (else
+Python's int-string conversion limit, or quadratic time); files are read only if regular (no
+FIFO or device) and at most the cap is read (see :mod:`evomerge.textfile`). Every error names
+the file and line.
 """
 
 from __future__ import annotations
@@ -14,14 +18,31 @@ from typing import Any
 import yaml
 
 from evomerge.errors import ConfigError
+from evomerge.textfile import MAX_DEPTH, MAX_NUMBER_DIGITS, read_regular
 
 MAX_YAML_BYTES = 1 * 2**20
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader without aliases and with unique string keys."""
+    """SafeLoader without aliases, with unique string keys, bounded nesting and number literals."""
+
+    _depth = 0  # mappings and sequences open around the node being composed
 
     def compose_node(self, parent, index):  # type: ignore[override]
+        if not self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent):
+            return self._compose_checked(parent, index)
+        if self._depth >= MAX_DEPTH:
+            raise yaml.MarkedYAMLError(
+                problem=f"nested deeper than the {MAX_DEPTH}-level limit for mappings and lists",
+                problem_mark=self.peek_event().start_mark,
+            )
+        self._depth += 1
+        try:
+            return self._compose_checked(parent, index)
+        finally:
+            self._depth -= 1
+
+    def _compose_checked(self, parent, index):  # type: ignore[no-untyped-def]
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.MarkedYAMLError(
@@ -52,6 +73,25 @@ class _StrictLoader(yaml.SafeLoader):
                 )
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
+
+    def _check_number(self, node) -> None:  # type: ignore[no-untyped-def]
+        if isinstance(node.value, str) and len(node.value) > MAX_NUMBER_DIGITS:
+            raise yaml.MarkedYAMLError(
+                problem=f"a number of {len(node.value)} characters exceeds the {MAX_NUMBER_DIGITS}-character limit",
+                problem_mark=node.start_mark,
+            )
+
+    def construct_yaml_int(self, node):  # type: ignore[override]
+        self._check_number(node)
+        return super().construct_yaml_int(node)
+
+    def construct_yaml_float(self, node):  # type: ignore[override]
+        self._check_number(node)
+        return super().construct_yaml_float(node)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
+_StrictLoader.add_constructor("tag:yaml.org,2002:float", _StrictLoader.construct_yaml_float)
 
 
 def loads_yaml(text: str | bytes, *, source: str = "<string>", max_bytes: int = MAX_YAML_BYTES) -> Any:
@@ -85,15 +125,7 @@ def loads_yaml(text: str | bytes, *, source: str = "<string>", max_bytes: int = 
 
 
 def load_yaml(path: str | Path, *, max_bytes: int = MAX_YAML_BYTES) -> Any:
-    """Read and strictly parse a YAML file (size-capped before reading)."""
+    """Read and strictly parse a YAML file: a regular file only, at most ``max_bytes`` read."""
     p = Path(path)
-    try:
-        size = p.stat().st_size
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: file not found", hint="check the path") from None
-    if size > max_bytes:
-        raise ConfigError(
-            f"{p}: {size} bytes is larger than the {max_bytes}-byte limit for YAML files",
-            hint="split the file or remove generated content",
-        )
-    return loads_yaml(p.read_bytes(), source=str(p), max_bytes=max_bytes)
+    raw = read_regular(p, cap=max_bytes, what="YAML file", limit_hint="split the file or remove generated content")
+    return loads_yaml(raw, source=str(p), max_bytes=max_bytes)

@@ -10,20 +10,44 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from evomerge.errors import ConfigError
-from evomerge.merge.registry import get_op
 from evomerge.space.loader import load_yaml
 
 ZOO_PREFIX = "zoo://"
 
+# Sizes a strategy allocates up front or per generation; past these a typo (popsize: 1.0e+9) would
+# exhaust memory instead of searching. Seeds feed numpy's RandomState (pycma uses seed + 1).
+MAX_POPSIZE = 10_000
+MAX_ARCHIVE_SIZE = 1_000
+MAX_BUDGET = 1_000_000
+MAX_SEED = 2**32 - 2
+# pycma options that evomerge sets itself (the box, the seeded RNG) or that have their own field
+RESERVED_CMA_OPTIONS = {"bounds": "genomes live in the box [0, 1]", "seed": "use the space's `seed:`",
+                        "randn": "evomerge seeds pycma's RNG", "verbose": "evomerge silences pycma",
+                        "popsize": "use strategy.popsize"}
+
+
+def _check_finite(value: Any, where: str) -> None:
+    """Raise ValueError naming ``where`` when ``value`` holds a NaN or infinite number (at any depth)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where} is {value}; only finite numbers are allowed")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{where}.{k}")
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{where}[{i}]")
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinity are refused in every float field: a NaN weight or bound makes every candidate invalid
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Varied(_Strict):
@@ -43,19 +67,41 @@ class Varied(_Strict):
 
 
 class Objective(_Strict):
+    """A fitness task (spec path) with a finite weight in the strategy's weighted sum."""
+
     task: str  # task spec path
     weight: float = 1.0
     direction: Literal["maximize", "minimize"] = "maximize"
 
 
 class StrategySpec(_Strict):
+    """The strategy and its sizes. ``popsize`` is capped at MAX_POPSIZE and ``archive_size`` at
+    MAX_ARCHIVE_SIZE; ``options`` go to pycma (cmaes only) and hold finite numbers, booleans or
+    lists of them, never strings (pycma evaluates string options as Python expressions) nor the
+    options evomerge sets itself (RESERVED_CMA_OPTIONS)."""
+
     name: Literal["random", "cmaes", "nevergrad", "m2n2"] = "cmaes"
     optimizer: str = "NGOpt"  # nevergrad: any registry name (NGOpt, TwoPointsDE, PSO, DE, CMA, ...)
-    popsize: int | None = Field(None, ge=2)
+    popsize: int | None = Field(None, ge=2, le=MAX_POPSIZE)
     sigma: float = Field(0.25, gt=0, le=1)
-    archive_size: int = Field(20, ge=2)  # m2n2
+    archive_size: int = Field(20, ge=2, le=MAX_ARCHIVE_SIZE)  # m2n2
     alpha: float = Field(1.0, ge=0)  # m2n2: 1 = competition for resources, 0 = plain GA
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _options(self) -> StrategySpec:
+        if self.options and self.name != "cmaes":
+            raise ValueError(f"options are pycma options for cmaes; strategy {self.name} would ignore "
+                             f"{sorted(self.options)}")
+        for key, value in self.options.items():
+            if key in RESERVED_CMA_OPTIONS:
+                raise ValueError(f"options.{key} cannot be set here ({RESERVED_CMA_OPTIONS[key]})")
+            _check_finite(value, f"options.{key}")
+            flat = value if isinstance(value, list) else [value]
+            if not all(isinstance(v, int | float) for v in flat):  # bools are ints
+                raise ValueError(f"options.{key} must be a number, a boolean or a list of numbers, "
+                                 f"got {value!r} (pycma would evaluate a string as Python code)")
+        return self
 
 
 class Dataflow(_Strict):
@@ -98,8 +144,15 @@ class SearchSpace(_Strict):
     objectives: tuple[Objective, ...] = Field(min_length=1)
     multi_objective: bool = False  # strategies that can (nevergrad) search the Pareto front directly
     strategy: StrategySpec = Field(default_factory=StrategySpec)
-    budget: int = Field(64, ge=1, le=1_000_000)
-    seed: int = 0
+    budget: int = Field(64, ge=1, le=MAX_BUDGET)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+
+    @model_validator(mode="after")
+    def _finite_values(self) -> SearchSpace:
+        _check_finite(self.fixed, "fixed")
+        if self.dataflow is not None and isinstance(self.dataflow.merged, dict):
+            _check_finite(self.dataflow.merged, "dataflow.merged")
+        return self
 
     @model_validator(mode="after")
     def _kind(self) -> SearchSpace:
@@ -134,6 +187,8 @@ class SearchSpace(_Strict):
     def _op_params(self) -> SearchSpace:
         if self.kind != "ps":
             return self
+        from evomerge.merge.registry import get_op  # here: importing the schema stays light (no torch)
+
         spec = get_op(self.merge_method).spec  # ConfigError for unknown methods
         known = {p.name: p for p in spec.params}
         for name in [*self.vary, *self.fixed]:
@@ -206,8 +261,36 @@ def _resolve_recipe_paths(recipe: dict[str, Any], absolute) -> dict[str, Any]:
     return out
 
 
+_SHOW_INPUT = {"finite_number", "less_than_equal", "less_than", "greater_than_equal", "greater_than",
+               "int_parsing", "int_from_float", "float_parsing", "literal_error"}
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    """Pydantic's errors as one line: ``field.path: problem (got value)`` for each, joined by ``; ``.
+    A container's "too short" error is left out when one of its items failed (it is the item's fault)."""
+    errors = err.errors()
+    failed = [e["loc"] for e in errors]
+    parts = []
+    for e in errors:
+        loc = ".".join(str(x) for x in e["loc"])
+        n = len(e["loc"])
+        if e["type"] == "too_short" and any(len(o) > n and o[:n] == e["loc"] for o in failed):
+            continue
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "value_error" and "error" in (e.get("ctx") or {}):
+            msg = str(e["ctx"]["error"])  # our own validators' messages, without pydantic's "Value error, "
+        elif e["type"] == "string_pattern_mismatch" and loc == "name":
+            msg = f"{e['input']!r} is not a space name (letters, digits, '.', '_' or '-')"
+        else:
+            msg = e["msg"] + (f" (got {e['input']!r})" if e["type"] in _SHOW_INPUT else "")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
 def load_space(path: str | Path) -> SearchSpace:
-    """Read and validate a search space; paths inside resolve against the file's directory."""
+    """Read and validate a search space; paths inside resolve against the file's directory.
+    Every problem is one :class:`ConfigError` naming the file and the field path."""
     p = Path(path)
     raw = load_yaml(p)
     if not isinstance(raw, dict):
@@ -217,10 +300,5 @@ def load_space(path: str | Path) -> SearchSpace:
         space.merged_recipe()  # a ps_dfs space's PS recipe is checked now, not after heavy work
         return space
     except ValidationError as err:
-        lines = []
-        for e in err.errors():
-            loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
-            msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-            lines.append(f"{loc}: {msg}")
-        raise ConfigError(f"{p}: invalid search space:\n    " + "\n    ".join(lines),
+        raise ConfigError(f"{p}: invalid search space: {describe_validation_error(err)}",
                           hint="see search_spaces/README.md for the fields") from None

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+MAX_INDEX = 2**31 - 1  # candidate indices are 32-bit signed integers in the archive
 TERMINAL = ("COMPLETE", "INVALID", "TIMEOUT", "FAILED")
 STATUS_OF = {"ok": "COMPLETE", "invalid": "INVALID", "timeout": "TIMEOUT", "failed": "FAILED"}
 

@@ -20,11 +20,13 @@ Promises kept here (RELIABILITY.md):
 from __future__ import annotations
 
 import io
+import logging
 import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,9 +34,10 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Connection, and_, delete, func, insert, select, update
 
-from evomerge.errors import ConfigError, EvomergeError, LeaseHeldError, StaleLeaseError
+from evomerge.errors import ConfigError, CorruptArtifactError, EvomergeError, LeaseHeldError, StaleLeaseError
 from evomerge.store.models import Candidate, ItemScores, ObjectiveValue, Run, Snapshot
 from evomerge.store.records import (
+    MAX_INDEX,
     TERMINAL,
     CandidateResult,
     CandidateRow,
@@ -48,6 +51,7 @@ from evomerge.store.records import (
 )
 from evomerge.store.schema import check_schema, default_url, make_engine
 
+_log = logging.getLogger("evomerge.store")
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SNAPSHOTS_KEPT = 3
 
@@ -60,7 +64,11 @@ class Store:
         self._local = threading.local()
         self.engine = make_engine(url)
         self.is_pg = self.engine.dialect.name == "postgresql"
-        check_schema(self.engine, url)
+        try:
+            check_schema(self.engine, url)
+        except BaseException:
+            self.engine.dispose()
+            raise
 
     @classmethod
     def open(cls, url: str | None = None, *, workdir: Path | None = None) -> Store:
@@ -368,6 +376,10 @@ class Store:
             return self._decorate(conn, run_id, rows, with_scores, all_rows=status is None)
 
     def candidate(self, run_id: str, index: int) -> CandidateRow:
+        if not 0 <= index <= MAX_INDEX:  # no row can have it (and the database integer would overflow)
+            raise ConfigError(f"run {run_id} has no candidate {index}",
+                              hint=f"indices run from 0 to the run's budget - 1 (at most {MAX_INDEX}); "
+                                   "`evomerge best RUN -k 10` lists candidates")
         with self.engine.connect() as conn:
             c = conn.execute(select(Candidate).where(Candidate.run_id == run_id, Candidate.idx == index)).first()
             if c is None:
@@ -425,12 +437,43 @@ class Store:
                                                  arrays=buf.getvalue(), created_at=time.time()))
             conn.execute(delete(Snapshot).where(Snapshot.run_id == lease.run_id, Snapshot.seq <= seq - SNAPSHOTS_KEPT))
 
-    def latest_snapshot(self, run_id: str) -> tuple[int, dict[str, Any], dict[str, np.ndarray]] | None:
+    def latest_snapshot(self, run_id: str, *, warn: Callable[[str], None] | None = None
+                        ) -> tuple[int, dict[str, Any], dict[str, np.ndarray]] | None:
+        """The newest readable strategy snapshot (told, state, arrays), or None.
+
+        A snapshot's arrays must be an ``.npz`` (a zip of ``.npy`` files) holding no object
+        arrays: anything else, a pickle above all, is never handed to a loader that could
+        unpickle it. Such a snapshot (or one whose state is not a JSON object) is skipped with a
+        warning through ``warn`` (default: the ``evomerge.store`` logger) and the next older one
+        is tried. Snapshots only cross-check the replay (promise 3), so a resume loses nothing."""
         with self.engine.connect() as conn:
-            s = conn.execute(select(Snapshot).where(Snapshot.run_id == run_id).order_by(Snapshot.seq.desc())
-                             .limit(1)).first()
-        if s is None:
-            return None
-        with np.load(io.BytesIO(s.arrays), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        return s.told, s.state, arrays
+            snaps = conn.execute(select(Snapshot.seq, Snapshot.told, Snapshot.state, Snapshot.arrays)
+                                 .where(Snapshot.run_id == run_id).order_by(Snapshot.seq.desc())).all()
+        for s in snaps:
+            try:
+                if not isinstance(s.state, dict):
+                    raise CorruptArtifactError(f"its state is a {type(s.state).__name__}, not a JSON object")
+                return s.told, s.state, read_npz(s.arrays)
+            except CorruptArtifactError as err:
+                msg = (f"run {run_id}: strategy snapshot {s.seq} (at {s.told} tells) is skipped, never loaded: "
+                       f"{err.message}")
+                (warn or _log.warning)(msg)
+        return None
+
+
+NPZ_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first local header; an empty zip's end record
+
+
+def read_npz(blob: Any) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` blob, with no path to unpickling: the bytes must start as a zip
+    (a pickle or a bare ``.npy`` is refused before any loader sees it) and are read with
+    ``allow_pickle=False`` (an object array is refused). Raises CorruptArtifactError."""
+    data = bytes(blob) if isinstance(blob, bytes | bytearray | memoryview) else None
+    if data is None or data[:4] not in NPZ_MAGIC:
+        what = "a pickle" if data is not None and data[:1] == b"\x80" else "not an .npz archive"
+        raise CorruptArtifactError(f"its arrays are {what}")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        raise CorruptArtifactError(f"its arrays do not load as a pickle-free .npz ({err})") from None

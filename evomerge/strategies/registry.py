@@ -6,11 +6,14 @@ from typing import Any
 
 import numpy as np
 
-from evomerge.errors import ConfigError
+from evomerge.errors import ConfigError, EvomergeError
 from evomerge.space.schema import SearchSpace
 from evomerge.strategies.base import Replayable
 
 NAMES = ("cmaes", "nevergrad", "m2n2", "random")
+# CMA-ES keeps a dim x dim covariance (and its eigendecomposition): past this many genes only its
+# separable (diagonal) form is sensible
+MAX_CMAES_FULL_DIM = 2048
 
 
 def _classes() -> dict[str, type[Replayable]]:
@@ -47,6 +50,46 @@ def make_strategy(space: SearchSpace, codec: Any, *, workers: int = 1) -> Replay
 
     return CMAES(codec.dim, x0, seed=space.seed, sigma=s.sigma, popsize=s.popsize, options=s.options,
                  inject=[x0])
+
+
+def check_strategy(space: SearchSpace, codec: Any, *, workers: int = 1) -> None:
+    """Build the space's strategy over ``codec``'s genome as a run would, and discard it, so that
+    a bad name, nevergrad optimizer, pycma option or size is a :class:`ConfigError` before a run
+    exists. A CMA-ES over more than MAX_CMAES_FULL_DIM genes needs ``options: {CMA_diagonal: true}``."""
+    s = space.strategy
+    if s.name not in NAMES:
+        raise ConfigError(f"unknown strategy {s.name!r}", hint=f"use one of {', '.join(NAMES)}")
+    if s.name == "cmaes" and codec.dim > MAX_CMAES_FULL_DIM and s.options.get("CMA_diagonal") is not True:
+        raise ConfigError(f"search space {space.name!r}: {codec.dim} genes is more than CMA-ES's full "
+                          f"covariance allows ({MAX_CMAES_FULL_DIM} genes; it would hold a {codec.dim} x "
+                          f"{codec.dim} matrix)",
+                          hint="add `options: {CMA_diagonal: true}` to the strategy (separable CMA-ES), use "
+                               "layer_groups or fewer genes, or pick nevergrad / m2n2 / random")
+    import gc
+    import sys
+    import warnings
+
+    problem = None
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda _unraisable: None  # a half-built optimizer's __del__ may fail (nevergrad's)
+    try:
+        with warnings.catch_warnings():  # the run itself shows the libraries' warnings; this build is thrown away
+            warnings.simplefilter("ignore")
+            try:
+                make_strategy(space, codec, workers=workers)
+            except EvomergeError:
+                raise
+            except (ValueError, TypeError, KeyError) as err:  # e.g. pycma's "xyz is not a valid option"
+                problem = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    if problem is not None:
+        hint = {"cmaes": "fix strategy.options: they are passed to pycma, so use its option names",
+                "nevergrad": "pick an optimizer that runs candidates in parallel when workers or popsize exceed 1 "
+                             "(NGOpt, TwoPointsDE, DE, PSO, CMA, ...)"}.get(s.name, "fix strategy: in the space")
+        label = f"nevergrad {s.optimizer}" if s.name == "nevergrad" else s.name
+        raise ConfigError(f"search space {space.name!r}: strategy {label} cannot start: {problem}", hint=hint)
 
 
 def strategy_from_state(state: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> Replayable:

@@ -210,8 +210,12 @@ def test_existing_output_is_kept_without_overwrite(tiny_models, tmp_path: Path) 
     with pytest.raises(ExportError, match="already exists"):
         merge_to_dir(r, out)
     assert (out / "precious.txt").read_text() == "keep me"
-    merge_to_dir(r, out, overwrite=True)
-    assert not (out / "precious.txt").exists() and (out / "model.safetensors").exists()
+    with pytest.raises(ExportError, match="it has no evomerge-manifest.json"):
+        merge_to_dir(r, out, overwrite=True)  # --overwrite replaces only a directory evomerge wrote
+    assert (out / "precious.txt").read_text() == "keep me"
+    merge_to_dir(r, tmp_path / "mine")
+    merge_to_dir(r, tmp_path / "mine", overwrite=True)
+    assert (tmp_path / "mine" / "model.safetensors").exists()
 
 
 DISK_FULL = r"""

@@ -187,7 +187,8 @@ def test_round_trip_property(tmp_path_factory: pytest.TempPathFactory, specs, se
 
 
 def test_model_dir_single_file(tmp_path: Path, counting: CountingOpen) -> None:
-    tensors = {"model.embed_tokens.weight": torch.randn(40, 8), "model.layers.0.mlp.up_proj.weight": torch.randn(4, 8)}
+    tensors = {"model.embed_tokens.weight": torch.randn(40, 8), "model.layers.0.mlp.up_proj.weight": torch.randn(4, 8),
+               "model.layers.1.mlp.up_proj.weight": torch.randn(4, 8)}  # the config's 2 layers
     d = _model_dir(tmp_path / "m", tensors, tie_word_embeddings=True)
     counting.bytes = 0
     with ModelDir(d) as m:

@@ -126,3 +126,64 @@ def test_unknown_nevergrad_optimizer() -> None:
 
     with pytest.raises(ConfigError, match="unknown nevergrad optimizer 'NoSuchOpt'"):
         Nevergrad(2, np.zeros(2), optimizer="NoSuchOpt")
+
+
+SPACE_HEAD = "name: s\nbase: b\nexperts: [e]\nmerge_method: ties\n"
+
+
+@pytest.mark.parametrize(("text", "line"), [
+    ("vary: {weight: {low: 0, high: 1}}\nobjectives: [{task: t.yaml, weight: .nan}]",
+     "objectives.0.weight: Input should be a finite number (got nan)"),
+    ("vary: {weight: {low: 0, high: .inf}}\nobjectives: [{task: t.yaml}]",
+     "vary.weight.high: Input should be a finite number (got inf)"),
+    ("vary: {weight: {low: 0, high: 1}}\nfixed: {lambda: .nan}\nobjectives: [{task: t.yaml}]",
+     "fixed.lambda is nan; only finite numbers are allowed"),
+    ("vary: {weight: {low: 0, high: 1}}\nobjectives: [{task: t.yaml}]\nstrategy: {popsize: 1.0e+9}",
+     "strategy.popsize: Input should be less than or equal to 10000 (got 1000000000.0)"),
+    ("vary: {weight: {low: 0, high: 1}}\nobjectives: [{task: t.yaml}]\nstrategy: {name: m2n2, archive_size: 5000}",
+     "strategy.archive_size: Input should be less than or equal to 1000 (got 5000)"),
+    ("vary: {weight: {low: 0, high: 1}}\nobjectives: [{task: t.yaml}]\nstrategy: {options: {tolx: '1e-3'}}",
+     "strategy: options.tolx must be a number, a boolean or a list of numbers"),
+    ("vary: {weight: {low: 0, high: 1}}\nobjectives: [{task: t.yaml}]\nstrategy: {options: {seed: 3}}",
+     "strategy: options.seed cannot be set here (use the space's `seed:`)"),
+    ("vary: {weight: {low: 0, high: 1}}\nobjectives: [{task: t.yaml}]\nstrategy: {name: random, options: {tolx: 1}}",
+     "strategy: options are pycma options for cmaes; strategy random would ignore ['tolx']"),
+    ("vary: {weight: {low: 0, high: 1}}\nobjectives: [{task: t.yaml}]\nseed: 4294967295",
+     "seed: Input should be less than or equal to 4294967294 (got 4294967295)"),
+    ("vary: {weight: {low: 0, high: 1}}\nobjectives: []", "objectives: Tuple should have at least 1 item"),
+])
+def test_non_finite_numbers_oversized_strategies_and_unsafe_options_are_one_line_errors(
+        tmp_path: Path, text: str, line: str) -> None:
+    p = tmp_path / "s.yaml"
+    p.write_text(SPACE_HEAD + text + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_space(p)
+    assert info.value.message.startswith(f"{p}: invalid search space: {line}")
+    assert "\n" not in info.value.message and "Value error" not in info.value.message
+
+
+class _Box:
+    """A stand-in codec: only the genome's size matters to the strategy check."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    def initial(self) -> np.ndarray:
+        return np.full(self.dim, 0.5)
+
+    def expert_genomes(self) -> list[np.ndarray]:
+        return []
+
+
+def test_strategy_check_refuses_what_the_strategy_cannot_start_with() -> None:
+    from evomerge.strategies.registry import MAX_CMAES_FULL_DIM, check_strategy
+
+    check_strategy(space(), _Box(6))
+    with pytest.raises(ConfigError, match=f"3000 genes is more than CMA-ES's full covariance allows "
+                                          rf"\({MAX_CMAES_FULL_DIM} genes"):
+        check_strategy(space(), _Box(3000))
+    check_strategy(space(strategy={"options": {"CMA_diagonal": True}}), _Box(3000))  # separable: fine
+    with pytest.raises(ConfigError, match="strategy cmaes cannot start: xyz is not a valid option"):
+        check_strategy(space(strategy={"options": {"xyz": 1}}), _Box(6))
+    with pytest.raises(ConfigError, match="strategy nevergrad BFGS cannot start: .*parallelization"):
+        check_strategy(space(strategy={"name": "nevergrad", "optimizer": "BFGS"}), _Box(6), workers=2)

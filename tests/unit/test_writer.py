@@ -48,7 +48,8 @@ def _write(out: Path, tensors: dict[str, torch.Tensor], **kw) -> None:
         tw = w.tensor_writer(_metas(tensors), **kw)
         for k, v in tensors.items():
             tw.write(k, v)
-        w.write_json("config.json", {"architectures": ["X"], "num_hidden_layers": 0})
+        layers = {int(k.split(".")[2]) for k in tensors if k.startswith("model.layers.")}
+        w.write_json("config.json", {"architectures": ["X"], "num_hidden_layers": max(layers, default=-1) + 1})
 
 
 def _leftovers(parent: Path) -> list[str]:
@@ -199,8 +200,8 @@ def test_failure_in_body_removes_temp_and_propagates(tmp_path: Path) -> None:
 
 def test_overwrite_replaces_existing_directory(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "old.txt").write_text("old")
+    with ModelDirWriter(out) as w:  # only a directory evomerge wrote is replaced (tests/faults/test_overwrite.py)
+        w.write_text("old.txt", "old")
     with pytest.raises(ExportError, match="already exists") as info:
         ModelDirWriter(out)
     assert "--overwrite" in (info.value.hint or "")
