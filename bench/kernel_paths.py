@@ -47,7 +47,8 @@ METHODS = {
 LIVE = r"""
 import json, statistics, sys, time, torch
 from evomerge.evaluate.resident import ResidentSources
-from evomerge.merge.materialize import merge_into, plan_merge
+from evomerge.merge.materialize import merge_into
+from evomerge.merge.plan import plan_merge
 from evomerge.recipe import load_recipe
 rec = load_recipe(sys.argv[1])
 plan = plan_merge(rec, ResidentSources().for_recipe(rec.source_names()))

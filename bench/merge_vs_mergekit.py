@@ -54,7 +54,7 @@ GLOBAL = {"ties": {"normalize": True, "lambda": 1.0}, "dare_ties": {"normalize":
 
 
 def default_venv() -> Path:
-    from evomerge.zoo import cache_root
+    from evomerge.cache import cache_root
 
     return cache_root() / "bench-venv" / MERGEKIT.replace("==", "-")
 
@@ -112,7 +112,8 @@ print(time.perf_counter() - t0)
 EVOMERGE_LIVE = r"""
 import json, statistics, sys, time, torch
 from evomerge.evaluate.resident import ResidentSources
-from evomerge.merge.materialize import merge_into, plan_merge
+from evomerge.merge.materialize import merge_into
+from evomerge.merge.plan import plan_merge
 from evomerge.recipe import load_recipe
 rec = load_recipe(sys.argv[1])
 resident = ResidentSources()

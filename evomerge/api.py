@@ -186,6 +186,17 @@ def check_exec_options(*, workers: int, backend: str, cpus_per_worker: float, gp
                               hint=f"pass {option} as a fraction up to 1 or a whole number")
 
 
+def _check_ray_address(backend: str, address: str | None) -> None:
+    """A Ray address (``--address`` or ``RAY_ADDRESS``) must answer before a run is created or taken."""
+    import os
+
+    target = address or os.environ.get("RAY_ADDRESS")
+    if backend == "ray" and target:
+        from evomerge.runner.ray_backend import check_reachable
+
+        check_reachable(target)
+
+
 def check_search_options(*, budget: int | None, seed: int | None, strategy: str | None, engine: str,
                          deadline_s: float | None, max_attempts: int, lag: int | None, snapshot_every: int,
                          name: str | None, deadline_slack_s: float = 30.0, grace_s: float = 60.0,
@@ -258,7 +269,7 @@ def preflight(space: Any, *, workers: int = 1, build_zoo: bool = True,
     exist skip the source and strategy checks (``missing`` lists them).
     Returns ``{"tasks": names, "genes": d or None, "missing": paths}``."""
     from evomerge.evaluate.tasks import load_task
-    from evomerge.merge.materialize import plan_merge
+    from evomerge.merge.plan import plan_merge
     from evomerge.space.codec import check_sources, make_codec
     from evomerge.strategies.registry import check_strategy
 
@@ -287,15 +298,19 @@ def preflight(space: Any, *, workers: int = 1, build_zoo: bool = True,
 def validate(space_path: str | Path) -> dict[str, Any]:
     """Check a search space without running anything: schema, bounds and sizes, each objective's
     task spec and data, and, when the models exist, their headers, the start recipe's plan and
-    the strategy. Returns a summary (kind, experts, objectives, genes or None, missing, budget, hash)."""
+    the strategy. Returns a summary (kind, experts, objectives, genes or None, missing, budget, hash;
+    ``zoo_unbuilt``: every missing model is in the built-in zoo, which the first search builds)."""
     from evomerge.space.schema import load_space
+    from evomerge.zoo import default_zoo_dir
 
     space = load_space(space_path)
     checked = preflight(space, build_zoo=False, log=None)
+    zoo = str(default_zoo_dir())
     flow = space.flow
     what = space.merge_method if space.kind == "ps" else f"{flow.repeats} repeats, {flow.scales} scales"
     return {"space": space, "kind": space.kind, "what": what, "experts": len(space.experts),
             "objectives": len(space.objectives), "genes": checked["genes"], "missing": checked["missing"],
+            "zoo_unbuilt": bool(checked["missing"]) and all(p.startswith(zoo) for p in checked["missing"]),
             "budget": space.budget, "hash": space.space_hash}
 
 
@@ -325,6 +340,7 @@ def search(space_path: str | Path, *, db: str | None = None, workdir: str | Path
                             strategy=strategy, optimizer=optimizer)
     text = space_text(Path(space_path))
     preflight(space, workers=workers, log=log)
+    _check_ray_address(backend, address)
     with open_store(db, workdir) as store:
         run = create_run(store, space, text, name=name, engine=engine,
                          lag=lag or default_lag(workers), max_attempts=max_attempts, deadline_s=deadline_s,
@@ -348,6 +364,7 @@ def resume(run: str, *, db: str | None = None, workdir: str | Path | None = None
     _check_float("heartbeat_s", heartbeat_s, positive=True)
     from evomerge.runner.service import ExecOptions, execute
 
+    _check_ray_address(backend, address)
     with open_store(db, workdir) as store:
         info = store.get_run(run)
         opts = ExecOptions(workers=workers, backend=backend, address=address, cpus_per_worker=cpus_per_worker,

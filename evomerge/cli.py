@@ -133,9 +133,11 @@ def eval_cmd(
     from evomerge.recipe import load_recipe, recipe_from_dict
 
     if split not in ("search", "heldout", "both"):
-        raise ConfigError(f"--split {split!r} is not one of search, heldout, both")
+        raise ConfigError(f"--split {split!r} is not one of search, heldout, both",
+                          hint="pass --split search (the task's data), heldout, or both")
     if engine not in ("hf", "vllm"):
-        raise ConfigError(f"--engine {engine!r} is not one of hf, vllm")
+        raise ConfigError(f"--engine {engine!r} is not one of hf, vllm",
+                          hint="pass --engine hf (transformers) or --engine vllm")
     if target.is_dir():
         recipe = recipe_from_dict({"merge_method": "linear", "models": [{"model": str(target.resolve())}]})
     else:
@@ -191,16 +193,22 @@ def validate(spaces: Annotated[list[Path], typer.Argument(help="search space YAM
         except EvomergeError as err:
             bad += 1
             where = "" if err.message.startswith(str(path)) else f"{path}: "
-            err_console.print("[bold red]error:[/]", f"{where}{err.message}", highlight=False)
+            err_console.print("[bold red]error:[/]", escape(f"{where}{err.message}"), highlight=False,
+                              soft_wrap=True)
             if err.hint:
-                err_console.print("  [bold]fix:[/]", err.hint, highlight=False)
+                err_console.print("  [bold]fix:[/]", escape(err.hint), highlight=False, soft_wrap=True)
             continue
-        genes = f", {d['genes']} genes" if d["genes"] is not None else \
-            f", sources not checked ({len(d['missing'])} model paths not found, e.g. {d['missing'][0]})"
+        if d["genes"] is not None:
+            genes = f", {d['genes']} genes"
+        elif d["zoo_unbuilt"]:
+            genes = ", sources not checked (the built-in zoo is not built yet; the first search builds it)"
+        else:
+            genes = f", sources not checked ({len(d['missing'])} model paths not found, e.g. {d['missing'][0]})"
         console.print(f"{path}: ok ({d['kind']}, {d['what']}, {d['experts']} experts, "
-                      f"{d['objectives']} objectives{genes}, budget {d['budget']}, hash {d['hash']})")
+                      f"{d['objectives']} objectives{genes}, budget {d['budget']}, hash {d['hash']})",
+                      markup=False, highlight=False, soft_wrap=True)  # one line per file, whatever the width
     if bad:
-        raise SystemExit(2)  # not typer.Exit: main() runs click without standalone mode, which would return it
+        raise typer.Exit(2)
 
 
 @app.command("generate")

@@ -24,8 +24,10 @@ from typing import Any
 
 import typer
 from rich import box
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Evolutionary merge-recipe search.")
 zoo_app = typer.Typer(no_args_is_help=True, help="The built-in tiny model zoo (offline).")
@@ -41,7 +43,7 @@ def _flush() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):  # closed, or no stream at all
             pass
 
 
@@ -50,11 +52,14 @@ def logs_to_stderr(enabled: bool = True) -> Iterator[None]:
     """While the block runs, file descriptor 1 is a copy of 2: whatever is written to stdout
     (print, logging handlers bound to sys.stdout, C code, child processes started meanwhile,
     which keep the redirection) lands on stderr. stdout is restored when the block ends."""
-    if not enabled:
+    _flush()
+    try:
+        saved = os.dup(1) if enabled else -1
+    except OSError:  # no stdout at all (closed): nothing to protect
+        saved = -1
+    if saved < 0:
         yield
         return
-    _flush()
-    saved = os.dup(1)
     try:
         os.dup2(2, 1)
         yield
@@ -68,7 +73,10 @@ def seal_stdout() -> None:
     """After a command's JSON document: point file descriptor 1 at stderr for the rest of the
     process, so nothing that runs at exit (engine shutdown logs, atexit hooks) follows it."""
     _flush()
-    os.dup2(2, 1)
+    try:
+        os.dup2(2, 1)
+    except OSError:
+        pass
 
 
 def strict_json(value: Any) -> Any:
@@ -118,15 +126,15 @@ WRAP_MIN = 8  # a wrapping column keeps at least this many characters (or its na
 def _layout(cols: Sequence[Col], rows: Sequence[Sequence[str]], width: int) -> tuple[list[str], list[int]] | None:
     """(headers, column widths) that fit ``width``, or None. Headers are never cut: each
     column is at least as wide as its header; wrapping columns give up width, widest first."""
-    values = [max((len(r[j]) for r in rows), default=0) for j in range(len(cols))]
+    values = [max((cell_len(r[j]) for r in rows), default=0) for j in range(len(cols))]
     room = width - GAP * (len(cols) - 1)
     for use_short in (False, True):
         heads = [c.short if use_short and c.short else c.name for c in cols]
-        widths = [max(len(h), v) for h, v in zip(heads, values, strict=True)]
-        floor = [max(len(h), min(v, WRAP_MIN)) if c.wrap else w
+        widths = [max(cell_len(h), v) for h, v in zip(heads, values, strict=True)]
+        floor = [max(cell_len(h), min(v, WRAP_MIN)) if c.wrap else w
                  for h, v, c, w in zip(heads, values, cols, widths, strict=True)]
         excess = sum(widths) - room
-        while excess > 0:  # shave the widest wrapping column that still has width to give
+        while excess > 0:  # shave the widest column that still has width to give (only wrapping ones do)
             give = [j for j in range(len(cols)) if widths[j] > floor[j]]
             if not give:
                 break
@@ -149,14 +157,15 @@ def print_table(cols: Sequence[Col], rows: Sequence[Sequence[str]], *, title: st
     layout = _layout(cols, rows, out.width)
     heads = layout[0] if layout else [c.short or c.name for c in cols]
     # SIMPLE_HEAD without edges: one divider character plus GAP - 1 of padding between columns
-    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+    # names, values and title are data (paths, run names), never rich markup: Text, not str
+    table = Table(title=Text(title) if title else None, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
                   padding=(0, GAP - 1, 0, 0), title_justify="left")
     for j, (c, h) in enumerate(zip(cols, heads, strict=True)):
-        table.add_column(h, justify="right" if c.numeric else "left", no_wrap=not c.wrap, overflow="fold",
-                         width=layout[1][j] if layout else None, min_width=len(h))
+        table.add_column(Text(h), justify="right" if c.numeric else "left", no_wrap=not c.wrap, overflow="fold",
+                         width=layout[1][j] if layout else None, min_width=cell_len(h))
     for r in rows:
-        table.add_row(*r)
+        table.add_row(*(Text(v) for v in r))
     out.print(table, highlight=False)
     legend = [f"{h} = {c.name}" for c, h in zip(cols, heads, strict=True) if h != c.name]
     if legend:
-        out.print("columns: " + ", ".join(legend), highlight=False)
+        out.print("columns: " + ", ".join(legend), highlight=False, markup=False)

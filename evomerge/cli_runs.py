@@ -38,10 +38,11 @@ class ProgressLine:
                       f"failed attempts {d.stats.failed_attempts} | cached {d.stats.cached}", highlight=False)
 
 
-def _exec_kw(workers: int, backend: str, address: str | None, cpus: float, gpus: float, verbose: bool) -> dict:
+def _exec_kw(workers: int, backend: str, address: str | None, cpus: float, gpus: float, verbose: bool,
+             grace: float) -> dict:
     return {"workers": workers, "backend": backend, "address": address, "cpus_per_worker": cpus,
-            "gpus_per_worker": gpus, "verbose": verbose, "log": lambda m: console.print(m, highlight=False),
-            "progress": ProgressLine()}
+            "gpus_per_worker": gpus, "verbose": verbose, "grace_s": grace,
+            "log": lambda m: console.print(m, highlight=False), "progress": ProgressLine()}
 
 
 def _report(outcome: Any, db: str | None) -> None:
@@ -68,6 +69,8 @@ Address = Annotated[str | None, typer.Option(help="Ray cluster address (default:
 Cpus = Annotated[float, typer.Option(help="CPUs per worker actor")]
 Gpus = Annotated[float, typer.Option(help="GPUs per worker actor")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="a log line per candidate")]
+Grace = Annotated[float, typer.Option(help="seconds a running candidate may go without a worker heartbeat before "
+                                           "it is requeued (a worker's start-up never counts)")]
 
 
 @app.command("search")
@@ -88,6 +91,7 @@ def search(
     snapshot_every: Annotated[int, typer.Option(help="tells between strategy snapshots")] = 50,
     cpus_per_worker: Cpus = 1.0,
     gpus_per_worker: Gpus = 0.0,
+    grace: Grace = 60.0,
     verbose: Verbose = False,
 ) -> None:
     """Search a space: every candidate goes to the archive; resumable with `evomerge resume RUN`."""
@@ -96,7 +100,7 @@ def search(
     outcome = api.search(space_path, db=db, name=name, budget=budget, seed=seed, engine=engine, deadline_s=deadline,
                          strategy=strategy, optimizer=optimizer, snapshot_every=snapshot_every,
                          max_attempts=max_attempts, **_exec_kw(workers, backend, address, cpus_per_worker,
-                                                               gpus_per_worker, verbose))
+                                                               gpus_per_worker, verbose, grace))
     _report(outcome, db)
 
 
@@ -109,12 +113,14 @@ def resume(
     address: Address = None,
     cpus_per_worker: Cpus = 1.0,
     gpus_per_worker: Gpus = 0.0,
+    grace: Grace = 60.0,
     verbose: Verbose = False,
 ) -> None:
     """Continue a crashed or stopped run (PENDING and RUNNING candidates are dispatched again)."""
     from evomerge import api
 
-    outcome = api.resume(run, db=db, **_exec_kw(workers, backend, address, cpus_per_worker, gpus_per_worker, verbose))
+    outcome = api.resume(run, db=db, **_exec_kw(workers, backend, address, cpus_per_worker, gpus_per_worker, verbose,
+                                                 grace))
     _report(outcome, db)
 
 
@@ -189,6 +195,8 @@ def pareto(run: Annotated[str, typer.Argument(help="run name or id")], db: DB = 
 @app.command("show")
 def show(candidate: Annotated[str, typer.Argument(help="RUN:INDEX")], db: DB = None, as_json: JSON = False) -> None:
     """One candidate: recipe (mergekit YAML), objectives, status, times, attempts and lineage."""
+    from rich.markup import escape
+
     from evomerge import api
     from evomerge.recipe import recipe_from_dict
 
@@ -197,18 +205,20 @@ def show(candidate: Annotated[str, typer.Argument(help="RUN:INDEX")], db: DB = N
     if as_json:
         print_json(d)
         return
-    console.print(f"[bold]{d['run']}:{d['index']}[/] {d['status']} (generation {d['generation']}, "
-                  f"{d['attempts']} attempt(s), {d['seconds'] or 0:.2f} s, worker {d['worker']})")
+    # stored text (errors, worker names, model paths) is printed as text, never as rich markup
+    console.print(f"[bold]{escape(d['run'])}:{d['index']}[/] {d['status']} (generation {d['generation']}, "
+                  f"{d['attempts']} attempt(s), {d['seconds'] or 0:.2f} s, worker {escape(str(d['worker']))})")
     console.print(f"started {local_time(d['started_at'])}, finished {local_time(d['finished_at'])}", highlight=False)
     if d["error"]:
-        console.print(f"error: {d['error']}", highlight=False)
+        console.print(f"error: {d['error']}", highlight=False, markup=False)
     if d["cached_from"] is not None:
         console.print(f"same recipe as candidate {d['cached_from']}: its result was reused")
-    console.print(f"fitness {d['fitness']}; objectives {d['objectives']}", highlight=False)
+    console.print(f"fitness {d['fitness']}; objectives {d['objectives']}", highlight=False, markup=False)
     lin = d["lineage"]
     console.print(f"parents {d['parents'] or '-'}; ancestors "
-                  f"{[(a['index'], a['level']) for a in lin['ancestors']] or '-'}; children {lin['children'] or '-'}")
-    console.print(recipe_from_dict(d["recipe"]).to_yaml(), highlight=False)
+                  f"{[(a['index'], a['level']) for a in lin['ancestors']] or '-'}; children {lin['children'] or '-'}",
+                  markup=False)
+    console.print(recipe_from_dict(d["recipe"]).to_yaml(), highlight=False, markup=False)
 
 
 @app.command("export")

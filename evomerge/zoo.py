@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from evomerge import cache
+
 # ----------------------------------------------------------------------------- tokenizer
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
@@ -529,13 +531,6 @@ def build_zoo(
     return manifest
 
 
-def cache_root() -> Path:
-    """evomerge's cache directory: ``$XDG_CACHE_HOME/evomerge`` (default ``~/.cache/evomerge``)."""
-    import os
-
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "evomerge"
-
-
 def default_zoo_dir(spec: ZooSpec | None = None) -> Path:
     """``$EVOMERGE_ZOO`` if set, else a per-spec cache directory under ``~/.cache/evomerge``."""
     import os
@@ -543,7 +538,7 @@ def default_zoo_dir(spec: ZooSpec | None = None) -> Path:
     env = os.environ.get("EVOMERGE_ZOO")
     if env:
         return Path(env)
-    return cache_root() / f"zoo-{(spec or ZooSpec()).digest()}"
+    return cache.cache_root() / f"zoo-{(spec or ZooSpec()).digest()}"
 
 
 def ensure_zoo(path: str | Path | None = None, spec: ZooSpec | None = None, log=print) -> Path:

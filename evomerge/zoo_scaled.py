@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from evomerge import cache
 from evomerge.errors import ConfigError
 
 
@@ -150,9 +151,7 @@ def build_scaled_zoo(
 def ensure_scaled_zoo(size: str = "100m", *, experts: int = 3, seed: int = 0, root: Path | None = None,
                       log: Callable[[str], None] | None = print) -> Path:
     """The scaled zoo in the cache (``~/.cache/evomerge/zoo-scaled-SIZE-eN-sS``), built if missing."""
-    from evomerge.zoo import cache_root
-
-    p = (root or cache_root()) / f"zoo-scaled-{size}-e{experts}-s{seed}"
+    p = (root or cache.cache_root()) / f"zoo-scaled-{size}-e{experts}-s{seed}"
     if not (p / "zoo.json").exists():
         build_scaled_zoo(p, size, experts=experts, seed=seed, overwrite=p.exists(), log=log)
     return p

@@ -12,7 +12,8 @@ import torch
 from evomerge.evaluate.base import Deadline, EvalResult, guarded, run_tasks
 from evomerge.evaluate.resident import ResidentSources
 from evomerge.evaluate.tasks import Task
-from evomerge.merge.materialize import merge_into, plan_merge
+from evomerge.merge.materialize import merge_into
+from evomerge.merge.plan import plan_merge
 from evomerge.recipe import Recipe
 
 

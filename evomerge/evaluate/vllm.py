@@ -17,8 +17,8 @@ from pathlib import Path
 from evomerge.errors import ConfigError, MergeError
 from evomerge.evaluate.base import Deadline, EvalResult, guarded, run_tasks
 from evomerge.evaluate.tasks import Task
+from evomerge.merge.compat import SHAPE_KEYS
 from evomerge.merge.io import ModelDir
-from evomerge.merge.plan import SHAPE_KEYS
 from evomerge.recipe import Recipe
 
 EXTENSION = "evomerge.evaluate.vllm_worker.EvomergeWorkerExtension"

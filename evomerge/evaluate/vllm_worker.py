@@ -17,7 +17,8 @@ class EvomergeWorkerExtension:
     def evomerge_apply(self, recipe_json: str, seed: int) -> dict[str, Any]:
         from evomerge.errors import EvomergeError, MergeError
         from evomerge.evaluate.resident import ResidentSources
-        from evomerge.merge.materialize import merge_into, plan_merge
+        from evomerge.merge.materialize import merge_into
+        from evomerge.merge.plan import plan_merge
         from evomerge.recipe import Recipe
 
         t0 = time.perf_counter()

@@ -1,4 +1,5 @@
 """Fused elementwise merge kernels: one pass over the sources per output tensor.
+Floor 1 of the merge kernels (sparsify -> rank_index -> kernels -> native): of merge/, imports native.
 
 Every task-vector merge (ALGORITHMS.md) is, per entry, a function of the base entry, the
 experts' entries, a few per-expert scalars and the entry's flat index:
@@ -131,6 +132,12 @@ def _drop_top(a: Tensor, t: Tensor | float, cut: Tensor | int, idx: Tensor | Non
     if idx is None:
         return a >= t
     return (a > t) | ((a == t) & (idx < cut))
+
+
+def magnitudes(expert: Tensor, base: Tensor | None) -> Tensor:
+    """|expert - base| in float32, computed exactly as the fused merge kernels compute it (what
+    rank cuts, ``sparsify``, and rank indexes, ``rank_index``, order entries by)."""
+    return (expert.float() - base.float()).abs() if base is not None else expert.float().abs()
 
 
 def _body(v: Variant, out: Tensor, base: Tensor | None, experts: Sequence[Tensor], fp, ip, glob,  # type: ignore[no-untyped-def]
@@ -344,20 +351,6 @@ def fused_bracket(n: int, expert: Tensor, base: Tensor | None) -> bool:
     """Whether ``bracket`` runs as one fused pass (C++ or compiled), where extra edges are nearly
     free; eagerly every extra edge is another pass."""
     return native_for(expert, base) is not None or use_compiled(n)
-
-
-def native_cut(expert: Tensor, base: Tensor | None, order: Tensor, k: int):  # type: ignore[no-untyped-def]
-    """The rank cut of the ``k`` largest |expert - base| read from a rank order
-    (``rank_index``) in C++ (a RankCut), or None when the C++ kernel is off or a dtype is not its."""
-    from evomerge.merge.sparsify import RankCut
-
-    mod = native_for(expert, base) if order.dtype == torch.int32 else None
-    if mod is None:
-        return None
-    t, cut, outside = mod.cut_sorted(expert, base, order, k)
-    if cut < 0:
-        return RankCut(t, ALL_TIES)
-    return RankCut(t, cut, outside)
 
 
 def _threads(numel: int) -> int:

@@ -1,11 +1,10 @@
-"""Turn a :class:`~evomerge.recipe.Recipe` into weights, one tensor at a time.
+"""Execute a merge plan (``plan``): the merged weights, one tensor at a time.
 
-``plan_merge`` opens the sources lazily and checks them from their safetensors headers alone
-(no weights read), so a bad recipe fails before any heavy work. ``iter_merged`` then yields
-``(name, tensor)`` pairs: it reads one tensor per source, applies the merge op with the
-tensor's resolved per-layer parameters, scans the result for NaN/inf and moves on, so peak
-memory stays near one tensor per source. The same iterator feeds an export to disk
-(``merge_to_dir``) or a live evaluator's weights (fitness evaluation).
+``plan_merge`` (``plan``) has checked the sources from their headers and listed the tensor jobs.
+``iter_merged`` then yields ``(name, tensor)`` pairs: it reads one tensor per source, applies the
+merge op with the tensor's resolved per-layer parameters, scans the result for NaN/inf and moves
+on, so peak memory stays near one tensor per source. The same merge feeds an export to disk
+(``merge_to_dir``) or a live evaluator's weights (``merge_into``, fitness evaluation).
 """
 
 from __future__ import annotations
@@ -14,263 +13,23 @@ import hashlib
 import math
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from evomerge.errors import ConfigError, MergeError
-from evomerge.merge import kernels, schedule
-from evomerge.merge.io import ModelDir, TensorMeta, layer_index
-from evomerge.merge.ops import resolve_params
-from evomerge.merge.plan import check_compatible
+from evomerge.errors import MergeError
+from evomerge.merge import kernels
+from evomerge.merge.io import ModelDir
+from evomerge.merge.plan import MergePlan, TensorJob, plan_merge
 from evomerge.merge.registry import get_op
 from evomerge.recipe import Recipe
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_LAYER_RE = re.compile(r"(^|\.)layers\.(\d+)\.")
 
 # Files of a model directory that are never copied into a merged one.
 _NOT_COPIED = re.compile(r"(\.safetensors|\.safetensors\.index\.json|\.bin|\.pt|\.pth|\.ckpt|\.pkl)$")
 _SKIP_FILES = {"config.json", "evomerge-manifest.json", "evomerge-recipe.json", "mergekit_config.yml"}
 MAX_COPIED_FILE_BYTES = 64 * 2**20
-
-
-@dataclass(frozen=True)
-class TensorJob:
-    """How to produce one output tensor."""
-
-    out: TensorMeta
-    layer: int | None  # output layer index (drives per-layer schedules)
-    base: tuple[str, str] | None  # (source, tensor name)
-    experts: tuple[tuple[str, str], ...]
-    params: dict[str, Any]  # ops.resolve_params's output: defaults filled, per-expert lists, checked
-
-
-@dataclass
-class MergePlan:
-    """Everything needed to produce the merged weights, checked against headers."""
-
-    recipe: Recipe
-    sources: dict[str, ModelDir]
-    reference: str
-    config: dict[str, Any]
-    jobs: list[TensorJob] = field(default_factory=list)
-
-    @property
-    def metas(self) -> list[TensorMeta]:
-        return [j.out for j in self.jobs]
-
-    @property
-    def num_layers(self) -> int:
-        return int(self.config["num_hidden_layers"])
-
-    def close(self) -> None:
-        for src in self.sources.values():
-            src.close()
-
-    def __enter__(self) -> MergePlan:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _rename_layer(name: str, new_layer: int) -> str:
-    return _LAYER_RE.sub(lambda m: f"{m.group(1)}layers.{new_layer}.", name, count=1)
-
-
-def _out_dtype(recipe: Recipe, ref: ModelDir, name: str) -> torch.dtype:
-    src = ref.meta(name).dtype
-    if recipe.dtype is None or not src.is_floating_point:
-        return src
-    return DTYPES[recipe.dtype]
-
-
-def plan_merge(recipe: Recipe, sources: dict[str, ModelDir] | None = None) -> MergePlan:
-    """Check a recipe against its sources' headers and list the tensor jobs.
-
-    ``recipe`` model references must already be paths (see ``Recipe.resolved``) unless
-    ``sources`` maps every reference to an open :class:`ModelDir`.
-    """
-    op = get_op(recipe.merge_method)
-    spec = op.spec
-    if sources is None:
-        sources = {}
-        try:
-            for name in recipe.source_names():
-                sources[name] = ModelDir(name)
-        except Exception:
-            for s in sources.values():
-                s.close()
-            raise
-    n_experts = len(recipe.models)
-    if spec.requires_base and not recipe.base_model:
-        raise ConfigError(
-            f"merge method {spec.name!r} needs `base_model:`", hint="name the model the experts were fine-tuned from"
-        )
-    if recipe.merge_method != "passthrough":
-        if n_experts < spec.min_experts or (spec.max_experts is not None and n_experts > spec.max_experts):
-            want = f"{spec.min_experts}" if spec.max_experts == spec.min_experts else f"at least {spec.min_experts}"
-            raise ConfigError(
-                f"merge method {spec.name!r} takes {want} model(s) besides the base, got {n_experts}",
-                hint="fix the `models:` list",
-            )
-    reference = recipe.base_model or recipe.source_names()[0]
-    check_compatible(
-        sources, reference=reference, allow_dtype_mismatch=recipe.dtype is not None,
-        check_depth=recipe.merge_method != "passthrough",
-    )
-    ref = sources[reference]
-    config = dict(ref.config)
-    plan = MergePlan(recipe=recipe, sources=sources, reference=reference, config=config)
-    if recipe.merge_method == "passthrough":
-        _plan_passthrough(plan, ref)
-    else:
-        _plan_elementwise(plan, ref, n_experts)
-    if recipe.dtype is not None:
-        config["torch_dtype"] = recipe.dtype
-        config["dtype"] = recipe.dtype
-    return plan
-
-
-def _check_param_names(recipe: Recipe, names: set[str]) -> None:
-    spec = get_op(recipe.merge_method).spec
-    known = {p.name for p in spec.params}
-    unknown = names - known
-    if unknown:
-        raise ConfigError(
-            f"merge method {spec.name!r} has no parameter(s) {sorted(unknown)}",
-            hint=f"its parameters are {sorted(known) or 'none'}",
-        )
-
-
-def _plan_elementwise(plan: MergePlan, ref: ModelDir, n_experts: int) -> None:
-    recipe = plan.recipe
-    spec = get_op(recipe.merge_method).spec
-    per_source = {p.name for p in spec.params if p.per_source}
-    _check_param_names(recipe, set(recipe.parameters) | {k for m in recipe.models for k in m.parameters})
-    for m in recipe.models:
-        misplaced = set(m.parameters) - per_source
-        if misplaced:
-            raise ConfigError(
-                f"model {m.model}: {sorted(misplaced)} are global for {spec.name!r}, not per model",
-                hint="move them to the top-level `parameters:`",
-            )
-    L = plan.num_layers
-    for name in ref.tensor_names:
-        layer = layer_index(name)
-        glob = schedule.resolve_all(recipe.parameters, name, layer, L)
-        params: dict[str, Any] = {k: v for k, v in glob.items() if k not in per_source}
-        for key in per_source:
-            vals = []
-            for m in recipe.models:
-                v = schedule.resolve(m.parameters[key], name, layer, L) if key in m.parameters else None
-                vals.append(glob.get(key) if v is None else v)
-            if any(v is not None for v in vals):
-                default = next(p.default for p in spec.params if p.name == key)
-                vals = [default if v is None else v for v in vals]
-                if any(v is None for v in vals):
-                    raise ConfigError(
-                        f"parameter {key!r} is missing for some models at tensor {name}",
-                        hint=f"give every model a {key!r} (or set it in the top-level `parameters:`)",
-                    )
-                params[key] = vals
-        params = resolve_params(spec, params, n_experts)  # bounds and lengths checked now, not mid-merge
-        plan.jobs.append(
-            TensorJob(
-                out=TensorMeta.of(name, _out_dtype(recipe, ref, name), ref.meta(name).shape),
-                layer=layer,
-                base=(recipe.base_model, name) if recipe.base_model else None,
-                experts=tuple((m.model, name) for m in recipe.models),
-                params=params,
-            )
-        )
-
-
-OUTPUT_PROJECTIONS = ("o_proj", "down_proj")  # Llama-family names of a layer's residual writes
-
-
-def _is_output_projection(name: str) -> bool:
-    return any(f".{p}." in name for p in OUTPUT_PROJECTIONS)
-
-
-def _plan_passthrough(plan: MergePlan, ref: ModelDir) -> None:
-    """Layer stacking (mergekit passthrough) and data-flow paths (EvoMerge DFS, Akiba et al. 2024).
-
-    A data-flow slice scales the hidden state entering it by ``input_scale``. RMSNorm is scale
-    invariant, so layer(c h) = c * layer'(h) where layer' has its output projections (o_proj,
-    down_proj) divided by c; by induction the path with scales c_1..c_T equals, up to a factor
-    C_T that the final RMSNorm removes, the plain stack whose layer k has its output projections
-    divided by C_k = c_1 * ... * c_k. An ``identity`` slot is a layer whose output projections
-    are zero (the residual passes through), so every path is a plain checkpoint of T layers.
-    """
-    recipe = plan.recipe
-    _check_param_names(recipe, set(recipe.parameters) | {k for s in recipe.slices for src in s.sources for k in src.parameters})
-    dataflow = any(s.identity or s.input_scale != 1.0 for s in recipe.slices)
-    non_layer = [n for n in ref.tensor_names if layer_index(n) is None]
-    head = [n for n in non_layer if "embed" in n]
-    tail = [n for n in non_layer if "embed" not in n]
-    total = sum(s.num_layers for s in recipe.slices)
-    spec = get_op("passthrough").spec
-
-    def job(src: str, name: str, out_name: str, layer: int | None, params: dict[str, Any]) -> TensorJob:
-        meta = plan.sources[src].meta(name)
-        params = resolve_params(spec, params, 1)
-        return TensorJob(
-            out=TensorMeta.of(out_name, _out_dtype(recipe, plan.sources[src], name), meta.shape),
-            layer=layer, base=None, experts=((src, name),), params=params,
-        )
-
-    def layers_of(src_name: str) -> dict[int, list[str]]:
-        by_layer: dict[int, list[str]] = {}
-        for n in plan.sources[src_name].tensor_names:
-            li = layer_index(n)
-            if li is not None:
-                by_layer.setdefault(li, []).append(n)
-        return by_layer
-
-    if dataflow and not any(_is_output_projection(n) for n in layers_of(plan.reference).get(0, [])):
-        raise ConfigError(
-            f"data-flow slices (input_scale, identity) need layers with {'/'.join(OUTPUT_PROJECTIONS)} "
-            f"output projections; {ref.architecture} has none",
-            hint="use plain passthrough slices for this architecture",
-        )
-    for n in head:
-        plan.jobs.append(job(plan.reference, n, n, None, schedule.resolve_all(recipe.parameters, n, None, total)))
-    out_layer = 0
-    cumulative = 1.0
-    for sl in recipe.slices:
-        cumulative *= sl.input_scale
-        if sl.identity:
-            src_name, layer_ids, own = plan.reference, [0], {}
-        else:
-            src = sl.sources[0]
-            src_name, own = src.model, src.parameters
-            start, end = src.layer_range
-            if end > plan.sources[src_name].num_layers:
-                raise ConfigError(
-                    f"slice layer_range {list(src.layer_range)} is past the "
-                    f"{plan.sources[src_name].num_layers} layers of {src_name}",
-                    hint=f"use a range within [0, {plan.sources[src_name].num_layers})",
-                )
-            layer_ids = list(range(start, end))
-        by_layer = layers_of(src_name)
-        for li in layer_ids:
-            for n in by_layer.get(li, []):
-                out_name = _rename_layer(n, out_layer)
-                params = schedule.resolve_all({**recipe.parameters, **own}, out_name, out_layer, total)
-                if _is_output_projection(n) and (sl.identity or cumulative != 1.0):
-                    fold = 0.0 if sl.identity else 1.0 / cumulative
-                    params["scale"] = float(params.get("scale", 1.0)) * fold
-                plan.jobs.append(job(src_name, n, out_name, out_layer, params))
-            out_layer += 1
-    for n in tail:
-        plan.jobs.append(job(plan.reference, n, n, None, schedule.resolve_all(recipe.parameters, n, None, total)))
-    plan.config["num_hidden_layers"] = out_layer
-    if "layer_types" in plan.config and isinstance(plan.config["layer_types"], list):
-        plan.config["layer_types"] = [plan.config["layer_types"][0]] * out_layer
 
 
 def tensor_seed(seed: int, tensor_name: str) -> int:

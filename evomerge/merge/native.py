@@ -1,4 +1,5 @@
 """The C++ build of the fused merge formula (native_merge.cpp), loaded on first use.
+Floor 0 of the merge kernels (sparsify -> rank_index -> kernels -> native): no merge imports.
 
 ``kernels._body`` is the formula; torch.compile turns it into one loop but costs ~4 s per
 process (importing dynamo and inductor, tracing), which a one-shot export never earns back and
@@ -29,6 +30,7 @@ from types import ModuleType
 
 import torch
 
+from evomerge.cache import cache_root
 from evomerge.errors import ConfigError
 
 log = logging.getLogger("evomerge.kernels")
@@ -54,8 +56,6 @@ def _mode() -> str:
 def _build_dir() -> Path:
     """One build per source (text and path: torch's builder rebuilds a directory whose ninja file
     names another path), flags, torch version and CPU (``-march=native``)."""
-    from evomerge.zoo import cache_root
-
     cpu = ""
     try:
         cpu = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")

@@ -1,122 +1,263 @@
-"""Compatibility of merge sources, decided from configs and safetensors headers alone.
+"""Plan a merge: a :class:`~evomerge.recipe.Recipe` checked against its sources, as tensor jobs.
 
-No tensor data is read here (only :meth:`ModelDir.meta`): a mismatch is reported before any
-heavy work, naming the tensor, the models and their shapes (RELIABILITY.md failure test 5).
+``plan_merge`` opens the sources lazily and checks them from their safetensors headers alone
+(``compat``: no weights read), so a bad recipe fails before any heavy work. It lists one
+:class:`TensorJob` per output tensor (sources, dtype, shape and the tensor's resolved per-layer
+parameters); layer stacking and data-flow paths (DFS) are folded into plain per-tensor jobs.
+``materialize`` executes a plan.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
-from evomerge.errors import ConfigError, ShapeMismatchError
-from evomerge.merge.io import ModelDir
+import torch
 
-# Config keys whose values fix tensor shapes or how tensors are used.
-SHAPE_KEYS = (
-    "hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads",
-    "num_key_value_heads", "vocab_size", "tie_word_embeddings",
-)
-_SAME_BASE = "merge only models that share an architecture and configuration (a base and experts fine-tuned from it)"
+from evomerge.errors import ConfigError
+from evomerge.merge import schedule
+from evomerge.merge.compat import check_compatible
+from evomerge.merge.io import ModelDir, TensorMeta, layer_index
+from evomerge.merge.ops import resolve_params
+from evomerge.merge.registry import get_op
+from evomerge.recipe import Recipe
 
-
-def _dt(dtype: Any) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _shape_config(m: ModelDir) -> dict[str, Any]:
-    """The shape-defining config values, with transformers' defaults filled in."""
-    cfg = {k: m.config.get(k) for k in SHAPE_KEYS}
-    cfg["tie_word_embeddings"] = m.tied_embeddings
-    if cfg["num_key_value_heads"] is None:
-        cfg["num_key_value_heads"] = cfg["num_attention_heads"]
-    return cfg
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_LAYER_RE = re.compile(r"(^|\.)layers\.(\d+)\.")
 
 
-def _is_vocab_tensor(name: str) -> bool:
-    return "embed" in name or "lm_head" in name or "wte" in name
+@dataclass(frozen=True)
+class TensorJob:
+    """How to produce one output tensor."""
+
+    out: TensorMeta
+    layer: int | None  # output layer index (drives per-layer schedules)
+    base: tuple[str, str] | None  # (source, tensor name)
+    experts: tuple[tuple[str, str], ...]
+    params: dict[str, Any]  # ops.resolve_params's output: defaults filled, per-expert lists, checked
 
 
-def _first_shape_difference(ref_name: str, ref: ModelDir, name: str, other: ModelDir) -> str | None:
-    for tname in ref.tensor_names:
-        if tname in other:
-            a, b = ref.meta(tname).shape, other.meta(tname).shape
-            if a != b:
-                return f"{tname}: {ref_name} has {a}, {name} has {b}"
-    return None
+@dataclass
+class MergePlan:
+    """Everything needed to produce the merged weights, checked against headers."""
+
+    recipe: Recipe
+    sources: dict[str, ModelDir]
+    reference: str
+    config: dict[str, Any]
+    jobs: list[TensorJob] = field(default_factory=list)
+
+    @property
+    def metas(self) -> list[TensorMeta]:
+        return [j.out for j in self.jobs]
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.config["num_hidden_layers"])
+
+    def close(self) -> None:
+        for src in self.sources.values():
+            src.close()
+
+    def __enter__(self) -> MergePlan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-def check_compatible(
-    models: Mapping[str, ModelDir], *, reference: str, allow_dtype_mismatch: bool = False,
-    check_depth: bool = True,
-) -> None:
-    """Raise :class:`ShapeMismatchError` unless every model matches ``models[reference]``.
+def _rename_layer(name: str, new_layer: int) -> str:
+    return _LAYER_RE.sub(lambda m: f"{m.group(1)}layers.{new_layer}.", name, count=1)
 
-    Checked in order: architecture, shape-defining config keys, tensor-name sets, per-tensor
-    shapes, per-tensor dtypes (unless ``allow_dtype_mismatch``, for recipes that cast with
-    ``dtype:``). ``check_depth=False`` allows different layer counts (layer stacking); the
-    per-tensor checks then cover only the tensors both models have.
+
+def _out_dtype(recipe: Recipe, ref: ModelDir, name: str) -> torch.dtype:
+    src = ref.meta(name).dtype
+    if recipe.dtype is None or not src.is_floating_point:
+        return src
+    return DTYPES[recipe.dtype]
+
+
+def plan_merge(recipe: Recipe, sources: dict[str, ModelDir] | None = None) -> MergePlan:
+    """Check a recipe against its sources' headers and list the tensor jobs.
+
+    ``recipe`` model references must already be paths (see ``Recipe.resolved``) unless
+    ``sources`` maps every reference to an open :class:`ModelDir`.
     """
-    if reference not in models:
-        raise ConfigError(f"reference model {reference!r} is not among the sources {sorted(models)}",
-                          hint="name one of the recipe's models as the reference (base_model)")
-    ref = models[reference]
-    for name, other in models.items():
-        if name == reference:
-            continue
-        if other.architecture != ref.architecture:
-            raise ShapeMismatchError(
-                f"architectures differ: {reference} is {ref.architecture}, {name} is {other.architecture}",
-                hint=_SAME_BASE,
+    op = get_op(recipe.merge_method)
+    spec = op.spec
+    if sources is None:
+        sources = {}
+        try:
+            for name in recipe.source_names():
+                sources[name] = ModelDir(name)
+        except Exception:
+            for s in sources.values():
+                s.close()
+            raise
+    n_experts = len(recipe.models)
+    if spec.requires_base and not recipe.base_model:
+        raise ConfigError(
+            f"merge method {spec.name!r} needs `base_model:`", hint="name the model the experts were fine-tuned from"
+        )
+    if recipe.merge_method != "passthrough":
+        if n_experts < spec.min_experts or (spec.max_experts is not None and n_experts > spec.max_experts):
+            want = f"{spec.min_experts}" if spec.max_experts == spec.min_experts else f"at least {spec.min_experts}"
+            raise ConfigError(
+                f"merge method {spec.name!r} takes {want} model(s) besides the base, got {n_experts}",
+                hint="fix the `models:` list",
             )
-        _check_config(reference, ref, name, other, check_depth)
-        _check_tensors(reference, ref, name, other, allow_dtype_mismatch, check_depth)
+    reference = recipe.base_model or recipe.source_names()[0]
+    check_compatible(
+        sources, reference=reference, allow_dtype_mismatch=recipe.dtype is not None,
+        check_depth=recipe.merge_method != "passthrough",
+    )
+    ref = sources[reference]
+    config = dict(ref.config)
+    plan = MergePlan(recipe=recipe, sources=sources, reference=reference, config=config)
+    if recipe.merge_method == "passthrough":
+        _plan_passthrough(plan, ref)
+    else:
+        _plan_elementwise(plan, ref, n_experts)
+    if recipe.dtype is not None:
+        config["torch_dtype"] = recipe.dtype
+        config["dtype"] = recipe.dtype
+    return plan
 
 
-def _check_config(ref_name: str, ref: ModelDir, name: str, other: ModelDir, check_depth: bool) -> None:
-    a_cfg, b_cfg = _shape_config(ref), _shape_config(other)
-    for key in SHAPE_KEYS:
-        if key == "num_hidden_layers" and not check_depth:
-            continue
-        a, b = a_cfg[key], b_cfg[key]
-        if a != b:
-            what = "vocabularies differ" if key == "vocab_size" else "shapes differ"
-            detail = _first_shape_difference(ref_name, ref, name, other)
-            raise ShapeMismatchError(
-                f"{what}: config {key} is {a} in {ref_name} but {b} in {name}"
-                + (f"; first differing tensor {detail}" if detail else ""),
-                hint=_SAME_BASE + (
-                    "; models with different tokenizers cannot be merged tensor by tensor" if key == "vocab_size" else ""
-                ),
+def _check_param_names(recipe: Recipe, names: set[str]) -> None:
+    spec = get_op(recipe.merge_method).spec
+    known = {p.name for p in spec.params}
+    unknown = names - known
+    if unknown:
+        raise ConfigError(
+            f"merge method {spec.name!r} has no parameter(s) {sorted(unknown)}",
+            hint=f"its parameters are {sorted(known) or 'none'}",
+        )
+
+
+def _plan_elementwise(plan: MergePlan, ref: ModelDir, n_experts: int) -> None:
+    recipe = plan.recipe
+    spec = get_op(recipe.merge_method).spec
+    per_source = {p.name for p in spec.params if p.per_source}
+    _check_param_names(recipe, set(recipe.parameters) | {k for m in recipe.models for k in m.parameters})
+    for m in recipe.models:
+        misplaced = set(m.parameters) - per_source
+        if misplaced:
+            raise ConfigError(
+                f"model {m.model}: {sorted(misplaced)} are global for {spec.name!r}, not per model",
+                hint="move them to the top-level `parameters:`",
             )
+    L = plan.num_layers
+    for name in ref.tensor_names:
+        layer = layer_index(name)
+        glob = schedule.resolve_all(recipe.parameters, name, layer, L)
+        params: dict[str, Any] = {k: v for k, v in glob.items() if k not in per_source}
+        for key in per_source:
+            vals = []
+            for m in recipe.models:
+                v = schedule.resolve(m.parameters[key], name, layer, L) if key in m.parameters else None
+                vals.append(glob.get(key) if v is None else v)
+            if any(v is not None for v in vals):
+                default = next(p.default for p in spec.params if p.name == key)
+                vals = [default if v is None else v for v in vals]
+                if any(v is None for v in vals):
+                    raise ConfigError(
+                        f"parameter {key!r} is missing for some models at tensor {name}",
+                        hint=f"give every model a {key!r} (or set it in the top-level `parameters:`)",
+                    )
+                params[key] = vals
+        params = resolve_params(spec, params, n_experts)  # bounds and lengths checked now, not mid-merge
+        plan.jobs.append(
+            TensorJob(
+                out=TensorMeta.of(name, _out_dtype(recipe, ref, name), ref.meta(name).shape),
+                layer=layer,
+                base=(recipe.base_model, name) if recipe.base_model else None,
+                experts=tuple((m.model, name) for m in recipe.models),
+                params=params,
+            )
+        )
 
 
-def _check_tensors(
-    ref_name: str, ref: ModelDir, name: str, other: ModelDir, allow_dtype: bool, check_depth: bool
-) -> None:
-    ref_names, other_names = set(ref.tensor_names), set(other.tensor_names)
-    if check_depth:
-        for missing_in, present_in, holder, missing in (
-            (name, ref_name, ref, ref_names - other_names),
-            (ref_name, name, other, other_names - ref_names),
-        ):
-            if missing:
-                ordered = [t for t in holder.tensor_names if t in missing]
-                shown = ", ".join(ordered[:3]) + (f" and {len(ordered) - 3} more" if len(ordered) > 3 else "")
-                raise ShapeMismatchError(
-                    f"{missing_in} lacks tensor(s) that {present_in} has: {shown}",
-                    hint="check that both directories hold the same model family and complete weights "
-                    "(tie_word_embeddings decides whether lm_head.weight is stored)",
+OUTPUT_PROJECTIONS = ("o_proj", "down_proj")  # Llama-family names of a layer's residual writes
+
+
+def _is_output_projection(name: str) -> bool:
+    return any(f".{p}." in name for p in OUTPUT_PROJECTIONS)
+
+
+def _plan_passthrough(plan: MergePlan, ref: ModelDir) -> None:
+    """Layer stacking (mergekit passthrough) and data-flow paths (EvoMerge DFS, Akiba et al. 2024).
+
+    A data-flow slice scales the hidden state entering it by ``input_scale``. RMSNorm is scale
+    invariant, so layer(c h) = c * layer'(h) where layer' has its output projections (o_proj,
+    down_proj) divided by c; by induction the path with scales c_1..c_T equals, up to a factor
+    C_T that the final RMSNorm removes, the plain stack whose layer k has its output projections
+    divided by C_k = c_1 * ... * c_k. An ``identity`` slot is a layer whose output projections
+    are zero (the residual passes through), so every path is a plain checkpoint of T layers.
+    """
+    recipe = plan.recipe
+    _check_param_names(recipe, set(recipe.parameters) | {k for s in recipe.slices for src in s.sources for k in src.parameters})
+    dataflow = any(s.identity or s.input_scale != 1.0 for s in recipe.slices)
+    non_layer = [n for n in ref.tensor_names if layer_index(n) is None]
+    head = [n for n in non_layer if "embed" in n]
+    tail = [n for n in non_layer if "embed" not in n]
+    total = sum(s.num_layers for s in recipe.slices)
+    spec = get_op("passthrough").spec
+
+    def job(src: str, name: str, out_name: str, layer: int | None, params: dict[str, Any]) -> TensorJob:
+        meta = plan.sources[src].meta(name)
+        params = resolve_params(spec, params, 1)
+        return TensorJob(
+            out=TensorMeta.of(out_name, _out_dtype(recipe, plan.sources[src], name), meta.shape),
+            layer=layer, base=None, experts=((src, name),), params=params,
+        )
+
+    def layers_of(src_name: str) -> dict[int, list[str]]:
+        by_layer: dict[int, list[str]] = {}
+        for n in plan.sources[src_name].tensor_names:
+            li = layer_index(n)
+            if li is not None:
+                by_layer.setdefault(li, []).append(n)
+        return by_layer
+
+    if dataflow and not any(_is_output_projection(n) for n in layers_of(plan.reference).get(0, [])):
+        raise ConfigError(
+            f"data-flow slices (input_scale, identity) need layers with {'/'.join(OUTPUT_PROJECTIONS)} "
+            f"output projections; {ref.architecture} has none",
+            hint="use plain passthrough slices for this architecture",
+        )
+    for n in head:
+        plan.jobs.append(job(plan.reference, n, n, None, schedule.resolve_all(recipe.parameters, n, None, total)))
+    out_layer = 0
+    cumulative = 1.0
+    for sl in recipe.slices:
+        cumulative *= sl.input_scale
+        if sl.identity:
+            src_name, layer_ids, own = plan.reference, [0], {}
+        else:
+            src = sl.sources[0]
+            src_name, own = src.model, src.parameters
+            start, end = src.layer_range
+            if end > plan.sources[src_name].num_layers:
+                raise ConfigError(
+                    f"slice layer_range {list(src.layer_range)} is past the "
+                    f"{plan.sources[src_name].num_layers} layers of {src_name}",
+                    hint=f"use a range within [0, {plan.sources[src_name].num_layers})",
                 )
-    for tname in ref.tensor_names:
-        if tname not in other_names:
-            continue
-        a, b = ref.meta(tname), other.meta(tname)
-        if a.shape != b.shape:
-            vocab = " (the vocabularies differ)" if _is_vocab_tensor(tname) else ""
-            raise ShapeMismatchError(f"{tname}: {ref_name} has {a.shape}, {name} has {b.shape}{vocab}", hint=_SAME_BASE)
-        if a.dtype != b.dtype and not allow_dtype:
-            raise ShapeMismatchError(
-                f"{tname}: {ref_name} is {_dt(a.dtype)}, {name} is {_dt(b.dtype)}",
-                hint="set `dtype:` in the recipe (float32, float16 or bfloat16) to cast all sources to one dtype",
-            )
+            layer_ids = list(range(start, end))
+        by_layer = layers_of(src_name)
+        for li in layer_ids:
+            for n in by_layer.get(li, []):
+                out_name = _rename_layer(n, out_layer)
+                params = schedule.resolve_all({**recipe.parameters, **own}, out_name, out_layer, total)
+                if _is_output_projection(n) and (sl.identity or cumulative != 1.0):
+                    fold = 0.0 if sl.identity else 1.0 / cumulative
+                    params["scale"] = float(params.get("scale", 1.0)) * fold
+                plan.jobs.append(job(src_name, n, out_name, out_layer, params))
+            out_layer += 1
+    for n in tail:
+        plan.jobs.append(job(plan.reference, n, n, None, schedule.resolve_all(recipe.parameters, n, None, total)))
+    plan.config["num_hidden_layers"] = out_layer
+    if "layer_types" in plan.config and isinstance(plan.config["layer_types"], list):
+        plan.config["layer_types"] = [plan.config["layer_types"][0]] * out_layer

@@ -1,4 +1,5 @@
 """Magnitude rank indexes of resident task vectors: exact TIES/breadcrumbs cuts without a pass.
+Floor 2 of the merge kernels (sparsify -> rank_index -> kernels -> native): of merge/, imports kernels.
 
 A search merges the same resident sources for every candidate; only the densities change. For
 a resident pair (expert E, base B) the flat positions of d = E - B are sorted once by |d|
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor
 
 from evomerge.errors import ConfigError
+from evomerge.merge import kernels
 
 
 @dataclass
@@ -52,8 +54,6 @@ def magnitude_keys(mag: Tensor) -> Tensor:
 def build(expert: Tensor, base: Tensor | None) -> PairIndex:
     """The index of |expert - base| (float32, as the merge kernels compute it): a counting sort
     in C++ where the native kernel is available, else torch's stable sort (the same order)."""
-    from evomerge.merge import kernels
-
     e = expert.reshape(-1)
     b = base.reshape(-1) if base is not None else None
     if e.numel() < 2**31 and (mod := kernels.native_for(e, b)) is not None:
@@ -64,9 +64,7 @@ def build(expert: Tensor, base: Tensor | None) -> PairIndex:
 def build_torch(expert: Tensor, base: Tensor | None) -> PairIndex:
     """``build`` with torch ops alone: a stable sort of the keys in reversed position order, so
     equal magnitudes come out by descending index."""
-    from evomerge.merge.sparsify import magnitudes
-
-    mag = magnitudes(expert.reshape(-1), base.reshape(-1) if base is not None else None)
+    mag = kernels.magnitudes(expert.reshape(-1), base.reshape(-1) if base is not None else None)
     keys = magnitude_keys(mag).flip(0)
     del mag
     sorted_keys, order = torch.sort(keys, stable=True)

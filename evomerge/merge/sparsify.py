@@ -1,4 +1,5 @@
 """Which task-vector entries a sparsifying merge keeps: exact magnitude rank cuts.
+Floor 3 of the merge kernels (sparsify -> rank_index -> kernels -> native): imports rank_index, kernels.
 
 TIES trims each task vector to its k largest |d| entries (Yadav et al. 2023, sec. 3, step 1),
 breadcrumbs keeps a band below the largest (Davari & Belilovsky 2024, sec. 3). A rank cut is a
@@ -26,6 +27,7 @@ import torch
 from torch import Tensor
 
 from evomerge.merge import kernels, rank_index
+from evomerge.merge.kernels import magnitudes
 
 SAMPLE = 1 << 17  # largest strided sample
 SAMPLE_FACTOR = 5.0  # sample size ~ (SAMPLE_FACTOR * n)^(2/3), see rank_cut
@@ -65,11 +67,6 @@ class RankCut:
     @staticmethod
     def nothing() -> RankCut:
         return RankCut(math.inf, kernels.ALL_TIES)
-
-
-def magnitudes(expert: Tensor, base: Tensor | None) -> Tensor:
-    """|expert - base| in float32, computed exactly as the fused merge kernels compute it."""
-    return (expert.float() - base.float()).abs() if base is not None else expert.float().abs()
 
 
 def _cut_among(values: Tensor, positions: Tensor | None, need: int) -> RankCut:
@@ -115,6 +112,18 @@ def _cut_from_order(e: Tensor, b: Tensor | None, order: Tensor, k: int) -> RankC
     return RankCut(t, int(order[slot]) + 1, order[lo:slot].flip(0).to(torch.int64))
 
 
+def native_cut(expert: Tensor, base: Tensor | None, order: Tensor, k: int) -> RankCut | None:
+    """The rank cut of the ``k`` largest |expert - base| read from a rank order
+    (``rank_index``) in C++, or None when the C++ kernel is off or a dtype is not its."""
+    mod = kernels.native_for(expert, base) if order.dtype == torch.int32 else None
+    if mod is None:
+        return None
+    t, cut, outside = mod.cut_sorted(expert, base, order, k)
+    if cut < 0:
+        return RankCut(t, kernels.ALL_TIES)
+    return RankCut(t, cut, outside)
+
+
 class _Scratch:
     """A reusable uint8 buffer for sub-bracket codes (one per thread; grows as needed)."""
 
@@ -156,7 +165,7 @@ def rank_cut(expert: Tensor, base: Tensor | None, k: int) -> RankCut:
         return RankCut.nothing()
     index = rank_index.INDEXES.lookup(expert, base)
     if index is not None:  # resident sources: the k-th largest is at a known slot, no pass
-        fast = kernels.native_cut(e, b, index.order, k)
+        fast = native_cut(e, b, index.order, k)
         return fast if fast is not None else _cut_from_order(e, b, index.order, k)
     if n <= SMALL:
         return _cut_among(magnitudes(e, b), None, k)

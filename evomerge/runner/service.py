@@ -20,9 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from evomerge.errors import ConfigError, EvomergeError, StaleLeaseError
 from evomerge.runner.driver import Driver, DriverOptions
-from evomerge.space.schema import SearchSpace
+from evomerge.space.schema import SearchSpace, describe_validation_error
 from evomerge.store import RunInfo, Store
 
 
@@ -173,7 +175,12 @@ def execute(store: Store, run: RunInfo, opts: ExecOptions, *, log: Callable[[str
     from evomerge.strategies.registry import make_strategy
 
     cfg = run.config
-    space = SearchSpace.model_validate(cfg["space"])
+    try:
+        space = SearchSpace.model_validate(cfg["space"])
+    except ValidationError as err:  # a run archived under rules this version no longer accepts
+        raise ConfigError(f"run {run.name}: its search space is not valid for this version of evomerge: "
+                          f"{describe_validation_error(err)}",
+                          hint="resume it with the evomerge version that started it, or start a new run") from None
     if space.uses_zoo():
         from evomerge.zoo import ensure_zoo
 

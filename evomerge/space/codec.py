@@ -142,8 +142,8 @@ def check_sources(space: SearchSpace, codec) -> None:  # type: ignore[no-untyped
     """Before any heavy work, from headers only: every source against the first (architecture,
     shape-defining config, tensor names and shapes; layer counts may differ for data-flow
     paths), then the start recipe planned. Raises ShapeMismatchError / ConfigError."""
-    from evomerge.merge.materialize import plan_merge
-    from evomerge.merge.plan import check_compatible
+    from evomerge.merge.compat import check_compatible
+    from evomerge.merge.plan import plan_merge
 
     paths = list(dict.fromkeys(getattr(codec, "sources", [space.base, *space.experts])))
     dirs = {p: ModelDir(p) for p in paths}

@@ -119,9 +119,9 @@ def merged_source_dir(recipe: Recipe, cache: Path | None = None) -> Path:
     manifest) under ``$EVOMERGE_CACHE`` (default ``~/.cache/evomerge``)/merged/<recipe_id>."""
     import os
 
+    from evomerge.cache import cache_root
     from evomerge.merge.materialize import merge_to_dir
     from evomerge.merge.writer import verify_manifest
-    from evomerge.zoo import cache_root
 
     if cache is None:
         env = os.environ.get("EVOMERGE_CACHE")

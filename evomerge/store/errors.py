@@ -66,6 +66,11 @@ def postgres_error(where: str, url: URL, orig: BaseException) -> ArchiveError:
     msg = first_line(orig)
     low = msg.lower()
     state = getattr(orig, "sqlstate", None) or ""
+    if not state and "fatal:" in low:  # refused while connecting: no SQLSTATE, the server's words only
+        if "database" in low and "does not exist" in low:
+            state = "3D000"
+        elif "authentication failed" in low or "role" in low or "pg_hba.conf" in low:
+            state = "28000"
     if state == "3D000":
         return ArchiveError(f"database {url.database!r} does not exist on {where} ({msg})",
                             hint=f"create it (createdb {url.database}) or fix the database name in --db / EVOMERGE_DB")
@@ -89,5 +94,6 @@ def translate(url: URL, orig: BaseException, dbapi: Any) -> ArchiveError | None:
         return None
     if url.get_backend_name() == "sqlite":
         return sqlite_error(url.database or ":memory:", orig)
-    where = f"{url.host or 'localhost'}:{url.port or 5432}"
-    return postgres_error(where, url, orig)
+    host = url.host or url.query.get("host") or "localhost"  # ?host=/socket/dir&port=N also names a server
+    port = url.port or url.query.get("port") or 5432
+    return postgres_error(f"{host}:{port}", url, orig)

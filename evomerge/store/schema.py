@@ -167,5 +167,8 @@ def check_schema(engine: Engine, url: str) -> None:
     if rev == head:
         return
     shown = shown_url(url)
+    # the hint's command must run as written: with credentials hidden, the user's own URL stands in
+    command = f"evomerge db upgrade --db {shown}" if shown == url else "evomerge db upgrade --db URL"
     raise SchemaError(f"{shown} is at schema version {rev}; this evomerge needs {head}",
-                      hint=f"back it up, then run `evomerge db upgrade --db {shown}`")
+                      hint=f"back it up, then run `{command}`" + ("" if shown == url else
+                                                                 " with this URL, credentials included"))

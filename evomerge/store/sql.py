@@ -12,9 +12,15 @@ Promises kept here (RELIABILITY.md):
    (SQLite: the transaction is BEGIN IMMEDIATE, so checks and writes are serialized; PostgreSQL:
    the run row is locked FOR UPDATE). A takeover bumps the epoch, so a superseded driver's next
    write raises StaleLeaseError.
+5. No code execution from inputs: snapshot arrays are read only as a pickle-free ``.npz``
+   (:func:`read_npz`); a snapshot that is not one is skipped with a warning, never loaded.
 8. Schema safety: see :mod:`evomerge.store.schema`.
 9. Finite numbers only: a non-finite objective or fitness makes the candidate INVALID with
    NULL fitness and no objective rows; ``best`` and ``pareto`` read COMPLETE rows only.
+
+An archive the environment makes unusable (unreachable, read-only, locked, corrupt, full) raises
+:class:`~evomerge.store.errors.ArchiveError` from any method: one line with the fix, never the
+SQL or its parameters.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ from safetensors.torch import save_file
 
 import evomerge.merge.io as io_mod
 from evomerge.errors import CorruptArtifactError, ExportError, ShapeMismatchError, UnsafeArtifactError
+from evomerge.merge.compat import check_compatible
 from evomerge.merge.io import ModelDir, SafetensorsFile
-from evomerge.merge.plan import check_compatible
 from evomerge.merge.writer import ModelDirWriter, verify_manifest
 
 pytestmark = pytest.mark.faults

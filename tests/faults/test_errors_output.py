@@ -302,6 +302,29 @@ def test_unknown_schema_version_is_refused_by_store_and_db_upgrade(tmp_path: Pat
     assert again.returncode == 0 and "is current; nothing to do" in again.stdout, again.stderr
 
 
+@pytest.mark.postgres
+def test_schema_refusals_on_postgres_name_the_server_without_credentials(pg_url: str) -> None:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    make_archive(pg_url)
+    engine = create_engine(pg_url)
+    user = make_url(pg_url).username
+    try:
+        for rev, needle in (("r0099", "does not know"), ("r0001", "schema version r0001; this evomerge needs")):
+            with engine.begin() as conn:
+                conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": rev})
+            with pytest.raises(SchemaError, match=needle) as info:
+                Store.open(pg_url)
+            assert f"{user}@" not in str(info.value)
+        assert "evomerge db upgrade --db URL" in (info.value.hint or "")  # runnable once the user's URL is in
+        with pytest.raises(ArchiveError, match="database 'nope' does not exist on ") as missing:
+            Store.open(pg_url.replace(make_url(pg_url).database, "nope", 1))
+        assert "localhost:5432" not in missing.value.message  # the server of ?host=...&port=..., not a guess
+    finally:
+        engine.dispose()
+
+
 def test_only_environment_errors_are_translated_bugs_stay_visible() -> None:
     from sqlalchemy.engine import make_url
 

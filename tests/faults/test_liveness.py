@@ -113,6 +113,7 @@ def test_an_unreachable_ray_address_fails_at_once(tiny_sources: Path, tmp_path: 
     assert res.returncode == 2, res.stdout + res.stderr
     assert "no Ray cluster answers at 127.0.0.1:1" in res.stderr and "fix:" in res.stderr
     assert "Traceback" not in res.stderr
+    assert not (tmp_path / "a.db").exists() or not api.runs(db=f"sqlite:///{tmp_path / 'a.db'}")  # no orphan run
 
 
 def test_check_reachable_forms() -> None:
@@ -208,3 +209,45 @@ def test_sigterm_stops_cleanly_and_the_run_resumes(tiny_sources: Path, tmp_path:
     assert res.returncode == 0, res.stdout + res.stderr
     after = archive(db, "term")
     assert [r[0] for r in after] == list(range(400)) and all(r[1] == "COMPLETE" for r in after)
+
+
+@pytest.mark.ray
+def test_workers_run_the_drivers_code_not_a_copy_in_the_working_directory(tiny_sources: Path,
+                                                                          tmp_path: Path) -> None:
+    """Ray puts the driver's working directory first on its workers' path: a search started from a
+    directory holding another `evomerge` (a checkout, an old copy) must still run the driver's code
+    in its workers. Here that copy cannot even be imported, so a worker that took it dies."""
+    space = write_space(tmp_path, tiny_sources, strategy="random", budget=4)
+    checkout = tmp_path / "checkout"
+    (checkout / "evomerge" / "runner").mkdir(parents=True)
+    (checkout / "evomerge" / "__init__.py").write_text('raise ImportError("the copy in the working directory")\n')
+    (checkout / "evomerge" / "runner" / "__init__.py").write_text("")
+    launcher = tmp_path / "bin" / "run_evomerge.py"  # a console script: its directory, not cwd, leads sys.path
+    launcher.parent.mkdir()
+    launcher.write_text("from evomerge.cli import main\nmain()\n")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    env.pop("EVOMERGE_FAULTS", None)
+    env.pop("RAY_ADDRESS", None)
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    res = subprocess.run([sys.executable, str(launcher), "search", "--space", str(space), "--db", db,
+                          "--engine", "synthetic", "--workers", "1", "--name", "cwd"], cwd=checkout, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert [r[1] for r in archive(db, "cwd")] == ["COMPLETE"] * 4
+
+
+@pytest.mark.slow
+def test_processes_that_need_the_zoo_at_once_build_it_once(tmp_path: Path) -> None:
+    """The demo, searches and the tests share one zoo per machine: two processes asking for it at
+    the same time build it once (the second waits on the first's lock), and both get it whole."""
+    code = ("import sys; from evomerge.zoo import ZooSpec, ensure_zoo; "
+            "ensure_zoo(sys.argv[1], ZooSpec(base_steps=2, expert_steps=2), log=lambda m: print('LOG', m))")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "zoo")], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=1800)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert sum("pretraining the base" in o for o in outs) == 1, outs
+    manifest = json.loads((tmp_path / "zoo" / "zoo.json").read_text())
+    assert all((tmp_path / "zoo" / m).is_dir() for m in ("base", "expert_add", "expert_caesar", "expert_length")), manifest
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]

@@ -4,6 +4,7 @@ deadline (8), two drivers on one run (9), an old schema through the CLI (14)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -77,12 +78,15 @@ def test_silent_worker_is_requeued_and_its_late_result_refused(tiny_sources: Pat
                                                               ray_local, monkeypatch) -> None:
     from evomerge.store import CandidateResult, Store
 
-    monkeypatch.setenv("EVOMERGE_FAULTS", '{"freeze_on": [2], "freeze_s": 12}')
+    # The grace is 20 heartbeats, so only the injected freeze (which never ends: the requeue kills
+    # that worker) goes silent for a whole grace, not a heartbeat thread starved on a busy machine.
+    grace, heartbeat = 10.0, 0.5
+    monkeypatch.setenv("EVOMERGE_FAULTS", json.dumps({"freeze_on": [2], "freeze_s": 3600}))
     space = write_space(tmp_path, tiny_sources, strategy="random", budget=8)
     db = f"sqlite:///{tmp_path / 'a.db'}"
     logs: list[str] = []
     out = api.search(space, db=db, engine="synthetic", backend="ray", workers=2, name="hb", log=logs.append,
-                     grace_s=3.0, heartbeat_s=0.5, engine_options={"seconds": 0.5})
+                     grace_s=grace, heartbeat_s=heartbeat, engine_options={"seconds": 0.5})
     assert out.told == 8
     row = api.show("hb:2", db=db)
     assert row["status"] == "COMPLETE" and row["attempts"] == 2
@@ -153,14 +157,15 @@ def test_workers_that_cannot_start_stop_the_run_with_the_fix_and_it_resumes(tiny
 
 
 def _actor_processes() -> list[int]:
-    """PIDs of live Ray actor processes of evomerge's worker class (Ray titles them ray::CandidateWorker)."""
+    """PIDs of live Ray actor processes of evomerge's worker class (Ray titles them ray::WorkerShell,
+    the class that carries a CandidateWorker: evomerge/runner/bootstrap.py)."""
     import psutil
 
     out = []
     for p in psutil.process_iter(["pid", "cmdline"]):
         try:
             cmd = p.info["cmdline"] or [""]
-            if cmd[0].startswith("ray::CandidateWorker") and p.status() != "zombie":
+            if cmd[0].startswith("ray::WorkerShell") and p.status() != "zombie":
                 out.append(p.info["pid"])
         except psutil.Error:
             continue

@@ -16,7 +16,6 @@ import yaml
 from evomerge.store import Store
 from tests.conftest import REPO, run_cli, save_tiny
 
-WIDE = {"COLUMNS": "1000"}  # rich wraps at 80 columns when stderr is not a terminal; keep messages whole
 TIMEOUT = 180  # a refused start takes seconds; before the checks, `--workers 0` hung forever
 
 GOOD: dict[str, Any] = {
@@ -81,7 +80,7 @@ def assert_refused(proc: Any, *needles: str) -> str:
 
 def search(ws: Path, space: Path, db: Path, *args: str) -> Any:
     return run_cli("search", "--space", str(space), "--engine", "synthetic", "--backend", "local",
-                   "--db", f"sqlite:///{db}", *args, cwd=ws, timeout=TIMEOUT, **WIDE)
+                   "--db", f"sqlite:///{db}", *args, cwd=ws, timeout=TIMEOUT)
 
 
 def test_a_good_space_validates_and_its_search_creates_one_run(ws: Path, tmp_path: Path) -> None:
@@ -91,7 +90,7 @@ def test_a_good_space_validates_and_its_search_creates_one_run(ws: Path, tmp_pat
     ps_dfs = write_space(ws, "good_ps_dfs", name="gpd", kind="ps_dfs", vary={}, dataflow={"merged": {
         "merge_method": "task_arithmetic", "base_model": "models/base",
         "models": [{"model": "models/a", "parameters": {"weight": 0.5}}]}})
-    proc = run_cli("validate", str(write_space(ws, "good")), str(dfs), str(ps_dfs), cwd=ws, timeout=TIMEOUT, **WIDE)
+    proc = run_cli("validate", str(write_space(ws, "good")), str(dfs), str(ps_dfs), cwd=ws, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "good.yaml: ok (ps, task_arithmetic, 2 experts, 1 objectives, 4 genes" in proc.stdout
     assert "good_dfs.yaml: ok (dfs, 2 repeats, transition scales" in proc.stdout
@@ -142,7 +141,7 @@ def validated(ws: Path) -> Any:
     cases = sorted(BAD_SPACES)
     files = [write_space(ws, case, **BAD_SPACES[case][0]) for case in cases]
     files.insert(len(files) // 2, write_space(ws, "good"))
-    return run_cli("validate", *map(str, files), cwd=ws, timeout=TIMEOUT, **WIDE)
+    return run_cli("validate", *map(str, files), cwd=ws, timeout=TIMEOUT)
 
 
 def test_validate_checks_every_file_and_fails_if_any_is_bad(validated: Any) -> None:
@@ -168,7 +167,7 @@ def test_a_bad_space_is_refused_by_validate_and_by_search_without_a_run(ws: Path
 
 def test_a_missing_source_is_refused_by_search_and_flagged_by_validate(ws: Path, tmp_path: Path) -> None:
     space = write_space(ws, "missing_source", experts=["models/a", "models/nowhere"])
-    proc = run_cli("validate", str(space), cwd=ws, timeout=TIMEOUT, **WIDE)  # models may come later: a note
+    proc = run_cli("validate", str(space), cwd=ws, timeout=TIMEOUT)  # models may come later: a note
     assert proc.returncode == 0 and "sources not checked" in proc.stdout and "models/nowhere" in proc.stdout
     db = tmp_path / "a.db"
     assert_refused(search(ws, space, db), "models/nowhere", "not found")
@@ -234,7 +233,7 @@ def test_a_bad_resume_option_is_refused_and_the_run_is_untouched(ws: Path, finis
                                                                  needles: tuple[str, ...]) -> None:
     (before,) = runs_in(finished_run)
     proc = run_cli("resume", "done", "--db", f"sqlite:///{finished_run}", "--backend", "local", *args, cwd=ws,
-                   timeout=TIMEOUT, **WIDE)
+                   timeout=TIMEOUT)
     assert_refused(proc, *needles)
     (after,) = runs_in(finished_run)
     assert (after.status, after.counts, after.lease_owner) == (before.status, before.counts, before.lease_owner)

@@ -13,7 +13,8 @@ from evomerge.errors import ConfigError, MergeError
 from evomerge.evaluate.resident import ResidentSources
 from evomerge.merge import rank_index
 from evomerge.merge.io import ModelDir
-from evomerge.merge.materialize import iter_merged, merge_into, merge_to_dir, plan_merge
+from evomerge.merge.materialize import iter_merged, merge_into, merge_to_dir
+from evomerge.merge.plan import plan_merge
 from evomerge.recipe import recipe_from_dict
 from evomerge.zoo_scaled import SIZES, ScaledShape, build_scaled_zoo
 
