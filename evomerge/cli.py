@@ -6,7 +6,6 @@ status 2, never as a traceback.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -73,11 +72,12 @@ def zoo_eval(
 
     skills = list(ZooSpec().experts)
     scores = {}
-    for path in models:
-        model = load_hf_model(path)
-        scores[str(path)] = {s: skill_accuracy(model, s, vocab(), n=n) for s in skills}
+    with logs_to_stderr(as_json):
+        for path in models:
+            model = load_hf_model(path)
+            scores[str(path)] = {s: skill_accuracy(model, s, vocab(), n=n) for s in skills}
     if as_json:
-        print(json.dumps(scores, indent=2))
+        print_json(scores, indent=2)
     else:
         _print_accuracy(scores, skills, title=f"zoo skills (exact match, {n} test items)")
 

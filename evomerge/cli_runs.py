@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -235,9 +234,10 @@ def export(
     """Write a COMPLETE candidate as a Hugging Face model directory plus its mergekit YAML (atomically)."""
     from evomerge import api
 
-    path = api.export(candidate, out, db=db, overwrite=overwrite, any_status=any_status)
+    with logs_to_stderr(as_json):
+        path = api.export(candidate, out, db=db, overwrite=overwrite, any_status=any_status)
     if as_json:
-        print(json.dumps({"candidate": candidate, "out": str(path), "mergekit_config": str(path / "mergekit_config.yml")}))
+        print_json({"candidate": candidate, "out": str(path), "mergekit_config": str(path / "mergekit_config.yml")})
     else:
         console.print(f"exported {candidate} to {path} (mergekit config: {path / 'mergekit_config.yml'})")
 

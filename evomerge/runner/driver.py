@@ -112,7 +112,8 @@ class Driver:
     # ------------------------------------------------------------------ resume
     def load_existing(self) -> None:
         """Rebuild from the store: rows, the strategy (by replay), the dispatch queue."""
-        self._prior_snapshot = self.store.latest_snapshot(self.run_id)  # read before the replay writes any
+        self._prior_snapshot = self.store.latest_snapshot(  # read before the replay writes any
+            self.run_id, warn=lambda m: self.log(f"warning: {m}"))
         requeued = self.store.requeue_running(self.lease)
         if requeued:
             self.log(f"requeued {len(requeued)} candidates that were running when the last driver stopped")
