@@ -3,7 +3,7 @@
 transformers reads config, tokenizer and template files itself, with no size cap and with a
 blocking ``open``; so before it runs, every file at the top of the directory must be a regular
 file (a FIFO or device is refused, naming it) and the ones it reads whole (:data:`TEXT_SUFFIXES`)
-at most :data:`MAX_SIDE_FILE_BYTES` (RELIABILITY.md promise 7).
+at most :data:`MAX_SIDE_FILE_BYTES` (docs/reliability.md promise 7).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Reading user files with bounded resources (RELIABILITY.md promise 7).
+"""Reading user files with bounded resources (docs/reliability.md promise 7).
 
 Rules, shared by every reader of recipes, search spaces, task specs and data, and model configs:
 

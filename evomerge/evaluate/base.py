@@ -1,7 +1,7 @@
 """The evaluator protocol and its result: objectives, per-item scores, status and cost.
 
 Statuses: ``ok``; ``invalid`` (a non-finite objective or merged weight: objectives are None and
-the strategy gets a penalty, RELIABILITY.md promise 9); ``timeout`` (past the deadline);
+the strategy gets a penalty, docs/reliability.md promise 9); ``timeout`` (past the deadline);
 ``failed`` (an error while evaluating, with its message).
 """
 

@@ -9,7 +9,7 @@ Kinds (one engine interface serves all, see :class:`Engine`):
 Templates use ``{field}`` placeholders only (no attribute access, indexing or format specs), so
 a spec can never run code. Every item gets a score in [0, 1] (``loglik``: the mean log-prob).
 
-Bounded inputs (RELIABILITY.md promise 7): data files are read only if regular (a FIFO or
+Bounded inputs (docs/reliability.md promise 7): data files are read only if regular (a FIFO or
 device is refused, see :mod:`evomerge.textfile`) and at most :data:`MAX_JSONL_BYTES` of them;
 each line's JSON nests at most 64 levels and its number literals have at most 1000 characters. A ``regex``
 extractor is compiled once, when the spec loads, with the ``regex`` package, and every match

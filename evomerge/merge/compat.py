@@ -1,7 +1,7 @@
 """Compatibility of merge sources, decided from configs and safetensors headers alone.
 
 No tensor data is read here (only :meth:`ModelDir.meta`): a mismatch is reported before any
-heavy work, naming the tensor, the models and their shapes (RELIABILITY.md failure test 5).
+heavy work, naming the tensor, the models and their shapes (docs/reliability.md promise 13).
 """
 
 from __future__ import annotations

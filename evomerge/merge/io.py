@@ -4,7 +4,7 @@ A safetensors file is an 8-byte little-endian header length, a JSON header mappi
 to ``{dtype, shape, data_offsets}``, then the raw data. The header is checked in full (size cap,
 duplicate keys, dtypes, shapes, byte counts, bounds, overlaps) on open; tensors are read one at
 a time with plain file IO (seek + readinto), never through pickle and never by mapping untrusted
-sizes (RELIABILITY.md promises 5 and 7, failure tests 4, 12 and 13). Every file is opened only if
+sizes (docs/reliability.md promises 5 and 7). Every file is opened only if
 it is a regular file (never a FIFO or device) and JSON files are read with a cap and bounded
 nesting (:mod:`evomerge.textfile`). A model's config is checked against its tensors: the layer
 count must match the layers the weights hold, and the sizes loaders allocate by (vocabulary,

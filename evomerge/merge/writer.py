@@ -1,4 +1,4 @@
-"""Atomic, streaming writer of Hugging Face model directories (RELIABILITY.md promise 6).
+"""Atomic, streaming writer of Hugging Face model directories (docs/reliability.md promise 6).
 
 Everything goes into a temporary directory beside the target; on success a manifest with the
 SHA-256 of every file is written, files and directory are fsynced, and the directory is renamed

@@ -1,6 +1,6 @@
 """The search loop: ask, persist, dispatch, record, tell; crash-safe and resumable.
 
-Promises (RELIABILITY.md) and how the loop keeps them:
+Promises (docs/reliability.md) and how the loop keeps them:
 1. No lost candidates: every asked genome is PENDING in the store before it is dispatched;
    resume re-dispatches PENDING and RUNNING rows.
 2. Exactly-once recording: a result is committed by the store's compare-and-set on

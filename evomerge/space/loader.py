@@ -1,6 +1,6 @@
 """Strict, safe YAML loading for recipes, search spaces and task specs.
 
-Promise 5 and 7 of RELIABILITY.md: nothing in a YAML file is executed, and its size is capped.
+Promise 5 and 7 of docs/reliability.md: nothing in a YAML file is executed, and its size is capped.
 On top of ``yaml.SafeLoader`` (no python/* tags) this loader refuses anchors and aliases
 (so no alias bomb), duplicate keys, non-string keys, files that are not UTF-8, nesting deeper
 than :data:`~evomerge.textfile.MAX_DEPTH` levels of mappings and lists (else a RecursionError)

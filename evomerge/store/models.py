@@ -1,7 +1,7 @@
 """The archive's tables (SQLAlchemy 2 typed ORM). Times are Unix seconds (float) from the
 writer's clock; per-item scores are little-endian float32 bytes; strategy snapshot arrays are
 an ``.npz`` read back with ``allow_pickle=False``. Nothing stored is ever unpickled or executed
-(RELIABILITY.md promise 5)."""
+(docs/reliability.md promise 5)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """What the archive stores and returns: leases, new candidates, results, rows, run summaries,
-and the normalization every result goes through (RELIABILITY.md promise 9)."""
+and the normalization every result goes through (docs/reliability.md promise 9)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 The schema version is the Alembic revision. An empty database is created at the newest
 revision; a database at an older revision is refused until ``evomerge db upgrade``
-(RELIABILITY.md promise 8); one at a revision this evomerge does not know (a newer evomerge, or
+(docs/reliability.md promise 8); one at a revision this evomerge does not know (a newer evomerge, or
 another program) is refused, by the store and by ``evomerge db upgrade`` alike, since no
 migration leads from it.
 

@@ -1,6 +1,6 @@
 """The archive: runs, candidates, objective values, per-item scores, strategy snapshots.
 
-Promises kept here (RELIABILITY.md):
+Promises kept here (docs/reliability.md):
 1. No lost candidates: ``add_candidates`` commits PENDING rows before it returns; the driver
    dispatches only afterwards. ``requeue_running``/``requeue_stale`` put unfinished work back.
 2. Exactly-once recording: (run_id, idx) is the primary key; ``complete`` is a compare-and-set

@@ -1,7 +1,7 @@
 """The strategy seam: ask for genomes, tell their fitness; state is JSON plus arrays, never pickle.
 
 Fitness is maximized. A failed or invalid candidate is told as ``None`` and every strategy
-turns it into a penalty worse than any real fitness (never NaN; RELIABILITY.md promise 9).
+turns it into a penalty worse than any real fitness (never NaN; docs/reliability.md promise 9).
 
 State and replay. Every strategy is deterministic given its seed and the order of its ask and
 tell calls. :class:`Replayable` records that order (ask counts, told indices with fitness,

@@ -1,4 +1,4 @@
-"""RELIABILITY.md failure tests 4, 5, 12, 13 and 15 at the IO layer: corrupt safetensors, mismatched
+"""Failure tests of docs/reliability.md (promises 5, 6, 13) at the IO layer: corrupt safetensors, mismatched
 sources, path escapes in index.json, pickle-only directories, disk full and existing targets.
 Each gives a clear error naming the file (and tensor/models), and leaves nothing half-written."""
 

@@ -1,4 +1,4 @@
-"""RELIABILITY promise 7, bounded inputs (issue 19): every bad input is a one-line error, fast.
+"""docs/reliability.md promise 7, bounded inputs (issue 19): every bad input is a one-line error, fast.
 
 - A FIFO or a device (``/dev/zero``) given as a search space, recipe, task spec, task data or
   tokenizer file is refused before it is read ("give a regular file"): it would block forever

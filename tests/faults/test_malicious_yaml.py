@@ -1,4 +1,4 @@
-"""RELIABILITY test 11: malicious YAML gives a clear ConfigError with the line, fast, nothing executed."""
+"""docs/reliability.md promises 5 and 7: malicious YAML gives a clear ConfigError with the line, fast, nothing executed."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""RELIABILITY tests 4, 5, 12, 13, 15: corrupt files, mismatched sources, path escapes,
+"""Failure tests of docs/reliability.md (promises 5, 6, 13): corrupt files, mismatched sources, path escapes,
 pickle-only directories, disk full. Each gets a clear error and nothing half-written."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""RELIABILITY.md failure tests at the service level: worker death (1), driver SIGKILL at each
-crash point then resume (2), a silent worker (3), NaN fitness for every strategy (6), the hard
-deadline (8), two drivers on one run (9), an old schema through the CLI (14)."""
+"""Failure tests of docs/reliability.md at the service level: worker death (promise 2), driver
+SIGKILL at each crash point then resume (1, 3), a silent worker (2), NaN fitness for every
+strategy (9), the hard deadline (2), two drivers on one run (4), workers that cannot start (10)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""RELIABILITY.md failure tests on the archive: two drivers on one run (9, SQLite and
-PostgreSQL), many concurrent writers on PostgreSQL (10), an old schema (14)."""
+"""Failure tests of docs/reliability.md on the archive: two drivers on one run (promise 4, SQLite
+and PostgreSQL), many concurrent writers on PostgreSQL (4), an old schema (8)."""
 
 from __future__ import annotations
 
