@@ -349,7 +349,7 @@ class ModelDir:
         ``mlp.down_proj``; ``num_attention_heads`` / ``num_key_value_heads`` times the head size
         (``head_dim``, else hidden_size / heads) the rows of the widest ``q_proj`` / ``k_proj``.
         Each is checked only where the config holds an integer and the tensor exists. A smaller
-        value is left to the source comparison (:func:`evomerge.merge.plan.check_compatible`),
+        value is left to the source comparison (:func:`evomerge.merge.compat.check_compatible`),
         which names both models, and to the loaders, which refuse a shape mismatch."""
         cfg = self.config
 
