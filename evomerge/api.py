@@ -3,25 +3,39 @@
 Candidates are named ``RUN:INDEX`` (the run's name or id, a colon, the candidate index).
 
     from evomerge import api
-    outcome = api.search("search_spaces/demo.yaml", backend="local")
+    outcome = api.search("search_spaces/demo.yaml", api.SearchOptions(budget=20),
+                         api.ExecOptions(backend="local"))
     api.best(outcome.run.name, k=3)
     api.export(f"{outcome.run.name}:{api.best(outcome.run.name)[0]['index']}", "merged/")
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
-import numbers
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from evomerge.errors import ConfigError, ExportError
+from evomerge.evaluate.registry import ENGINES as ENGINES
+from evomerge.evaluate.registry import check_engine
+from evomerge.runner.options import BACKENDS as BACKENDS
+from evomerge.runner.options import MAX_WORKERS as MAX_WORKERS
+from evomerge.runner.options import ExecOptions, check_float, check_int
+from evomerge.runner.options import check_exec_options as check_exec_options
 from evomerge.store import CandidateRow, RunInfo, Store
 from evomerge.store.records import MAX_INDEX
+
+# ENGINES (the engine names), BACKENDS, MAX_WORKERS and check_exec_options are re-exported above
+
+if TYPE_CHECKING:
+    from evomerge.runner.driver import Driver
+    from evomerge.runner.service import RunOutcome
+    from evomerge.space.schema import SearchSpace
 
 
 def open_store(db: str | None = None, workdir: str | Path | None = None) -> Store:
@@ -147,43 +161,9 @@ def export(ref: str, out: str | Path, *, db: str | None = None, workdir: str | P
     return out
 
 
-# Limits of the run options (each refused with the option named and this range)
-MAX_WORKERS = 4096
+# Limits of the search options (each refused with the option named and this range); the execution
+# options' (MAX_WORKERS, BACKENDS) are evomerge.runner.options'
 MAX_ATTEMPTS = 100
-BACKENDS = ("ray", "local")
-ENGINES = ("hf", "vllm", "synthetic")
-
-
-def _check_int(option: str, value: int, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
-        raise ConfigError(f"{option} {value!r} is out of range: it must be a whole number from {low} "
-                          f"to {high}",
-                          hint=f"pass {option} between {low} and {high}")
-
-
-def _check_float(option: str, value: float, *, positive: bool = False, hint: str | None = None) -> None:
-    """``value`` must be a finite number, above 0 when ``positive``, else at least 0."""
-    bound = "above 0" if positive else "0 or more"
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and (
-        value > 0 if positive else value >= 0)
-    if not ok:
-        raise ConfigError(f"{option} {value!r} is out of range: it must be a finite number {bound}",
-                          hint=hint or f"pass {option} with a finite value {bound}")
-
-
-def check_exec_options(*, workers: int, backend: str, cpus_per_worker: float, gpus_per_worker: float) -> None:
-    """How a run executes (``search`` and ``resume``): 1 to MAX_WORKERS evaluation slots, a known
-    backend, finite non-negative CPUs and GPUs per worker (on Ray, amounts above 1 are whole numbers)."""
-    _check_int("--workers", workers, 1, MAX_WORKERS)
-    if backend not in BACKENDS:
-        raise ConfigError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}",
-                          hint="use ray (worker actors) or local (evaluate in this process)")
-    for option, amount in (("--cpus-per-worker", cpus_per_worker), ("--gpus-per-worker", gpus_per_worker)):
-        _check_float(option, amount)
-        if backend == "ray" and amount > 1 and amount != int(amount):
-            raise ConfigError(f"{option} {amount} is not allowed: Ray needs amounts above 1 to be whole "
-                              "numbers",
-                              hint=f"pass {option} as a fraction up to 1 or a whole number")
 
 
 def _check_ray_address(backend: str, address: str | None) -> None:
@@ -201,38 +181,38 @@ def check_search_options(*, budget: int | None, seed: int | None, strategy: str 
                          deadline_s: float | None, max_attempts: int, lag: int | None, snapshot_every: int,
                          name: str | None, deadline_slack_s: float = 30.0, grace_s: float = 60.0,
                          heartbeat_s: float = 5.0) -> None:
-    """The options of ``search`` beyond the space: each is refused, named, with its allowed range."""
+    """The options of ``search`` beyond the space (what :class:`SearchOptions` checks when made;
+    ``grace_s``/``heartbeat_s`` are :class:`ExecOptions`'): each is refused, named, with its allowed
+    range."""
     from evomerge.space.schema import MAX_BUDGET, MAX_SEED
     from evomerge.store.sql import RUN_NAME
     from evomerge.strategies.registry import NAMES
 
     if budget is not None:
-        _check_int("--budget", budget, 1, MAX_BUDGET)
+        check_int("--budget", budget, 1, MAX_BUDGET)
     if seed is not None:
-        _check_int("--seed", seed, 0, MAX_SEED)
+        check_int("--seed", seed, 0, MAX_SEED)
     if strategy is not None and strategy not in NAMES:
         raise ConfigError(f"--strategy {strategy!r} is not one of {', '.join(NAMES)}",
                           hint=f"pass --strategy {' | '.join(NAMES)}")
-    if engine not in ENGINES:
-        raise ConfigError(f"--engine {engine!r} is not one of {', '.join(ENGINES)}",
-                          hint="use hf (transformers), vllm, or synthetic (plumbing tests)")
+    check_engine(engine)
     if deadline_s is not None:
-        _check_float("--deadline", deadline_s, positive=True,
-                     hint="pass --deadline in seconds above 0, or leave it out for no deadline")
-    _check_int("--max-attempts", max_attempts, 1, MAX_ATTEMPTS)
+        check_float("--deadline", deadline_s, positive=True,
+                    hint="pass --deadline in seconds above 0, or leave it out for no deadline")
+    check_int("--max-attempts", max_attempts, 1, MAX_ATTEMPTS)
     if lag is not None:
-        _check_int("lag", lag, 1, MAX_BUDGET)
-    _check_int("--snapshot-every", snapshot_every, 1, MAX_BUDGET)
-    _check_float("deadline_slack_s", deadline_slack_s)
-    _check_float("grace_s", grace_s, positive=True)
-    _check_float("heartbeat_s", heartbeat_s, positive=True)
+        check_int("lag", lag, 1, MAX_BUDGET)
+    check_int("--snapshot-every", snapshot_every, 1, MAX_BUDGET)
+    check_float("deadline_slack_s", deadline_slack_s)
+    check_float("grace_s", grace_s, positive=True)
+    check_float("heartbeat_s", heartbeat_s, positive=True)
     if name is not None and not RUN_NAME.match(name):
         raise ConfigError(f"--name {name!r} is not a run name",
                           hint="use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
 
 
-def _with_overrides(space: Any, source: str, *, budget: int | None, seed: int | None, strategy: str | None,
-                    optimizer: str | None) -> Any:
+def _with_overrides(space: SearchSpace, source: str, *, budget: int | None, seed: int | None,
+                    strategy: str | None, optimizer: str | None) -> SearchSpace:
     """The space with the command line's overrides applied, validated like the file itself."""
     from pydantic import ValidationError
 
@@ -259,7 +239,7 @@ def _with_overrides(space: Any, source: str, *, budget: int | None, seed: int | 
                           hint="change the override or the space file") from None
 
 
-def preflight(space: Any, *, workers: int = 1, build_zoo: bool = True,
+def preflight(space: SearchSpace, *, workers: int = 1, build_zoo: bool = True,
               log: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Everything a run needs, checked before its row exists, from headers and task files only
     (no weights read, no PS+DFS merge materialized): each objective's task spec and search data,
@@ -270,8 +250,8 @@ def preflight(space: Any, *, workers: int = 1, build_zoo: bool = True,
     Returns ``{"tasks": names, "genes": d or None, "missing": paths}``."""
     from evomerge.evaluate.tasks import load_task
     from evomerge.merge.plan import plan_merge
+    from evomerge.runner.strategy import check_strategy
     from evomerge.space.codec import check_sources, make_codec
-    from evomerge.strategies.registry import check_strategy
 
     names = [load_task(o.task).name for o in space.objectives]
     if len(set(names)) != len(names):
@@ -314,59 +294,118 @@ def validate(space_path: str | Path) -> dict[str, Any]:
             "budget": space.budget, "hash": space.space_hash}
 
 
-def search(space_path: str | Path, *, db: str | None = None, workdir: str | Path | None = None,
-           name: str | None = None, budget: int | None = None, seed: int | None = None, engine: str = "hf",
-           workers: int = 1, backend: str = "ray", address: str | None = None, deadline_s: float | None = None,
-           max_attempts: int = 3, lag: int | None = None, cpus_per_worker: float = 1.0,
-           gpus_per_worker: float = 0.0, verbose: bool = False, log: Callable[[str], None] = print,
-           progress: Callable[[Any], None] | None = None, deadline_slack_s: float = 30.0,
-           grace_s: float = 60.0, heartbeat_s: float = 5.0, engine_options: dict[str, Any] | None = None,
-           strategy: str | None = None, optimizer: str | None = None, snapshot_every: int = 50):
-    """Create a run for a search space and drive it to its budget (returns a RunOutcome).
-    ``strategy``/``optimizer`` override the space's strategy name / nevergrad optimizer.
+@dataclass(frozen=True)
+class SearchOptions:
+    """What fixes a run beyond its space (stored in the run: a resume keeps them). Checked when
+    made (see :func:`check_search_options`): a bad option is a ConfigError naming it and its range.
+
+    ``budget``/``seed``/``strategy``/``optimizer`` override the space's (``optimizer``: the nevergrad
+    optimizer); ``engine`` is a name of :data:`ENGINES`, made with ``engine_options`` as keywords;
+    ``deadline_s`` (+ ``deadline_slack_s`` before a hard kill) per candidate, None for none;
+    ``max_attempts`` per candidate; ``lag``: candidates asked ahead of the told prefix (default
+    2 x workers); ``snapshot_every``: tells between strategy snapshots; ``name``: the run's name
+    (default ``<space>-s<seed>-<n>``)."""
+
+    budget: int | None = None
+    seed: int | None = None
+    strategy: str | None = None
+    optimizer: str | None = None
+    engine: str = "hf"
+    engine_options: Mapping[str, Any] | None = None
+    deadline_s: float | None = None
+    deadline_slack_s: float = 30.0
+    max_attempts: int = 3
+    lag: int | None = None
+    snapshot_every: int = 50
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        check_search_options(budget=self.budget, seed=self.seed, strategy=self.strategy, engine=self.engine,
+                             deadline_s=self.deadline_s, max_attempts=self.max_attempts, lag=self.lag,
+                             snapshot_every=self.snapshot_every, name=self.name,
+                             deadline_slack_s=self.deadline_slack_s)
+
+
+_O = TypeVar("_O")
+# ExecOptions' fields that search and resume took as keywords before the options objects
+_EXEC_KEYWORDS = ("workers", "backend", "address", "cpus_per_worker", "gpus_per_worker", "verbose", "grace_s",
+                  "heartbeat_s")
+
+
+def _split_keywords(fn: str, keywords: dict[str, Any],
+                    groups: tuple[tuple[str, ...], ...]) -> tuple[dict[str, Any], ...]:
+    """``keywords`` (options' fields passed the way before the options objects) split by object:
+    one dict per group of field names; a keyword in no group is a TypeError."""
+    known = {name for group in groups for name in group}
+    for key in keywords:
+        if key not in known:
+            raise TypeError(f"{fn}() got an unexpected keyword argument {key!r}")
+    return tuple({k: v for k, v in keywords.items() if k in group} for group in groups)
+
+
+def _or_keywords(fn: str, what: str, given: _O | None, cls: type[_O], keywords: dict[str, Any]) -> _O:
+    """``given``, or a ``cls`` made (and so checked) from ``keywords``; both is a TypeError."""
+    if given is None:
+        return cls(**keywords)
+    if keywords:
+        raise TypeError(f"{fn}() got {what} and its fields as keywords ({', '.join(keywords)}): pass one "
+                        "or the other")
+    return given
+
+
+def search(space_path: str | Path, options: SearchOptions | None = None, exec_options: ExecOptions | None = None,
+           *, db: str | None = None, workdir: str | Path | None = None, log: Callable[[str], None] = print,
+           progress: Callable[[Driver], None] | None = None, **keywords: Any) -> RunOutcome:
+    """Create a run for a search space and drive it to its budget. ``options`` fix the run (see
+    :class:`SearchOptions`; default: the space's own settings, the hf engine), ``exec_options``
+    say how it executes (:class:`ExecOptions`: workers, backend, Ray address, CPUs/GPUs per
+    worker, grace and heartbeat periods, verbosity; default: one worker on a local Ray).
 
     The run's row is created only after every check has passed (the options, the space with its
     overrides, the tasks and their data, the sources' headers, the strategy; see :func:`preflight`),
-    so a bad input leaves no run behind."""
-    check_search_options(budget=budget, seed=seed, strategy=strategy, engine=engine, deadline_s=deadline_s,
-                         max_attempts=max_attempts, lag=lag, snapshot_every=snapshot_every, name=name,
-                         deadline_slack_s=deadline_slack_s, grace_s=grace_s, heartbeat_s=heartbeat_s)
-    check_exec_options(workers=workers, backend=backend, cpus_per_worker=cpus_per_worker,
-                       gpus_per_worker=gpus_per_worker)
-    from evomerge.runner.service import ExecOptions, create_run, default_lag, execute, space_text
+    so a bad input leaves no run behind.
+
+    Deprecated, accepted for one more release: the options' fields as keyword arguments
+    (``api.search(path, engine="synthetic", workers=2, lag=6)``, the form before the options
+    objects), mapped onto the two objects; a keyword together with its object is a TypeError."""
+    from evomerge.runner.service import create_run, default_lag, execute, space_text
+
+    by_search, by_exec = _split_keywords("search", keywords, (
+        tuple(f.name for f in dataclasses.fields(SearchOptions)), _EXEC_KEYWORDS))
+    options = _or_keywords("search", "options", options, SearchOptions, by_search)  # checked first, as before
+    exec_options = _or_keywords("search", "exec_options", exec_options, ExecOptions, by_exec)
     from evomerge.space.schema import load_space
 
-    space = _with_overrides(load_space(space_path), str(space_path), budget=budget, seed=seed,
-                            strategy=strategy, optimizer=optimizer)
+    o, x = options, exec_options
+    space = _with_overrides(load_space(space_path), str(space_path), budget=o.budget, seed=o.seed,
+                            strategy=o.strategy, optimizer=o.optimizer)
     text = space_text(Path(space_path))
-    preflight(space, workers=workers, log=log)
-    _check_ray_address(backend, address)
+    preflight(space, workers=x.workers, log=log)
+    _check_ray_address(x.backend, x.address)
     with open_store(db, workdir) as store:
-        run = create_run(store, space, text, name=name, engine=engine,
-                         lag=lag or default_lag(workers), max_attempts=max_attempts, deadline_s=deadline_s,
-                         strategy_workers=workers, engine_options=engine_options, deadline_slack_s=deadline_slack_s,
-                         snapshot_every=snapshot_every)
+        run = create_run(store, space, text, name=o.name, engine=o.engine,
+                         lag=o.lag or default_lag(x.workers), max_attempts=o.max_attempts, deadline_s=o.deadline_s,
+                         strategy_workers=x.workers,
+                         engine_options=dict(o.engine_options) if o.engine_options is not None else None,
+                         deadline_slack_s=o.deadline_slack_s, snapshot_every=o.snapshot_every)
         log(f"run {run.name} ({run.id}) in {store.url}")
-        opts = ExecOptions(workers=workers, backend=backend, address=address, cpus_per_worker=cpus_per_worker,
-                           gpus_per_worker=gpus_per_worker, verbose=verbose, grace_s=grace_s, heartbeat_s=heartbeat_s)
-        return execute(store, run, opts, log=log, progress=progress)
+        return execute(store, run, x, log=log, progress=progress)
 
 
-def resume(run: str, *, db: str | None = None, workdir: str | Path | None = None, workers: int = 1,
-           backend: str = "ray", address: str | None = None, cpus_per_worker: float = 1.0,
-           gpus_per_worker: float = 0.0, verbose: bool = False, log: Callable[[str], None] = print,
-           progress: Callable[[Any], None] | None = None, grace_s: float = 60.0, heartbeat_s: float = 5.0):
-    """Continue a crashed or stopped run: nothing lost, nothing repeated (returns a RunOutcome).
-    The execution options are checked (see :func:`check_exec_options`) before the archive is opened."""
-    check_exec_options(workers=workers, backend=backend, cpus_per_worker=cpus_per_worker,
-                       gpus_per_worker=gpus_per_worker)
-    _check_float("grace_s", grace_s, positive=True)
-    _check_float("heartbeat_s", heartbeat_s, positive=True)
-    from evomerge.runner.service import ExecOptions, execute
+def resume(run: str, exec_options: ExecOptions | None = None, *, db: str | None = None,
+           workdir: str | Path | None = None, log: Callable[[str], None] = print,
+           progress: Callable[[Driver], None] | None = None, **keywords: Any) -> RunOutcome:
+    """Continue a crashed or stopped run: nothing lost, nothing repeated. ``exec_options`` (see
+    :class:`ExecOptions`; default: one worker on a local Ray) may differ from the run's start;
+    they are checked (see :func:`check_exec_options`) before the archive is opened.
 
-    _check_ray_address(backend, address)
+    Deprecated, accepted for one more release: ExecOptions' fields as keyword arguments
+    (``api.resume(run, workers=2, backend="local")``), mapped onto the object."""
+    from evomerge.runner.service import execute
+
+    (by_exec,) = _split_keywords("resume", keywords, (_EXEC_KEYWORDS,))
+    exec_options = _or_keywords("resume", "exec_options", exec_options, ExecOptions, by_exec)
+    _check_ray_address(exec_options.backend, exec_options.address)
     with open_store(db, workdir) as store:
         info = store.get_run(run)
-        opts = ExecOptions(workers=workers, backend=backend, address=address, cpus_per_worker=cpus_per_worker,
-                           gpus_per_worker=gpus_per_worker, verbose=verbose, grace_s=grace_s, heartbeat_s=heartbeat_s)
-        return execute(store, info, opts, log=log, progress=progress)
+        return execute(store, info, exec_options, log=log, progress=progress)

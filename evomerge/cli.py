@@ -10,13 +10,15 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from evomerge.errors import EvomergeError
+from evomerge.evaluate.registry import MODEL_ENGINES
+from evomerge.evaluate.registry import describe as describe_engines
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
@@ -121,7 +123,7 @@ def merge(
 def eval_cmd(
     target: Annotated[Path, typer.Argument(help="a recipe YAML or a model directory")],
     task: Annotated[list[Path], typer.Option("--task", "-t", help="task spec YAML (repeatable)")],
-    engine: Annotated[str, typer.Option(help="hf (transformers) or vllm")] = "hf",
+    engine: Annotated[str, typer.Option(help=describe_engines(MODEL_ENGINES))] = "hf",
     split: Annotated[str, typer.Option(help="search, heldout or both")] = "search",
     deadline: Annotated[float | None, typer.Option(help="seconds before the evaluation times out")] = None,
     seed: Annotated[int, typer.Option(help="seed for stochastic merge ops")] = 0,
@@ -129,15 +131,16 @@ def eval_cmd(
 ) -> None:
     """Score a recipe (materialized in memory) or a model directory on fitness tasks."""
     from evomerge.errors import ConfigError
+    from evomerge.evaluate.registry import REGISTRY, check_engine, make_evaluator
     from evomerge.evaluate.tasks import load_task
     from evomerge.recipe import load_recipe, recipe_from_dict
 
     if split not in ("search", "heldout", "both"):
         raise ConfigError(f"--split {split!r} is not one of search, heldout, both",
                           hint="pass --split search (the task's data), heldout, or both")
-    if engine not in ("hf", "vllm"):
-        raise ConfigError(f"--engine {engine!r} is not one of hf, vllm",
-                          hint="pass --engine hf (transformers) or --engine vllm")
+    # the engines that score a model's weights (not synthetic, which reads only the recipe's numbers)
+    check_engine(engine, among=MODEL_ENGINES,
+                 hint=f"pass {' or '.join(f'--engine {REGISTRY[e].describe()}' for e in MODEL_ENGINES)}")
     if target.is_dir():
         recipe = recipe_from_dict({"merge_method": "linear", "models": [{"model": str(target.resolve())}]})
     else:
@@ -148,14 +151,7 @@ def eval_cmd(
     # the engines' own output (vLLM's log lines, from this process and its engine process) goes to
     # stderr, so that stdout holds the table, or exactly one JSON document
     with logs_to_stderr():
-        if engine == "vllm":
-            from evomerge.evaluate.vllm import VLLMEvaluator
-
-            evaluator: Any = VLLMEvaluator()
-        else:
-            from evomerge.evaluate.hf import HFEvaluator
-
-            evaluator = HFEvaluator()
+        evaluator = make_evaluator(engine)
         try:
             for sp in splits:
                 res = evaluator.evaluate(recipe, [t for t in tasks if t.split == sp], deadline_s=deadline, seed=seed)

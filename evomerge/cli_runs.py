@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from evomerge.cli_base import Col, app, console, db_app, local_time, logs_to_stderr, print_json, print_table
+from evomerge.evaluate.registry import describe as describe_engines
+
+if TYPE_CHECKING:
+    from evomerge.api import ExecOptions
 
 DB = Annotated[str | None, typer.Option("--db", help="archive URL (default sqlite:///./evomerge.db); "
                                         "postgresql+psycopg://user@host/db for clusters", envvar="EVOMERGE_DB")]
@@ -37,11 +41,17 @@ class ProgressLine:
                       f"failed attempts {d.stats.failed_attempts} | cached {d.stats.cached}", highlight=False)
 
 
-def _exec_kw(workers: int, backend: str, address: str | None, cpus: float, gpus: float, verbose: bool,
-             grace: float) -> dict:
-    return {"workers": workers, "backend": backend, "address": address, "cpus_per_worker": cpus,
-            "gpus_per_worker": gpus, "verbose": verbose, "grace_s": grace,
-            "log": lambda m: console.print(m, highlight=False), "progress": ProgressLine()}
+def _exec_options(workers: int, backend: str, address: str | None, cpus: float, gpus: float, verbose: bool,
+                  grace: float) -> ExecOptions:
+    """The execution options of search and resume (checked when made: a bad one is an `error:` line)."""
+    from evomerge.api import ExecOptions
+
+    return ExecOptions(workers=workers, backend=backend, address=address, cpus_per_worker=cpus,
+                       gpus_per_worker=gpus, verbose=verbose, grace_s=grace)
+
+
+def _log(message: str) -> None:
+    console.print(message, highlight=False)
 
 
 def _report(outcome: Any, db: str | None) -> None:
@@ -81,7 +91,7 @@ def search(
     seed: Annotated[int | None, typer.Option(help="override the space's seed")] = None,
     strategy: Annotated[str | None, typer.Option(help="override the space's strategy: cmaes, nevergrad, m2n2, random")] = None,
     optimizer: Annotated[str | None, typer.Option(help="override the nevergrad optimizer (NGOpt, TwoPointsDE, ...)")] = None,
-    engine: Annotated[str, typer.Option(help="hf (transformers), vllm, or synthetic (plumbing)")] = "hf",
+    engine: Annotated[str, typer.Option(help=describe_engines())] = "hf",
     workers: Workers = 1,
     backend: Backend = "ray",
     address: Address = None,
@@ -96,10 +106,11 @@ def search(
     """Search a space: every candidate goes to the archive; resumable with `evomerge resume RUN`."""
     from evomerge import api
 
-    outcome = api.search(space_path, db=db, name=name, budget=budget, seed=seed, engine=engine, deadline_s=deadline,
-                         strategy=strategy, optimizer=optimizer, snapshot_every=snapshot_every,
-                         max_attempts=max_attempts, **_exec_kw(workers, backend, address, cpus_per_worker,
-                                                               gpus_per_worker, verbose, grace))
+    options = api.SearchOptions(budget=budget, seed=seed, strategy=strategy, optimizer=optimizer, engine=engine,
+                                deadline_s=deadline, max_attempts=max_attempts, snapshot_every=snapshot_every,
+                                name=name)  # checked first, then the execution options
+    execution = _exec_options(workers, backend, address, cpus_per_worker, gpus_per_worker, verbose, grace)
+    outcome = api.search(space_path, options, execution, db=db, log=_log, progress=ProgressLine())
     _report(outcome, db)
 
 
@@ -118,8 +129,8 @@ def resume(
     """Continue a crashed or stopped run (PENDING and RUNNING candidates are dispatched again)."""
     from evomerge import api
 
-    outcome = api.resume(run, db=db, **_exec_kw(workers, backend, address, cpus_per_worker, gpus_per_worker, verbose,
-                                                 grace))
+    execution = _exec_options(workers, backend, address, cpus_per_worker, gpus_per_worker, verbose, grace)
+    outcome = api.resume(run, execution, db=db, log=_log, progress=ProgressLine())
     _report(outcome, db)
 
 

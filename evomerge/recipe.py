@@ -4,7 +4,7 @@ A recipe names a merge method, a base model, the expert models with their parame
 parameters and an output dtype; passthrough recipes list ``slices`` of layers instead. Keys and
 value forms follow mergekit (``merge_method``, ``base_model``, ``models[].parameters``,
 ``slices[].sources[].layer_range``; values may be gradients or ``{filter, value}`` lists, see
-:mod:`evomerge.merge.schedule`), so users' configs carry over both ways.
+:mod:`evomerge.schedule`), so users' configs carry over both ways.
 
 ``canonical_json`` is deterministic (sorted keys, no whitespace, ints as floats) and
 ``recipe_id`` is its SHA-256 prefix: identical plans have identical ids.
@@ -19,9 +19,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from evomerge import schedule
 from evomerge.errors import ConfigError
-from evomerge.merge import schedule
-from evomerge.space.loader import load_yaml, loads_yaml
+from evomerge.safe_yaml import load_yaml, loads_yaml
 
 DType = Literal["float32", "float16", "bfloat16"]
 
@@ -202,7 +202,7 @@ def recipe_from_dict(data: Any, *, source: str = "<recipe>") -> Recipe:
 def load_recipe(path: str | Path) -> Recipe:
     """Read a recipe YAML (or JSON) file; model paths stay as written (see ``Recipe.resolved``).
 
-    The file is read by :func:`evomerge.space.loader.load_yaml`: a regular file only (a FIFO or
+    The file is read by :func:`evomerge.safe_yaml.load_yaml`: a regular file only (a FIFO or
     device is refused), at most ``MAX_YAML_BYTES``, nesting and number literals bounded."""
     return recipe_from_dict(load_yaml(path), source=str(path))
 

@@ -33,7 +33,7 @@ import regex
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evomerge.errors import ConfigError
-from evomerge.space.loader import load_yaml
+from evomerge.safe_yaml import load_yaml
 from evomerge.textfile import loads_json, open_regular
 
 log = logging.getLogger(__name__)

@@ -11,5 +11,7 @@ Floors, top to bottom: a module imports only modules listed below it (inside fun
     kernels         the fused per-entry merge formula (torch.compile / eager)
     native          its C++ build (native_merge.cpp)
     compat, writer  header checks; the atomic streaming writer
-    io, schedule    safe safetensors reading; per-layer values
+    io              safe safetensors reading
+
+Per-layer values (:mod:`evomerge.schedule`) and recipes sit below the package, on the ground floor.
 """

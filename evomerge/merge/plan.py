@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
+from evomerge import schedule
 from evomerge.errors import ConfigError
-from evomerge.merge import schedule
 from evomerge.merge.compat import check_compatible
 from evomerge.merge.io import ModelDir, TensorMeta, layer_index
 from evomerge.merge.ops import resolve_params

@@ -31,7 +31,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,6 +42,9 @@ from evomerge.store import CandidateResult, CandidateRow, Lease, NewCandidate, S
 from evomerge.store.sql import normalize_result
 from evomerge.strategies.base import Evaluated, Replayable, stack_scores
 from evomerge.strategies.registry import strategy_from_state
+
+if TYPE_CHECKING:
+    from evomerge.space.codec import Codec
 
 TERMINAL = {"COMPLETE", "INVALID", "TIMEOUT", "FAILED"}
 
@@ -86,7 +89,7 @@ def crash_point(name: str, index: int) -> None:
 
 
 class Driver:
-    def __init__(self, *, store: Store, lease: Lease, space: SearchSpace, codec: Any, strategy: Replayable,
+    def __init__(self, *, store: Store, lease: Lease, space: SearchSpace, codec: Codec, strategy: Replayable,
                  backend: Backend, objective_names: list[str], options: DriverOptions,
                  log: Callable[[str], None] = print, on_progress: Callable[[Driver], None] | None = None) -> None:
         self.store, self.lease, self.space, self.codec = store, lease, space, codec

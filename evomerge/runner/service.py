@@ -18,29 +18,19 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from evomerge.errors import ConfigError, EvomergeError, StaleLeaseError
 from evomerge.runner.driver import Driver, DriverOptions
+from evomerge.runner.options import ExecOptions
 from evomerge.space.schema import SearchSpace, describe_validation_error
-from evomerge.store import RunInfo, Store
+from evomerge.store import Lease, RunInfo, Store
 
-
-@dataclass
-class ExecOptions:
-    """How to run (may differ between start and resume; none of it changes the results)."""
-
-    workers: int = 1
-    backend: str = "ray"  # ray | local
-    address: str | None = None
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    verbose: bool = False
-    lease_ttl_s: float = 60.0
-    grace_s: float = 60.0
-    heartbeat_s: float = 5.0
+if TYPE_CHECKING:
+    from evomerge.runner.backend import Backend
+    from evomerge.runner.worker import WorkerSpec
 
 
 @dataclass
@@ -73,7 +63,7 @@ def owner_is_dead(owner: str | None) -> bool:
     return False
 
 
-def take_lease(store: Store, run_id: str, ttl_s: float, log: Callable[[str], None]):  # -> Lease
+def take_lease(store: Store, run_id: str, ttl_s: float, log: Callable[[str], None]) -> Lease:
     """The run's lease; a lease held by a dead driver of this host is taken over at once (its
     epoch is bumped, so anything it might still write is refused), otherwise LeaseHeldError."""
     from evomerge.errors import LeaseHeldError
@@ -167,12 +157,13 @@ def stop_on_signals(driver: Driver, log: Callable[[str], None]) -> Iterator[dict
 
 def execute(store: Store, run: RunInfo, opts: ExecOptions, *, log: Callable[[str], None] = print,
             progress: Callable[[Driver], None] | None = None,
-            backend_factory: Callable[[Any], Any] | None = None) -> RunOutcome:
+            backend_factory: Callable[[WorkerSpec], Backend] | None = None) -> RunOutcome:
     """Drive ``run`` to its budget (fresh or resumed: the same code path). ``backend_factory``
     (a WorkerSpec -> backend) replaces the backend named in ``opts``."""
+    from evomerge.evaluate.registry import merges_weights
+    from evomerge.runner.strategy import make_strategy
     from evomerge.runner.worker import WorkerSpec, code_fingerprint
     from evomerge.space.codec import check_sources, make_codec
-    from evomerge.strategies.registry import make_strategy
 
     cfg = run.config
     try:
@@ -190,7 +181,7 @@ def execute(store: Store, run: RunInfo, opts: ExecOptions, *, log: Callable[[str
     strategy = make_strategy(space, codec, workers=int(cfg["strategy_workers"]))
     lease = take_lease(store, run.id, opts.lease_ttl_s, log)
     t0 = time.monotonic()
-    backend = None
+    backend: Backend | None = None
     try:
         sources = list(getattr(codec, "sources", [space.base, *space.experts]))
         faults = json.loads(os.environ.get("EVOMERGE_FAULTS", "{}"))  # failure tests only
@@ -199,7 +190,7 @@ def execute(store: Store, run: RunInfo, opts: ExecOptions, *, log: Callable[[str
                           engine_options=cfg.get("engine_options") or {},
                           threads=max(1, int(opts.cpus_per_worker)) if opts.backend == "ray" else None, faults=faults,
                           code=code_fingerprint())
-        if cfg["engine"] != "synthetic" and opts.backend == "ray":
+        if merges_weights(cfg["engine"]) and opts.backend == "ray":
             from evomerge.merge import native
 
             native.module()  # built (once per machine) or loaded here, so workers on this node only load it

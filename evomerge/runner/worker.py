@@ -32,16 +32,21 @@ import time
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from evomerge.errors import ConfigError, EvomergeError
+from evomerge.evaluate.registry import make_evaluator, merges_weights
+
+if TYPE_CHECKING:
+    from evomerge.evaluate.base import Evaluator
+    from evomerge.store import Store
 
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    engine: str  # hf | vllm | synthetic
+    engine: str  # a name in evomerge.evaluate.registry.ENGINES (hf | vllm | synthetic)
     tasks: tuple[str, ...]  # task spec paths (search split)
     sources: tuple[str, ...]  # model directories loaded once
     store_url: str | None = None  # for heartbeats
@@ -74,25 +79,8 @@ def package_root() -> str:
     return str(Path(evomerge.__file__).resolve().parent.parent)
 
 
-def make_evaluator(engine: str, options: dict[str, Any] | None = None):  # -> Evaluator
-    options = options or {}
-    if engine == "hf":
-        from evomerge.evaluate.hf import HFEvaluator
-
-        return HFEvaluator(**options)
-    if engine == "vllm":
-        from evomerge.evaluate.vllm import VLLMEvaluator
-
-        return VLLMEvaluator(**options)
-    if engine == "synthetic":
-        from evomerge.evaluate.synthetic import SyntheticEvaluator
-
-        return SyntheticEvaluator(**options)
-    raise ConfigError(f"unknown engine {engine!r}", hint="use hf (transformers), vllm, or synthetic (plumbing tests)")
-
-
 class CandidateWorker:
-    def __init__(self, spec: WorkerSpec, *, evaluator: Any = None, defer_errors: bool = False) -> None:
+    def __init__(self, spec: WorkerSpec, *, evaluator: Evaluator | None = None, defer_errors: bool = False) -> None:
         """``evaluator``: an evaluator already set up (in-process use); default: the spec's engine.
         ``defer_errors``: an :class:`EvomergeError` while starting (a bad source, a misspelt
         environment setting) is kept and returned by every call as a ``startup_error`` outcome
@@ -102,8 +90,8 @@ class CandidateWorker:
         self.name = f"{os.uname().nodename}:{os.getpid()}"
         self.startup_error: dict[str, Any] | None = None
         self.faults = dict(spec.faults)
-        self._store = None
-        self.evaluator = None
+        self._store: Store | None = None
+        self.evaluator: Evaluator | None = None
         self.owns_evaluator = evaluator is None
         try:
             self._start(spec, evaluator)
@@ -113,7 +101,7 @@ class CandidateWorker:
             self.startup_error = {"status": "startup_error", "error_type": type(err).__name__, "error": err.message,
                                   "hint": err.hint, "worker": self.name}
 
-    def _start(self, spec: WorkerSpec, evaluator: Any) -> None:
+    def _start(self, spec: WorkerSpec, evaluator: Evaluator | None) -> None:
         for k, v in WORKER_ENV.items():
             os.environ.setdefault(k, v)
         if spec.code is not None and spec.code != code_fingerprint():
@@ -129,14 +117,14 @@ class CandidateWorker:
             os._exit(13)
         from evomerge.evaluate.tasks import load_task
 
-        if spec.threads and spec.engine != "synthetic":
+        if spec.threads and merges_weights(spec.engine):
             import torch
 
             torch.set_num_threads(spec.threads)
         self.tasks = [load_task(t) for t in spec.tasks]
         self.evaluator = evaluator if evaluator is not None else make_evaluator(spec.engine, spec.engine_options)
         self.evaluator.load_sources({s: s for s in spec.sources})
-        if spec.engine != "synthetic":
+        if merges_weights(spec.engine):
             from evomerge.merge import kernels, native, rank_index
 
             native.module()  # build (first worker on a node, ~30 s) or load the C++ kernel before any deadline runs

@@ -11,6 +11,7 @@ tensors, written as mergekit filter lists; the layer's other tensors (norms) tak
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -19,7 +20,27 @@ from evomerge.merge.registry import get_op
 from evomerge.recipe import Recipe, recipe_from_dict
 from evomerge.space.schema import SearchSpace
 
+if TYPE_CHECKING:
+    from evomerge.space.dataflow import DFSCodec
+
 MODULES = ("self_attn", "mlp")  # tensor-name substrings of Llama/Qwen2/Mistral attention and MLP blocks
+
+
+class Codec(Protocol):
+    """Genome <-> recipe over the box [0, 1]^dim: what the strategies, the driver and the checks
+    use of a codec (:class:`PSCodec`, :class:`~evomerge.space.dataflow.DFSCodec`). A codec whose
+    path sources differ from the space's base and experts also has a ``sources`` list."""
+
+    space: SearchSpace
+
+    @property
+    def dim(self) -> int: ...
+
+    def initial(self) -> np.ndarray: ...
+
+    def expert_genomes(self) -> list[np.ndarray]: ...
+
+    def decode(self, x: np.ndarray) -> Recipe: ...
 
 
 @dataclass(frozen=True)
@@ -117,7 +138,7 @@ class PSCodec:
                                  "models": models, "parameters": parameters})
 
 
-def make_codec(space: SearchSpace, *, materialize: bool = True):  # -> PSCodec | DFSCodec
+def make_codec(space: SearchSpace, *, materialize: bool = True) -> PSCodec | DFSCodec:
     """The codec for a space's kind. For PS+DFS this materializes the PS merge once (cached by
     recipe id) so it can be a path source like any model directory; ``materialize=False`` (for
     validation) stands the merge's reference model in for it."""
@@ -138,7 +159,7 @@ def make_codec(space: SearchSpace, *, materialize: bool = True):  # -> PSCodec |
     return DFSCodec(space, sources, layers)
 
 
-def check_sources(space: SearchSpace, codec) -> None:  # type: ignore[no-untyped-def]
+def check_sources(space: SearchSpace, codec: Codec) -> None:
     """Before any heavy work, from headers only: every source against the first (architecture,
     shape-defining config, tensor names and shapes; layer counts may differ for data-flow
     paths), then the start recipe planned. Raises ShapeMismatchError / ConfigError."""

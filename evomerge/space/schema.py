@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from evomerge.errors import ConfigError
-from evomerge.space.loader import load_yaml
+from evomerge.safe_yaml import load_yaml
 
 ZOO_PREFIX = "zoo://"
 

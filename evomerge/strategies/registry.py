@@ -1,19 +1,50 @@
-"""Strategy by name: a fresh one for a search space, or one rebuilt from its saved state."""
+"""Strategy by name: a fresh one from a plain :class:`StrategyConfig`, or one rebuilt from its
+saved state.
+
+Strategies import only the ground floor: nothing here knows search spaces. The runner turns a
+search space and its genome codec into a ``StrategyConfig`` (:mod:`evomerge.runner.strategy`).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from evomerge.errors import ConfigError, EvomergeError
-from evomerge.space.schema import SearchSpace
 from evomerge.strategies.base import Replayable
 
 NAMES = ("cmaes", "nevergrad", "m2n2", "random")
 # CMA-ES keeps a dim x dim covariance (and its eigendecomposition): past this many genes only its
 # separable (diagonal) form is sensible
 MAX_CMAES_FULL_DIM = 2048
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """Everything a fresh strategy is built from, as plain values.
+
+    The strategy's own settings (``name``, ``popsize``, ``sigma``, ``optimizer``, ``archive_size``,
+    ``alpha``, pycma ``options``, ``budget``, ``multi_objective``), the genome it searches (``dim``
+    genes in the box [0, 1]^dim, started at ``x0``; ``known_genomes`` are known good points such
+    as each expert alone, which M2N2 seeds its archive with), the ``seed`` and ``workers``, the
+    number of evaluation slots (nevergrad plans for that many in flight)."""
+
+    dim: int
+    x0: tuple[float, ...]
+    name: str = "cmaes"
+    seed: int = 0
+    known_genomes: tuple[tuple[float, ...], ...] = ()
+    popsize: int | None = None
+    sigma: float = 0.25
+    optimizer: str = "NGOpt"
+    archive_size: int = 20
+    alpha: float = 1.0
+    options: dict[str, Any] = field(default_factory=dict)
+    budget: int = 64
+    multi_objective: bool = False
+    workers: int = 1
 
 
 def _classes() -> dict[str, type[Replayable]]:
@@ -25,44 +56,41 @@ def _classes() -> dict[str, type[Replayable]]:
     return {"cmaes": CMAES, "nevergrad": Nevergrad, "m2n2": M2N2, "random": RandomSearch}
 
 
-def make_strategy(space: SearchSpace, codec: Any, *, workers: int = 1) -> Replayable:
-    """The space's strategy over ``codec``'s box, started at ``codec.initial()``.
-
-    ``workers`` is the number of evaluation slots (nevergrad plans for that many in flight)."""
-    s = space.strategy
-    x0 = codec.initial()
-    if s.name == "random":
+def build_strategy(config: StrategyConfig) -> Replayable:
+    """The configured strategy over ``config.dim`` genes, started at ``config.x0``."""
+    c = config
+    x0 = np.asarray(c.x0, dtype=float)
+    if c.name == "random":
         from evomerge.strategies.random import RandomSearch
 
-        return RandomSearch(codec.dim, x0, seed=space.seed)
-    if s.name == "m2n2":
+        return RandomSearch(c.dim, x0, seed=c.seed)
+    if c.name == "m2n2":
         from evomerge.strategies.m2n2 import M2N2
 
-        return M2N2(codec.dim, [x0, *codec.expert_genomes()], archive_size=s.archive_size, alpha=s.alpha,
-                    seed=space.seed)
-    if s.name == "nevergrad":
+        return M2N2(c.dim, [x0, *(np.asarray(g, dtype=float) for g in c.known_genomes)],
+                    archive_size=c.archive_size, alpha=c.alpha, seed=c.seed)
+    if c.name == "nevergrad":
         from evomerge.strategies.nevergrad import Nevergrad
 
-        return Nevergrad(codec.dim, x0, optimizer=s.optimizer, budget=space.budget,
-                         num_workers=max(s.popsize or 1, workers), seed=space.seed,
-                         multi_objective=space.multi_objective)
+        return Nevergrad(c.dim, x0, optimizer=c.optimizer, budget=c.budget,
+                         num_workers=max(c.popsize or 1, c.workers), seed=c.seed,
+                         multi_objective=c.multi_objective)
     from evomerge.strategies.cmaes import CMAES
 
-    return CMAES(codec.dim, x0, seed=space.seed, sigma=s.sigma, popsize=s.popsize, options=s.options,
-                 inject=[x0])
+    return CMAES(c.dim, x0, seed=c.seed, sigma=c.sigma, popsize=c.popsize, options=c.options, inject=[x0])
 
 
-def check_strategy(space: SearchSpace, codec: Any, *, workers: int = 1) -> None:
-    """Build the space's strategy over ``codec``'s genome as a run would, and discard it, so that
-    a bad name, nevergrad optimizer, pycma option or size is a :class:`ConfigError` before a run
+def check_config(config: StrategyConfig, *, where: str = "strategy") -> None:
+    """Build the configured strategy as a run would, and discard it, so that a bad name, nevergrad
+    optimizer, pycma option or size is a :class:`ConfigError` (prefixed with ``where``) before a run
     exists. A CMA-ES over more than MAX_CMAES_FULL_DIM genes needs ``options: {CMA_diagonal: true}``."""
-    s = space.strategy
-    if s.name not in NAMES:
-        raise ConfigError(f"unknown strategy {s.name!r}", hint=f"use one of {', '.join(NAMES)}")
-    if s.name == "cmaes" and codec.dim > MAX_CMAES_FULL_DIM and s.options.get("CMA_diagonal") is not True:
-        raise ConfigError(f"search space {space.name!r}: {codec.dim} genes is more than CMA-ES's full "
-                          f"covariance allows ({MAX_CMAES_FULL_DIM} genes; it would hold a {codec.dim} x "
-                          f"{codec.dim} matrix)",
+    c = config
+    if c.name not in NAMES:
+        raise ConfigError(f"unknown strategy {c.name!r}", hint=f"use one of {', '.join(NAMES)}")
+    if c.name == "cmaes" and c.dim > MAX_CMAES_FULL_DIM and c.options.get("CMA_diagonal") is not True:
+        raise ConfigError(f"{where}: {c.dim} genes is more than CMA-ES's full "
+                          f"covariance allows ({MAX_CMAES_FULL_DIM} genes; it would hold a {c.dim} x "
+                          f"{c.dim} matrix)",
                           hint="add `options: {CMA_diagonal: true}` to the strategy (separable CMA-ES), use "
                                "layer_groups or fewer genes, or pick nevergrad / m2n2 / random")
     import gc
@@ -76,7 +104,7 @@ def check_strategy(space: SearchSpace, codec: Any, *, workers: int = 1) -> None:
         with warnings.catch_warnings():  # the run itself shows the libraries' warnings; this build is thrown away
             warnings.simplefilter("ignore")
             try:
-                make_strategy(space, codec, workers=workers)
+                build_strategy(c)
             except EvomergeError:
                 raise
             except (ValueError, TypeError, KeyError) as err:  # e.g. pycma's "xyz is not a valid option"
@@ -87,9 +115,9 @@ def check_strategy(space: SearchSpace, codec: Any, *, workers: int = 1) -> None:
     if problem is not None:
         hint = {"cmaes": "fix strategy.options: they are passed to pycma, so use its option names",
                 "nevergrad": "pick an optimizer that runs candidates in parallel when workers or popsize exceed 1 "
-                             "(NGOpt, TwoPointsDE, DE, PSO, CMA, ...)"}.get(s.name, "fix strategy: in the space")
-        label = f"nevergrad {s.optimizer}" if s.name == "nevergrad" else s.name
-        raise ConfigError(f"search space {space.name!r}: strategy {label} cannot start: {problem}", hint=hint)
+                             "(NGOpt, TwoPointsDE, DE, PSO, CMA, ...)"}.get(c.name, "fix strategy: in the space")
+        label = f"nevergrad {c.optimizer}" if c.name == "nevergrad" else c.name
+        raise ConfigError(f"{where}: strategy {label} cannot start: {problem}", hint=hint)
 
 
 def strategy_from_state(state: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> Replayable:

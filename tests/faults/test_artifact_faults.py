@@ -1,11 +1,13 @@
-"""Failure tests of docs/reliability.md (promises 5, 6, 13) at the IO layer: corrupt safetensors, mismatched
-sources, path escapes in index.json, pickle-only directories, disk full and existing targets.
-Each gives a clear error naming the file (and tensor/models), and leaves nothing half-written."""
+"""Failure tests of docs/reliability.md (promises 5, 6, 13) at the IO layer: corrupt, truncated or
+bit-flipped safetensors, mismatched sources (from headers alone, and a merge planned over them),
+path escapes in index.json, pickle-only directories, disk full and existing targets. Each gives a
+clear error naming the file (and tensor/models), and leaves nothing half-written."""
 
 from __future__ import annotations
 
 import builtins
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +19,11 @@ from safetensors.torch import save_file
 import evomerge.merge.io as io_mod
 from evomerge.errors import CorruptArtifactError, ExportError, ShapeMismatchError, UnsafeArtifactError
 from evomerge.merge.compat import check_compatible
-from evomerge.merge.io import ModelDir, SafetensorsFile
+from evomerge.merge.io import ModelDir, SafetensorsFile, TensorMeta
+from evomerge.merge.materialize import merge_to_dir
 from evomerge.merge.writer import ModelDirWriter, verify_manifest
+from evomerge.recipe import recipe_from_dict
+from tests.conftest import save_tiny
 
 pytestmark = pytest.mark.faults
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,6 +78,17 @@ def test_corrupt_safetensors_named_clearly(tmp_path: Path, case: str) -> None:
         SafetensorsFile(p)
     assert str(p) in str(info.value)
     assert info.value.hint and "re-download or re-export" in info.value.hint
+
+
+def test_truncated_file_is_refused_at_open(tmp_path: Path) -> None:
+    """A real file cut short (an interrupted download): its last tensor ends past the data."""
+    p = tmp_path / "m.safetensors"
+    save_file({"a": torch.arange(1000.0)}, str(p))
+    raw = p.read_bytes()
+    p.write_bytes(raw[:-100])
+    with pytest.raises(CorruptArtifactError, match="past the") as info:
+        SafetensorsFile(p)
+    assert str(p) in str(info.value)
 
 
 def test_corrupt_shard_fails_model_dir_before_any_read(tmp_path: Path) -> None:
@@ -149,6 +165,15 @@ def test_index_shard_names_cannot_escape(tmp_path: Path, monkeypatch: pytest.Mon
         ModelDir(d)
     assert "model.safetensors.index.json" in str(info.value) and info.value.hint
     assert opened == ["config.json", "model.safetensors.index.json"]  # no shard opened, not even good.safetensors
+
+
+def test_index_pointing_at_a_missing_tensor(tmp_path: Path) -> None:
+    d = save_tiny(tmp_path / "m")
+    names = ModelDir(d).tensor_names
+    wmap = dict.fromkeys(names, "model.safetensors") | {"model.extra.weight": "model.safetensors"}
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": wmap}))
+    with pytest.raises(CorruptArtifactError, match="model.extra.weight"):
+        ModelDir(d)
 
 
 # ---------------------------------------------------------------- pickle-only directories
@@ -258,6 +283,48 @@ def test_missing_tensor_reported_from_either_side(zoo, monkeypatch) -> None:
         check_compatible({"missing": a, "base": b}, reference="missing")
 
 
+def _no_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self, name):  # noqa: ANN001, ANN202
+        raise AssertionError(f"tensor data read during planning: {name}")
+
+    monkeypatch.setattr(SafetensorsFile, "read", refuse)
+
+
+@pytest.mark.parametrize(
+    ("variant", "needle"),
+    [
+        ({"hidden_size": 48}, r"hidden_size is 32 in .*base but 48 in .*other"),
+        ({"extra_chars": "XYZ"}, "vocabularies differ: config vocab_size"),
+        ({"arch": "qwen2"}, r"architectures differ: .*base is LlamaForCausalLM, .*other is Qwen2ForCausalLM"),
+        ({"num_hidden_layers": 3}, r"num_hidden_layers is 2 in .*base but 3 in .*other"),
+    ],
+)
+def test_a_merge_of_mismatched_sources_fails_at_plan_time_and_writes_nothing(tmp_path, monkeypatch, variant,
+                                                                             needle) -> None:
+    base = save_tiny(tmp_path / "base")
+    other = save_tiny(tmp_path / "other", seed=1, **variant)
+    out = tmp_path / "out"
+    _no_reads(monkeypatch)
+    r = recipe_from_dict({"merge_method": "ties", "base_model": str(base), "models": [{"model": str(other)}]})
+    with pytest.raises(ShapeMismatchError, match=needle):
+        merge_to_dir(r, out)
+    assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_a_recipe_dtype_casts_sources_of_another_dtype(tmp_path, tiny_models) -> None:
+    half = tmp_path / "half"
+    shutil.copytree(tiny_models["expert_a"], half)
+    with ModelDir(half) as src:
+        tensors = {n: src.read(n).to(torch.bfloat16) for n in src.tensor_names}
+    save_file(tensors, str(half / "model.safetensors"))
+    spec = {"merge_method": "task_arithmetic", "base_model": str(tiny_models["base"]), "models": [{"model": str(half)}]}
+    with pytest.raises(ShapeMismatchError, match="set `dtype:`"):
+        merge_to_dir(recipe_from_dict(spec), tmp_path / "out")
+    merge_to_dir(recipe_from_dict(spec | {"dtype": "float32"}), tmp_path / "out")
+    with ModelDir(tmp_path / "out") as m:
+        assert {m.meta(n).dtype for n in m.tensor_names} == {torch.float32}
+
+
 # ---------------------------------------------------------------- disk full, existing targets
 
 DISK_FULL = r"""
@@ -286,9 +353,9 @@ print("NO ERROR")
 
 
 @pytest.mark.parametrize("mode", ["inline", "bg"])
-def test_disk_full_during_export_leaves_nothing(tmp_path: Path, mode: str) -> None:
+def test_disk_full_during_export_leaves_nothing_and_is_retryable(tmp_path: Path, mode: str) -> None:
     """Also when the bytes are written by the background writer thread (the error surfaces in
-    the caller's thread at its next write or close)."""
+    the caller's thread at its next write or close); with space again, the same export succeeds."""
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-c", DISK_FULL, str(out), mode], capture_output=True, text=True,
                           timeout=120, cwd=ROOT)
@@ -296,6 +363,13 @@ def test_disk_full_during_export_leaves_nothing(tmp_path: Path, mode: str) -> No
     assert f"EXPORT-ERROR disk full while writing {out}" in proc.stdout
     assert "free disk space" in proc.stdout and proc.stdout.strip().endswith("True")  # chained from EFBIG
     assert list(tmp_path.iterdir()) == []  # no out, no .out.tmp-*
+    metas = [TensorMeta.of(f"w{i}", torch.float32, (64, 1024)) for i in range(4)]
+    with ModelDirWriter(out) as w:  # nothing of the failed attempt is in the way
+        w.write_json("config.json", {"architectures": ["X"]})
+        tw = w.tensor_writer(metas, max_shard_bytes=2**30, background=mode == "bg")
+        for m in metas:
+            tw.write(m.name, torch.ones(m.shape))
+    verify_manifest(out)
 
 
 def test_existing_target_without_overwrite_is_kept(tmp_path: Path) -> None:

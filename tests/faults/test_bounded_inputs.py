@@ -363,7 +363,7 @@ def test_deep_yaml_is_a_config_error_naming_file_line_and_limit(tmp_path: Path, 
 
 
 def test_yaml_nesting_at_the_limit_is_fine() -> None:
-    from evomerge.space.loader import loads_yaml
+    from evomerge.safe_yaml import loads_yaml
 
     v = loads_yaml("[" * 64 + "]" * 64)
     for _ in range(63):

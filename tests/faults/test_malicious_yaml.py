@@ -9,7 +9,7 @@ import pytest
 
 from evomerge.errors import ConfigError
 from evomerge.recipe import load_recipe
-from evomerge.space.loader import load_yaml, loads_yaml
+from evomerge.safe_yaml import load_yaml, loads_yaml
 
 pytestmark = pytest.mark.faults
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from evomerge.errors import ConfigError
-from evomerge.merge.schedule import resolve
+from evomerge.schedule import resolve
 from evomerge.space.codec import PSCodec
 from evomerge.space.dataflow import OFF, ON, DFSCodec
 from evomerge.space.schema import SearchSpace, load_space

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from evomerge import schedule
 from evomerge.errors import ConfigError
-from evomerge.merge import schedule
 
 
 def test_scalar_is_constant() -> None:

@@ -176,7 +176,8 @@ class _Box:
 
 
 def test_strategy_check_refuses_what_the_strategy_cannot_start_with() -> None:
-    from evomerge.strategies.registry import MAX_CMAES_FULL_DIM, check_strategy
+    from evomerge.runner.strategy import check_strategy
+    from evomerge.strategies.registry import MAX_CMAES_FULL_DIM
 
     check_strategy(space(), _Box(6))
     with pytest.raises(ConfigError, match=f"3000 genes is more than CMA-ES's full covariance allows "

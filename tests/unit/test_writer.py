@@ -93,6 +93,7 @@ def test_sharded_layout_matches_hf(tmp_path: Path) -> None:
     with ModelDir(d) as m:
         assert m.tensor_names == list(tensors)
         assert torch.equal(m.read("model.layers.4.w"), tensors["model.layers.4.w"])
+        assert m.num_layers == 5  # from the config written beside the shards
     manifest = json.loads((d / MANIFEST).read_text())["files"]
     assert set(manifest) == {*files, "model.safetensors.index.json", "config.json"}
     assert all(hashlib.sha256((d / f).read_bytes()).hexdigest() == h for f, h in manifest.items())
