@@ -37,7 +37,22 @@ class EvomergeWorkerExtension:
         t1 = time.perf_counter()
         self.model_runner.reload_weights(weights_iterator=iter(merged.items()))  # type: ignore[attr-defined]
         self._evomerge_fix_tied_head(plan.config)
+        self._evomerge_clear_kv()
         return {"status": "ok", "materialize": t1 - t0, "swap": time.perf_counter() - t1}
+
+    def _evomerge_clear_kv(self) -> None:
+        """Zero the KV cache. A candidate whose activations overflow writes NaN into cache blocks
+        that later sequences reuse; attention masks stale slots by weighting them 0, and 0 x NaN
+        is NaN, so the next candidate would score wrong (found by the evaluator contract). One
+        write pass over the cache per candidate (1 GiB by default here)."""
+        caches = getattr(self.model_runner, "kv_caches", None)  # type: ignore[attr-defined]
+        stack = list(caches.values()) if isinstance(caches, dict) else list(caches or [])
+        while stack:
+            t = stack.pop()
+            if isinstance(t, list | tuple):
+                stack.extend(t)
+            elif hasattr(t, "zero_"):
+                t.zero_()
 
     def _evomerge_buffers(self, plan: Any) -> dict[str, Any]:
         """One staging tensor per planned weight, kept and reused by every later candidate of

@@ -146,6 +146,7 @@ def assert_still_scores(evaluator: Any, tasks: list[Task], zoo: Path, baseline: 
 def test_every_registered_engine_is_in_this_contract() -> None:
     assert set(ENGINES) == {"hf", "vllm", "synthetic"}, "give a new engine its cases here (GAPS, LOGLIK_ABS, fresh)"
     assert set(LOGLIK_ABS) == {n for n in ENGINES if REGISTRY[n].merges_weights} == set(FRESH)
+    assert {engine for engine, _ in GAPS} <= set(ENGINES)
 
 
 def test_ok_scores_every_item_and_repeats_exactly(engine: str, evaluator, tasks: list[Task],
@@ -282,11 +283,11 @@ def test_in_place_equals_the_export_loaded_fresh(engine: str, evaluator, tasks: 
 
 def test_a_model_whose_outputs_overflow_is_invalid(engine: str, evaluator, tasks: list[Task], zoo_dir: Path,
                                                    baseline: EvalResult, request: pytest.FixtureRequest) -> None:
-    """Finite weights (every merged value about 1e11) whose forward pass overflows: NaN log-probs,
+    """Finite weights (merged values up to about 1e11) whose forward pass overflows: NaN log-probs,
     a NaN objective. The next candidate scores as it did before. Last for each engine: where the
     engine keeps something of the NaNs, no later test is affected."""
     needs_weights(engine)
-    gap(request, engine, "overflow")
     res = evaluator.evaluate(task_arithmetic(zoo_dir, "expert_add", lam=1e12), tasks)
     assert res.status == "invalid" and res.objectives is None and "non-finite objective" in res.error
+    gap(request, engine, "overflow")  # a known gap of what follows only
     assert_still_scores(evaluator, tasks, zoo_dir, baseline)
