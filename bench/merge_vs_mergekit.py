@@ -39,9 +39,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.mergekit_venv import default_venv, ensure_mergekit
+
 REPO = Path(__file__).resolve().parents[1]
-MERGEKIT = "mergekit==0.1.5"
-TORCH = "torch==2.13.0"  # the CPU build on this machine's disk; a bare torch pulls a CUDA build
 
 # Recipes given in mergekit's own YAML; both tools read the same file.
 PARAMS = {
@@ -51,27 +51,6 @@ PARAMS = {
 }
 GLOBAL = {"ties": {"normalize": True, "lambda": 1.0}, "dare_ties": {"normalize": False, "lambda": 1.0},
           "task_arithmetic": {"lambda": 1.0}}
-
-
-def default_venv() -> Path:
-    from evomerge.cache import cache_root
-
-    return cache_root() / "bench-venv" / MERGEKIT.replace("==", "-")
-
-
-def ensure_mergekit(venv: Path) -> Path:
-    """A virtual environment holding mergekit (and the pinned CPU torch); made once."""
-    exe = venv / "bin" / "mergekit-yaml"
-    if exe.exists():
-        return venv
-    t0 = time.perf_counter()
-    print(f"making {venv} with {MERGEKIT} (first use only; a few minutes)", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run([*pip, TORCH], check=True)
-    subprocess.run([*pip, MERGEKIT, TORCH], check=True)
-    print(f"mergekit ready in {time.perf_counter() - t0:.0f} s", flush=True)
-    return venv
 
 
 def write_config(path: Path, zoo: Path, method: str) -> None:

@@ -144,7 +144,7 @@ def export(ref: str, out: str | Path, *, db: str | None = None, workdir: str | P
     anything is written. ``overwrite`` replaces only a directory evomerge wrote
     (see :class:`evomerge.merge.writer.ModelDirWriter`)."""
     from evomerge.merge.materialize import merge_to_dir
-    from evomerge.recipe import recipe_from_dict
+    from evomerge.recipe import stored_recipe
 
     run, index = parse_candidate(ref)
     with open_store(db, workdir) as store:
@@ -155,7 +155,7 @@ def export(ref: str, out: str | Path, *, db: str | None = None, workdir: str | P
         raise ExportError(f"candidate {info.name}:{index} is {row.status}, not COMPLETE; refusing to export it",
                           hint=f"`evomerge show {info.name}:{index}` says why; pass --any-status "
                           "(api: any_status=True) to export it anyway")
-    recipe = recipe_from_dict(json.loads(row.recipe_json), source=ref)
+    recipe = stored_recipe(json.loads(row.recipe_json), source=ref)
     out = Path(out)
     merge_to_dir(recipe, out, seed=seed, overwrite=overwrite)
     return out

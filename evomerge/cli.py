@@ -142,7 +142,8 @@ def eval_cmd(
     check_engine(engine, among=MODEL_ENGINES,
                  hint=f"pass {' or '.join(f'--engine {REGISTRY[e].describe()}' for e in MODEL_ENGINES)}")
     if target.is_dir():
-        recipe = recipe_from_dict({"merge_method": "linear", "models": [{"model": str(target.resolve())}]})
+        recipe = recipe_from_dict({"merge_method": "linear",
+                                  "models": [{"model": str(target.resolve()), "parameters": {"weight": 1.0}}]})
     else:
         recipe = load_recipe(target).resolved(target.resolve().parent)
     splits = ["search", "heldout"] if split == "both" else [split]

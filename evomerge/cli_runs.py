@@ -208,7 +208,7 @@ def show(candidate: Annotated[str, typer.Argument(help="RUN:INDEX")], db: DB = N
     from rich.markup import escape
 
     from evomerge import api
-    from evomerge.recipe import recipe_from_dict
+    from evomerge.recipe import stored_recipe
 
     with logs_to_stderr(as_json):
         d = api.show(candidate, db=db)
@@ -228,7 +228,7 @@ def show(candidate: Annotated[str, typer.Argument(help="RUN:INDEX")], db: DB = N
     console.print(f"parents {d['parents'] or '-'}; ancestors "
                   f"{[(a['index'], a['level']) for a in lin['ancestors']] or '-'}; children {lin['children'] or '-'}",
                   markup=False)
-    console.print(recipe_from_dict(d["recipe"]).to_yaml(), highlight=False, markup=False)
+    console.print(stored_recipe(d["recipe"]).to_yaml(), highlight=False, markup=False)
 
 
 @app.command("export")

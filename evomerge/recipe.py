@@ -8,6 +8,14 @@ value forms follow mergekit (``merge_method``, ``base_model``, ``models[].parame
 
 ``canonical_json`` is deterministic (sorted keys, no whitespace, ints as floats) and
 ``recipe_id`` is its SHA-256 prefix: identical plans have identical ids.
+
+Recipes are versioned (``recipe_format``, see :data:`RECIPE_FORMAT`): format 2 reads a config
+as mergekit 0.1.5 does (where gradients sit, which model gives a passthrough stack its final
+norm and ``lm_head``, ``filter: "*"``, required parameters; :mod:`evomerge.schedule` and
+:mod:`evomerge.merge.plan`), format 1 is evomerge's earlier reading. A config a user writes is
+format 2; a recipe stored in an archive before formats existed carries no ``recipe_format`` and
+is read as format 1 (:func:`stored_recipe`), so it still builds the model it was scored as.
+Format 2 ids include the format, so the two never share an id.
 """
 
 from __future__ import annotations
@@ -24,6 +32,9 @@ from evomerge.errors import ConfigError
 from evomerge.safe_yaml import load_yaml, loads_yaml
 
 DType = Literal["float32", "float16", "bfloat16"]
+
+RECIPE_FORMAT = 2
+"""The recipe format new recipes get: 2 = mergekit 0.1.5's reading of a config."""
 
 
 class _Frozen(BaseModel):
@@ -44,7 +55,9 @@ class ModelEntry(_Frozen):
 
 
 class SliceSource(_Frozen):
-    """Layers ``layer_range = [start, end)`` of one model, for passthrough stacking."""
+    """Layers ``layer_range = [start, end)`` of one model, for passthrough stacking. An empty range
+    (``start == end``, as mergekit allows) adds no layers; as the first or last slice it still
+    names the model that gives the merged model its embeddings or its final norm and head."""
 
     model: str = Field(min_length=1)
     layer_range: tuple[int, int]
@@ -55,8 +68,8 @@ class SliceSource(_Frozen):
     @field_validator("layer_range")
     @classmethod
     def _range(cls, v: tuple[int, int]) -> tuple[int, int]:
-        if v[0] < 0 or v[1] <= v[0]:
-            raise ValueError(f"layer_range {list(v)} must be [start, end) with 0 <= start < end")
+        if v[0] < 0 or v[1] < v[0]:
+            raise ValueError(f"layer_range {list(v)} must be [start, end) with 0 <= start <= end")
         return v
 
 
@@ -94,6 +107,7 @@ class Recipe(_Frozen):
     parameters: dict[str, Any] = Field(default_factory=dict)
     dtype: DType | None = None
     tokenizer_source: Literal["base"] | None = None
+    recipe_format: Literal[1, 2] = RECIPE_FORMAT
 
     _params = field_validator("parameters")(classmethod(lambda cls, v: _check_params(v)))
 
@@ -113,9 +127,12 @@ class Recipe(_Frozen):
 
     # ------------------------------------------------------------------ identity
     def canonical_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_none=True, exclude_defaults=True) | {
-            "merge_method": self.merge_method
-        }
+        d = self.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
+        d.pop("recipe_format", None)
+        d["merge_method"] = self.merge_method
+        if self.recipe_format != 1:  # format 1 recipes keep the ids they were stored under
+            d["recipe_format"] = self.recipe_format
+        return d
 
     def canonical_json(self) -> str:
         return json.dumps(self.canonical_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
@@ -151,9 +168,14 @@ class Recipe(_Frozen):
 
     # ------------------------------------------------------------------ mergekit YAML
     def to_mergekit(self) -> dict[str, Any]:
-        """A mergekit config dict. For SLERP mergekit lists the base among ``models``."""
+        """A mergekit config dict. For SLERP mergekit lists the base among ``models``. A format 1
+        recipe keeps ``recipe_format: 1`` (mergekit ignores the key and reads the config its own
+        way; evomerge reads it back as the model it was scored as)."""
         d = self.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
+        d.pop("recipe_format", None)
         d["merge_method"] = self.merge_method
+        if self.recipe_format != RECIPE_FORMAT:
+            d["recipe_format"] = self.recipe_format
         if self.merge_method == "slerp" and self.base_model:
             d["models"] = [{"model": self.base_model}] + d.get("models", [])
         return d
@@ -189,7 +211,8 @@ def recipe_from_dict(data: Any, *, source: str = "<recipe>") -> Recipe:
             loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
             msg = e["msg"]
             if e["type"] == "extra_forbidden":
-                msg = "unknown key (known: merge_method, base_model, models, slices, parameters, dtype, tokenizer_source)"
+                msg = ("unknown key (known: merge_method, base_model, models, slices, parameters, dtype, "
+                       "tokenizer_source, recipe_format)")
             lines.append(f"{loc}: {msg}")
         raise ConfigError(
             f"{source}: invalid recipe:\n    " + "\n    ".join(lines),
@@ -197,6 +220,14 @@ def recipe_from_dict(data: Any, *, source: str = "<recipe>") -> Recipe:
         ) from None
     except ConfigError as err:
         raise ConfigError(f"{source}: {err.message}", hint=err.hint) from None
+
+
+def stored_recipe(data: Any, *, source: str = "<stored recipe>") -> Recipe:
+    """A recipe read back from an archive (its canonical dict): one stored before recipes were
+    versioned has no ``recipe_format`` and is format 1."""
+    if isinstance(data, dict) and "recipe_format" not in data:
+        data = {**data, "recipe_format": 1}
+    return recipe_from_dict(data, source=source)
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -5,15 +5,24 @@ A parameter value is one of
 - a list of numbers, a *gradient*: anchors spread evenly over depth and linearly
   interpolated (a list of exactly ``num_layers`` entries gives one value per layer);
 - a list of ``{filter: SUBSTRING, value: V}`` entries: the first entry whose filter occurs
-  in the tensor name (an entry without filter matches everything) gives the value ``V``,
-  itself a number or gradient.
+  in the tensor name (an entry without filter, or with filter ``"*"``, matches everything)
+  gives the value ``V``, itself a number or gradient.
 
 LiNeS (Wang et al. 2025, "LiNeS: Post-training Layer Scaling Prevents Forgetting and
 Enhances Model Merging", eq. 2: lambda(l) = alpha + beta * (l - 1) / (L - 1)) is the gradient
 ``[alpha, alpha + beta]`` on ``lambda``.
 
-Tensors outside the layer stack sit at the ends of the depth axis: the input embedding at
-position 0, everything else (final norm, lm_head) at position 1.
+Where a tensor sits on the depth axis (its ``t`` in [0, 1]) depends on the recipe format
+(:data:`evomerge.recipe.RECIPE_FORMAT`):
+
+- format 2, mergekit 0.1.5's reading (:func:`slice_position`): layer ``i`` of a slice of ``n``
+  layers sits at ``i / (n - 1)`` (a one-layer slice at 1), so a gradient restarts in every
+  slice; tensors outside the layer stack (embeddings, final norm, ``lm_head``) sit at 0, the
+  gradient's first value; interpolation is ``(1 - f) * a + f * b`` as mergekit computes it.
+- format 1, evomerge's reading before recipes were versioned (:func:`depth_position`): layer
+  ``l`` of the whole output stack sits at ``l / (L - 1)``, the input embedding at 0 and every
+  other tensor outside the stack at 1; interpolation is ``a + (b - a) * f``; ``"*"`` is plain
+  text. Kept so that an archive's old recipes still build the model they were scored as.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ ParamValue = Any  # Scalar | list[float] | list[dict]; validated by ``check_valu
 
 
 def depth_position(tensor_name: str, layer: int | None, num_layers: int) -> float:
-    """Where a tensor sits on the [0, 1] depth axis."""
+    """Format 1: where a tensor sits on the [0, 1] depth axis of the whole output stack."""
     if layer is None:
         return 0.0 if "embed" in tensor_name else 1.0
     if num_layers <= 1:
@@ -36,8 +45,29 @@ def depth_position(tensor_name: str, layer: int | None, num_layers: int) -> floa
     return layer / (num_layers - 1)
 
 
+def slice_position(offset: int | None, slice_layers: int) -> float:
+    """Format 2 (mergekit 0.1.5's planner): ``t`` of layer ``offset`` within a slice of
+    ``slice_layers`` layers; ``offset=None`` for a tensor outside the layer stack (t = 0)."""
+    if offset is None:
+        return 0.0
+    return offset / (slice_layers - 1) if slice_layers > 1 else 1.0
+
+
+def interpolate_at(anchors: Sequence[Any], t: float) -> Any:
+    """Format 2: mergekit's evaluation of a list at ``t``: numbers interpolate as
+    ``(1 - f) * a[i] + f * a[i + 1]`` with ``i + f = t * (len - 1)``; a list holding a bool
+    selects ``a[int(t * (len - 1))]``."""
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in anchors):
+        return anchors[int(t * (len(anchors) - 1))]
+    scaled = t * (len(anchors) - 1)
+    i0 = int(scaled)
+    i1 = min(len(anchors) - 1, i0 + 1)
+    frac = scaled - i0
+    return (1 - frac) * float(anchors[i0]) + frac * float(anchors[i1])
+
+
 def interpolate(anchors: Sequence[float], position: float) -> float:
-    """Linear interpolation of evenly spaced ``anchors`` at ``position`` in [0, 1]."""
+    """Format 1: linear interpolation of evenly spaced ``anchors`` at ``position`` in [0, 1]."""
     if len(anchors) == 1:
         return float(anchors[0])
     x = min(max(position, 0.0), 1.0) * (len(anchors) - 1)
@@ -83,26 +113,26 @@ def check_value(name: str, value: Any, where: str) -> Any:
     )
 
 
-def resolve(value: Any, tensor_name: str, layer: int | None, num_layers: int) -> Scalar | None:
-    """The scalar that ``value`` takes for one tensor; None if no conditional entry matches."""
+def resolve(value: Any, tensor_name: str, t: float, *, fmt: int) -> Scalar | None:
+    """The scalar that ``value`` takes for one tensor at depth ``t`` (from
+    :func:`slice_position` in format 2, :func:`depth_position` in format 1); None if no
+    conditional entry matches."""
     if isinstance(value, bool | float | int):
         return value
     if value and isinstance(value[0], dict):
         for entry in value:
             flt = entry.get("filter")
-            if flt is None or flt in tensor_name:
-                return resolve(entry["value"], tensor_name, layer, num_layers)
+            if flt is None or (fmt >= 2 and flt == "*") or flt in tensor_name:
+                return resolve(entry["value"], tensor_name, t, fmt=fmt)
         return None
-    return interpolate(value, depth_position(tensor_name, layer, num_layers))
+    return interpolate_at(value, t) if fmt >= 2 else interpolate(value, t)
 
 
-def resolve_all(
-    params: Mapping[str, Any], tensor_name: str, layer: int | None, num_layers: int
-) -> dict[str, Scalar]:
+def resolve_all(params: Mapping[str, Any], tensor_name: str, t: float, *, fmt: int) -> dict[str, Scalar]:
     """Resolve every parameter in ``params`` for one tensor, dropping unmatched conditionals."""
     out: dict[str, Scalar] = {}
     for key, value in params.items():
-        v = resolve(value, tensor_name, layer, num_layers)
+        v = resolve(value, tensor_name, t, fmt=fmt)
         if v is not None:
             out[key] = v
     return out

@@ -157,7 +157,7 @@ def skill_items(skill: str, n: int, *, split: str = "dev", seed: int = 0) -> lis
 class ModelShape:
     """Architecture hyper-parameters of a zoo model."""
 
-    arch: str = "llama"  # "llama" or "qwen2"
+    arch: str = "llama"  # "llama", "mistral" or "qwen2"
     hidden_size: int = 128
     intermediate_size: int = 384
     num_hidden_layers: int = 2
@@ -169,9 +169,9 @@ class ModelShape:
 
 def make_config(shape: ModelShape):
     """A transformers config for ``shape`` with the zoo's vocabulary."""
-    from transformers import LlamaConfig, Qwen2Config
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
 
-    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[shape.arch]
+    cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}[shape.arch]
     return cls(
         vocab_size=len(vocab(shape.extra_chars)),
         hidden_size=shape.hidden_size,

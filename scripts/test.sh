@@ -15,6 +15,9 @@ python -m evomerge.merge.native || true
 # the trained zoo, built once per machine into the cache the demo shares (~2 min quiet, longer on a
 # busy machine): outside pytest's per-test timeout
 python -c 'from evomerge.zoo import ensure_zoo; print("zoo:", ensure_zoo())'
+# mergekit 0.1.5 in its own virtual environment for the parity suite (tests/parity), made once
+# per machine (a few minutes) outside pytest's per-test timeout
+python -m bench.mergekit_venv
 export EVOMERGE_REQUIRE_PG=1
 python -m ruff check evomerge tests bench
 set +e

@@ -15,18 +15,20 @@ class EvomergeWorkerExtension:
     """Mixed into vLLM's worker class via ``worker_extension_cls``."""
 
     def evomerge_apply(self, recipe_json: str, seed: int) -> dict[str, Any]:
+        import json
+
         from evomerge.errors import EvomergeError, MergeError
         from evomerge.evaluate.resident import ResidentSources
         from evomerge.merge.materialize import merge_into
         from evomerge.merge.plan import plan_merge
-        from evomerge.recipe import Recipe
+        from evomerge.recipe import stored_recipe
 
         t0 = time.perf_counter()
         resident = getattr(self, "_evomerge_resident", None)
         if resident is None:
             resident = self._evomerge_resident = ResidentSources()
         try:
-            recipe = Recipe.model_validate_json(recipe_json)
+            recipe = stored_recipe(json.loads(recipe_json))
             plan = plan_merge(recipe, resident.for_recipe(recipe.source_names()))
             merged = self._evomerge_buffers(plan)
             merge_into(plan, merged, seed=seed)  # NaN-scanned before any weight changes

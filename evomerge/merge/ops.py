@@ -22,7 +22,9 @@ from evomerge.merge import kernels, sparsify
 
 @dataclass(frozen=True)
 class ParamSpec:
-    """One parameter of an op, with mergekit's name, default and bounds."""
+    """One parameter of an op, with mergekit's name, default and bounds. ``required``: mergekit
+    0.1.5 has no default for it and refuses a config without it (format 2 recipes do too;
+    ``default`` still fills it for format 1 recipes, see :mod:`evomerge.recipe`)."""
 
     name: str
     default: float | bool | None
@@ -31,6 +33,7 @@ class ParamSpec:
     per_source: bool
     kind: Literal["float", "bool"] = "float"
     doc: str = ""
+    required: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,10 +63,14 @@ class MergeOp(Protocol):
     ) -> Tensor: ...
 
 
-WEIGHT = ParamSpec("weight", 1.0, None, None, True, doc="scale of this model's contribution")
+WEIGHT = ParamSpec("weight", 1.0, None, None, True, doc="scale of this model's contribution", required=True)
 DENSITY = ParamSpec("density", 1.0, 0.0, 1.0, True, doc="fraction of task-vector entries kept")
 GAMMA = ParamSpec("gamma", 0.01, 0.0, 1.0, True, doc="fraction of largest-magnitude entries dropped")
 LAMBDA = ParamSpec("lambda", 1.0, None, None, False, doc="final scale of the merged task vector")
+
+
+INT8_MASK = ParamSpec("int8_mask", False, None, None, False, "bool",
+                      "mergekit's memory option for its sign mask; the merged weights are the same either way")
 
 
 def _normalize(default: bool) -> ParamSpec:
@@ -257,7 +264,7 @@ class TaskArithmetic(_Op):
     """Task arithmetic (Ilharco et al. 2023, "Editing Models with Task Arithmetic", sec. 2):
     out = B + lambda * sum_i w_i d_i, d_i = E_i - B (divided by sum_i w_i if ``normalize``)."""
 
-    spec = OpSpec("task_arithmetic", (WEIGHT, LAMBDA, _normalize(False)), True, 1, None, False,
+    spec = OpSpec("task_arithmetic", (WEIGHT, LAMBDA, _normalize(False), INT8_MASK), True, 1, None, False,
                   "Ilharco et al. 2023, Editing Models with Task Arithmetic")
 
     def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]
@@ -329,7 +336,7 @@ class Ties(_Trimmed, _Sparsified):
     division only with ``normalize``, the default)."""
 
     consensus = True
-    spec = OpSpec("ties", (WEIGHT, DENSITY, LAMBDA, _normalize(True)), True, 1, None, False,
+    spec = OpSpec("ties", (WEIGHT, DENSITY, LAMBDA, _normalize(True), INT8_MASK), True, 1, None, False,
                   "Yadav et al. 2023, TIES-Merging: Resolving Interference When Merging Models")
 
 
@@ -339,7 +346,7 @@ class DareTies(_Dropped, _Sparsified):
     mergekit, ``normalize`` is off by default (the rescaled task vectors are summed)."""
 
     consensus = True
-    spec = OpSpec("dare_ties", (WEIGHT, DENSITY, LAMBDA, _normalize(False)), True, 1, None, True,
+    spec = OpSpec("dare_ties", (WEIGHT, DENSITY, LAMBDA, _normalize(False), INT8_MASK), True, 1, None, True,
                   "Yu et al. 2024, Language Models are Super Mario (DARE)")
 
 
@@ -348,7 +355,7 @@ class DareLinear(_Dropped, _Sparsified):
     d_i' = m_i * d_i / density, m_i ~ Bernoulli(density); E[out] is task arithmetic."""
 
     consensus = False
-    spec = OpSpec("dare_linear", (WEIGHT, DENSITY, LAMBDA, _normalize(False)), True, 1, None, True,
+    spec = OpSpec("dare_linear", (WEIGHT, DENSITY, LAMBDA, _normalize(False), INT8_MASK), True, 1, None, True,
                   "Yu et al. 2024, Language Models are Super Mario (DARE)")
 
 
@@ -358,7 +365,7 @@ class Breadcrumbs(_Banded, _Sparsified):
     just below it."""
 
     consensus = False
-    spec = OpSpec("breadcrumbs", (WEIGHT, DENSITY, GAMMA, LAMBDA, _normalize(False)), True, 1, None, False,
+    spec = OpSpec("breadcrumbs", (WEIGHT, DENSITY, GAMMA, LAMBDA, _normalize(False), INT8_MASK), True, 1, None, False,
                   "Davari & Belilovsky 2024, Model Breadcrumbs: Scaling Multi-Task Model Merging with Sparse Masks")
 
 
@@ -367,7 +374,7 @@ class BreadcrumbsTies(_Banded, _Sparsified):
     disjoint merge (Yadav et al. 2023, sec. 3); ``normalize`` off by default, as in mergekit."""
 
     consensus = True
-    spec = OpSpec("breadcrumbs_ties", (WEIGHT, DENSITY, GAMMA, LAMBDA, _normalize(False)), True, 1, None, False,
+    spec = OpSpec("breadcrumbs_ties", (WEIGHT, DENSITY, GAMMA, LAMBDA, _normalize(False), INT8_MASK), True, 1, None, False,
                   "Davari & Belilovsky 2024, Model Breadcrumbs; Yadav et al. 2023, TIES-Merging")
 
 
@@ -384,7 +391,7 @@ class Slerp(_Op):
     out = sin((1-t) theta)/sin(theta) B + sin(t theta)/sin(theta) E, cos(theta) = <B/|B|, E/|E|>
     (norms below 1e-8 count as 1); when |cos(theta)| > 0.9995, linear interpolation instead."""
 
-    spec = OpSpec("slerp", (ParamSpec("t", 0.5, 0.0, 1.0, False, doc="weight of the expert"),), True, 1, 1,
+    spec = OpSpec("slerp", (ParamSpec("t", 0.5, 0.0, 1.0, False, doc="weight of the expert", required=True),), True, 1, 1,
                   False, "Shoemake 1985, Animating rotation with quaternion curves")
 
     def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]

@@ -21,7 +21,7 @@ from evomerge.merge.compat import check_compatible
 from evomerge.merge.io import ModelDir, TensorMeta, layer_index
 from evomerge.merge.ops import resolve_params
 from evomerge.merge.registry import get_op
-from evomerge.recipe import Recipe
+from evomerge.recipe import Recipe, Slice
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _LAYER_RE = re.compile(r"(^|\.)layers\.(\d+)\.")
@@ -149,17 +149,26 @@ def _plan_elementwise(plan: MergePlan, ref: ModelDir, n_experts: int) -> None:
                 hint="move them to the top-level `parameters:`",
             )
     L = plan.num_layers
+    fmt = recipe.recipe_format
     for name in ref.tensor_names:
         layer = layer_index(name)
-        glob = schedule.resolve_all(recipe.parameters, name, layer, L)
+        t = schedule.slice_position(layer, L) if fmt >= 2 else schedule.depth_position(name, layer, L)
+        glob = schedule.resolve_all(recipe.parameters, name, t, fmt=fmt)
         params: dict[str, Any] = {k: v for k, v in glob.items() if k not in per_source}
         for key in per_source:
             vals = []
             for m in recipe.models:
-                v = schedule.resolve(m.parameters[key], name, layer, L) if key in m.parameters else None
+                v = schedule.resolve(m.parameters[key], name, t, fmt=fmt) if key in m.parameters else None
                 vals.append(glob.get(key) if v is None else v)
+            pspec = next(p for p in spec.params if p.name == key)
+            if fmt >= 2 and pspec.required and any(v is None for v in vals):
+                missing = recipe.models[vals.index(None)].model
+                raise ConfigError(
+                    f"{spec.name}: parameter {key!r} is required (mergekit refuses a config without it) "
+                    f"and is missing for model {missing} at tensor {name}",
+                    hint=f"give every model a {key!r}, or set it once in the top-level `parameters:`")
             if any(v is not None for v in vals):
-                default = next(p.default for p in spec.params if p.name == key)
+                default = pspec.default
                 vals = [default if v is None else v for v in vals]
                 if any(v is None for v in vals):
                     raise ConfigError(
@@ -167,6 +176,14 @@ def _plan_elementwise(plan: MergePlan, ref: ModelDir, n_experts: int) -> None:
                         hint=f"give every model a {key!r} (or set it in the top-level `parameters:`)",
                     )
                 params[key] = vals
+        if fmt >= 2:
+            for pspec in spec.params:
+                if pspec.required and not pspec.per_source and pspec.name not in params:
+                    raise ConfigError(
+                        f"{spec.name}: parameter {pspec.name!r} is required (mergekit refuses a config without it) "
+                        f"and has no value at tensor {name}",
+                        hint=f"set {pspec.name!r} in the top-level `parameters:` (a fallback entry without a "
+                             "filter covers every tensor)")
         params = resolve_params(spec, params, n_experts)  # bounds and lengths checked now, not mid-merge
         plan.jobs.append(
             TensorJob(
@@ -227,37 +244,63 @@ def _plan_passthrough(plan: MergePlan, ref: ModelDir) -> None:
             f"output projections; {ref.architecture} has none",
             hint="use plain passthrough slices for this architecture",
         )
+    fmt = recipe.recipe_format
+
+    def slice_source(sl: Slice) -> tuple[str, dict[str, Any]]:
+        return (plan.reference, {}) if sl.identity else (sl.sources[0].model, sl.sources[0].parameters)
+
+    def params_for(own: dict[str, Any], in_name: str, out_name: str, t: float) -> dict[str, Any]:
+        """Format 2 resolves as mergekit does: the source's own value first (filters matched on the
+        source tensor's name), then the global one (on the output name); format 1 merges the two
+        dicts and matches the output name."""
+        if fmt < 2:
+            return schedule.resolve_all({**recipe.parameters, **own}, out_name, t, fmt=fmt)
+        mine = schedule.resolve_all(own, in_name, t, fmt=fmt)
+        return {**schedule.resolve_all(recipe.parameters, out_name, t, fmt=fmt), **mine}
+
+    # The stack's ends: format 2 takes the embeddings from the first slice's model and the final
+    # norm and lm_head from the last slice's (mergekit's pre/post weights, at t = 0 with that
+    # slice's parameters); format 1 took both from the reference model with global parameters.
+    first_src, first_own = slice_source(recipe.slices[0]) if fmt >= 2 else (plan.reference, {})
+    last_src, last_own = slice_source(recipe.slices[-1]) if fmt >= 2 else (plan.reference, {})
     for n in head:
-        plan.jobs.append(job(plan.reference, n, n, None, schedule.resolve_all(recipe.parameters, n, None, total)))
+        t = 0.0 if fmt >= 2 else schedule.depth_position(n, None, total)
+        plan.jobs.append(job(first_src, n, n, None, params_for(first_own, n, n, t)))
     out_layer = 0
     cumulative = 1.0
     for sl in recipe.slices:
         cumulative *= sl.input_scale
+        src_name, own = slice_source(sl)
         if sl.identity:
-            src_name, layer_ids, own = plan.reference, [0], {}
+            layer_ids = [0]
         else:
-            src = sl.sources[0]
-            src_name, own = src.model, src.parameters
-            start, end = src.layer_range
+            start, end = sl.sources[0].layer_range
             if end > plan.sources[src_name].num_layers:
                 raise ConfigError(
-                    f"slice layer_range {list(src.layer_range)} is past the "
+                    f"slice layer_range {[start, end]} is past the "
                     f"{plan.sources[src_name].num_layers} layers of {src_name}",
                     hint=f"use a range within [0, {plan.sources[src_name].num_layers})",
                 )
             layer_ids = list(range(start, end))
         by_layer = layers_of(src_name)
-        for li in layer_ids:
+        for offset, li in enumerate(layer_ids):
+            # format 2: a gradient restarts in every slice; format 1 spread it over the whole stack
+            t = schedule.slice_position(offset, len(layer_ids)) if fmt >= 2 else \
+                schedule.depth_position("", out_layer, total)
             for n in by_layer.get(li, []):
                 out_name = _rename_layer(n, out_layer)
-                params = schedule.resolve_all({**recipe.parameters, **own}, out_name, out_layer, total)
+                params = params_for(own, n, out_name, t)
                 if _is_output_projection(n) and (sl.identity or cumulative != 1.0):
                     fold = 0.0 if sl.identity else 1.0 / cumulative
                     params["scale"] = float(params.get("scale", 1.0)) * fold
                 plan.jobs.append(job(src_name, n, out_name, out_layer, params))
             out_layer += 1
     for n in tail:
-        plan.jobs.append(job(plan.reference, n, n, None, schedule.resolve_all(recipe.parameters, n, None, total)))
+        t = 0.0 if fmt >= 2 else schedule.depth_position(n, None, total)
+        if fmt >= 2 and n not in plan.sources[last_src].tensor_names:
+            raise ConfigError(f"{last_src} has no tensor {n}, which the last slice's model gives the merged model",
+                              hint="end the stack with a slice of a model of the same architecture")
+        plan.jobs.append(job(last_src, n, n, None, params_for(last_own, n, n, t)))
     plan.config["num_hidden_layers"] = out_layer
     if "layer_types" in plan.config and isinstance(plan.config["layer_types"], list):
         plan.config["layer_types"] = [plan.config["layer_types"][0]] * out_layer

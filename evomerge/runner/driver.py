@@ -161,6 +161,13 @@ class Driver:
             recipe = self.codec.decode(g.x)
             if row is not None:  # resuming: the replay must regenerate what the store holds
                 if row.genome != [float(v) for v in g.x] or row.recipe_id != recipe.recipe_id:
+                    stored = getattr(row, "recipe_json", "")
+                    if row.genome == [float(v) for v in g.x] and stored and '"recipe_format"' not in stored:
+                        raise EvomergeError(
+                            f"run {self.run_id}: its recipes are recipe format 1 (stored before recipe formats); "
+                            f"this evomerge writes format 2 (mergekit's reading), so the run cannot go on",
+                            hint="its candidates still export and show as they were scored; start a new run to "
+                                 "search further")
                     raise EvomergeError(
                         f"run {self.run_id}: replay of candidate {g.index} gave another genome than the store holds",
                         hint="the search space, strategy or library version changed since the run started; "

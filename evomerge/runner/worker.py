@@ -174,7 +174,7 @@ class CandidateWorker:
 
     def evaluate(self, index: int, attempt: int, recipe_json: str, seed: int,
                  deadline_s: float | None = None) -> dict[str, Any]:
-        from evomerge.recipe import recipe_from_dict
+        from evomerge.recipe import stored_recipe
 
         if self.startup_error is not None:
             return dict(self.startup_error)
@@ -195,7 +195,7 @@ class CandidateWorker:
             if extra:
                 time.sleep(float(extra))
             try:
-                recipe = recipe_from_dict(json.loads(recipe_json), source=f"candidate {index}")
+                recipe = stored_recipe(json.loads(recipe_json), source=f"candidate {index}")
                 res = self.evaluator.evaluate(recipe, self.tasks, deadline_s=deadline_s, seed=seed)
             except Exception as err:  # noqa: BLE001 - one failed candidate must not kill the run
                 return {"status": "failed", "objectives": None, "item_scores": {}, "seconds": time.perf_counter() - t0,

@@ -101,8 +101,10 @@ class DFSCodec:
 
     def decode(self, x: np.ndarray) -> Recipe:
         """A passthrough recipe of T slices: included layers with their input scale (6 digits)
-        and identity slots; embeddings, final norm and head from the first source."""
-        slices = []
+        and identity slots; embeddings, final norm and head from the first source, which empty
+        slices of it at both ends name (mergekit takes them from the first and last slices)."""
+        ends = {"sources": [{"model": self.sources[0], "layer_range": [0, 0]}]}
+        slices = [ends]
         for slot, scale in self.path(x):
             if slot is None:
                 slices.append({"identity": True})
@@ -110,6 +112,7 @@ class DFSCodec:
                 slices.append({"sources": [{"model": self.sources[slot.source],
                                             "layer_range": [slot.layer, slot.layer + 1]}],
                                "input_scale": round(scale, 6)})
+        slices.append(ends)
         return recipe_from_dict({"merge_method": "passthrough", "base_model": self.sources[0], "slices": slices},
                                 source=f"{self.space.name}: decoded path")
 

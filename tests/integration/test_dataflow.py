@@ -19,14 +19,16 @@ PATH = [("expert_caesar", 0, 1.0), ("base", 1, 0.5), (None, None, 2.5), ("expert
 
 
 def dfs_recipe(zoo: Path):
-    slices = []
+    # empty slices of the first source at both ends: its embeddings, final norm and head
+    ends = {"sources": [{"model": str(zoo / PATH[0][0]), "layer_range": [0, 0]}]}
+    slices = [ends]
     for model, layer, scale in PATH:
         if model is None:
             slices.append({"identity": True, "input_scale": scale})
         else:
             slices.append({"sources": [{"model": str(zoo / model), "layer_range": [layer, layer + 1]}],
                            "input_scale": scale})
-    return recipe_from_dict({"merge_method": "passthrough", "slices": slices})
+    return recipe_from_dict({"merge_method": "passthrough", "slices": [*slices, ends]})
 
 
 def explicit_scaled_forward(zoo: Path, ids: torch.Tensor) -> torch.Tensor:

@@ -49,22 +49,28 @@ parameters: {lambda: 1.0}
     assert (tmp_path / "other" / "model.safetensors").read_bytes() != (out / "model.safetensors").read_bytes()
 
 
-def test_per_layer_weights_land_in_the_right_layers(tiny_models, tmp_path: Path) -> None:
-    """A per-layer weight list [0, 1] gives layer 0 the base and layer 1 the expert, exactly."""
-    recipe = write_recipe(tmp_path, """
+@pytest.mark.parametrize("recipe_format", [2, 1])
+def test_per_layer_weights_land_in_the_right_layers(tiny_models, tmp_path: Path, recipe_format: int) -> None:
+    """A per-layer weight list [0, 1] gives layer 0 the base and layer 1 the expert, exactly.
+    Format 2 (mergekit's reading) puts lm_head and the final norm at the gradient's first value
+    (the base); format 1, an archive's older recipes, put them at its last (the expert)."""
+    recipe = write_recipe(tmp_path, f"""
 merge_method: task_arithmetic
 base_model: base
+recipe_format: {recipe_format}
 models:
   - model: expert_a
-    parameters: {weight: [0.0, 1.0]}
+    parameters: {{weight: [0.0, 1.0]}}
 """)
     assert run_cli("merge", str(recipe), "--out", "m", cwd=tmp_path).returncode == 0
     with ModelDir(tmp_path / "m") as m, ModelDir(tiny_models["base"]) as b, ModelDir(tiny_models["expert_a"]) as e:
         name0, name1 = "model.layers.0.mlp.up_proj.weight", "model.layers.1.mlp.up_proj.weight"
         assert torch.equal(m.read(name0), b.read(name0))
         assert torch.allclose(m.read(name1), e.read(name1), atol=1e-6)
-        # lm_head sits at the end of the depth axis -> expert; embeddings at the start -> base
-        assert torch.allclose(m.read("lm_head.weight"), e.read("lm_head.weight"), atol=1e-6)
+        head = e if recipe_format == 1 else b
+        for name in ("lm_head.weight", "model.norm.weight"):
+            assert torch.allclose(m.read(name), head.read(name), atol=1e-6), name
+        assert not torch.allclose(b.read("lm_head.weight"), e.read("lm_head.weight"), atol=1e-6)
         assert torch.equal(m.read("model.embed_tokens.weight"), b.read("model.embed_tokens.weight"))
 
 
@@ -105,8 +111,12 @@ def test_slerp_and_linear_merges_load(tiny_models, tmp_path: Path) -> None:
         ("merge_method: ties\nmodels: [{model: expert_a}]\n", "needs `base_model:`"),
         ("merge_method: slerp\nbase_model: base\nmodels: [{model: expert_a}, {model: expert_b}]\n", "takes 1 model"),
         ("merge_method: ties\nbase_model: base\nmodels: [{model: nowhere}]\n", "model directory not found"),
-        ("merge_method: ties\nbase_model: base\nmodels: [{model: expert_a, parameters: {density: 2}}]\n",
+        ("merge_method: ties\nbase_model: base\nmodels: [{model: expert_a, parameters: {weight: 1, density: 2}}]\n",
          "density=2.0 is outside"),
+        # mergekit refuses a missing required parameter; so does a (format 2) recipe
+        ("merge_method: ties\nbase_model: base\nmodels: [{model: expert_a, parameters: {density: 0.5}}]\n",
+         "parameter 'weight' is required"),
+        ("merge_method: slerp\nbase_model: base\nmodels: [{model: expert_a}]\n", "parameter 't' is required"),
         ("merge_method: passthrough\nslices: [{sources: [{model: expert_a, layer_range: [0, 5]}]}]\n",
          "past the 2 layers"),
     ],

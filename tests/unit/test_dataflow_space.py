@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from evomerge.errors import ConfigError
-from evomerge.schedule import resolve
+from evomerge.schedule import resolve, slice_position
 from evomerge.space.codec import PSCodec
 from evomerge.space.dataflow import OFF, ON, DFSCodec
 from evomerge.space.schema import SearchSpace, load_space
@@ -30,15 +30,19 @@ def test_slot_codec_genes_start_point_and_decoding() -> None:
     assert [s.layer if s else None for s, _ in path][:2] == [0, 1] and all(s is None for s, _ in path[2:])
     assert all(c == pytest.approx(1.0) for _, c in path)
     r = codec.decode(x0)
-    assert r.merge_method == "passthrough" and r.base_model == "/m/base" and len(r.slices) == 12
-    assert r.slices[0].sources[0].layer_range == (0, 1) and r.slices[2].identity
+    assert r.merge_method == "passthrough" and r.base_model == "/m/base" and len(r.slices) == 12 + 2
+    # empty slices of the first source at both ends: its embeddings, final norm and head
+    for end in (r.slices[0], r.slices[-1]):
+        assert end.num_layers == 0 and end.sources[0].model == "/m/base"
+    path_slices = r.slices[1:-1]
+    assert path_slices[0].sources[0].layer_range == (0, 1) and path_slices[2].identity
     # slot 9 is layer 1 of the second repeat's source list: /m/a layer 1
     x = x0.copy()
     x[codec.include_index(9)] = 0.9
     x[2 * 9 + 1] = 1.0  # the top of the scale bounds
     r = codec.decode(x)
-    assert r.slices[9].sources[0].model == "/m/a" and r.slices[9].sources[0].layer_range == (1, 2)
-    assert r.slices[9].input_scale == 2.0
+    assert r.slices[1 + 9].sources[0].model == "/m/a" and r.slices[1 + 9].sources[0].layer_range == (1, 2)
+    assert r.slices[1 + 9].input_scale == 2.0
     # the other sources' own paths seed M2N2
     seeds = codec.expert_genomes()
     assert len(seeds) == 2 and [s.source for s, _ in codec.path(seeds[1]) if s] == [2, 2]
@@ -100,6 +104,7 @@ def test_per_module_genes_write_mergekit_filters() -> None:
     assert [(g.group, g.module) for g in codec.genes] == [(0, "self_attn"), (0, "mlp"), (1, "self_attn"), (1, "mlp")]
     r = codec.decode(np.array([0.1, 0.2, 0.3, 0.4]))
     w = r.models[0].parameters["weight"]
-    assert resolve(w, "model.layers.1.self_attn.q_proj.weight", 1, 2) == pytest.approx(0.3)
-    assert resolve(w, "model.layers.0.mlp.up_proj.weight", 0, 2) == pytest.approx(0.2)
-    assert resolve(w, "model.layers.1.input_layernorm.weight", 1, 2) == pytest.approx(0.35)
+    assert r.recipe_format == 2
+    assert resolve(w, "model.layers.1.self_attn.q_proj.weight", slice_position(1, 2), fmt=2) == pytest.approx(0.3)
+    assert resolve(w, "model.layers.0.mlp.up_proj.weight", slice_position(0, 2), fmt=2) == pytest.approx(0.2)
+    assert resolve(w, "model.layers.1.input_layernorm.weight", slice_position(1, 2), fmt=2) == pytest.approx(0.35)

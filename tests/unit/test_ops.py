@@ -74,7 +74,7 @@ def test_resolve_fills_defaults_and_broadcasts_per_source_scalars() -> None:
     spec = OPS["breadcrumbs_ties"].spec
     p = resolve_params(spec, {"density": 0.5, "lambda": 2}, 3)
     assert p == {"weight": [1.0, 1.0, 1.0], "density": [0.5, 0.5, 0.5], "gamma": [0.01, 0.01, 0.01],
-                 "lambda": 2.0, "normalize": False}
+                 "lambda": 2.0, "normalize": False, "int8_mask": False}
 
 
 def test_resolve_accepts_tuples_and_tensors_for_per_source_values() -> None:

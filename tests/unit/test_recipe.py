@@ -98,3 +98,27 @@ def test_recipe_is_frozen() -> None:
     with pytest.raises(Exception):  # noqa: B017 - pydantic raises its ValidationError
         r.merge_method = "linear"  # type: ignore[misc]
     assert isinstance(r, Recipe)
+
+
+def test_recipe_formats_keep_stored_ids_and_readings() -> None:
+    """A recipe stored before formats existed has no recipe_format: it is read as format 1 and
+    keeps its id; a new recipe is format 2 and its id names the format, so the two never share
+    an id (they can build different models: lm_head at a gradient's last or first value)."""
+    import json
+
+    from evomerge.recipe import RECIPE_FORMAT, recipe_from_dict, stored_recipe
+
+    cfg = {"merge_method": "task_arithmetic", "base_model": "b",
+           "models": [{"model": "e", "parameters": {"weight": [0.0, 1.0]}}]}
+    new = recipe_from_dict(cfg)
+    assert new.recipe_format == RECIPE_FORMAT == 2
+    old_json = new.model_copy(update={"recipe_format": 1}).canonical_json()
+    assert "recipe_format" not in old_json  # the canonical form archives held before formats
+    old = stored_recipe(json.loads(old_json))
+    assert old.recipe_format == 1 and old.canonical_json() == old_json
+    assert old.recipe_id != new.recipe_id
+    again = stored_recipe(json.loads(new.canonical_json()))
+    assert again.recipe_format == 2 and again.recipe_id == new.recipe_id
+    # mergekit's YAML never carries the current format; a format 1 recipe says what it is
+    assert "recipe_format" not in new.to_yaml() and "recipe_format: 1" in old.to_yaml()
+    assert recipe_from_dict(old.to_mergekit()).recipe_id == old.recipe_id
