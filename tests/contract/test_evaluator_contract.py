@@ -60,7 +60,7 @@ def needs_weights(engine: str) -> None:
 
 
 def one_model(path: Path) -> Recipe:
-    return recipe_from_dict({"merge_method": "linear", "models": [{"model": str(path)}]})
+    return recipe_from_dict({"merge_method": "linear", "models": [{"model": str(path), "parameters": {"weight": 1.0}}]})
 
 
 def task_arithmetic(zoo: Path, expert: str, *, weight: float = 1.0, lam: float = 1.0) -> Recipe:

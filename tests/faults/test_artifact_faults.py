@@ -317,7 +317,8 @@ def test_a_recipe_dtype_casts_sources_of_another_dtype(tmp_path, tiny_models) ->
     with ModelDir(half) as src:
         tensors = {n: src.read(n).to(torch.bfloat16) for n in src.tensor_names}
     save_file(tensors, str(half / "model.safetensors"))
-    spec = {"merge_method": "task_arithmetic", "base_model": str(tiny_models["base"]), "models": [{"model": str(half)}]}
+    spec = {"merge_method": "task_arithmetic", "base_model": str(tiny_models["base"]),
+            "models": [{"model": str(half), "parameters": {"weight": 1.0}}]}
     with pytest.raises(ShapeMismatchError, match="set `dtype:`"):
         merge_to_dir(recipe_from_dict(spec), tmp_path / "out")
     merge_to_dir(recipe_from_dict(spec | {"dtype": "float32"}), tmp_path / "out")

@@ -282,7 +282,7 @@ def test_validate_refuses_inflated_layers_instead_of_spinning(tmp_path: Path) ->
 def test_merge_refuses_a_config_that_contradicts_its_tensors(tmp_path: Path) -> None:
     model = _set_config(save_tiny(tmp_path / "m"), num_hidden_layers=3)
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"merge_method: linear\nmodels: [{{model: {model}}}]\n")
+    recipe.write_text(f"merge_method: linear\nmodels: [{{model: {model}, parameters: {{weight: 1}}}}]\n")
     out = tmp_path / "out"
     proc = run_cli("merge", str(recipe), "--out", str(out), cwd=tmp_path, timeout=HANG_S, **WIDE)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]

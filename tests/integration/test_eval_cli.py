@@ -11,7 +11,7 @@ from tests.conftest import REPO, run_cli
 def test_eval_recipe_and_model_dir(zoo_dir: Path, tmp_path: Path) -> None:
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"merge_method: task_arithmetic\nbase_model: {zoo_dir / 'base'}\n"
-                      f"models: [{{model: {zoo_dir / 'expert_caesar'}}}]\n")
+                      f"models: [{{model: {zoo_dir / 'expert_caesar'}, parameters: {{weight: 1.0}}}}]\n")
     proc = run_cli("eval", str(recipe), "-t", str(REPO / "fitness/zoo_caesar.yaml"), "--split", "both", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -24,7 +24,7 @@ def evaluator() -> HFEvaluator:
 
 
 def one_model(path: Path):
-    return recipe_from_dict({"merge_method": "linear", "models": [{"model": str(path)}]})
+    return recipe_from_dict({"merge_method": "linear", "models": [{"model": str(path), "parameters": {"weight": 1.0}}]})
 
 
 def test_each_task_kind_scores_the_expert_and_the_base(zoo_dir: Path, evaluator: HFEvaluator) -> None:

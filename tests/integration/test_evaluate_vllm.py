@@ -24,7 +24,7 @@ SKILLS = ["add", "caesar", "length"]
 
 
 def one_model(path: Path):
-    return recipe_from_dict({"merge_method": "linear", "models": [{"model": str(path)}]})
+    return recipe_from_dict({"merge_method": "linear", "models": [{"model": str(path), "parameters": {"weight": 1.0}}]})
 
 
 def test_vllm_matches_transformers_and_swaps_in_place(zoo_dir: Path) -> None:

@@ -77,7 +77,8 @@ def test_dataflow_searches_run_and_paths_are_fixed_depth(zoo_dir: Path, tmp_path
     space = zoo_space(name, zoo_dir, tmp_path, budget=8)
     result = run_search(space, log=lambda _m: None)
     assert len(result.records) == 8 and all(r["status"] == "ok" for r in result.records)
-    depths = {len(r["recipe"]["slices"]) for r in result.records}
+    # every path has its T slots between two empty slices naming the first source's ends
+    depths = {len(r["recipe"]["slices"]) - 2 for r in result.records}
     assert depths == {8 * space.flow.repeats}  # excluded slots are identity layers: one engine serves all
     # candidate 0 is the start point injected into CMA-ES's first generation: the first source's own path
     first = result.records[0]["recipe"]["slices"]

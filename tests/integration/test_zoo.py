@@ -75,7 +75,7 @@ def test_every_zoo_model_loads_and_generates(zoo_dir: Path) -> None:
 ])
 def test_variants_are_refused_against_the_base(zoo_dir: Path, tmp_path: Path, variant: str, needle: str) -> None:
     r = recipe_from_dict({"merge_method": "ties", "base_model": str(zoo_dir / "base"),
-                          "models": [{"model": str(zoo_dir / "variants" / variant)}]})
+                          "models": [{"model": str(zoo_dir / "variants" / variant), "parameters": {"weight": 1.0}}]})
     with pytest.raises(ShapeMismatchError, match=needle):
         merge_to_dir(r, tmp_path / "out")
 
@@ -83,10 +83,11 @@ def test_variants_are_refused_against_the_base(zoo_dir: Path, tmp_path: Path, va
 def test_second_architecture_and_tied_embeddings_merge(zoo_dir: Path, tmp_path: Path) -> None:
     v = zoo_dir / "variants"
     qwen = recipe_from_dict({"merge_method": "ties", "base_model": str(v / "qwen2_base"),
-                             "models": [{"model": str(v / "qwen2_expert"), "parameters": {"density": 0.5}}]})
+                             "models": [{"model": str(v / "qwen2_expert"), "parameters": {"weight": 1.0, "density": 0.5}}]})
     merge_to_dir(qwen, tmp_path / "qwen")
     assert type(load_hf_model(tmp_path / "qwen")).__name__ == "Qwen2ForCausalLM"
-    tied = recipe_from_dict({"merge_method": "linear", "models": [{"model": str(v / "tied")}]})
+    tied = recipe_from_dict({"merge_method": "linear",
+                             "models": [{"model": str(v / "tied"), "parameters": {"weight": 1.0}}]})
     merge_to_dir(tied, tmp_path / "tied")
     model = load_hf_model(tmp_path / "tied")
     assert model.config.tie_word_embeddings
