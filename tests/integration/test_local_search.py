@@ -81,7 +81,8 @@ def test_dataflow_searches_run_and_paths_are_fixed_depth(zoo_dir: Path, tmp_path
     depths = {len(r["recipe"]["slices"]) - 2 for r in result.records}
     assert depths == {8 * space.flow.repeats}  # excluded slots are identity layers: one engine serves all
     # candidate 0 is the start point injected into CMA-ES's first generation: the first source's own path
-    first = result.records[0]["recipe"]["slices"]
+    ends, first, ends_again = (lambda s: (s[0], s[1:-1], s[-1]))(result.records[0]["recipe"]["slices"])
+    assert ends == ends_again and ends["sources"][0]["layer_range"] == [0, 0]
     assert [s.get("sources", [{}])[0].get("layer_range") for s in first[:2]] == [[0, 1], [1, 2]]
     assert all(s.get("identity") for s in first[2:])
     if name == "ps_dfs":  # the PS merge was materialized once into the cache and is the first source
