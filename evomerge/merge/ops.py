@@ -378,13 +378,6 @@ class BreadcrumbsTies(_Banded, _Sparsified):
                   "Davari & Belilovsky 2024, Model Breadcrumbs; Yadav et al. 2023, TIES-Merging")
 
 
-def _dot(a: Tensor, b: Tensor, chunk: int = 1 << 20) -> float:
-    """<a, b> of flat float32 tensors: pairwise float32 sums per chunk (torch.sum), combined
-    exactly with math.fsum. Accurate where one BLAS dot over 50M entries is off by ~1e-3, and
-    the extra memory is one chunk."""
-    return math.fsum(float(torch.sum(a[s:s + chunk] * b[s:s + chunk])) for s in range(0, a.numel(), chunk))
-
-
 class Slerp(_Op):
     """Spherical linear interpolation (Shoemake 1985, "Animating rotation with quaternion curves",
     the Slerp formula) from B (t=0) to the one expert (t=1), on the flattened tensors:
@@ -398,22 +391,42 @@ class Slerp(_Op):
         out.copy_(self._slerp(experts[0], base, p["t"]))
         return None
 
+    # mergekit 0.1.5 sums norms and dot products over chunks of this many entries
+    CHUNK = 1 << 20
+
     @staticmethod
     def _slerp(expert: Tensor, base: Tensor, t: float) -> Tensor:
+        """Computed as mergekit 0.1.5 does, so the result is the same bit for bit: float32 (float64
+        for float64 inputs), ``t`` rounded to that dtype, each norm the norm of per-chunk norms,
+        the dot product of the normalized vectors summed chunk by chunk, clamped to [-1, 1];
+        coefficients sin((1-t) theta)/sin(theta) and sin(t theta)/sin(theta), or 1-t and t where
+        |dot| > 0.9995. At t = 0 and t = 1 those coefficients are exactly 1 and 0."""
         if t == 0.0:
             return base
         if t == 1.0:
             return expert
-        v0, v1 = base.float().flatten(), expert.float().flatten()
-        n0, n1 = math.sqrt(_dot(v0, v0)), math.sqrt(_dot(v1, v1))
-        n0, n1 = (n0 if n0 > 1e-8 else 1.0), (n1 if n1 > 1e-8 else 1.0)
-        dot = min(1.0, max(-1.0, _dot(v0, v1) / (n0 * n1)))
-        if abs(dot) > 0.9995:
-            out = torch.lerp(v0, v1, t)
-        else:
-            theta = math.acos(dot)  # in (0.0316, pi - 0.0316): sin(theta) > 0.03
-            s = math.sin(theta)
-            out = torch.add(v0 * (math.sin((1 - t) * theta) / s), v1, alpha=math.sin(t * theta) / s)
+        dtype = torch.float64 if base.dtype == torch.float64 else torch.float32
+        a, b = base.reshape(1, -1), expert.reshape(1, -1)
+        tt = torch.tensor([[t]], dtype=torch.float32).to(dtype)
+        step = Slerp.CHUNK
+        spans = [(s, s + step) for s in range(0, a.shape[1], step)]
+
+        def norm(v: Tensor) -> Tensor:
+            parts = [torch.linalg.vector_norm(v[:, i:j].to(dtype), dim=1, keepdim=True) for i, j in spans]
+            n = torch.linalg.vector_norm(torch.stack(parts), dim=0)
+            return torch.where(n > 1e-8, n, 1)
+
+        na, nb = norm(a), norm(b)
+        dot = torch.stack([((a[:, i:j].to(dtype) / na) * (b[:, i:j].to(dtype) / nb)).sum(dim=1, keepdim=True)
+                           for i, j in spans]).sum(dim=0).clamp(-1, 1)
+        linear = dot.abs() > 0.9995
+        theta = torch.acos(torch.where(linear, 0, dot))
+        sin_theta = torch.sin(theta)
+        coef_a = torch.where(linear, 1 - tt, torch.sin((1 - tt) * theta) / sin_theta)
+        coef_b = torch.where(linear, tt, torch.sin(tt * theta) / sin_theta)
+        out = torch.empty(a.shape, dtype=dtype)
+        for i, j in spans:
+            out[:, i:j] = coef_a * a[:, i:j].to(dtype) + coef_b * b[:, i:j].to(dtype)
         return out.view(base.shape)
 
 

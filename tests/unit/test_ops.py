@@ -331,9 +331,11 @@ def test_slerp_orthogonal_colinear_and_zero() -> None:
     torch.testing.assert_close(out, t(0, 2 * math.sqrt(0.5)))
 
 
-@pytest.mark.parametrize(("cos", "lerp"), [(0.99951, True), (0.99949, False)])
-def test_slerp_switches_to_lerp_exactly_at_the_threshold_on_long_vectors(cos, lerp) -> None:
-    """|cos| > 0.9995 -> linear interpolation; the decision holds to a 1e-5 margin on 4M entries."""
+@pytest.mark.parametrize(("cos", "lerp"), [(0.9996, True), (0.9994, False)])
+def test_slerp_switches_to_lerp_at_the_threshold_on_long_vectors(cos, lerp) -> None:
+    """|cos| > 0.9995 -> linear interpolation. The cosine is a float32 sum over chunks, as in
+    mergekit 0.1.5 (whose result evomerge reproduces bit for bit): on 4M entries it is off by
+    ~1e-5 (0.99949 is taken for > 0.9995), so the decision holds to a 1e-4 margin."""
     n = 4_000_000
     g = gen(2)
     a = torch.randn(n, generator=g, dtype=torch.float64)
@@ -345,11 +347,11 @@ def test_slerp_switches_to_lerp_exactly_at_the_threshold_on_long_vectors(cos, le
     base, expert = (a * 3).float(), (b * 3).float()  # same norms, so only the angle matters
     out = get_op("slerp")([expert], base=base, params={"t": 0.5})
     norm = float(out.double().norm()) / 3
-    if lerp:
-        assert torch.equal(out, torch.lerp(base, expert, 0.5))
+    if lerp:  # mergekit's linear branch: (1 - t) * B + t * E in float32
+        assert torch.equal(out, 0.5 * base + 0.5 * expert)
         assert abs(norm - math.sqrt((1 + cos) / 2)) < 1e-7  # the chord midpoint is inside the sphere
     else:
-        assert abs(norm - 1.0) < 1e-6  # slerp stays on the sphere
+        assert abs(norm - 1.0) < 1e-5  # slerp stays on the sphere (to float32 precision)
 
 
 def test_slerp_keeps_the_shape_of_matrices() -> None:
