@@ -74,19 +74,31 @@ class SliceSource(_Frozen):
 
 
 class Slice(_Frozen):
-    """Layers stacked by passthrough. Data-flow merges (EvoMerge DFS) also set ``input_scale``,
-    the factor on the hidden state entering the slice, and ``identity`` for an unused slot."""
+    """One output slice. Passthrough stacks it from one source; a merge method (``slerp``, ``ties``
+    ...) merges its sources layer by layer (mergekit's ``slices:`` form, as LazyMergekit writes
+    it: every source the same number of layers). ``parameters`` apply to the slice's tensors
+    before the global ones. Data-flow merges (EvoMerge DFS) also set ``input_scale``, the factor
+    on the hidden state entering the slice, and ``identity`` for an unused slot."""
 
-    sources: tuple[SliceSource, ...] = Field(default=(), max_length=1)
+    sources: tuple[SliceSource, ...] = ()
+    parameters: dict[str, Any] = Field(default_factory=dict)
     input_scale: float = Field(1.0, gt=0.0, allow_inf_nan=False)
     identity: bool = False
 
+    _params = field_validator("parameters")(classmethod(lambda cls, v: _check_params(v)))
+
     @model_validator(mode="after")
-    def _one_source(self) -> Slice:
+    def _sources(self) -> Slice:
         if self.identity and self.sources:
             raise ValueError("an identity slice takes no sources")
-        if not self.identity and len(self.sources) != 1:
-            raise ValueError("a slice needs exactly one source (or `identity: true`)")
+        if not self.identity and not self.sources:
+            raise ValueError("a slice needs at least one source (or `identity: true`)")
+        lengths = {src.layer_range[1] - src.layer_range[0] for src in self.sources}
+        if len(lengths) > 1:
+            raise ValueError(f"the sources of a slice must have the same number of layers, got {sorted(lengths)}")
+        models = [src.model for src in self.sources]
+        if len(set(models)) != len(models):
+            raise ValueError("a slice lists the same model twice (mergekit refuses duplicate merge inputs)")
         return self
 
     @property
@@ -118,11 +130,15 @@ class Recipe(_Frozen):
                 raise ValueError("passthrough needs `slices:` (each one source with a layer_range)")
             if self.models:
                 raise ValueError("passthrough takes `slices:`, not `models:`")
+            if any(len(sl.sources) > 1 for sl in self.slices):
+                raise ValueError("a passthrough slice takes one source (a merge method merges several)")
         else:
-            if self.slices:
-                raise ValueError(f"`slices:` is only for passthrough, not {self.merge_method!r}")
-            if not self.models:
+            if self.slices and self.models:
+                raise ValueError("give either `models:` or `slices:`, not both")
+            if not self.slices and not self.models:
                 raise ValueError("`models:` is empty; list at least one model")
+            if any(sl.identity or sl.input_scale != 1.0 for sl in self.slices):
+                raise ValueError(f"identity slices and input_scale are for passthrough paths, not {self.merge_method!r}")
         return self
 
     # ------------------------------------------------------------------ identity
@@ -146,7 +162,7 @@ class Recipe(_Frozen):
         """Every model the recipe reads, base first, without repeats."""
         names: list[str] = [self.base_model] if self.base_model else []
         names += [m.model for m in self.models]
-        names += [s.sources[0].model for s in self.slices if s.sources]
+        names += [src.model for s in self.slices for src in s.sources]
         return list(dict.fromkeys(names))
 
     def with_sources(self, mapping: dict[str, str]) -> Recipe:
@@ -176,7 +192,7 @@ class Recipe(_Frozen):
         d["merge_method"] = self.merge_method
         if self.recipe_format != RECIPE_FORMAT:
             d["recipe_format"] = self.recipe_format
-        if self.merge_method == "slerp" and self.base_model:
+        if self.merge_method == "slerp" and self.base_model and not self.slices:
             d["models"] = [{"model": self.base_model}] + d.get("models", [])
         return d
 

@@ -100,7 +100,7 @@ def plan_merge(recipe: Recipe, sources: dict[str, ModelDir] | None = None) -> Me
         raise ConfigError(
             f"merge method {spec.name!r} needs `base_model:`", hint="name the model the experts were fine-tuned from"
         )
-    if recipe.merge_method != "passthrough":
+    if recipe.merge_method != "passthrough" and not recipe.slices:
         if n_experts < spec.min_experts or (spec.max_experts is not None and n_experts > spec.max_experts):
             want = f"{spec.min_experts}" if spec.max_experts == spec.min_experts else f"at least {spec.min_experts}"
             raise ConfigError(
@@ -110,13 +110,15 @@ def plan_merge(recipe: Recipe, sources: dict[str, ModelDir] | None = None) -> Me
     reference = recipe.base_model or recipe.source_names()[0]
     check_compatible(
         sources, reference=reference, allow_dtype_mismatch=recipe.dtype is not None,
-        check_depth=recipe.merge_method != "passthrough",
+        check_depth=not recipe.slices,
     )
     ref = sources[reference]
     config = dict(ref.config)
     plan = MergePlan(recipe=recipe, sources=sources, reference=reference, config=config)
     if recipe.merge_method == "passthrough":
         _plan_passthrough(plan, ref)
+    elif recipe.slices:
+        _plan_merged_slices(plan)
     else:
         _plan_elementwise(plan, ref, n_experts)
     if recipe.dtype is not None:
@@ -214,7 +216,8 @@ def _plan_passthrough(plan: MergePlan, ref: ModelDir) -> None:
     are zero (the residual passes through), so every path is a plain checkpoint of T layers.
     """
     recipe = plan.recipe
-    _check_param_names(recipe, set(recipe.parameters) | {k for s in recipe.slices for src in s.sources for k in src.parameters})
+    _check_param_names(recipe, set(recipe.parameters) | {k for s in recipe.slices for k in s.parameters}
+                       | {k for s in recipe.slices for src in s.sources for k in src.parameters})
     dataflow = any(s.identity or s.input_scale != 1.0 for s in recipe.slices)
     non_layer = [n for n in ref.tensor_names if layer_index(n) is None]
     head = [n for n in non_layer if "embed" in n]
@@ -246,23 +249,28 @@ def _plan_passthrough(plan: MergePlan, ref: ModelDir) -> None:
         )
     fmt = recipe.recipe_format
 
-    def slice_source(sl: Slice) -> tuple[str, dict[str, Any]]:
-        return (plan.reference, {}) if sl.identity else (sl.sources[0].model, sl.sources[0].parameters)
+    def slice_source(sl: Slice) -> tuple[str, list[dict[str, Any]]]:
+        """The slice's model and its parameter scopes, highest precedence first."""
+        if sl.identity:
+            return plan.reference, []
+        return sl.sources[0].model, [sl.sources[0].parameters, sl.parameters]
 
-    def params_for(own: dict[str, Any], in_name: str, out_name: str, t: float) -> dict[str, Any]:
-        """Format 2 resolves as mergekit does: the source's own value first (filters matched on the
-        source tensor's name), then the global one (on the output name); format 1 merges the two
-        dicts and matches the output name."""
+    def params_for(scopes: list[dict[str, Any]], in_name: str, out_name: str, t: float) -> dict[str, Any]:
+        """Format 2 resolves as mergekit does for a per-input parameter: the source's value, then
+        the slice's, then the global one, filters matched on the source tensor's name; format 1
+        merged the source and global dicts and matched the output name."""
         if fmt < 2:
-            return schedule.resolve_all({**recipe.parameters, **own}, out_name, t, fmt=fmt)
-        mine = schedule.resolve_all(own, in_name, t, fmt=fmt)
-        return {**schedule.resolve_all(recipe.parameters, out_name, t, fmt=fmt), **mine}
+            return schedule.resolve_all({**recipe.parameters, **(scopes[0] if scopes else {})}, out_name, t, fmt=fmt)
+        out: dict[str, Any] = {}
+        for scope in [recipe.parameters, *reversed(scopes)]:  # later (higher precedence) scopes win
+            out.update(schedule.resolve_all(scope, in_name, t, fmt=fmt))
+        return out
 
     # The stack's ends: format 2 takes the embeddings from the first slice's model and the final
     # norm and lm_head from the last slice's (mergekit's pre/post weights, at t = 0 with that
     # slice's parameters); format 1 took both from the reference model with global parameters.
-    first_src, first_own = slice_source(recipe.slices[0]) if fmt >= 2 else (plan.reference, {})
-    last_src, last_own = slice_source(recipe.slices[-1]) if fmt >= 2 else (plan.reference, {})
+    first_src, first_own = slice_source(recipe.slices[0]) if fmt >= 2 else (plan.reference, [])
+    last_src, last_own = slice_source(recipe.slices[-1]) if fmt >= 2 else (plan.reference, [])
     for n in head:
         t = 0.0 if fmt >= 2 else schedule.depth_position(n, None, total)
         plan.jobs.append(job(first_src, n, n, None, params_for(first_own, n, n, t)))
@@ -301,6 +309,114 @@ def _plan_passthrough(plan: MergePlan, ref: ModelDir) -> None:
             raise ConfigError(f"{last_src} has no tensor {n}, which the last slice's model gives the merged model",
                               hint="end the stack with a slice of a model of the same architecture")
         plan.jobs.append(job(last_src, n, n, None, params_for(last_own, n, n, t)))
+    plan.config["num_hidden_layers"] = out_layer
+    if "layer_types" in plan.config and isinstance(plan.config["layer_types"], list):
+        plan.config["layer_types"] = [plan.config["layer_types"][0]] * out_layer
+
+
+def _plan_merged_slices(plan: MergePlan) -> None:
+    """A merge method over mergekit's ``slices:`` form (format 2 only; mergekit 0.1.5's planner):
+    output layer k of a slice merges layer ``start + k`` of every source of the slice, at
+    t = k / (n - 1); the embeddings merge the first slice's sources and the final norm and
+    lm_head the last slice's, at t = 0. A per-model parameter resolves from the source, then the
+    slice, then the global parameters, filters matched on the source tensor's name; a shared one
+    from the slice, then the global ones, on the output name."""
+    recipe = plan.recipe
+    if recipe.recipe_format < 2:
+        raise ConfigError("slices with merge methods need recipe format 2", hint="drop `recipe_format: 1`")
+    op = get_op(recipe.merge_method)
+    spec = op.spec
+    per_source = {p.name for p in spec.params if p.per_source}
+    _check_param_names(recipe, set(recipe.parameters) | {k for sl in recipe.slices for k in sl.parameters}
+                       | {k for sl in recipe.slices for src in sl.sources for k in src.parameters})
+    base = recipe.base_model if spec.requires_base else None
+    for i, sl in enumerate(recipe.slices):
+        models = [src.model for src in sl.sources]
+        if base is not None and base not in models:
+            raise ConfigError(f"slices[{i}]: the base model {base} is not among the slice's sources",
+                              hint="list the base model in every slice (mergekit requires it too)")
+        n = len(models) - (1 if base is not None else 0)
+        if n < spec.min_experts or (spec.max_experts is not None and n > spec.max_experts):
+            want = f"{spec.min_experts}" if spec.max_experts == spec.min_experts else f"at least {spec.min_experts}"
+            raise ConfigError(f"slices[{i}]: merge method {spec.name!r} takes {want} model(s) besides the base, "
+                              f"got {n}", hint="fix the slice's `sources:`")
+        for src in sl.sources:
+            have = plan.sources[src.model].num_layers
+            if src.layer_range[1] > have:
+                raise ConfigError(f"slices[{i}]: layer_range {list(src.layer_range)} is past the {have} layers of "
+                                  f"{src.model}", hint=f"use a range within [0, {have})")
+
+    def job(sl: Slice, names: dict[str, str], out_name: str, layer: int | None, t: float) -> None:
+        """One output tensor merged from the slice's sources (``names``: model -> input tensor)."""
+        present = {m: n for m, n in names.items() if n in plan.sources[m].tensor_names}
+        if not present:
+            return  # e.g. lm_head of tied models
+        if len(present) != len(names):
+            missing = sorted(set(names) - set(present))
+            raise ConfigError(f"{missing[0]} has no tensor {names[missing[0]]}, which {out_name} merges",
+                              hint="merge models of one architecture")
+        experts = [m for m in names if m != base]
+        shared = {}
+        for scope in (recipe.parameters, sl.parameters):
+            shared.update({k: v for k, v in schedule.resolve_all(scope, out_name, t, fmt=2).items()
+                           if k not in per_source})
+        params: dict[str, Any] = dict(shared)
+        for key in per_source:
+            vals = []
+            for m in experts:
+                own = next(src.parameters for src in sl.sources if src.model == m)
+                v = None
+                for scope in (own, sl.parameters, recipe.parameters):
+                    if key in scope:
+                        v = schedule.resolve(scope[key], names[m], t, fmt=2)
+                        if v is not None:
+                            break
+                vals.append(v)
+            pspec = next(p for p in spec.params if p.name == key)
+            if pspec.required and any(v is None for v in vals):
+                raise ConfigError(
+                    f"{spec.name}: parameter {key!r} is required (mergekit refuses a config without it) and is "
+                    f"missing for model {experts[vals.index(None)]} at tensor {out_name}",
+                    hint=f"give every source a {key!r}, or set it in the slice's or the top-level `parameters:`")
+            if any(v is not None for v in vals):
+                params[key] = [pspec.default if v is None else v for v in vals]
+        for pspec in spec.params:
+            if pspec.required and not pspec.per_source and pspec.name not in params:
+                raise ConfigError(
+                    f"{spec.name}: parameter {pspec.name!r} is required (mergekit refuses a config without it) "
+                    f"and has no value at tensor {out_name}",
+                    hint=f"set {pspec.name!r} in the slice's or the top-level `parameters:`")
+        ref = plan.sources[base if base is not None else experts[0]]
+        ref_name = names[base if base is not None else experts[0]]
+        plan.jobs.append(TensorJob(
+            out=TensorMeta.of(out_name, _out_dtype(recipe, ref, ref_name), ref.meta(ref_name).shape),
+            layer=layer, base=(base, names[base]) if base is not None else None,
+            experts=tuple((m, names[m]) for m in experts),
+            params=resolve_params(spec, params, len(experts)),
+        ))
+
+    first, last = recipe.slices[0], recipe.slices[-1]
+    ref0 = plan.sources[first.sources[0].model]
+    non_layer = [n for n in ref0.tensor_names if layer_index(n) is None]
+    for n in non_layer:
+        if "embed" in n:
+            job(first, {src.model: n for src in first.sources}, n, None, 0.0)
+    out_layer = 0
+    for sl in recipe.slices:
+        length = sl.num_layers
+        lead = sl.sources[0]
+        lead_names = [n for n in plan.sources[lead.model].tensor_names]
+        for k in range(length):
+            t = schedule.slice_position(k, length)
+            for n in lead_names:
+                if layer_index(n) != lead.layer_range[0] + k:
+                    continue
+                names = {src.model: _rename_layer(n, src.layer_range[0] + k) for src in sl.sources}
+                job(sl, names, _rename_layer(n, out_layer), out_layer, t)
+            out_layer += 1
+    for n in non_layer:
+        if "embed" not in n:
+            job(last, {src.model: n for src in last.sources}, n, None, 0.0)
     plan.config["num_hidden_layers"] = out_layer
     if "layer_types" in plan.config and isinstance(plan.config["layer_types"], list):
         plan.config["layer_types"] = [plan.config["layer_types"][0]] * out_layer

@@ -97,7 +97,9 @@ def test_folding_matters(zoo_dir: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("slice_", "needle"), [
     ({"identity": True, "sources": [{"model": "x", "layer_range": [0, 1]}]}, "identity slice takes no sources"),
-    ({"input_scale": 1.0}, "exactly one source"),
+    ({"input_scale": 1.0}, "needs at least one source"),
+    ({"sources": [{"model": "x", "layer_range": [0, 1]}, {"model": "y", "layer_range": [0, 1]}]},
+     "a passthrough slice takes one source"),
     ({"identity": True, "input_scale": 0.0}, "input_scale"),
     ({"identity": True, "input_scale": float("inf")}, "input_scale"),
 ])

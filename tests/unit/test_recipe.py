@@ -122,3 +122,26 @@ def test_recipe_formats_keep_stored_ids_and_readings() -> None:
     # mergekit's YAML never carries the current format; a format 1 recipe says what it is
     assert "recipe_format" not in new.to_yaml() and "recipe_format: 1" in old.to_yaml()
     assert recipe_from_dict(old.to_mergekit()).recipe_id == old.recipe_id
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("merge_method: ties\nbase_model: b\nslices: [{sources: [{model: a, layer_range: [0, 2]}, "
+     "{model: b, layer_range: [0, 3]}]}]\n", "same number of layers"),
+    ("merge_method: ties\nbase_model: b\nslices: [{sources: [{model: a, layer_range: [0, 2]}, "
+     "{model: a, layer_range: [2, 4]}]}]\n", "same model twice"),
+    ("merge_method: ties\nbase_model: b\nmodels: [{model: a}]\nslices: [{sources: [{model: a, layer_range: [0, 2]}]}]\n",
+     "either `models:` or `slices:`"),
+    ("merge_method: slerp\nbase_model: b\nslices: [{identity: true}]\n", "for passthrough paths"),
+])
+def test_merged_slices_are_checked(text: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        loads_recipe(text)
+
+
+def test_merged_slices_list_every_source_and_keep_slice_parameters() -> None:
+    r = loads_recipe("merge_method: slerp\nbase_model: a\nslices:\n  - sources:\n"
+                     "      - {model: a, layer_range: [0, 4]}\n      - {model: b, layer_range: [2, 6]}\n"
+                     "    parameters: {t: [0.1, 0.9]}\n")
+    assert r.source_names() == ["a", "b"] and r.slices[0].parameters == {"t": [0.1, 0.9]}
+    assert loads_recipe(r.to_yaml()).recipe_id == r.recipe_id
+    assert "models" not in r.to_mergekit()  # mergekit takes models or slices, never both
