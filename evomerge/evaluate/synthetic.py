@@ -23,7 +23,8 @@ from evomerge.recipe import Recipe
 
 
 def recipe_numbers(recipe: Recipe) -> np.ndarray:
-    """Every number in the recipe's canonical form, in a stable order (bools excluded)."""
+    """Every number of the merge in the recipe's canonical form, in a stable order (bools and the
+    recipe format, which is not a merge parameter, excluded)."""
     out: list[float] = []
 
     def walk(v: Any) -> None:
@@ -38,7 +39,7 @@ def recipe_numbers(recipe: Recipe) -> np.ndarray:
             for x in v:
                 walk(x)
 
-    walk(recipe.canonical_dict())
+    walk({k: v for k, v in recipe.canonical_dict().items() if k != "recipe_format"})
     return np.asarray(out, dtype=float)
 
 
