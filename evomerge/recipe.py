@@ -36,6 +36,11 @@ DType = Literal["float32", "float16", "bfloat16"]
 RECIPE_FORMAT = 2
 """The recipe format new recipes get: 2 = mergekit 0.1.5's reading of a config."""
 
+OUTPUT_FILTERS = (".o_proj.", ".down_proj.")
+"""The residual writes of a Llama-family layer as substring filters: the tensors a data-flow
+path's scales fold into (evomerge.merge.plan.OUTPUT_PROJECTIONS)."""
+"""The recipe format new recipes get: 2 = mergekit 0.1.5's reading of a config."""
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -194,7 +199,42 @@ class Recipe(_Frozen):
             d["recipe_format"] = self.recipe_format
         if self.merge_method == "slerp" and self.base_model and not self.slices:
             d["models"] = [{"model": self.base_model}] + d.get("models", [])
+        if self.is_dataflow and self.recipe_format >= 2 and self._scale_free():
+            d["slices"] = self._passthrough_slices()
         return d
+
+    # ------------------------------------------------------------------ data-flow paths
+    @property
+    def is_dataflow(self) -> bool:
+        """A passthrough path with evomerge's data-flow keys (``input_scale``, ``identity``)."""
+        return self.merge_method == "passthrough" and any(s.identity or s.input_scale != 1.0 for s in self.slices)
+
+    def _scale_free(self) -> bool:
+        return "scale" not in self.parameters and not any(
+            "scale" in s.parameters or any("scale" in src.parameters for src in s.sources) for s in self.slices)
+
+    def _passthrough_slices(self) -> list[dict[str, Any]]:
+        """The path in mergekit's own passthrough vocabulary, so ``mergekit-yaml`` rebuilds the same
+        weights: a slice whose entering hidden state is scaled by the cumulative product C of the
+        input scales so far gets its output projections scaled by 1/C (the fold of
+        :func:`evomerge.merge.plan._plan_passthrough`), and an identity slot is layer 0 of the
+        reference model with its output projections scaled by 0."""
+        reference = self.base_model or self.source_names()[0]
+        out: list[dict[str, Any]] = []
+        cumulative = 1.0
+        for sl in self.slices:
+            cumulative *= sl.input_scale
+            if sl.identity:
+                src = {"model": reference, "layer_range": [0, 1]}
+                fold = 0.0
+            else:
+                src = sl.sources[0].model_dump(mode="json", exclude_defaults=True)
+                src["layer_range"] = list(sl.sources[0].layer_range)
+                fold = 1.0 / cumulative
+            if fold != 1.0 and (sl.identity or src["layer_range"][1] > src["layer_range"][0]):
+                src["parameters"] = {"scale": [{"filter": f, "value": fold} for f in OUTPUT_FILTERS]}
+            out.append({"sources": [src]})
+        return out
 
     def to_yaml(self) -> str:
         import yaml

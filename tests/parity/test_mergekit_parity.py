@@ -14,6 +14,11 @@ A config is a plain mergekit YAML whose models are named ``FAMILY/MEMBER`` (``ll
   it fails and asks for ``exact``.
 
 Dropping a file into ``corpus/`` adds a case: no new code.
+
+Round trip: recipes shaped as evomerge's searches write them (:data:`ROUNDTRIP`: per-layer
+parameter-space candidates and a data-flow path with scales and identity slots) are merged by
+evomerge, and the ``mergekit_config.yml`` in the merged directory is merged by mergekit: the
+weights must be equal bit for bit.
 """
 
 from __future__ import annotations
@@ -41,10 +46,40 @@ def expectation(path: Path) -> tuple[str, str]:
     return "exact", ""
 
 
+def _dfs_path() -> dict:
+    """A data-flow path as DFSCodec writes it: empty end slices of the first source, one-layer
+    slots from two models with input scales, two identity slots."""
+    ends = {"sources": [{"model": "mistral32/a", "layer_range": [0, 0]}]}
+    slots = [{"sources": [{"model": "mistral32/a", "layer_range": [0, 1]}]},
+             {"sources": [{"model": "mistral32/b", "layer_range": [1, 2]}], "input_scale": 0.625},
+             {"identity": True},
+             {"sources": [{"model": "mistral32/a", "layer_range": [2, 3]}], "input_scale": 1.7},
+             {"identity": True, "input_scale": 1.3},
+             {"sources": [{"model": "mistral32/b", "layer_range": [5, 6]}], "input_scale": 0.9}]
+    return {"merge_method": "passthrough", "base_model": "mistral32/a", "slices": [ends, *slots, ends]}
+
+
+ROUNDTRIP = {
+    "ps_per_layer": {"merge_method": "task_arithmetic", "base_model": "llama40/base", "models": [
+        {"model": "llama40/a", "parameters": {"weight": [round(0.1 + 0.02 * i, 6) for i in range(40)]}},
+        {"model": "llama40/b", "parameters": {"weight": [round(0.9 - 0.015 * i, 6) for i in range(40)]}}],
+        "parameters": {"lambda": 1.2}},
+    "ps_ties_per_module": {"merge_method": "ties", "base_model": "llama40_tied/base", "models": [
+        {"model": f"llama40_tied/{m}", "parameters": {
+            "weight": [{"filter": "self_attn", "value": [0.3, 0.8]}, {"filter": "mlp", "value": [0.6, 0.2]},
+                       {"value": 0.45}],
+            "density": [0.4, 0.7]}} for m in ("a", "b", "c")]},
+    "dfs_path": _dfs_path(),
+}
+
+
 @pytest.fixture(scope="session")
 def parity_runs(tmp_path_factory) -> dict:
-    """Every corpus config written with real model paths and merged once by mergekit."""
+    """Every corpus config written with real model paths and merged once by mergekit; every
+    round-trip recipe merged by evomerge and its exported mergekit_config.yml queued for mergekit."""
     from bench.mergekit_venv import ensure_mergekit, mergekit_python
+    from evomerge.merge.materialize import merge_to_dir
+    from evomerge.recipe import recipe_from_dict
     from tests.parity.models import build_models
 
     root = tmp_path_factory.mktemp("parity")
@@ -59,6 +94,13 @@ def parity_runs(tmp_path_factory) -> dict:
         cfg.write_text(text)
         configs[src.name] = cfg
         jobs.append({"config": str(cfg), "out": str(root / "mergekit" / src.stem)})
+    for name, spec in ROUNDTRIP.items():
+        text = _NAME.sub(lambda m: str(models / m.group(1)), json.dumps(spec))
+        merge_to_dir(recipe_from_dict(json.loads(text)), root / "roundtrip" / name)
+        cfg = root / "configs" / f"roundtrip_{name}.yml"
+        cfg.write_text((root / "roundtrip" / name / "mergekit_config.yml").read_text())
+        configs[cfg.name] = cfg
+        jobs.append({"config": str(cfg), "out": str(root / "mergekit" / cfg.stem)})
     (root / "jobs.json").write_text(json.dumps(jobs))
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     proc = subprocess.run([str(mergekit_python(venv)), str(HERE / "run_mergekit.py"), str(root / "jobs.json"),
@@ -114,3 +156,21 @@ def test_config_merges_as_mergekit_does_or_is_refused(parity_runs: dict, config:
     cfg_theirs = json.loads((parity_runs["root"] / "mergekit" / config.stem / "config.json").read_text())
     for key in ("num_hidden_layers", "vocab_size", "tie_word_embeddings"):
         assert cfg_mine.get(key) == cfg_theirs.get(key), key
+
+
+@pytest.mark.parametrize("name", list(ROUNDTRIP))
+def test_exported_mergekit_config_rebuilds_the_weights_in_mergekit(parity_runs: dict, name: str) -> None:
+    import torch
+    import yaml
+
+    cfg = parity_runs["configs"][f"roundtrip_{name}.yml"]
+    exported = yaml.safe_load(cfg.read_text())
+    # mergekit's own vocabulary only: no evomerge keys left in the exported config
+    assert "recipe_format" not in exported and "input_scale" not in cfg.read_text() and "identity" not in cfg.read_text()
+    mk = parity_runs["mergekit"][str(cfg)]
+    assert mk == "ok", f"mergekit failed on the exported config of {name}: {mk}"
+    mine = _tensors(parity_runs["root"] / "roundtrip" / name)
+    theirs = _tensors(parity_runs["root"] / "mergekit" / cfg.stem)
+    assert sorted(mine) == sorted(theirs)
+    differ = sorted(n for n, t in theirs.items() if not (mine[n].dtype == t.dtype and torch.equal(mine[n], t)))
+    assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:5]}"
