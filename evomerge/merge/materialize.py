@@ -22,7 +22,7 @@ import torch
 from evomerge.errors import MergeError
 from evomerge.merge import kernels
 from evomerge.merge.io import ModelDir
-from evomerge.merge.plan import MergePlan, TensorJob, plan_merge
+from evomerge.merge.plan import DTYPES, MergePlan, TensorJob, plan_merge
 from evomerge.merge.registry import get_op
 from evomerge.recipe import Recipe
 
@@ -62,6 +62,10 @@ def _merge_job(op: Any, plan: MergePlan, job: TensorJob, out: torch.Tensor, seed
         out.copy_(experts[0])  # integer buffers (rare) are copied from the first source
         return
     base = reads.read(plan.sources[job.base[0]], job.base[1], -1) if job.base else None
+    if plan.recipe.dtype is not None:  # mergekit gathers its inputs in the recipe's dtype, then merges
+        want = DTYPES[plan.recipe.dtype]
+        experts = [x.to(want) for x in experts]
+        base = base.to(want) if base is not None else None
     gen = None
     if op.spec.stochastic:
         gen = torch.Generator().manual_seed(tensor_seed(seed, job.out.name))

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from evomerge.errors import ConfigError
-from evomerge.merge import kernels, sparsify
+from evomerge.merge import kernels, narrow, sparsify
 
 
 @dataclass(frozen=True)
@@ -253,6 +253,9 @@ class Linear(_Op):
                   "Wortsman et al. 2022, Model soups: averaging weights of multiple fine-tuned models")
 
     def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]
+        if narrow.is_narrow(experts[0]):  # 16-bit inputs: mergekit's arithmetic, bit for bit
+            out.copy_(narrow.linear(experts, p))
+            return None
         rows = _Rows()
         for e, w in zip(experts, p["weight"], strict=True):
             if w != 0:  # a one-hot sum is exactly the chosen tensor
@@ -268,6 +271,9 @@ class TaskArithmetic(_Op):
                   "Ilharco et al. 2023, Editing Models with Task Arithmetic")
 
     def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]
+        if narrow.is_narrow(base):  # 16-bit inputs: mergekit's arithmetic, bit for bit
+            out.copy_(narrow.task_arithmetic_family(experts, base, p, sparsify="none", consensus=False))
+            return None
         rows = _Rows()
         for e, w in zip(experts, p["weight"], strict=True):
             if w != 0:
@@ -280,12 +286,17 @@ class _Sparsified(_Op):
     All in one fused pass (``kernels``); the sparsifier only sets each expert's keep rule."""
 
     consensus: ClassVar[bool]
+    narrow_sparsify: ClassVar[str | None] = None  # mergekit's sparsifier for 16-bit inputs (None: kernels only)
 
     def add_expert(self, rows: _Rows, e: Tensor, base: Tensor, i: int, w: float, p: dict[str, Any],
                    seed: int) -> None:
         raise NotImplementedError
 
     def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]
+        if self.narrow_sparsify is not None and narrow.is_narrow(base):  # mergekit's arithmetic, bit for bit
+            out.copy_(narrow.task_arithmetic_family(experts, base, p, sparsify=self.narrow_sparsify,  # type: ignore[arg-type]
+                                                    consensus=self.consensus))
+            return None
         seed = 0
         if self.spec.stochastic:
             seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
@@ -299,6 +310,8 @@ class _Sparsified(_Op):
 
 
 class _Trimmed:
+    narrow_sparsify = "magnitude"
+
     def add_expert(self, rows, e, base, i, w, p, seed):  # type: ignore[no-untyped-def]
         density = p["density"][i]
         low = None if density >= 1.0 else sparsify.rank_cut(e, base, sparsify.top_k_count(density, e.numel()))
@@ -318,6 +331,8 @@ class _Dropped:
 
 
 class _Banded:
+    narrow_sparsify = "magnitude_outliers"
+
     def add_expert(self, rows, e, base, i, w, p, seed):  # type: ignore[no-untyped-def]
         density = p["density"][i]
         if density >= 1.0:

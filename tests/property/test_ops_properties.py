@@ -55,7 +55,10 @@ def test_one_hot_linear_returns_that_input_bitwise(data, dtype, n, normalize) ->
     weights = [1.0 if i == k else 0.0 for i in range(n)]
     out = get_op("linear")(experts, base=None, params={"weight": weights, "normalize": normalize})
     assert out.dtype == dtype
-    assert torch.equal(bits(out), bits(experts[k]))  # bitwise: -0.0, subnormals and all
+    if dtype == torch.float32:
+        assert torch.equal(bits(out), bits(experts[k]))  # bitwise: -0.0, subnormals and all
+    else:  # 16-bit: mergekit's float32 accumulation from +0, so -0.0 comes back as +0.0
+        assert torch.equal(out, experts[k]) and torch.equal(bits(out), bits(experts[k] + 0.0))
 
 
 @SETTINGS
@@ -293,4 +296,8 @@ def test_zero_task_vectors_return_the_base(bx, name, dtype, data) -> None:
     params = params_for(name, data, n, st.floats(0.0, 1.0))
     out = op([base.clone() for _ in range(n)], base=base, params=params, generator=torch.Generator().manual_seed(0))
     assert out.dtype == dtype
-    assert torch.equal(out, base)  # B + lambda * 0 (slerp: interpolating a vector with itself), exactly
+    if name == "slerp":  # mergekit's (1 - t) B + t B in float32: the base to within rounding
+        torch.testing.assert_close(out.float(), base.float(), rtol=2 ** -7 if dtype != torch.float32 else 3e-7,
+                                   atol=0)
+    else:
+        assert torch.equal(out, base)  # B + lambda * 0, exactly

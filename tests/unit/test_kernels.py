@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from evomerge.merge import kernels, native, sparsify
+from evomerge.merge.ops import resolve_params
 from evomerge.merge.registry import get_op
 
 W = [1.0, -0.6, 0.8]
@@ -164,16 +165,31 @@ def test_ties_equals_the_plain_reference_with_and_without_normalize(monkeypatch)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_sources_and_output(monkeypatch, dtype: torch.dtype) -> None:
-    base, experts = sources(300_000, dtype=dtype)
+def test_half_precision_output_of_float32_sources(monkeypatch, dtype: torch.dtype) -> None:
+    base, experts = sources(300_000)
     ref = ref_ties(experts, base, W, DENS).to(dtype)
     got = {}
     for mode in MODES:
         use(monkeypatch, mode)
-        got[mode] = out = get_op("ties")(experts, base=base, params=PARAMS["ties"])
-        assert out.dtype == dtype
+        got[mode] = out = torch.empty(base.shape, dtype=dtype)
+        get_op("ties").into(out, experts, base=base, params=PARAMS["ties"])
         assert (out.float() - ref.float()).abs().max() <= 2 ** -8 * ref.float().abs().max(), mode
     assert torch.equal(got["native"], got["eager"])  # rounding to the output type: the same bits
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_sources_merge_in_their_dtype_as_mergekit_does(dtype: torch.dtype) -> None:
+    """16-bit sources take mergekit's arithmetic (evomerge.merge.narrow; parity with mergekit
+    itself is tests/parity), never the float32 kernels, in every mode."""
+    from evomerge.merge import narrow
+
+    base, experts = sources(50_000, dtype=dtype)
+    p = resolve_params(get_op("ties").spec, PARAMS["ties"], len(experts))
+    want = narrow.task_arithmetic_family(experts, base, p, sparsify="magnitude", consensus=True)
+    out = get_op("ties")(experts, base=base, params=PARAMS["ties"])
+    assert out.dtype == dtype and torch.equal(out, want)
+    kernel = get_op("ties")([e.float() for e in experts], base=base.float(), params=PARAMS["ties"]).to(dtype)
+    assert not torch.equal(out, kernel)  # rounding at every step: not the float32 result rounded once
 
 
 def test_into_writes_a_preallocated_output_of_another_dtype() -> None:
