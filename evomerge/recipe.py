@@ -36,10 +36,13 @@ DType = Literal["float32", "float16", "bfloat16"]
 RECIPE_FORMAT = 2
 """The recipe format new recipes get: 2 = mergekit 0.1.5's reading of a config."""
 
-OUTPUT_FILTERS = (".o_proj.", ".down_proj.")
-"""The residual writes of a Llama-family layer as substring filters: the tensors a data-flow
-path's scales fold into (evomerge.merge.plan.OUTPUT_PROJECTIONS)."""
-"""The recipe format new recipes get: 2 = mergekit 0.1.5's reading of a config."""
+OUTPUT_PROJECTIONS = ("o_proj", "down_proj")
+"""The residual writes of a Llama-family layer: the tensors a data-flow path's input scales
+fold into (evomerge.merge.plan) and, as ``.o_proj.``-style filters, its mergekit export."""
+
+
+def is_output_projection(name: str) -> bool:
+    return any(f".{p}." in name for p in OUTPUT_PROJECTIONS)
 
 
 class _Frozen(BaseModel):
@@ -107,6 +110,11 @@ class Slice(_Frozen):
         return self
 
     @property
+    def is_dataflow(self) -> bool:
+        """Uses evomerge's data-flow keys (an identity slot or an input scale)."""
+        return self.identity or self.input_scale != 1.0
+
+    @property
     def num_layers(self) -> int:
         if self.identity:
             return 1
@@ -142,7 +150,7 @@ class Recipe(_Frozen):
                 raise ValueError("give either `models:` or `slices:`, not both")
             if not self.slices and not self.models:
                 raise ValueError("`models:` is empty; list at least one model")
-            if any(sl.identity or sl.input_scale != 1.0 for sl in self.slices):
+            if any(sl.is_dataflow for sl in self.slices):
                 raise ValueError(f"identity slices and input_scale are for passthrough paths, not {self.merge_method!r}")
         return self
 
@@ -163,6 +171,11 @@ class Recipe(_Frozen):
         return "r-" + hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------------ sources
+    @property
+    def reference(self) -> str:
+        """The model whose config the merge starts from: the base, else the first source."""
+        return self.base_model or self.source_names()[0]
+
     def source_names(self) -> list[str]:
         """Every model the recipe reads, base first, without repeats."""
         names: list[str] = [self.base_model] if self.base_model else []
@@ -207,7 +220,7 @@ class Recipe(_Frozen):
     @property
     def is_dataflow(self) -> bool:
         """A passthrough path with evomerge's data-flow keys (``input_scale``, ``identity``)."""
-        return self.merge_method == "passthrough" and any(s.identity or s.input_scale != 1.0 for s in self.slices)
+        return self.merge_method == "passthrough" and any(s.is_dataflow for s in self.slices)
 
     def _scale_free(self) -> bool:
         return "scale" not in self.parameters and not any(
@@ -219,20 +232,18 @@ class Recipe(_Frozen):
         input scales so far gets its output projections scaled by 1/C (the fold of
         :func:`evomerge.merge.plan._plan_passthrough`), and an identity slot is layer 0 of the
         reference model with its output projections scaled by 0."""
-        reference = self.base_model or self.source_names()[0]
         out: list[dict[str, Any]] = []
         cumulative = 1.0
         for sl in self.slices:
             cumulative *= sl.input_scale
             if sl.identity:
-                src = {"model": reference, "layer_range": [0, 1]}
+                src = {"model": self.reference, "layer_range": [0, 1]}
                 fold = 0.0
             else:
                 src = sl.sources[0].model_dump(mode="json", exclude_defaults=True)
-                src["layer_range"] = list(sl.sources[0].layer_range)
                 fold = 1.0 / cumulative
             if fold != 1.0 and (sl.identity or src["layer_range"][1] > src["layer_range"][0]):
-                src["parameters"] = {"scale": [{"filter": f, "value": fold} for f in OUTPUT_FILTERS]}
+                src["parameters"] = {"scale": [{"filter": f".{p}.", "value": fold} for p in OUTPUT_PROJECTIONS]}
             out.append({"sources": [src]})
         return out
 

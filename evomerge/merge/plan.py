@@ -21,7 +21,7 @@ from evomerge.merge.compat import check_compatible
 from evomerge.merge.io import ModelDir, TensorMeta, layer_index
 from evomerge.merge.ops import resolve_params
 from evomerge.merge.registry import get_op
-from evomerge.recipe import Recipe, Slice
+from evomerge.recipe import OUTPUT_PROJECTIONS, Recipe, Slice, is_output_projection
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _LAYER_RE = re.compile(r"(^|\.)layers\.(\d+)\.")
@@ -101,13 +101,8 @@ def plan_merge(recipe: Recipe, sources: dict[str, ModelDir] | None = None) -> Me
             f"merge method {spec.name!r} needs `base_model:`", hint="name the model the experts were fine-tuned from"
         )
     if recipe.merge_method != "passthrough" and not recipe.slices:
-        if n_experts < spec.min_experts or (spec.max_experts is not None and n_experts > spec.max_experts):
-            want = f"{spec.min_experts}" if spec.max_experts == spec.min_experts else f"at least {spec.min_experts}"
-            raise ConfigError(
-                f"merge method {spec.name!r} takes {want} model(s) besides the base, got {n_experts}",
-                hint="fix the `models:` list",
-            )
-    reference = recipe.base_model or recipe.source_names()[0]
+        _check_expert_count(spec, n_experts, "", hint="fix the `models:` list")
+    reference = recipe.reference
     check_compatible(
         sources, reference=reference, allow_dtype_mismatch=recipe.dtype is not None,
         check_depth=not recipe.slices,
@@ -125,6 +120,59 @@ def plan_merge(recipe: Recipe, sources: dict[str, ModelDir] | None = None) -> Me
         config["torch_dtype"] = recipe.dtype
         config["dtype"] = recipe.dtype
     return plan
+
+
+def _check_expert_count(spec: Any, n: int, where: str, *, hint: str) -> None:
+    if n < spec.min_experts or (spec.max_experts is not None and n > spec.max_experts):
+        want = f"{spec.min_experts}" if spec.max_experts == spec.min_experts else f"at least {spec.min_experts}"
+        raise ConfigError(f"{where}merge method {spec.name!r} takes {want} model(s) besides the base, got {n}",
+                          hint=hint)
+
+
+def _check_layer_range(plan: MergePlan, model: str, layer_range: tuple[int, int], where: str) -> None:
+    have = plan.sources[model].num_layers
+    if layer_range[1] > have:
+        raise ConfigError(f"{where}slice layer_range {list(layer_range)} is past the {have} layers of {model}",
+                          hint=f"use a range within [0, {have})")
+
+
+def _check_required(spec: Any, key: str, values: list[Any], models: list[str], tensor: str, *, hint: str) -> None:
+    """Format 2: a per-model parameter mergekit has no default for must resolve for every model."""
+    pspec = next(p for p in spec.params if p.name == key)
+    if pspec.required and None in values:
+        raise ConfigError(
+            f"{spec.name}: parameter {key!r} is required (mergekit refuses a config without it) "
+            f"and is missing for model {models[values.index(None)]} at tensor {tensor}", hint=hint)
+
+
+def _check_required_shared(spec: Any, params: dict[str, Any], tensor: str, *, hint: str) -> None:
+    """Format 2: a shared parameter mergekit has no default for must resolve."""
+    for pspec in spec.params:
+        if pspec.required and not pspec.per_source and pspec.name not in params:
+            raise ConfigError(
+                f"{spec.name}: parameter {pspec.name!r} is required (mergekit refuses a config without it) "
+                f"and has no value at tensor {tensor}", hint=hint)
+
+
+def _set_depth(plan: MergePlan, layers: int) -> None:
+    plan.config["num_hidden_layers"] = layers
+    if "layer_types" in plan.config and isinstance(plan.config["layer_types"], list):
+        plan.config["layer_types"] = [plan.config["layer_types"][0]] * layers
+
+
+def _layers_of(src: ModelDir) -> dict[int, list[str]]:
+    """The tensor names of each layer of a source, in file order."""
+    by_layer: dict[int, list[str]] = {}
+    for n in src.tensor_names:
+        li = layer_index(n)
+        if li is not None:
+            by_layer.setdefault(li, []).append(n)
+    return by_layer
+
+
+def _slice_param_names(recipe: Recipe) -> set[str]:
+    return set(recipe.parameters) | {k for sl in recipe.slices for k in sl.parameters} \
+        | {k for sl in recipe.slices for src in sl.sources for k in src.parameters}
 
 
 def _check_param_names(recipe: Recipe, names: set[str]) -> None:
@@ -162,15 +210,11 @@ def _plan_elementwise(plan: MergePlan, ref: ModelDir, n_experts: int) -> None:
             for m in recipe.models:
                 v = schedule.resolve(m.parameters[key], name, t, fmt=fmt) if key in m.parameters else None
                 vals.append(glob.get(key) if v is None else v)
-            pspec = next(p for p in spec.params if p.name == key)
-            if fmt >= 2 and pspec.required and any(v is None for v in vals):
-                missing = recipe.models[vals.index(None)].model
-                raise ConfigError(
-                    f"{spec.name}: parameter {key!r} is required (mergekit refuses a config without it) "
-                    f"and is missing for model {missing} at tensor {name}",
-                    hint=f"give every model a {key!r}, or set it once in the top-level `parameters:`")
+            if fmt >= 2:
+                _check_required(spec, key, vals, [m.model for m in recipe.models], name,
+                                hint=f"give every model a {key!r}, or set it once in the top-level `parameters:`")
             if any(v is not None for v in vals):
-                default = pspec.default
+                default = next(p.default for p in spec.params if p.name == key)
                 vals = [default if v is None else v for v in vals]
                 if any(v is None for v in vals):
                     raise ConfigError(
@@ -179,13 +223,8 @@ def _plan_elementwise(plan: MergePlan, ref: ModelDir, n_experts: int) -> None:
                     )
                 params[key] = vals
         if fmt >= 2:
-            for pspec in spec.params:
-                if pspec.required and not pspec.per_source and pspec.name not in params:
-                    raise ConfigError(
-                        f"{spec.name}: parameter {pspec.name!r} is required (mergekit refuses a config without it) "
-                        f"and has no value at tensor {name}",
-                        hint=f"set {pspec.name!r} in the top-level `parameters:` (a fallback entry without a "
-                             "filter covers every tensor)")
+            _check_required_shared(spec, params, name, hint="set it in the top-level `parameters:` (a fallback "
+                                                            "entry without a filter covers every tensor)")
         params = resolve_params(spec, params, n_experts)  # bounds and lengths checked now, not mid-merge
         plan.jobs.append(
             TensorJob(
@@ -196,13 +235,6 @@ def _plan_elementwise(plan: MergePlan, ref: ModelDir, n_experts: int) -> None:
                 params=params,
             )
         )
-
-
-OUTPUT_PROJECTIONS = ("o_proj", "down_proj")  # Llama-family names of a layer's residual writes
-
-
-def _is_output_projection(name: str) -> bool:
-    return any(f".{p}." in name for p in OUTPUT_PROJECTIONS)
 
 
 def _plan_passthrough(plan: MergePlan, ref: ModelDir) -> None:
@@ -216,9 +248,8 @@ def _plan_passthrough(plan: MergePlan, ref: ModelDir) -> None:
     are zero (the residual passes through), so every path is a plain checkpoint of T layers.
     """
     recipe = plan.recipe
-    _check_param_names(recipe, set(recipe.parameters) | {k for s in recipe.slices for k in s.parameters}
-                       | {k for s in recipe.slices for src in s.sources for k in src.parameters})
-    dataflow = any(s.identity or s.input_scale != 1.0 for s in recipe.slices)
+    _check_param_names(recipe, _slice_param_names(recipe))
+    dataflow = recipe.is_dataflow
     non_layer = [n for n in ref.tensor_names if layer_index(n) is None]
     head = [n for n in non_layer if "embed" in n]
     tail = [n for n in non_layer if "embed" not in n]
@@ -233,15 +264,7 @@ def _plan_passthrough(plan: MergePlan, ref: ModelDir) -> None:
             layer=layer, base=None, experts=((src, name),), params=params,
         )
 
-    def layers_of(src_name: str) -> dict[int, list[str]]:
-        by_layer: dict[int, list[str]] = {}
-        for n in plan.sources[src_name].tensor_names:
-            li = layer_index(n)
-            if li is not None:
-                by_layer.setdefault(li, []).append(n)
-        return by_layer
-
-    if dataflow and not any(_is_output_projection(n) for n in layers_of(plan.reference).get(0, [])):
+    if dataflow and not any(is_output_projection(n) for n in _layers_of(ref).get(0, [])):
         raise ConfigError(
             f"data-flow slices (input_scale, identity) need layers with {'/'.join(OUTPUT_PROJECTIONS)} "
             f"output projections; {ref.architecture} has none",
@@ -282,15 +305,9 @@ def _plan_passthrough(plan: MergePlan, ref: ModelDir) -> None:
         if sl.identity:
             layer_ids = [0]
         else:
-            start, end = sl.sources[0].layer_range
-            if end > plan.sources[src_name].num_layers:
-                raise ConfigError(
-                    f"slice layer_range {[start, end]} is past the "
-                    f"{plan.sources[src_name].num_layers} layers of {src_name}",
-                    hint=f"use a range within [0, {plan.sources[src_name].num_layers})",
-                )
-            layer_ids = list(range(start, end))
-        by_layer = layers_of(src_name)
+            _check_layer_range(plan, src_name, sl.sources[0].layer_range, "")
+            layer_ids = list(range(*sl.sources[0].layer_range))
+        by_layer = _layers_of(plan.sources[src_name])
         for offset, li in enumerate(layer_ids):
             # format 2: a gradient restarts in every slice; format 1 spread it over the whole stack
             t = schedule.slice_position(offset, len(layer_ids)) if fmt >= 2 else \
@@ -298,20 +315,18 @@ def _plan_passthrough(plan: MergePlan, ref: ModelDir) -> None:
             for n in by_layer.get(li, []):
                 out_name = _rename_layer(n, out_layer)
                 params = params_for(own, n, out_name, t)
-                if _is_output_projection(n) and (sl.identity or cumulative != 1.0):
+                if is_output_projection(n) and (sl.identity or cumulative != 1.0):
                     fold = 0.0 if sl.identity else 1.0 / cumulative
                     params["scale"] = float(params.get("scale", 1.0)) * fold
                 plan.jobs.append(job(src_name, n, out_name, out_layer, params))
             out_layer += 1
     for n in tail:
         t = 0.0 if fmt >= 2 else schedule.depth_position(n, None, total)
-        if fmt >= 2 and n not in plan.sources[last_src].tensor_names:
+        if fmt >= 2 and n not in plan.sources[last_src]:
             raise ConfigError(f"{last_src} has no tensor {n}, which the last slice's model gives the merged model",
                               hint="end the stack with a slice of a model of the same architecture")
         plan.jobs.append(job(last_src, n, n, None, params_for(last_own, n, n, t)))
-    plan.config["num_hidden_layers"] = out_layer
-    if "layer_types" in plan.config and isinstance(plan.config["layer_types"], list):
-        plan.config["layer_types"] = [plan.config["layer_types"][0]] * out_layer
+    _set_depth(plan, out_layer)
 
 
 def _plan_merged_slices(plan: MergePlan) -> None:
@@ -324,31 +339,23 @@ def _plan_merged_slices(plan: MergePlan) -> None:
     recipe = plan.recipe
     if recipe.recipe_format < 2:
         raise ConfigError("slices with merge methods need recipe format 2", hint="drop `recipe_format: 1`")
-    op = get_op(recipe.merge_method)
-    spec = op.spec
+    spec = get_op(recipe.merge_method).spec
     per_source = {p.name for p in spec.params if p.per_source}
-    _check_param_names(recipe, set(recipe.parameters) | {k for sl in recipe.slices for k in sl.parameters}
-                       | {k for sl in recipe.slices for src in sl.sources for k in src.parameters})
+    _check_param_names(recipe, _slice_param_names(recipe))
     base = recipe.base_model if spec.requires_base else None
     for i, sl in enumerate(recipe.slices):
         models = [src.model for src in sl.sources]
         if base is not None and base not in models:
             raise ConfigError(f"slices[{i}]: the base model {base} is not among the slice's sources",
                               hint="list the base model in every slice (mergekit requires it too)")
-        n = len(models) - (1 if base is not None else 0)
-        if n < spec.min_experts or (spec.max_experts is not None and n > spec.max_experts):
-            want = f"{spec.min_experts}" if spec.max_experts == spec.min_experts else f"at least {spec.min_experts}"
-            raise ConfigError(f"slices[{i}]: merge method {spec.name!r} takes {want} model(s) besides the base, "
-                              f"got {n}", hint="fix the slice's `sources:`")
+        _check_expert_count(spec, len(models) - (1 if base is not None else 0), f"slices[{i}]: ",
+                            hint="fix the slice's `sources:`")
         for src in sl.sources:
-            have = plan.sources[src.model].num_layers
-            if src.layer_range[1] > have:
-                raise ConfigError(f"slices[{i}]: layer_range {list(src.layer_range)} is past the {have} layers of "
-                                  f"{src.model}", hint=f"use a range within [0, {have})")
+            _check_layer_range(plan, src.model, src.layer_range, f"slices[{i}]: ")
 
     def job(sl: Slice, names: dict[str, str], out_name: str, layer: int | None, t: float) -> None:
         """One output tensor merged from the slice's sources (``names``: model -> input tensor)."""
-        present = {m: n for m, n in names.items() if n in plan.sources[m].tensor_names}
+        present = [m for m, n in names.items() if n in plan.sources[m]]
         if not present:
             return  # e.g. lm_head of tied models
         if len(present) != len(names):
@@ -356,11 +363,10 @@ def _plan_merged_slices(plan: MergePlan) -> None:
             raise ConfigError(f"{missing[0]} has no tensor {names[missing[0]]}, which {out_name} merges",
                               hint="merge models of one architecture")
         experts = [m for m in names if m != base]
-        shared = {}
+        params: dict[str, Any] = {}
         for scope in (recipe.parameters, sl.parameters):
-            shared.update({k: v for k, v in schedule.resolve_all(scope, out_name, t, fmt=2).items()
+            params.update({k: v for k, v in schedule.resolve_all(scope, out_name, t, fmt=2).items()
                            if k not in per_source})
-        params: dict[str, Any] = dict(shared)
         for key in per_source:
             vals = []
             for m in experts:
@@ -372,22 +378,14 @@ def _plan_merged_slices(plan: MergePlan) -> None:
                         if v is not None:
                             break
                 vals.append(v)
-            pspec = next(p for p in spec.params if p.name == key)
-            if pspec.required and any(v is None for v in vals):
-                raise ConfigError(
-                    f"{spec.name}: parameter {key!r} is required (mergekit refuses a config without it) and is "
-                    f"missing for model {experts[vals.index(None)]} at tensor {out_name}",
-                    hint=f"give every source a {key!r}, or set it in the slice's or the top-level `parameters:`")
+            _check_required(spec, key, vals, experts, out_name,
+                            hint=f"give every source a {key!r}, or set it in the slice's or the top-level `parameters:`")
             if any(v is not None for v in vals):
-                params[key] = [pspec.default if v is None else v for v in vals]
-        for pspec in spec.params:
-            if pspec.required and not pspec.per_source and pspec.name not in params:
-                raise ConfigError(
-                    f"{spec.name}: parameter {pspec.name!r} is required (mergekit refuses a config without it) "
-                    f"and has no value at tensor {out_name}",
-                    hint=f"set {pspec.name!r} in the slice's or the top-level `parameters:`")
-        ref = plan.sources[base if base is not None else experts[0]]
-        ref_name = names[base if base is not None else experts[0]]
+                default = next(p.default for p in spec.params if p.name == key)
+                params[key] = [default if v is None else v for v in vals]
+        _check_required_shared(spec, params, out_name, hint="set it in the slice's or the top-level `parameters:`")
+        lead = base if base is not None else experts[0]
+        ref, ref_name = plan.sources[lead], names[lead]
         plan.jobs.append(TensorJob(
             out=TensorMeta.of(out_name, _out_dtype(recipe, ref, ref_name), ref.meta(ref_name).shape),
             layer=layer, base=(base, names[base]) if base is not None else None,
@@ -396,27 +394,21 @@ def _plan_merged_slices(plan: MergePlan) -> None:
         ))
 
     first, last = recipe.slices[0], recipe.slices[-1]
-    ref0 = plan.sources[first.sources[0].model]
-    non_layer = [n for n in ref0.tensor_names if layer_index(n) is None]
+    non_layer = [n for n in plan.sources[first.sources[0].model].tensor_names if layer_index(n) is None]
     for n in non_layer:
         if "embed" in n:
             job(first, {src.model: n for src in first.sources}, n, None, 0.0)
     out_layer = 0
     for sl in recipe.slices:
-        length = sl.num_layers
         lead = sl.sources[0]
-        lead_names = [n for n in plan.sources[lead.model].tensor_names]
-        for k in range(length):
-            t = schedule.slice_position(k, length)
-            for n in lead_names:
-                if layer_index(n) != lead.layer_range[0] + k:
-                    continue
+        by_layer = _layers_of(plan.sources[lead.model])
+        for k in range(sl.num_layers):
+            t = schedule.slice_position(k, sl.num_layers)
+            for n in by_layer.get(lead.layer_range[0] + k, []):
                 names = {src.model: _rename_layer(n, src.layer_range[0] + k) for src in sl.sources}
                 job(sl, names, _rename_layer(n, out_layer), out_layer, t)
             out_layer += 1
     for n in non_layer:
         if "embed" not in n:
             job(last, {src.model: n for src in last.sources}, n, None, 0.0)
-    plan.config["num_hidden_layers"] = out_layer
-    if "layer_types" in plan.config and isinstance(plan.config["layer_types"], list):
-        plan.config["layer_types"] = [plan.config["layer_types"][0]] * out_layer
+    _set_depth(plan, out_layer)

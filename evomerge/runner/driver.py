@@ -159,10 +159,10 @@ class Driver:
             g = got[0]
             row = self.rows.get(g.index)
             recipe = self.codec.decode(g.x)
+            genome = [float(v) for v in g.x]
             if row is not None:  # resuming: the replay must regenerate what the store holds
-                if row.genome != [float(v) for v in g.x] or row.recipe_id != recipe.recipe_id:
-                    stored = getattr(row, "recipe_json", "")
-                    if row.genome == [float(v) for v in g.x] and stored and '"recipe_format"' not in stored:
+                if row.genome != genome or row.recipe_id != recipe.recipe_id:
+                    if row.genome == genome and _recipe_format(row) == 1:
                         raise EvomergeError(
                             f"run {self.run_id}: its recipes are recipe format 1 (stored before recipe formats); "
                             f"this evomerge writes format 2 (mergekit's reading), so the run cannot go on",
@@ -174,7 +174,7 @@ class Driver:
                              "start a new run")
                 continue
             new.append(NewCandidate(g.index, g.generation, recipe.canonical_json(), recipe.recipe_id,
-                                    [float(v) for v in g.x], tuple(g.parents)))
+                                    genome, tuple(g.parents)))
         if not new:
             return
         self.store.add_candidates(self.lease, new)  # committed before any dispatch (promise 1)
@@ -418,3 +418,13 @@ class Driver:
         except StaleLeaseError:
             self.log("another driver took over this run; stopping without further writes")
             raise
+
+
+def _recipe_format(row: Any) -> int | None:
+    """The recipe format of a stored candidate (None for a row without its recipe)."""
+    import json
+
+    from evomerge.recipe import stored_recipe
+
+    text = getattr(row, "recipe_json", None)
+    return stored_recipe(json.loads(text)).recipe_format if text else None

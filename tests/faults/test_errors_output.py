@@ -503,3 +503,32 @@ def test_tables_keep_column_names_whole_at_80_columns(tmp_path: Path) -> None:
     roomy = run_cli("best", "wide", "-k", "3", "--db", db2, cwd=tmp_path, COLUMNS="200").stdout
     assert all(name in roomy for name in names) and "o1 =" not in roomy, roomy
 
+
+
+def test_a_run_stored_with_format_1_recipes_is_refused_on_resume_in_one_line(tiny_sources: Path,
+                                                                             tmp_path: Path) -> None:
+    """A run begun before recipe formats holds format 1 recipes; this release decodes format 2
+    ones, so the replay cannot match them: resume says so in one line; no candidate is added,
+    dropped or rewritten (a candidate the crash left RUNNING is requeued, as every resume does)."""
+    from evomerge.recipe import stored_recipe
+
+    db_file = tmp_path / "a.db"
+    db = f"sqlite:///{db_file}"
+    space = write_space(tmp_path, tiny_sources, budget=12)
+    crashed = run_cli("search", "--space", str(space), "--db", db, "--engine", "synthetic", "--backend", "local",
+                      "--name", "old", cwd=tmp_path, EVOMERGE_CRASH_AT="result:5")
+    assert crashed.returncode != 0
+    with sqlite3.connect(db_file) as c:  # rewrite the archive as an older release stored it
+        c.execute("DELETE FROM snapshots")
+        for run_id, idx, text in c.execute("SELECT run_id, idx, recipe_json FROM candidates").fetchall():
+            old = stored_recipe(json.loads(text)).model_copy(update={"recipe_format": 1})
+            assert "recipe_format" not in old.canonical_json()
+            c.execute("UPDATE candidates SET recipe_json = ?, recipe_id = ? WHERE run_id = ? AND idx = ?",
+                      (old.canonical_json(), old.recipe_id, run_id, idx))
+        before = c.execute("SELECT idx, recipe_id, recipe_json FROM candidates ORDER BY idx").fetchall()
+    resumed = run_cli("resume", "old", "--db", db, "--backend", "local", cwd=tmp_path)
+    said = " ".join((resumed.stdout + resumed.stderr).split())
+    assert resumed.returncode != 0 and "Traceback" not in resumed.stderr
+    assert "its recipes are recipe format 1" in said and "start a new run" in said
+    with sqlite3.connect(db_file) as c:
+        assert c.execute("SELECT idx, recipe_id, recipe_json FROM candidates ORDER BY idx").fetchall() == before
