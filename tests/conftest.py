@@ -72,10 +72,12 @@ def ray_local():
     the `ray start` cluster test never runs beside it."""
     import ray
 
+    from evomerge.runner.ray_backend import worker_env
+
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if not ray.is_initialized():
         ray.init(num_cpus=4, object_store_memory=128 * 2**20, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+                 configure_logging=False, runtime_env={"env_vars": worker_env()})
     yield ray
     ray.shutdown()
 

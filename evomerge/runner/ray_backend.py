@@ -10,6 +10,10 @@ whose process dies while evaluating (killed, out of memory, node lost) comes bac
 as a lost outcome and is replaced by a fresh actor; ``kill`` ends an actor that overran its hard
 deadline. Outcomes are JSON-able dicts: candidates travel as recipe JSON, never as weights.
 
+Workers run at the driver's CPU priority (:func:`worker_env`): Ray would start them at nice 15,
+below every ordinary process, so one busy neighbour on the node starved a search's evaluations
+and stretched their starts to minutes.
+
 Workers import the driver's evomerge (:mod:`evomerge.runner.bootstrap`: Ray would put the
 driver's working directory first on their path), and a worker whose code differs anyway
 (another node, another install) refuses to start (``WorkerSpec.code``).
@@ -44,7 +48,7 @@ class RayBackend:
         self.spec, self.slots, self.log = spec, slots, log
         self.owns_ray = not ray.is_initialized()  # started here: shut down with the run
         if self.owns_ray:
-            kwargs: dict[str, Any] = {"runtime_env": {"env_vars": dict(WORKER_ENV)}, "include_dashboard": False,
+            kwargs: dict[str, Any] = {"runtime_env": {"env_vars": worker_env()}, "include_dashboard": False,
                                       "log_to_driver": False, "configure_logging": False}
             address = address or os.environ.get("RAY_ADDRESS")
             if address:
@@ -190,6 +194,14 @@ class RayBackend:
         self.idle, self.busy, self.starting = [], {}, {}
         if self.owns_ray:
             self.ray.shutdown()
+
+
+def worker_env() -> dict[str, str]:
+    """The environment of a Ray this backend starts: :data:`WORKER_ENV`, and no added niceness for
+    the workers (Ray's ``worker_niceness`` is an increment over the node's, 15 by default): they
+    run at the priority the driver was started with, so ``nice -n 10 evomerge search`` still
+    yields to the user's other work. An explicit ``RAY_worker_niceness`` wins."""
+    return {**WORKER_ENV, "RAY_worker_niceness": os.environ.get("RAY_worker_niceness", "0")}
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:

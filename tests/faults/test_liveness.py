@@ -236,6 +236,34 @@ def test_workers_run_the_drivers_code_not_a_copy_in_the_working_directory(tiny_s
     assert [r[1] for r in archive(db, "cwd")] == ["COMPLETE"] * 4
 
 
+NICENESS_PROBE = """
+import os, sys
+from evomerge.runner.ray_backend import RayBackend
+from evomerge.runner.worker import WorkerSpec
+backend = RayBackend(WorkerSpec(engine="synthetic", tasks=(), sources=(sys.argv[1],)), 1, log=lambda m: None)
+import ray
+print("driver", os.nice(0), "worker", ray.get(ray.remote(lambda: os.nice(0)).remote()), flush=True)
+backend.shutdown()
+"""
+
+
+@pytest.mark.ray
+def test_workers_run_at_the_drivers_cpu_priority(tiny_sources: Path, tmp_path: Path) -> None:
+    """Ray starts its workers at nice 15, where any busy neighbour starves a search's evaluations
+    (and their slow starts). The Ray a search starts runs them at the driver's own niceness: a
+    driver started with ``nice -n 3`` gets workers at 3, not 15 and not 0."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    for k in ("RAY_ADDRESS", "RAY_worker_niceness", "EVOMERGE_FAULTS"):
+        env.pop(k, None)
+    res = subprocess.run([sys.executable, "-c", NICENESS_PROBE, str(tiny_sources / "base")], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600, preexec_fn=lambda: os.nice(3))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    line = next(x for x in res.stdout.splitlines() if x.startswith("driver "))
+    _, driver, _, worker = line.split()
+    assert int(driver) == os.nice(0) + 3
+    assert int(worker) == int(driver)
+
+
 @pytest.mark.slow
 def test_processes_that_need_the_zoo_at_once_build_it_once(tmp_path: Path) -> None:
     """The demo, searches and the tests share one zoo per machine: two processes asking for it at
