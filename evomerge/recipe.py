@@ -53,12 +53,23 @@ def _check_params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: schedule.check_value(k, v, "parameters") for k, v in params.items()}
 
 
+def _none_is_empty(v: Any) -> Any:
+    """An empty ``parameters:`` (YAML null) is no parameters, as mergekit reads it."""
+    return {} if v is None else v
+
+
+def _dtype_name(v: Any) -> Any:
+    """mergekit's dtype spellings: ``torch.bfloat16`` is ``bfloat16``."""
+    return v[len("torch."):] if isinstance(v, str) and v.startswith("torch.") else v
+
+
 class ModelEntry(_Frozen):
     """One expert and its per-model parameters (weight, density, gamma, epsilon ...)."""
 
     model: str = Field(min_length=1)
     parameters: dict[str, Any] = Field(default_factory=dict)
 
+    _empty = field_validator("parameters", mode="before")(classmethod(lambda cls, v: _none_is_empty(v)))
     _params = field_validator("parameters")(classmethod(lambda cls, v: _check_params(v)))
 
 
@@ -71,6 +82,7 @@ class SliceSource(_Frozen):
     layer_range: tuple[int, int]
     parameters: dict[str, Any] = Field(default_factory=dict)
 
+    _empty = field_validator("parameters", mode="before")(classmethod(lambda cls, v: _none_is_empty(v)))
     _params = field_validator("parameters")(classmethod(lambda cls, v: _check_params(v)))
 
     @field_validator("layer_range")
@@ -85,14 +97,18 @@ class Slice(_Frozen):
     """One output slice. Passthrough stacks it from one source; a merge method (``slerp``, ``ties``
     ...) merges its sources layer by layer (mergekit's ``slices:`` form, as LazyMergekit writes
     it: every source the same number of layers). ``parameters`` apply to the slice's tensors
-    before the global ones. Data-flow merges (EvoMerge DFS) also set ``input_scale``, the factor
+    before the global ones; ``base_model`` is the slice's base (one of its sources) instead of
+    the recipe's. Data-flow merges (EvoMerge DFS) also set ``input_scale``, the factor
     on the hidden state entering the slice, and ``identity`` for an unused slot."""
 
     sources: tuple[SliceSource, ...] = ()
     parameters: dict[str, Any] = Field(default_factory=dict)
+    base_model: str | None = Field(None, min_length=1)  # this slice's base, instead of the recipe's
+    residual_weight: float | None = None  # mergekit 0.1.5 reads it and builds nothing from it; so does evomerge
     input_scale: float = Field(1.0, gt=0.0, allow_inf_nan=False)
     identity: bool = False
 
+    _empty = field_validator("parameters", mode="before")(classmethod(lambda cls, v: _none_is_empty(v)))
     _params = field_validator("parameters")(classmethod(lambda cls, v: _check_params(v)))
 
     @model_validator(mode="after")
@@ -122,8 +138,23 @@ class Slice(_Frozen):
         return end - start
 
 
+class TokenizerSpec(_Frozen):
+    """mergekit's ``tokenizer:`` block: ``source`` as ``tokenizer_source`` (default ``union``);
+    ``tokens`` (per-token embedding overrides) and ``pad_to_multiple_of`` are read and checked
+    by :mod:`evomerge.merge.tokenizer`."""
+
+    source: str = Field("union", min_length=1)
+    tokens: dict[str, Any] | None = None
+    pad_to_multiple_of: int | None = Field(None, ge=1)
+
+
 class Recipe(_Frozen):
-    """A merge plan over source models (paths, resolved against the recipe's directory)."""
+    """A merge plan over source models (paths, resolved against the recipe's directory).
+
+    ``dtype`` is the dtype the inputs are merged in, ``out_dtype`` the one the result is stored
+    in (default: ``dtype``). ``tokenizer_source`` (``base``, ``union`` or a model path), the
+    equivalent ``tokenizer:`` block and ``chat_template`` (``auto`` or a Jinja template) choose the
+    merged model's tokenizer (:mod:`evomerge.merge.tokenizer`)."""
 
     merge_method: str = Field(min_length=1)
     base_model: str | None = None
@@ -131,13 +162,21 @@ class Recipe(_Frozen):
     slices: tuple[Slice, ...] = ()
     parameters: dict[str, Any] = Field(default_factory=dict)
     dtype: DType | None = None
-    tokenizer_source: Literal["base"] | None = None
+    out_dtype: DType | None = None
+    tokenizer_source: str | None = Field(None, min_length=1)
+    tokenizer: TokenizerSpec | None = None
+    chat_template: str | None = Field(None, min_length=1)
     recipe_format: Literal[1, 2] = RECIPE_FORMAT
 
+    _dtypes = field_validator("dtype", "out_dtype", mode="before")(classmethod(lambda cls, v: _dtype_name(v)))
+
+    _empty = field_validator("parameters", mode="before")(classmethod(lambda cls, v: _none_is_empty(v)))
     _params = field_validator("parameters")(classmethod(lambda cls, v: _check_params(v)))
 
     @model_validator(mode="after")
     def _shape(self) -> Recipe:
+        if self.tokenizer_source is not None and self.tokenizer is not None:
+            raise ValueError("give either `tokenizer_source:` or `tokenizer:`, not both (mergekit refuses both)")
         if self.merge_method == "passthrough":
             if not self.slices:
                 raise ValueError("passthrough needs `slices:` (each one source with a layer_range)")
@@ -191,14 +230,28 @@ class Recipe(_Frozen):
         for m in d["models"]:
             m["model"] = mapping.get(m["model"], m["model"])
         for s in d["slices"]:
+            if s.get("base_model"):
+                s["base_model"] = mapping.get(s["base_model"], s["base_model"])
             for src in s.get("sources", ()):
                 src["model"] = mapping.get(src["model"], src["model"])
         return Recipe.model_validate(d)
 
+    @property
+    def tokenizer_choice(self) -> str | None:
+        """``tokenizer_source`` or the ``tokenizer:`` block's source: ``base``, ``union``, a model path."""
+        return self.tokenizer.source if self.tokenizer is not None else self.tokenizer_source
+
     def resolved(self, root: Path) -> Recipe:
         """Relative model paths made absolute against ``root`` (the recipe file's directory)."""
         mapping = {n: str((root / n).resolve()) for n in self.source_names() if not Path(n).is_absolute()}
-        return self.with_sources(mapping)
+        out = self.with_sources(mapping)
+        choice = self.tokenizer_choice
+        if choice not in (None, "base", "union") and not Path(choice).is_absolute():
+            path = str((root / choice).resolve())
+            update = ({"tokenizer": self.tokenizer.model_copy(update={"source": path})} if self.tokenizer is not None
+                      else {"tokenizer_source": path})
+            out = out.model_copy(update=update)
+        return out
 
     # ------------------------------------------------------------------ mergekit YAML
     def to_mergekit(self) -> dict[str, Any]:
@@ -256,6 +309,7 @@ class Recipe(_Frozen):
 # mergekit lists the base among `models` for these methods; its task vector is zero, so drop it.
 _DROP_BASE_FROM_MODELS = {
     "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "slerp",
+    "della", "della_linear", "sce", "model_stock", "nuslerp", "multislerp",
 }
 
 
@@ -279,7 +333,7 @@ def recipe_from_dict(data: Any, *, source: str = "<recipe>") -> Recipe:
             msg = e["msg"]
             if e["type"] == "extra_forbidden":
                 msg = ("unknown key (known: merge_method, base_model, models, slices, parameters, dtype, "
-                       "tokenizer_source, recipe_format)")
+                       "out_dtype, tokenizer_source, tokenizer, chat_template, recipe_format)")
             lines.append(f"{loc}: {msg}")
         raise ConfigError(
             f"{source}: invalid recipe:\n    " + "\n    ".join(lines),

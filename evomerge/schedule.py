@@ -80,12 +80,39 @@ def interpolate(anchors: Sequence[float], position: float) -> float:
     return a if frac == 0.0 else a + (b - a) * frac
 
 
-def check_value(name: str, value: Any, where: str) -> Any:
-    """Validate and normalize one parameter value (ints become floats, bools stay bools)."""
+_TRUE = {"true", "yes", "on", "t", "y"}
+_FALSE = {"false", "no", "off", "f", "n"}
+
+
+def _scalar(value: Any) -> Any:
+    """mergekit 0.1.5's scalar forms: a number or bool as is; a string that reads as a number is
+    that number (YAML leaves ``1e-3`` a string), one that reads as a bool is that bool; None
+    for anything else."""
     if isinstance(value, bool):
         return value
     if isinstance(value, int | float):
         return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return float(text)
+        except ValueError:
+            pass
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+    return None
+
+
+def check_value(name: str, value: Any, where: str) -> Any:
+    """Validate and normalize one parameter value (ints and numeric strings become floats, bools
+    and bool words become bools; a single ``{filter, value}`` mapping is a one-entry list)."""
+    if isinstance(value, dict):
+        value = [value]
+    scalar = _scalar(value)
+    if scalar is not None:
+        return scalar
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
         out = []
         for i, entry in enumerate(value):
@@ -103,12 +130,12 @@ def check_value(name: str, value: Any, where: str) -> Any:
                 raise ConfigError(f"{where}: parameter {name!r}: conditional values cannot nest")
             out.append({"filter": flt, "value": inner} if flt is not None else {"value": inner})
         return out
-    if isinstance(value, list) and value and all(
-        isinstance(v, int | float) and not isinstance(v, bool) for v in value
-    ):
-        return [float(v) for v in value]
+    if isinstance(value, list) and value and not any(isinstance(v, dict | list) for v in value):
+        scalars = [_scalar(v) for v in value]
+        if None not in scalars and len({isinstance(v, bool) for v in scalars}) == 1:
+            return scalars  # numbers: a gradient over depth; bools: one picked by position
     raise ConfigError(
-        f"{where}: parameter {name!r} has an unsupported value {value!r}",
+        f"{where}: parameter {name!r} has an unsupported value {str(value)[:80]!r}",
         hint="use a number, a list of numbers (a gradient over depth), or a list of {filter, value} entries",
     )
 

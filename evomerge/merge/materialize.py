@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +23,10 @@ from evomerge.merge import kernels
 from evomerge.merge.io import ModelDir
 from evomerge.merge.plan import DTYPES, MergePlan, TensorJob, plan_merge
 from evomerge.merge.registry import get_op
+from evomerge.merge.tokenizer import TokenizerChoice, write_tokenizer
 from evomerge.recipe import Recipe
 
 # Files of a model directory that are never copied into a merged one.
-_NOT_COPIED = re.compile(r"(\.safetensors|\.safetensors\.index\.json|\.bin|\.pt|\.pth|\.ckpt|\.pkl)$")
-_SKIP_FILES = {"config.json", "evomerge-manifest.json", "evomerge-recipe.json", "mergekit_config.yml"}
-MAX_COPIED_FILE_BYTES = 64 * 2**20
 
 
 def tensor_seed(seed: int, tensor_name: str) -> int:
@@ -142,16 +139,6 @@ class MergeReport:
     recipe_id: str
 
 
-def copy_side_files(src: Path, writer: Any) -> None:
-    """Copy tokenizer and generation files (not weights, not config) from ``src``."""
-    for p in sorted(src.iterdir()):
-        if not p.is_file() or p.is_symlink() or p.name in _SKIP_FILES or _NOT_COPIED.search(p.name):
-            continue
-        if p.stat().st_size > MAX_COPIED_FILE_BYTES or p.name.startswith("."):
-            continue
-        writer.copy_file(p, p.name)
-
-
 def merge_to_dir(
     recipe: Recipe,
     out_dir: str | Path,
@@ -182,7 +169,7 @@ def merge_to_dir(
                 total += tensor.numel() * tensor.element_size()
             tw.close()
             w.write_json("config.json", plan.config)
-            copy_side_files(ref.path, w)
+            write_tokenizer(plan.tokenizer or TokenizerChoice(ref.path), w)
             w.write_text("evomerge-recipe.json", recipe.canonical_json() + "\n")
             w.write_text("mergekit_config.yml", recipe.to_yaml())
         return MergeReport(out_dir=out_dir, tensors=len(plan.jobs), bytes_written=total, recipe_id=recipe.recipe_id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from evomerge.errors import ConfigError
-from evomerge.merge import kernels, narrow, sparsify
+from evomerge.merge import geometry, gta, kernels, narrow, sparsify
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,9 @@ class ParamSpec:
 
 @dataclass(frozen=True)
 class OpSpec:
-    """What an op takes: its parameters, whether it needs a base, how many experts, and whether
-    it is random (then it needs a ``torch.Generator``); ``paper`` is the citation."""
+    """What an op takes: its parameters, whether it needs a base (or uses one when given), how many
+    experts, and whether it is random (then it needs a ``torch.Generator``); ``paper`` is the
+    citation; ``check`` refuses a combination of resolved parameters (ConfigError)."""
 
     name: str
     params: tuple[ParamSpec, ...]
@@ -48,6 +49,8 @@ class OpSpec:
     max_experts: int | None
     stochastic: bool
     paper: str
+    optional_base: bool = False  # uses a base when the recipe names one (task vectors), else the models
+    check: Callable[[dict[str, Any]], None] | None = None  # a rule across resolved parameters
 
 
 class MergeOp(Protocol):
@@ -77,6 +80,11 @@ def _normalize(default: bool) -> ParamSpec:
     return ParamSpec("normalize", default, None, None, False, "bool", "divide by the sum of weights")
 
 
+def _rescale(default: bool) -> ParamSpec:
+    return ParamSpec("rescale", default, None, None, False, "bool",
+                     "scale each sparsified task vector back to its L1 norm (mergekit's rescale)")
+
+
 def resolve_params(spec: OpSpec, params: Mapping[str, Any], n_experts: int) -> dict[str, Any]:
     """Fill defaults, broadcast a scalar given for a per-source parameter to every expert, and
     check names, lengths, types and bounds (ConfigError naming the parameter and the fix).
@@ -94,6 +102,8 @@ def resolve_params(spec: OpSpec, params: Mapping[str, Any], n_experts: int) -> d
     for p in spec.params:
         value = params.get(p.name, p.default)
         if p.kind == "bool":
+            if isinstance(value, numbers.Real) and not isinstance(value, bool) and value in (0, 1):
+                value = bool(value)  # mergekit reads 0 and 1 as false and true
             if not isinstance(value, bool):
                 raise ConfigError(f"{spec.name}: {p.name} must be true or false, got {value!r}",
                                   hint=f"set {p.name}: true or {p.name}: false")
@@ -113,6 +123,8 @@ def resolve_params(spec: OpSpec, params: Mapping[str, Any], n_experts: int) -> d
                               hint=f"give {p.name} a single number")
         checked = [_check_number(spec, p, v) for v in (values if values is not None else [value])]
         out[p.name] = checked if p.per_source else checked[0]
+    if spec.check is not None:
+        spec.check(out)
     return out
 
 
@@ -129,7 +141,9 @@ def _as_list(value: Any) -> list[Any] | None:
 
 
 def _check_number(spec: OpSpec, p: ParamSpec, v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+    if isinstance(v, bool):
+        v = float(v)  # mergekit reads true and false as 1 and 0 for a number
+    if not isinstance(v, numbers.Real):
         raise ConfigError(f"{spec.name}: {p.name} must be a number, got {v!r}", hint=f"give {p.name} a number")
     v = float(v)
     if not math.isfinite(v):
@@ -265,14 +279,15 @@ class Linear(_Op):
 
 class TaskArithmetic(_Op):
     """Task arithmetic (Ilharco et al. 2023, "Editing Models with Task Arithmetic", sec. 2):
-    out = B + lambda * sum_i w_i d_i, d_i = E_i - B (divided by sum_i w_i if ``normalize``)."""
+    out = B + lambda * sum_i w_i d_i, d_i = E_i - B (divided by sum_i w_i if ``normalize``).
+    ``rescale`` is accepted as mergekit does and changes nothing (no task vector is sparsified)."""
 
-    spec = OpSpec("task_arithmetic", (WEIGHT, LAMBDA, _normalize(False), INT8_MASK), True, 1, None, False,
+    spec = OpSpec("task_arithmetic", (WEIGHT, LAMBDA, _normalize(False), _rescale(False), INT8_MASK), True, 1, None, False,
                   "Ilharco et al. 2023, Editing Models with Task Arithmetic")
 
     def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]
         if narrow.is_narrow(base):  # 16-bit inputs: mergekit's arithmetic, bit for bit
-            out.copy_(narrow.task_arithmetic_family(experts, base, p, sparsify="none", consensus=False))
+            out.copy_(gta.merge(experts, base, p, sparsify="none", consensus=False))
             return None
         rows = _Rows()
         for e, w in zip(experts, p["weight"], strict=True):
@@ -293,9 +308,10 @@ class _Sparsified(_Op):
         raise NotImplementedError
 
     def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]
-        if self.narrow_sparsify is not None and narrow.is_narrow(base):  # mergekit's arithmetic, bit for bit
-            out.copy_(narrow.task_arithmetic_family(experts, base, p, sparsify=self.narrow_sparsify,  # type: ignore[arg-type]
-                                                    consensus=self.consensus))
+        # 16-bit inputs, or an L1 rescale after a deterministic mask: mergekit's arithmetic, bit for bit
+        if self.narrow_sparsify is not None and (narrow.is_narrow(base) or p["rescale"]):
+            out.copy_(gta.merge(experts, base, p, sparsify=self.narrow_sparsify,  # type: ignore[arg-type]
+                                consensus=self.consensus))
             return None
         seed = 0
         if self.spec.stochastic:
@@ -319,6 +335,11 @@ class _Trimmed:
 
 
 class _Dropped:
+    """DARE's drop: keep each entry with probability ``density``; with ``rescale`` (the default)
+    the kept entries are divided by it (Yu et al. 2024, sec. 3). mergekit instead scales the kept
+    task vector back to its L1 norm, a factor that concentrates at 1/density as the tensor grows:
+    the two agree in distribution (tests/parity), not bit for bit."""
+
     def add_expert(self, rows, e, base, i, w, p, seed):  # type: ignore[no-untyped-def]
         density = p["density"][i]
         if density >= 1.0:
@@ -327,7 +348,7 @@ class _Dropped:
             rows.add(e, scale=0.0, weight=w, keep=0)
         else:
             keep = min((1 << 32) - 1, max(1, round(density * 2**32)))
-            rows.add(e, scale=w * 2**32 / keep, weight=w, keep=keep, seed=seed)
+            rows.add(e, scale=w * 2**32 / keep if p["rescale"] else w, weight=w, keep=keep, seed=seed)
 
 
 class _Banded:
@@ -351,7 +372,7 @@ class Ties(_Trimmed, _Sparsified):
     division only with ``normalize``, the default)."""
 
     consensus = True
-    spec = OpSpec("ties", (WEIGHT, DENSITY, LAMBDA, _normalize(True), INT8_MASK), True, 1, None, False,
+    spec = OpSpec("ties", (WEIGHT, DENSITY, LAMBDA, _normalize(True), _rescale(False), INT8_MASK), True, 1, None, False,
                   "Yadav et al. 2023, TIES-Merging: Resolving Interference When Merging Models")
 
 
@@ -361,7 +382,7 @@ class DareTies(_Dropped, _Sparsified):
     mergekit, ``normalize`` is off by default (the rescaled task vectors are summed)."""
 
     consensus = True
-    spec = OpSpec("dare_ties", (WEIGHT, DENSITY, LAMBDA, _normalize(False), INT8_MASK), True, 1, None, True,
+    spec = OpSpec("dare_ties", (WEIGHT, DENSITY, LAMBDA, _normalize(False), _rescale(True), INT8_MASK), True, 1, None, True,
                   "Yu et al. 2024, Language Models are Super Mario (DARE)")
 
 
@@ -370,7 +391,7 @@ class DareLinear(_Dropped, _Sparsified):
     d_i' = m_i * d_i / density, m_i ~ Bernoulli(density); E[out] is task arithmetic."""
 
     consensus = False
-    spec = OpSpec("dare_linear", (WEIGHT, DENSITY, LAMBDA, _normalize(False), INT8_MASK), True, 1, None, True,
+    spec = OpSpec("dare_linear", (WEIGHT, DENSITY, LAMBDA, _normalize(False), _rescale(True), INT8_MASK), True, 1, None, True,
                   "Yu et al. 2024, Language Models are Super Mario (DARE)")
 
 
@@ -380,7 +401,7 @@ class Breadcrumbs(_Banded, _Sparsified):
     just below it."""
 
     consensus = False
-    spec = OpSpec("breadcrumbs", (WEIGHT, DENSITY, GAMMA, LAMBDA, _normalize(False), INT8_MASK), True, 1, None, False,
+    spec = OpSpec("breadcrumbs", (WEIGHT, DENSITY, GAMMA, LAMBDA, _normalize(False), _rescale(False), INT8_MASK), True, 1, None, False,
                   "Davari & Belilovsky 2024, Model Breadcrumbs: Scaling Multi-Task Model Merging with Sparse Masks")
 
 
@@ -389,7 +410,7 @@ class BreadcrumbsTies(_Banded, _Sparsified):
     disjoint merge (Yadav et al. 2023, sec. 3); ``normalize`` off by default, as in mergekit."""
 
     consensus = True
-    spec = OpSpec("breadcrumbs_ties", (WEIGHT, DENSITY, GAMMA, LAMBDA, _normalize(False), INT8_MASK), True, 1, None, False,
+    spec = OpSpec("breadcrumbs_ties", (WEIGHT, DENSITY, GAMMA, LAMBDA, _normalize(False), _rescale(False), INT8_MASK), True, 1, None, False,
                   "Davari & Belilovsky 2024, Model Breadcrumbs; Yadav et al. 2023, TIES-Merging")
 
 
@@ -461,4 +482,120 @@ class Passthrough(_Op):
             out.copy_(experts[0])
         else:
             out.copy_(experts[0].float() * p["scale"])
+        return None
+
+
+EPSILON = ParamSpec("epsilon", 0.15, 0.0, 0.5, True, doc="spread of DELLA's keep probabilities around density")
+
+
+class _TorchOp(_Op):
+    """An op computed with plain torch (mergekit's sequence, :mod:`evomerge.merge.gta` and
+    :mod:`evomerge.merge.geometry`) on contiguous inputs, so row-wise reductions see the same
+    memory order whatever the inputs' strides."""
+
+    @staticmethod
+    def dense(experts, base):  # type: ignore[no-untyped-def]
+        return [e.contiguous() for e in experts], (base.contiguous() if base is not None else None)
+
+
+class _Della(_TorchOp):
+    """DELLA (Deep et al. 2024, "DELLA-Merging: Reducing Interference in Model Merging through
+    Magnitude-Based Sampling", sec. 3): MagPrune drops each task-vector entry with a probability
+    that falls with its magnitude rank (:func:`evomerge.merge.gta.magprune`), then the family's
+    merge, as mergekit 0.1.5 runs it, in the inputs' dtype."""
+
+    consensus: ClassVar[bool]
+
+    def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]
+        experts, base = self.dense(experts, base)
+        out.copy_(gta.merge(experts, base, p, sparsify="magprune", consensus=self.consensus, generator=generator))
+        return None
+
+
+def _check_della(p: dict[str, Any]) -> None:
+    for density, epsilon in zip(p["density"], p["epsilon"], strict=True):
+        gta.check_magprune(density, epsilon)
+
+
+class Della(_Della):
+    """DELLA with the TIES sign election and disjoint mean (mergekit's ``della``)."""
+
+    consensus = True
+    spec = OpSpec("della", (WEIGHT, DENSITY, EPSILON, LAMBDA, _normalize(True), _rescale(True), INT8_MASK), True, 1,
+                  None, True, "Deep et al. 2024, DELLA-Merging: Reducing Interference in Model Merging through "
+                  "Magnitude-Based Sampling", check=_check_della)
+
+
+class DellaLinear(_Della):
+    """DELLA's MagPrune followed by a weighted sum of the task vectors (mergekit's ``della_linear``)."""
+
+    consensus = False
+    spec = OpSpec("della_linear", (WEIGHT, DENSITY, EPSILON, LAMBDA, _normalize(False), _rescale(True), INT8_MASK),
+                  True, 1, None, True, "Deep et al. 2024, DELLA-Merging: Reducing Interference in Model Merging "
+                  "through Magnitude-Based Sampling", check=_check_della)
+
+
+class Sce(_TorchOp):
+    """SCE (Wan et al. 2024, "FuseChat: Knowledge Fusion of Chat Models", sec. 3.3): select by
+    variance, calculate weights from task-vector energy, erase sign conflicts
+    (:func:`evomerge.merge.gta.sce`). No per-model weights, as in mergekit."""
+
+    spec = OpSpec("sce", (ParamSpec("select_topk", 1.0, 0.0, 1.0, False,
+                                    doc="fraction of the highest-variance entries kept"), INT8_MASK),
+                  True, 1, None, False, "Wan et al. 2024, FuseChat: Knowledge Fusion of Chat Models")
+
+    def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]
+        experts, base = self.dense(experts, base)
+        out.copy_(gta.sce(experts, base, p["select_topk"]))
+        return None
+
+
+class ModelStock(_TorchOp):
+    """Model Stock (Jang et al. 2024): the base pulled toward the experts' mean by the factor their
+    mutual angle implies (:func:`evomerge.merge.geometry.model_stock`); needs a base and two or
+    more experts, no weights."""
+
+    spec = OpSpec("model_stock", (ParamSpec("filter_wise", False, None, None, False, "bool",
+                                            "one factor per row instead of per tensor"),),
+                  True, 2, None, False, "Jang et al. 2024, Model Stock: All we need is just a few fine-tuned models")
+
+    def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]
+        experts, base = self.dense(experts, base)
+        out.copy_(geometry.model_stock(experts, base, filter_wise=p["filter_wise"]))
+        return None
+
+
+class NuSlerp(_TorchOp):
+    """Spherical interpolation of two models at t = w1 / (w0 + w1) (mergekit's ``nuslerp``), of
+    their task vectors when the recipe names a base (:func:`evomerge.merge.geometry.nuslerp`)."""
+
+    spec = OpSpec("nuslerp", (WEIGHT,
+                              ParamSpec("nuslerp_row_wise", False, None, None, False, "bool",
+                                        "interpolate each column vector instead of the flattened tensor"),
+                              ParamSpec("nuslerp_flatten", True, None, None, False, "bool",
+                                        "interpolate the flattened tensor (the default)")),
+                  False, 2, 2, False, "Shoemake 1985, Animating rotation with quaternion curves (mergekit's NuSLERP)",
+                  optional_base=True)
+
+    def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]
+        experts, base = self.dense(experts, base)
+        out.copy_(geometry.nuslerp(experts, base, p["weight"], row_wise=p["nuslerp_row_wise"],
+                                   flatten=p["nuslerp_flatten"]))
+        return None
+
+
+class MultiSlerp(_TorchOp):
+    """Weighted spherical barycentre of any number of models (mergekit's ``multislerp``), of their
+    task vectors when the recipe names a base (:func:`evomerge.merge.geometry.multislerp`)."""
+
+    spec = OpSpec("multislerp", (WEIGHT,
+                                 ParamSpec("normalize_weights", True, None, None, False, "bool",
+                                           "divide the weights by their sum"),
+                                 ParamSpec("eps", 1e-8, 0.0, None, False, doc="guard against zero norms")),
+                  False, 1, None, False, "Buss & Fillmore 2001, Spherical averages and applications to spherical "
+                  "splines and interpolation (mergekit's Multi-SLERP)", optional_base=True)
+
+    def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]
+        experts, base = self.dense(experts, base)
+        out.copy_(geometry.multislerp(experts, base, p["weight"], normalize=p["normalize_weights"], eps=p["eps"]))
         return None

@@ -21,6 +21,7 @@ from evomerge.merge.compat import check_compatible
 from evomerge.merge.io import ModelDir, TensorMeta, layer_index
 from evomerge.merge.ops import resolve_params
 from evomerge.merge.registry import get_op
+from evomerge.merge.tokenizer import TokenizerChoice, choose_tokenizer
 from evomerge.recipe import OUTPUT_PROJECTIONS, Recipe, Slice, is_output_projection
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -47,6 +48,7 @@ class MergePlan:
     reference: str
     config: dict[str, Any]
     jobs: list[TensorJob] = field(default_factory=list)
+    tokenizer: TokenizerChoice | None = None  # the merged model's tokenizer (set by plan_merge)
 
     @property
     def metas(self) -> list[TensorMeta]:
@@ -72,10 +74,12 @@ def _rename_layer(name: str, new_layer: int) -> str:
 
 
 def _out_dtype(recipe: Recipe, ref: ModelDir, name: str) -> torch.dtype:
+    """A floating tensor is stored in ``out_dtype``, else ``dtype``, else as the source stores it."""
     src = ref.meta(name).dtype
-    if recipe.dtype is None or not src.is_floating_point:
+    stored = recipe.out_dtype or recipe.dtype
+    if stored is None or not src.is_floating_point:
         return src
-    return DTYPES[recipe.dtype]
+    return DTYPES[stored]
 
 
 def plan_merge(recipe: Recipe, sources: dict[str, ModelDir] | None = None) -> MergePlan:
@@ -96,7 +100,7 @@ def plan_merge(recipe: Recipe, sources: dict[str, ModelDir] | None = None) -> Me
                 s.close()
             raise
     n_experts = len(recipe.models)
-    if spec.requires_base and not recipe.base_model:
+    if spec.requires_base and not recipe.base_model and not (recipe.slices and all(sl.base_model for sl in recipe.slices)):
         raise ConfigError(
             f"merge method {spec.name!r} needs `base_model:`", hint="name the model the experts were fine-tuned from"
         )
@@ -116,9 +120,11 @@ def plan_merge(recipe: Recipe, sources: dict[str, ModelDir] | None = None) -> Me
         _plan_merged_slices(plan)
     else:
         _plan_elementwise(plan, ref, n_experts)
-    if recipe.dtype is not None:
-        config["torch_dtype"] = recipe.dtype
-        config["dtype"] = recipe.dtype
+    stored = recipe.out_dtype or recipe.dtype  # mergekit's config dtype: out_dtype, else dtype
+    if stored is not None:
+        config["torch_dtype"] = stored
+        config["dtype"] = stored
+    plan.tokenizer = choose_tokenizer(recipe, sources)
     return plan
 
 
@@ -342,9 +348,17 @@ def _plan_merged_slices(plan: MergePlan) -> None:
     spec = get_op(recipe.merge_method).spec
     per_source = {p.name for p in spec.params if p.per_source}
     _check_param_names(recipe, _slice_param_names(recipe))
-    base = recipe.base_model if spec.requires_base else None
+    uses_base = spec.requires_base or spec.optional_base
+
+    def base_of(sl: Slice) -> str | None:
+        return (sl.base_model or recipe.base_model) if uses_base else None
+
     for i, sl in enumerate(recipe.slices):
         models = [src.model for src in sl.sources]
+        base = base_of(sl)
+        if spec.requires_base and base is None:
+            raise ConfigError(f"slices[{i}]: merge method {spec.name!r} needs a base model",
+                              hint="set `base_model:` for the recipe or the slice")
         if base is not None and base not in models:
             raise ConfigError(f"slices[{i}]: the base model {base} is not among the slice's sources",
                               hint="list the base model in every slice (mergekit requires it too)")
@@ -362,6 +376,7 @@ def _plan_merged_slices(plan: MergePlan) -> None:
             missing = sorted(set(names) - set(present))
             raise ConfigError(f"{missing[0]} has no tensor {names[missing[0]]}, which {out_name} merges",
                               hint="merge models of one architecture")
+        base = base_of(sl)
         experts = [m for m in names if m != base]
         params: dict[str, Any] = {}
         for scope in (recipe.parameters, sl.parameters):

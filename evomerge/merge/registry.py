@@ -18,7 +18,13 @@ OPS: Mapping[str, ops.MergeOp] = MappingProxyType({
         ops.DareLinear(),
         ops.Breadcrumbs(),
         ops.BreadcrumbsTies(),
+        ops.Della(),
+        ops.DellaLinear(),
+        ops.Sce(),
         ops.Slerp(),
+        ops.NuSlerp(),
+        ops.MultiSlerp(),
+        ops.ModelStock(),
         ops.Passthrough(),
     )
 })

@@ -203,7 +203,28 @@ class SearchSpace(_Strict):
                 raise ValueError(f"vary.{name}: [{v.low}, {v.high}] exceeds the op's bounds [{p.low}, {p.high}]")
             if p.kind == "bool":
                 raise ValueError(f"vary.{name}: boolean parameters cannot be searched; put it under fixed")
+        if spec.check is not None:
+            self._check_box(spec)
         return self
+
+    def _check_box(self, spec: Any) -> None:
+        """An op with a rule across its parameters (DELLA: density +- epsilon inside (0, 1)) must
+        accept every candidate of the box: checked at each bound and just inside it."""
+        import itertools
+
+        from evomerge.errors import ConfigError
+        from evomerge.merge.ops import resolve_params
+
+        fixed = {k: v for k, v in self.fixed.items() if isinstance(v, int | float)}
+        axes = [[(name, x) for x in (v.low, v.low + 1e-6 * (v.high - v.low), v.high - 1e-6 * (v.high - v.low),
+                                     v.high)] for name, v in self.vary.items()]
+        for corner in itertools.product(*axes):
+            try:
+                resolve_params(spec, {**fixed, **dict(corner)}, 1)
+            except ConfigError as err:
+                at = ", ".join(f"{k}={x:g}" for k, x in corner)
+                raise ValueError(f"the box of `vary:` holds candidates {spec.name} refuses ({at}: {err.message}); "
+                                 f"{err.hint}") from None
 
     def uses_zoo(self) -> bool:
         from evomerge.zoo import default_zoo_dir

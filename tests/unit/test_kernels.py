@@ -179,13 +179,13 @@ def test_half_precision_output_of_float32_sources(monkeypatch, dtype: torch.dtyp
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_sources_merge_in_their_dtype_as_mergekit_does(dtype: torch.dtype) -> None:
-    """16-bit sources take mergekit's arithmetic (evomerge.merge.narrow; parity with mergekit
+    """16-bit sources take mergekit's arithmetic (evomerge.merge.gta; parity with mergekit
     itself is tests/parity), never the float32 kernels, in every mode."""
-    from evomerge.merge import narrow
+    from evomerge.merge import gta
 
     base, experts = sources(50_000, dtype=dtype)
     p = resolve_params(get_op("ties").spec, PARAMS["ties"], len(experts))
-    want = narrow.task_arithmetic_family(experts, base, p, sparsify="magnitude", consensus=True)
+    want = gta.merge(experts, base, p, sparsify="magnitude", consensus=True)
     out = get_op("ties")(experts, base=base, params=PARAMS["ties"])
     assert out.dtype == dtype and torch.equal(out, want)
     kernel = get_op("ties")([e.float() for e in experts], base=base.float(), params=PARAMS["ties"]).to(dtype)

@@ -12,8 +12,8 @@ from evomerge.merge import sparsify
 from evomerge.merge.ops import OpSpec, ParamSpec, resolve_params
 from evomerge.merge.registry import OPS, get_op, list_ops
 
-NAMES = ["breadcrumbs", "breadcrumbs_ties", "dare_linear", "dare_ties", "linear", "passthrough", "slerp",
-         "task_arithmetic", "ties"]
+NAMES = ["breadcrumbs", "breadcrumbs_ties", "dare_linear", "dare_ties", "della", "della_linear", "linear",
+         "model_stock", "multislerp", "nuslerp", "passthrough", "sce", "slerp", "task_arithmetic", "ties"]
 
 
 def t(*values: float) -> torch.Tensor:
@@ -47,9 +47,13 @@ def test_registry_is_read_only() -> None:
 
 def test_specs_describe_base_expert_count_and_randomness() -> None:
     spec = {name: OPS[name].spec for name in NAMES}
-    assert [n for n in NAMES if spec[n].stochastic] == ["dare_linear", "dare_ties"]
-    assert not spec["linear"].requires_base and not spec["passthrough"].requires_base
-    assert all(spec[n].requires_base for n in NAMES if n not in ("linear", "passthrough"))
+    assert [n for n in NAMES if spec[n].stochastic] == ["dare_linear", "dare_ties", "della", "della_linear"]
+    no_base = ("linear", "passthrough", "nuslerp", "multislerp")
+    assert not any(spec[n].requires_base for n in no_base)
+    assert all(spec[n].requires_base for n in NAMES if n not in no_base)
+    assert [n for n in NAMES if spec[n].optional_base] == ["multislerp", "nuslerp"]
+    assert (spec["nuslerp"].min_experts, spec["nuslerp"].max_experts) == (2, 2)
+    assert spec["model_stock"].min_experts == 2
     assert (spec["slerp"].min_experts, spec["slerp"].max_experts) == (1, 1)
     assert (spec["passthrough"].min_experts, spec["passthrough"].max_experts) == (1, 1)
     assert all(spec[n].paper for n in NAMES)
@@ -60,11 +64,16 @@ def test_specs_describe_base_expert_count_and_randomness() -> None:
         for per in ("weight", "density", "gamma"):
             if per in params:
                 assert params[per].per_source
-    normalize = {n: {p.name: p for p in spec[n].params}["normalize"].default for n in NAMES
-                 if n not in ("slerp", "passthrough")}
-    # mergekit 0.1.5's registry: only linear and ties normalize by default
-    assert normalize == {"linear": True, "task_arithmetic": False, "ties": True, "dare_ties": False,
-                         "breadcrumbs_ties": False, "dare_linear": False, "breadcrumbs": False}
+    def defaults(param: str) -> dict[str, bool]:
+        return {n: p.default for n in NAMES for p in spec[n].params if p.name == param}
+
+    # mergekit 0.1.5's registry: linear, ties and della normalize by default; DARE and DELLA rescale
+    assert defaults("normalize") == {"linear": True, "task_arithmetic": False, "ties": True, "dare_ties": False,
+                                     "breadcrumbs_ties": False, "dare_linear": False, "breadcrumbs": False,
+                                     "della": True, "della_linear": False}
+    assert defaults("rescale") == {"task_arithmetic": False, "ties": False, "dare_ties": True,
+                                   "dare_linear": True, "breadcrumbs": False, "breadcrumbs_ties": False,
+                                   "della": True, "della_linear": True}
 
 
 # ---------------------------------------------------------------- resolve_params
@@ -74,7 +83,7 @@ def test_resolve_fills_defaults_and_broadcasts_per_source_scalars() -> None:
     spec = OPS["breadcrumbs_ties"].spec
     p = resolve_params(spec, {"density": 0.5, "lambda": 2}, 3)
     assert p == {"weight": [1.0, 1.0, 1.0], "density": [0.5, 0.5, 0.5], "gamma": [0.01, 0.01, 0.01],
-                 "lambda": 2.0, "normalize": False, "int8_mask": False}
+                 "lambda": 2.0, "normalize": False, "rescale": False, "int8_mask": False}
 
 
 def test_resolve_accepts_tuples_and_tensors_for_per_source_values() -> None:
@@ -376,7 +385,7 @@ def test_passthrough_copies_and_scales() -> None:
 def test_inputs_are_never_mutated_or_returned(name, dtype) -> None:
     g = gen(5)
     base = torch.randn(6, 5, generator=g).to(dtype)
-    n = 1 if OPS[name].spec.max_experts == 1 else 3
+    n = min(3, OPS[name].spec.max_experts or 3)
     experts = [(base.float() + torch.randn(6, 5, generator=g)).to(dtype) for _ in range(n)]
     copies = [x.clone() for x in [base, *experts]]
     for params in ({}, {"t": 0.0} if name == "slerp" else {}, {"t": 1.0} if name == "slerp" else {}):
@@ -410,6 +419,12 @@ STRIDED_PARAMS = {
     "breadcrumbs_ties": {"density": [0.3, 0.6, 0.9], "gamma": 0.1},
     "slerp": {"t": 0.4},
     "passthrough": {"scale": 0.5},
+    "della": {"density": [0.3, 0.6, 0.9], "epsilon": 0.05},
+    "della_linear": {"density": [0.3, 0.6, 0.8], "epsilon": [0.1, 0.2, 0.15]},
+    "sce": {"select_topk": 0.4},
+    "model_stock": {"filter_wise": True},
+    "nuslerp": {"weight": [0.3, 0.7], "nuslerp_row_wise": True, "nuslerp_flatten": False},
+    "multislerp": {"weight": [0.2, 0.3, 0.5]},
 }
 
 
@@ -418,7 +433,7 @@ def test_non_contiguous_inputs_give_the_contiguous_result(name) -> None:
     """Masks are computed in logical (row-major) order, whatever the inputs' strides."""
     g = gen(9)
     base = torch.randn(5, 7, generator=g)
-    n = 1 if OPS[name].spec.max_experts == 1 else 3
+    n = min(3, OPS[name].spec.max_experts or 3)
     experts = [base + torch.randn(5, 7, generator=g) for _ in range(n)]
     op = get_op(name)
     dense = op(experts, base=base, params=STRIDED_PARAMS[name], generator=gen(2))

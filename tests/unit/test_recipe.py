@@ -145,3 +145,80 @@ def test_merged_slices_list_every_source_and_keep_slice_parameters() -> None:
     assert r.source_names() == ["a", "b"] and r.slices[0].parameters == {"t": [0.1, 0.9]}
     assert loads_recipe(r.to_yaml()).recipe_id == r.recipe_id
     assert "models" not in r.to_mergekit()  # mergekit takes models or slices, never both
+
+
+# ---------------------------------------------------------------- mergekit 0.1.5's value forms
+
+
+def test_mergekit_value_forms_read_as_their_plain_equivalents() -> None:
+    """A single {filter, value} mapping is a one-entry list; numbers written as strings (YAML leaves
+    1e-3 a string) are numbers; bool words are bools; an empty `parameters:` is none; torch.*
+    dtype names are dtype names."""
+    loose = loads_recipe("""
+merge_method: ties
+base_model: b
+models:
+  - model: a
+    parameters:
+      weight: {filter: mlp, value: 1e-3}
+      density: [" 0.5", 1]
+  - model: c
+    parameters:
+parameters:
+  normalize: "yes"
+  int8_mask: "off"
+dtype: torch.bfloat16
+out_dtype: torch.float16
+""")
+    plain = loads_recipe("""
+merge_method: ties
+base_model: b
+models:
+  - model: a
+    parameters:
+      weight: [{filter: mlp, value: 0.001}]
+      density: [0.5, 1.0]
+  - model: c
+parameters: {normalize: true, int8_mask: false}
+dtype: bfloat16
+out_dtype: float16
+""")
+    assert loose == plain and loose.recipe_id == plain.recipe_id
+
+
+@pytest.mark.parametrize("value", ["high", "[0.5, true]", "[[0.5]]", "{filter: mlp}"])
+def test_values_that_are_neither_numbers_bools_gradients_nor_filters_are_refused(value: str) -> None:
+    with pytest.raises(ConfigError, match="parameter 'weight'"):
+        loads_recipe(f"merge_method: linear\nmodels: [{{model: a, parameters: {{weight: {value}}}}}]\n")
+
+
+def test_numbers_and_bools_cross_over_as_mergekit_reads_them() -> None:
+    from evomerge.merge.ops import resolve_params
+    from evomerge.merge.registry import get_op
+
+    p = resolve_params(get_op("ties").spec, {"weight": True, "normalize": 0, "int8_mask": 1.0}, 1)
+    assert p["weight"] == [1.0] and p["normalize"] is False and p["int8_mask"] is True
+    with pytest.raises(ConfigError, match="normalize must be true or false"):
+        resolve_params(get_op("ties").spec, {"normalize": 2}, 1)
+
+
+def test_tokenizer_keys_and_slice_keys_of_mergekit_are_read(tmp_path: Path) -> None:
+    r = loads_recipe("""
+merge_method: ties
+slices:
+  - sources: [{model: b, layer_range: [0, 2]}, {model: a, layer_range: [0, 2]}]
+    base_model: b
+    residual_weight: 0.5
+tokenizer:
+  source: tok
+  pad_to_multiple_of: 8
+chat_template: auto
+""")
+    assert r.slices[0].base_model == "b" and r.tokenizer_choice == "tok"
+    resolved = r.resolved(tmp_path)
+    assert resolved.tokenizer_choice == str((tmp_path / "tok").resolve())
+    assert resolved.slices[0].base_model == str((tmp_path / "b").resolve())
+    with pytest.raises(ConfigError, match="either `tokenizer_source:` or `tokenizer:`"):
+        loads_recipe("merge_method: linear\nmodels: [{model: a}]\ntokenizer_source: base\ntokenizer: {source: base}\n")
+    assert loads_recipe("merge_method: linear\nmodels: [{model: a}]\ntokenizer_source: union\n").resolved(
+        tmp_path).tokenizer_choice == "union"

@@ -188,3 +188,43 @@ def test_strategy_check_refuses_what_the_strategy_cannot_start_with() -> None:
         check_strategy(space(strategy={"options": {"xyz": 1}}), _Box(6))
     with pytest.raises(ConfigError, match="strategy nevergrad BFGS cannot start: .*parallelization"):
         check_strategy(space(strategy={"name": "nevergrad", "optimizer": "BFGS"}), _Box(6), workers=2)
+
+
+SEARCHABLE = {
+    "della": {"weight": {"low": 0.2, "high": 1.0}, "density": {"low": 0.3, "high": 0.7},
+              "epsilon": {"low": 0.05, "high": 0.25}},
+    "della_linear": {"weight": {"low": 0.2, "high": 1.0}, "density": {"low": 0.4, "high": 0.6}},
+    "sce": {"select_topk": {"low": 0.1, "high": 1.0}},
+    "nuslerp": {"weight": {"low": 0.1, "high": 1.0}},
+    "multislerp": {"weight": {"low": 0.1, "high": 1.0}},
+    "model_stock": None,
+    "ties": {"weight": {"low": 0.0, "high": 1.0}, "density": {"low": 0.2, "high": 1.0}},
+}
+
+
+@pytest.mark.parametrize("method", sorted(SEARCHABLE))
+def test_methods_search_their_parameters_within_their_bounds(method: str, tiny_models: dict, tmp_path: Path) -> None:
+    """Each method's parameters can be varied per layer group; decoded candidates merge."""
+    from evomerge.merge.materialize import merge_to_dir
+
+    vary = SEARCHABLE[method]
+    fixed = {"filter_wise": True} if method == "model_stock" else {"rescale": False} if method == "ties" else {}
+    if vary is None:  # Model Stock has no number to search: its space is refused with the reason
+        with pytest.raises(ValueError, match="needs `vary:`"):  # pydantic's ValidationError
+            space(merge_method=method, vary={}, fixed=fixed)
+        return
+    s = space(merge_method=method, vary=vary, fixed=fixed, layer_groups=2, base=str(tiny_models["base"]),
+              experts=(str(tiny_models["expert_a"]), str(tiny_models["expert_b"])))
+    codec = PSCodec(s, num_layers=2)
+    for k, x in enumerate((codec.initial(), np.random.default_rng(0).random(codec.dim))):
+        recipe = codec.decode(x)
+        assert recipe.merge_method == method
+        merge_to_dir(recipe, tmp_path / f"out{k}")
+
+
+def test_della_spaces_whose_box_breaks_density_plus_minus_epsilon_are_refused() -> None:
+    with pytest.raises(ValueError, match="density .* epsilon"):  # pydantic's ValidationError
+        space(merge_method="della", vary={"density": {"low": 0.2, "high": 1.0}, "epsilon": {"low": 0.0, "high": 0.1}})
+    with pytest.raises(ValueError, match="choose epsilon below"):
+        space(merge_method="della", vary={"density": {"low": 0.3, "high": 0.6}}, fixed={"epsilon": 0.35})
+    space(merge_method="della", vary={"density": {"low": 0.3, "high": 0.6}}, fixed={"epsilon": 0.25})
