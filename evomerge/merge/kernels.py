@@ -208,8 +208,13 @@ def _body(v: Variant, out: Tensor, base: Tensor | None, experts: Sequence[Tensor
             merged = merged / (divisor + (divisor == 0))  # a zero divisor becomes 1
     else:
         merged = xs[0]
-        for x in xs[1:]:
-            merged = merged + x
+        if b is None and not masked:  # linear: mergekit's float32 addcmul, a fused multiply-add per model
+            for e, row in zip(experts[1:], fp[1:], strict=True):
+                merged = torch.addcmul(merged, e.float(), row[F_SCALE]) if isinstance(row[F_SCALE], Tensor) \
+                    else torch.add(merged, e.float(), alpha=row[F_SCALE])
+        else:
+            for x in xs[1:]:
+                merged = merged + x
         if not (isinstance(glob, list) and glob[1] == 1.0):  # (eager: skip a division by 1)
             merged = merged / glob[1]
     if isinstance(glob, list):  # eager: write straight into ``out``, skip a scaling by 1

@@ -332,6 +332,8 @@ uint32_t step(const Expert& ex, const float* __restrict e, const float* __restri
         wpos[j] = FIRST ? wp : wpos[j] + wp;
         wneg[j] = FIRST ? wn : wneg[j] + wn;
       }
+    } else if (!BASE && !MASKED) {  // linear: mergekit's float32 addcmul, a fused multiply-add per model
+      pos[j] = FIRST ? x : std::fma(e[j], scale, pos[j]);
     } else {
       pos[j] = FIRST ? x : pos[j] + x;
     }

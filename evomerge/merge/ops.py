@@ -261,7 +261,9 @@ class _Op:
 
 class Linear(_Op):
     """Model soup / weighted average (Wortsman et al. 2022, "Model soups", sec. 2):
-    out = sum_i w_i E_i / sum_i w_i with ``normalize`` (default), else sum_i w_i E_i. No base."""
+    out = sum_i w_i E_i / sum_i w_i with ``normalize`` (default), else sum_i w_i E_i. No base.
+    Rounded as mergekit 0.1.5 rounds it: the sum accumulates model by model with a fused
+    multiply-add (torch's addcmul), the divisor is the float32 sum of the float32 weights."""
 
     spec = OpSpec("linear", (WEIGHT, _normalize(True)), False, 1, None, False,
                   "Wortsman et al. 2022, Model soups: averaging weights of multiple fine-tuned models")
@@ -274,7 +276,11 @@ class Linear(_Op):
         for e, w in zip(experts, p["weight"], strict=True):
             if w != 0:  # a one-hot sum is exactly the chosen tensor
                 rows.add(e, scale=w, weight=w)
-        return rows.run(out, None, divisor=_divisor(p["weight"], p["normalize"]))
+        divisor = 1.0
+        if p["normalize"]:  # mergekit's float32 sum of the float32 weights
+            total = float(torch.tensor(list(p["weight"]), dtype=torch.float32).sum())
+            divisor = total if abs(total) >= 1e-8 else 1.0
+        return rows.run(out, None, divisor=divisor)
 
 
 class TaskArithmetic(_Op):

@@ -104,11 +104,11 @@ def test_resolve_accepts_tuples_and_tensors_for_per_source_values() -> None:
         ("ties", {"weight": []}, "weight has 0 values for 2 models"),
         ("ties", {"lambda": [1.0, 2.0]}, "lambda is one global value"),
         ("ties", {"normalize": "yes"}, "normalize must be true or false"),
-        ("ties", {"normalize": 1}, "normalize must be true or false"),
+        ("ties", {"normalize": 2}, "normalize must be true or false"),  # (0 and 1 read as mergekit reads them)
         ("ties", {"weight": float("nan")}, "weight must be finite"),
         ("ties", {"lambda": float("inf")}, "lambda must be finite"),
         ("ties", {"weight": "1"}, "weight must be a number"),
-        ("ties", {"density": True}, "density must be a number"),
+        ("ties", {"density": None}, "density must be a number"),
     ],
 )
 def test_bad_parameters_name_the_parameter(name, params, needle) -> None:
