@@ -20,7 +20,7 @@ from evomerge.errors import ConfigError
 from evomerge.merge import geometry, gta, kernels, narrow, sparsify
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ParamSpec:
     """One parameter of an op, with mergekit's name, default and bounds. ``required``: mergekit
     0.1.5 has no default for it and refuses a config without it (format 2 recipes do too;
@@ -36,7 +36,7 @@ class ParamSpec:
     required: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class OpSpec:
     """What an op takes: its parameters, whether it needs a base (or uses one when given), how many
     experts, and whether it is random (then it needs a ``torch.Generator``); ``paper`` is the
@@ -66,23 +66,28 @@ class MergeOp(Protocol):
     ) -> Tensor: ...
 
 
-WEIGHT = ParamSpec("weight", 1.0, None, None, True, doc="scale of this model's contribution", required=True)
-DENSITY = ParamSpec("density", 1.0, 0.0, 1.0, True, doc="fraction of task-vector entries kept")
-GAMMA = ParamSpec("gamma", 0.01, 0.0, 1.0, True, doc="fraction of largest-magnitude entries dropped")
-LAMBDA = ParamSpec("lambda", 1.0, None, None, False, doc="final scale of the merged task vector")
+WEIGHT = ParamSpec(name="weight", default=1.0, low=None, high=None, per_source=True,
+                   doc="scale of this model's contribution", required=True)
+DENSITY = ParamSpec(name="density", default=1.0, low=0.0, high=1.0, per_source=True,
+                    doc="fraction of task-vector entries kept")
+GAMMA = ParamSpec(name="gamma", default=0.01, low=0.0, high=1.0, per_source=True,
+                  doc="fraction of largest-magnitude entries dropped")
+LAMBDA = ParamSpec(name="lambda", default=1.0, low=None, high=None, per_source=False,
+                   doc="final scale of the merged task vector")
 
 
-INT8_MASK = ParamSpec("int8_mask", False, None, None, False, "bool",
-                      "mergekit's memory option for its sign mask; the merged weights are the same either way")
+INT8_MASK = ParamSpec(name="int8_mask", default=False, low=None, high=None, per_source=False, kind="bool",
+                      doc="mergekit's memory option for its sign mask; the merged weights are the same either way")
 
 
 def _normalize(default: bool) -> ParamSpec:
-    return ParamSpec("normalize", default, None, None, False, "bool", "divide by the sum of weights")
+    return ParamSpec(name="normalize", default=default, low=None, high=None, per_source=False, kind="bool",
+                     doc="divide by the sum of weights")
 
 
 def _rescale(default: bool) -> ParamSpec:
-    return ParamSpec("rescale", default, None, None, False, "bool",
-                     "scale each sparsified task vector back to its L1 norm (mergekit's rescale)")
+    return ParamSpec(name="rescale", default=default, low=None, high=None, per_source=False, kind="bool",
+                     doc="scale each sparsified task vector back to its L1 norm (mergekit's rescale)")
 
 
 def resolve_params(spec: OpSpec, params: Mapping[str, Any], n_experts: int) -> dict[str, Any]:
@@ -265,8 +270,9 @@ class Linear(_Op):
     Rounded as mergekit 0.1.5 rounds it: the sum accumulates model by model with a fused
     multiply-add (torch's addcmul), the divisor is the float32 sum of the float32 weights."""
 
-    spec = OpSpec("linear", (WEIGHT, _normalize(True)), False, 1, None, False,
-                  "Wortsman et al. 2022, Model soups: averaging weights of multiple fine-tuned models")
+    spec = OpSpec(name="linear", params=(WEIGHT, _normalize(True)), requires_base=False, min_experts=1,
+                  max_experts=None, stochastic=False,
+                  paper="Wortsman et al. 2022, Model soups: averaging weights of multiple fine-tuned models")
 
     def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]
         if narrow.is_narrow(experts[0]):  # 16-bit inputs: mergekit's arithmetic, bit for bit
@@ -288,8 +294,10 @@ class TaskArithmetic(_Op):
     out = B + lambda * sum_i w_i d_i, d_i = E_i - B (divided by sum_i w_i if ``normalize``).
     ``rescale`` is accepted as mergekit does and changes nothing (no task vector is sparsified)."""
 
-    spec = OpSpec("task_arithmetic", (WEIGHT, LAMBDA, _normalize(False), _rescale(False), INT8_MASK), True, 1, None, False,
-                  "Ilharco et al. 2023, Editing Models with Task Arithmetic")
+    spec = OpSpec(name="task_arithmetic",
+                  params=(WEIGHT, LAMBDA, _normalize(False), _rescale(False), INT8_MASK), requires_base=True,
+                  min_experts=1, max_experts=None, stochastic=False,
+                  paper="Ilharco et al. 2023, Editing Models with Task Arithmetic")
 
     def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]
         if narrow.is_narrow(base):  # 16-bit inputs: mergekit's arithmetic, bit for bit
@@ -378,8 +386,9 @@ class Ties(_Trimmed, _Sparsified):
     division only with ``normalize``, the default)."""
 
     consensus = True
-    spec = OpSpec("ties", (WEIGHT, DENSITY, LAMBDA, _normalize(True), _rescale(False), INT8_MASK), True, 1, None, False,
-                  "Yadav et al. 2023, TIES-Merging: Resolving Interference When Merging Models")
+    spec = OpSpec(name="ties", params=(WEIGHT, DENSITY, LAMBDA, _normalize(True), _rescale(False), INT8_MASK),
+                  requires_base=True, min_experts=1, max_experts=None, stochastic=False,
+                  paper="Yadav et al. 2023, TIES-Merging: Resolving Interference When Merging Models")
 
 
 class DareTies(_Dropped, _Sparsified):
@@ -388,8 +397,10 @@ class DareTies(_Dropped, _Sparsified):
     mergekit, ``normalize`` is off by default (the rescaled task vectors are summed)."""
 
     consensus = True
-    spec = OpSpec("dare_ties", (WEIGHT, DENSITY, LAMBDA, _normalize(False), _rescale(True), INT8_MASK), True, 1, None, True,
-                  "Yu et al. 2024, Language Models are Super Mario (DARE)")
+    spec = OpSpec(name="dare_ties",
+                  params=(WEIGHT, DENSITY, LAMBDA, _normalize(False), _rescale(True), INT8_MASK),
+                  requires_base=True, min_experts=1, max_experts=None, stochastic=True,
+                  paper="Yu et al. 2024, Language Models are Super Mario (DARE)")
 
 
 class DareLinear(_Dropped, _Sparsified):
@@ -397,8 +408,10 @@ class DareLinear(_Dropped, _Sparsified):
     d_i' = m_i * d_i / density, m_i ~ Bernoulli(density); E[out] is task arithmetic."""
 
     consensus = False
-    spec = OpSpec("dare_linear", (WEIGHT, DENSITY, LAMBDA, _normalize(False), _rescale(True), INT8_MASK), True, 1, None, True,
-                  "Yu et al. 2024, Language Models are Super Mario (DARE)")
+    spec = OpSpec(name="dare_linear",
+                  params=(WEIGHT, DENSITY, LAMBDA, _normalize(False), _rescale(True), INT8_MASK),
+                  requires_base=True, min_experts=1, max_experts=None, stochastic=True,
+                  paper="Yu et al. 2024, Language Models are Super Mario (DARE)")
 
 
 class Breadcrumbs(_Banded, _Sparsified):
@@ -407,8 +420,10 @@ class Breadcrumbs(_Banded, _Sparsified):
     just below it."""
 
     consensus = False
-    spec = OpSpec("breadcrumbs", (WEIGHT, DENSITY, GAMMA, LAMBDA, _normalize(False), _rescale(False), INT8_MASK), True, 1, None, False,
-                  "Davari & Belilovsky 2024, Model Breadcrumbs: Scaling Multi-Task Model Merging with Sparse Masks")
+    spec = OpSpec(name="breadcrumbs",
+                  params=(WEIGHT, DENSITY, GAMMA, LAMBDA, _normalize(False), _rescale(False), INT8_MASK),
+                  requires_base=True, min_experts=1, max_experts=None, stochastic=False,
+                  paper="Davari & Belilovsky 2024, Model Breadcrumbs: Scaling Multi-Task Model Merging with Sparse Masks")
 
 
 class BreadcrumbsTies(_Banded, _Sparsified):
@@ -416,8 +431,10 @@ class BreadcrumbsTies(_Banded, _Sparsified):
     disjoint merge (Yadav et al. 2023, sec. 3); ``normalize`` off by default, as in mergekit."""
 
     consensus = True
-    spec = OpSpec("breadcrumbs_ties", (WEIGHT, DENSITY, GAMMA, LAMBDA, _normalize(False), _rescale(False), INT8_MASK), True, 1, None, False,
-                  "Davari & Belilovsky 2024, Model Breadcrumbs; Yadav et al. 2023, TIES-Merging")
+    spec = OpSpec(name="breadcrumbs_ties",
+                  params=(WEIGHT, DENSITY, GAMMA, LAMBDA, _normalize(False), _rescale(False), INT8_MASK),
+                  requires_base=True, min_experts=1, max_experts=None, stochastic=False,
+                  paper="Davari & Belilovsky 2024, Model Breadcrumbs; Yadav et al. 2023, TIES-Merging")
 
 
 class Slerp(_Op):
@@ -426,8 +443,10 @@ class Slerp(_Op):
     out = sin((1-t) theta)/sin(theta) B + sin(t theta)/sin(theta) E, cos(theta) = <B/|B|, E/|E|>
     (norms below 1e-8 count as 1); when |cos(theta)| > 0.9995, linear interpolation instead."""
 
-    spec = OpSpec("slerp", (ParamSpec("t", 0.5, 0.0, 1.0, False, doc="weight of the expert", required=True),), True, 1, 1,
-                  False, "Shoemake 1985, Animating rotation with quaternion curves")
+    spec = OpSpec(name="slerp",
+                  params=(ParamSpec(name="t", default=0.5, low=0.0, high=1.0, per_source=False, doc="weight of the expert", required=True),),
+                  requires_base=True, min_experts=1, max_experts=1, stochastic=False,
+                  paper="Shoemake 1985, Animating rotation with quaternion curves")
 
     def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]
         out.copy_(self._slerp(experts[0], base, p["t"]))
@@ -476,8 +495,10 @@ class Passthrough(_Op):
     """Copies the one model's tensor times ``scale`` (mergekit's passthrough, used for layer
     stacking / frankenmerges; Goddard et al. 2024, "Arcee's MergeKit"). The base is ignored."""
 
-    spec = OpSpec("passthrough", (ParamSpec("scale", 1.0, None, None, False, doc="multiplier"),), False, 1, 1,
-                  False, "Goddard et al. 2024, Arcee's MergeKit: A Toolkit for Merging Large Language Models")
+    spec = OpSpec(name="passthrough",
+                  params=(ParamSpec(name="scale", default=1.0, low=None, high=None, per_source=False, doc="multiplier"),),
+                  requires_base=False, min_experts=1, max_experts=1, stochastic=False,
+                  paper="Goddard et al. 2024, Arcee's MergeKit: A Toolkit for Merging Large Language Models")
 
     def _prepare(self, experts, base, params, generator, resolved=False):  # type: ignore[no-untyped-def]
         _check_inputs(self.spec, experts, None)  # the base is ignored
@@ -491,7 +512,8 @@ class Passthrough(_Op):
         return None
 
 
-EPSILON = ParamSpec("epsilon", 0.15, 0.0, 0.5, True, doc="spread of DELLA's keep probabilities around density")
+EPSILON = ParamSpec(name="epsilon", default=0.15, low=0.0, high=0.5, per_source=True,
+                    doc="spread of DELLA's keep probabilities around density")
 
 
 class _TorchOp(_Op):
@@ -527,8 +549,10 @@ class Della(_Della):
     """DELLA with the TIES sign election and disjoint mean (mergekit's ``della``)."""
 
     consensus = True
-    spec = OpSpec("della", (WEIGHT, DENSITY, EPSILON, LAMBDA, _normalize(True), _rescale(True), INT8_MASK), True, 1,
-                  None, True, "Deep et al. 2024, DELLA-Merging: Reducing Interference in Model Merging through "
+    spec = OpSpec(name="della",
+                  params=(WEIGHT, DENSITY, EPSILON, LAMBDA, _normalize(True), _rescale(True), INT8_MASK),
+                  requires_base=True, min_experts=1, max_experts=None, stochastic=True,
+                  paper="Deep et al. 2024, DELLA-Merging: Reducing Interference in Model Merging through "
                   "Magnitude-Based Sampling", check=_check_della)
 
 
@@ -536,8 +560,10 @@ class DellaLinear(_Della):
     """DELLA's MagPrune followed by a weighted sum of the task vectors (mergekit's ``della_linear``)."""
 
     consensus = False
-    spec = OpSpec("della_linear", (WEIGHT, DENSITY, EPSILON, LAMBDA, _normalize(False), _rescale(True), INT8_MASK),
-                  True, 1, None, True, "Deep et al. 2024, DELLA-Merging: Reducing Interference in Model Merging "
+    spec = OpSpec(name="della_linear",
+                  params=(WEIGHT, DENSITY, EPSILON, LAMBDA, _normalize(False), _rescale(True), INT8_MASK),
+                  requires_base=True, min_experts=1, max_experts=None, stochastic=True,
+                  paper="Deep et al. 2024, DELLA-Merging: Reducing Interference in Model Merging "
                   "through Magnitude-Based Sampling", check=_check_della)
 
 
@@ -546,9 +572,10 @@ class Sce(_TorchOp):
     variance, calculate weights from task-vector energy, erase sign conflicts
     (:func:`evomerge.merge.gta.sce`). No per-model weights, as in mergekit."""
 
-    spec = OpSpec("sce", (ParamSpec("select_topk", 1.0, 0.0, 1.0, False,
-                                    doc="fraction of the highest-variance entries kept"), INT8_MASK),
-                  True, 1, None, False, "Wan et al. 2024, FuseChat: Knowledge Fusion of Chat Models")
+    spec = OpSpec(name="sce",
+                  params=(ParamSpec(name="select_topk", default=1.0, low=0.0, high=1.0, per_source=False, doc="fraction of the highest-variance entries kept"), INT8_MASK),
+                  requires_base=True, min_experts=1, max_experts=None, stochastic=False,
+                  paper="Wan et al. 2024, FuseChat: Knowledge Fusion of Chat Models")
 
     def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]
         experts, base = self.dense(experts, base)
@@ -561,9 +588,10 @@ class ModelStock(_TorchOp):
     mutual angle implies (:func:`evomerge.merge.geometry.model_stock`); needs a base and two or
     more experts, no weights."""
 
-    spec = OpSpec("model_stock", (ParamSpec("filter_wise", False, None, None, False, "bool",
-                                            "one factor per row instead of per tensor"),),
-                  True, 2, None, False, "Jang et al. 2024, Model Stock: All we need is just a few fine-tuned models")
+    spec = OpSpec(name="model_stock",
+                  params=(ParamSpec(name="filter_wise", default=False, low=None, high=None, per_source=False, kind="bool", doc="one factor per row instead of per tensor"),),
+                  requires_base=True, min_experts=2, max_experts=None, stochastic=False,
+                  paper="Jang et al. 2024, Model Stock: All we need is just a few fine-tuned models")
 
     def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]
         experts, base = self.dense(experts, base)
@@ -575,13 +603,13 @@ class NuSlerp(_TorchOp):
     """Spherical interpolation of two models at t = w1 / (w0 + w1) (mergekit's ``nuslerp``), of
     their task vectors when the recipe names a base (:func:`evomerge.merge.geometry.nuslerp`)."""
 
-    spec = OpSpec("nuslerp", (WEIGHT,
-                              ParamSpec("nuslerp_row_wise", False, None, None, False, "bool",
-                                        "interpolate each column vector instead of the flattened tensor"),
-                              ParamSpec("nuslerp_flatten", True, None, None, False, "bool",
-                                        "interpolate the flattened tensor (the default)")),
-                  False, 2, 2, False, "Shoemake 1985, Animating rotation with quaternion curves (mergekit's NuSLERP)",
-                  optional_base=True)
+    spec = OpSpec(name="nuslerp", params=(WEIGHT,
+                              ParamSpec(name="nuslerp_row_wise", default=False, low=None, high=None,
+                                        per_source=False, kind="bool",
+                                        doc="interpolate each column vector instead of the flattened tensor"),
+                              ParamSpec(name="nuslerp_flatten", default=True, low=None, high=None,
+                                        per_source=False, kind="bool",
+                                        doc="interpolate the flattened tensor (the default)")), requires_base=False, min_experts=2, max_experts=2, stochastic=False, paper="Shoemake 1985, Animating rotation with quaternion curves (mergekit's NuSLERP)", optional_base=True)
 
     def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]
         experts, base = self.dense(experts, base)
@@ -594,11 +622,12 @@ class MultiSlerp(_TorchOp):
     """Weighted spherical barycentre of any number of models (mergekit's ``multislerp``), of their
     task vectors when the recipe names a base (:func:`evomerge.merge.geometry.multislerp`)."""
 
-    spec = OpSpec("multislerp", (WEIGHT,
-                                 ParamSpec("normalize_weights", True, None, None, False, "bool",
-                                           "divide the weights by their sum"),
-                                 ParamSpec("eps", 1e-8, 0.0, None, False, doc="guard against zero norms")),
-                  False, 1, None, False, "Buss & Fillmore 2001, Spherical averages and applications to spherical "
+    spec = OpSpec(name="multislerp", params=(WEIGHT,
+                                 ParamSpec(name="normalize_weights", default=True, low=None, high=None,
+                                           per_source=False, kind="bool",
+                                           doc="divide the weights by their sum"),
+                                 ParamSpec(name="eps", default=1e-8, low=0.0, high=None, per_source=False,
+                                           doc="guard against zero norms")), requires_base=False, min_experts=1, max_experts=None, stochastic=False, paper="Buss & Fillmore 2001, Spherical averages and applications to spherical "
                   "splines and interpolation (mergekit's Multi-SLERP)", optional_base=True)
 
     def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]

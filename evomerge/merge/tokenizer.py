@@ -11,9 +11,10 @@ usual and gives the merged model that tokenizer, the same weights as mergekit's.
 padding the vocabulary) would need the re-indexing itself, which evomerge does not build: such a
 recipe is refused before any weight is read, naming the model and the reason.
 
-``chat_template`` is ``auto`` (the template most of the models' tokenizers carry) or a Jinja
-template; it is written into the merged tokenizer. mergekit's built-in template names are refused
-(evomerge does not ship those templates): paste the template's text instead.
+``chat_template`` is ``auto`` (the template most of the models' tokenizers carry), one of
+mergekit's built-in template names (``chatml``, ``llama3``, ...: read from an installed mergekit's
+package data, since evomerge ships no copy of them; refused with the fix when mergekit is not
+installed) or a Jinja template; it is written into the merged tokenizer.
 """
 
 from __future__ import annotations
@@ -122,13 +123,37 @@ def _chat_template(recipe: Recipe, sources: dict[str, ModelDir]) -> str | None:
             if t:
                 found.append(t.strip())
         return Counter(found).most_common(1)[0][0] if found else None
-    if template in MERGEKIT_TEMPLATE_NAMES:
-        raise ConfigError(f"chat_template {template!r} names one of mergekit's built-in templates, which evomerge "
-                          "does not ship", hint="paste the template's Jinja text into chat_template, or use auto")
+    if len(template) < 256 and "\n" not in template and "{" not in template:  # a name, as mergekit tells them
+        builtin = mergekit_template(template)
+        if builtin is not None:
+            return builtin
+        if template in MERGEKIT_TEMPLATE_NAMES:
+            raise ConfigError(f"chat_template {template!r} names one of mergekit's built-in templates, which evomerge "
+                              "does not ship and reads from an installed mergekit, and none is installed",
+                              hint="pip install mergekit (its templates are read, it is not imported), paste the "
+                                   "template's Jinja text into chat_template, or use auto")
     if len(template) < 20 or "{" not in template:
         raise ConfigError(f"chat_template {template[:40]!r} is neither auto nor a Jinja template",
                           hint="write the Jinja template text, or chat_template: auto")
     return template
+
+
+def mergekit_template(name: str) -> str | None:
+    """The text of mergekit's built-in chat template ``name`` from an installed mergekit's package
+    data (found without importing mergekit, whose pins may not fit this environment), or None."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("mergekit")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for root in spec.submodule_search_locations:
+        path = Path(root) / "_data" / "chat_templates" / f"{name}.jinja"
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+    return None
 
 
 def copy_side_files(src: Path, writer: Any, *, skip: set[str] | frozenset[str] = frozenset()) -> None:

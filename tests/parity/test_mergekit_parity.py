@@ -88,6 +88,7 @@ def parity_runs(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("parity")
     models = build_models(root / "models")
     venv = ensure_mergekit()
+    _find_mergekit_templates(venv, root / "mergekit-package")
     jobs = []
     configs = {}
     for src in CORPUS:
@@ -110,6 +111,24 @@ def parity_runs(tmp_path_factory) -> dict:
                            str(root / "results.json")], env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {"root": root, "configs": configs, "mergekit": json.loads((root / "results.json").read_text())}
+
+
+def _find_mergekit_templates(venv: Path, where: Path) -> None:
+    """Make mergekit's package findable (not importable: nothing else of its venv) from this
+    process, so chat_template names resolve to its built-in templates as an installed mergekit
+    would make them."""
+    import importlib
+    import sys
+
+    from bench.mergekit_venv import mergekit_python
+
+    proc = subprocess.run([str(mergekit_python(venv)), "-c", "import importlib.util as u; "
+                           "print(u.find_spec('mergekit').submodule_search_locations[0])"],
+                          capture_output=True, text=True, timeout=120, check=True)
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "mergekit").symlink_to(proc.stdout.strip())
+    sys.path.append(str(where))
+    importlib.invalidate_caches()
 
 
 def _tensors(d: Path) -> dict:

@@ -129,7 +129,9 @@ def test_unknown_parameter_error_lists_the_known_ones() -> None:
 
 
 def test_unbounded_side_is_shown_as_infinite() -> None:
-    spec = OpSpec("demo", (ParamSpec("x", 0.0, 0.0, None, False),), False, 1, None, False, "none")
+    spec = OpSpec(name="demo",
+                  params=(ParamSpec(name="x", default=0.0, low=0.0, high=None, per_source=False),),
+                  requires_base=False, min_experts=1, max_experts=None, stochastic=False, paper="none")
     with pytest.raises(ConfigError, match=r"x=-1.0 is outside \[0.0, inf\]"):
         resolve_params(spec, {"x": -1}, 1)
     assert resolve_params(spec, {"x": 1e30}, 1) == {"x": 1e30}
