@@ -30,11 +30,19 @@ OPS: Mapping[str, ops.MergeOp] = MappingProxyType({
 })
 
 
+MERGEKIT_ONLY = frozenset({"arcee_fusion", "karcher", "nearswap", "ram", "ramplus_tl"})
+"""mergekit 0.1.5's methods that evomerge does not build."""
+
+
 def get_op(name: str) -> ops.MergeOp:
-    """The op called ``name``; a ConfigError lists the known names otherwise."""
+    """The op called ``name``; a ConfigError lists the known names otherwise (and says so when
+    ``name`` is one of mergekit's methods that evomerge does not build)."""
     try:
         return OPS[name]
     except (KeyError, TypeError):
+        if name in MERGEKIT_ONLY:
+            raise ConfigError(f"unknown merge method {name!r}: a mergekit method that evomerge does not build",
+                              hint=f"merge it with mergekit, or use one of: {', '.join(sorted(OPS))}") from None
         raise ConfigError(
             f"unknown merge method {name!r}", hint=f"use one of: {', '.join(sorted(OPS))}"
         ) from None

@@ -295,8 +295,10 @@ class Driver:
         may still be open in this step's transaction)."""
         c = self._new.get(index)
         if c is not None:
-            base = CandidateRow(self.run_id, index, c.generation, c.recipe_json, c.recipe_id, c.genome,
-                                tuple(c.parents), "PENDING", 0, None, None, None, None, None, None, None, None, 0)
+            base = CandidateRow(run_id=self.run_id, index=index, generation=c.generation, recipe_json=c.recipe_json,
+                                recipe_id=c.recipe_id, genome=c.genome, parents=tuple(c.parents), status="PENDING",
+                                attempts=0, worker=None, heartbeat_at=None, started_at=None, finished_at=None,
+                                seconds=None, error=None, fitness=None, cached_from=None, tokens=0)
         else:  # persisted by an earlier driver: loaded at resume
             base = self.rows[index]  # type: ignore[assignment]
         return dataclasses.replace(base, **changes)

@@ -44,7 +44,7 @@ class CandidateResult:
     tokens: int = 0
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CandidateRow:
     run_id: str
     index: int
@@ -87,9 +87,11 @@ class RunInfo:
 
 def candidate_row(c: Any) -> CandidateRow:
     """A CandidateRow from a ``candidates`` table row (objectives and scores filled by the caller)."""
-    return CandidateRow(c.run_id, c.idx, c.generation, c.recipe_json, c.recipe_id, list(c.genome),
-                        tuple(c.parents or ()), c.status, c.attempts, c.worker, c.heartbeat_at, c.started_at,
-                        c.finished_at, c.seconds, c.error, c.fitness, c.cached_from, c.tokens or 0)
+    return CandidateRow(run_id=c.run_id, index=c.idx, generation=c.generation, recipe_json=c.recipe_json,
+                        recipe_id=c.recipe_id, genome=list(c.genome), parents=tuple(c.parents or ()), status=c.status,
+                        attempts=c.attempts, worker=c.worker, heartbeat_at=c.heartbeat_at, started_at=c.started_at,
+                        finished_at=c.finished_at, seconds=c.seconds, error=c.error, fitness=c.fitness,
+                        cached_from=c.cached_from, tokens=c.tokens or 0)
 
 
 def _finite(v: Any) -> bool:

@@ -38,6 +38,10 @@ def test_unknown_op_lists_the_known_names() -> None:
         get_op("tiez")
     for name in NAMES:
         assert name in str(info.value)
+    assert "mergekit" not in info.value.message
+    for name in ("karcher", "arcee_fusion", "nearswap", "ram", "ramplus_tl"):  # mergekit's, not built here
+        with pytest.raises(ConfigError, match=f"'{name}': a mergekit method that evomerge does not build"):
+            get_op(name)
 
 
 def test_registry_is_read_only() -> None:
