@@ -1,6 +1,7 @@
 """Search-path merge time per candidate under each kernel configuration, before vs after.
 
     python -m bench.kernel_paths [--sizes tiny,100m] [--candidates 8] [--repeats 3]
+                                 [--configs "C++ + index"] [--code OTHER_CHECKOUT]
 
 Every candidate of a search merges the resident sources into the evaluator's live weights
 (``merge_into``). Rows: the tiny trained zoo (what the demo and the tests search) and the
@@ -15,7 +16,8 @@ show:
 
 Each cell: first candidate / second candidate / steady state (median of the rest), seconds, each
 the median over ``--repeats`` processes (a process's steady state varies by up to +-30% here
-with where its memory landed).
+with where its memory landed). ``--code`` runs the merges of another checkout (a worktree of an
+earlier commit) with this script's setup, for before/after tables of one change.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ CONFIGS = {
     "C++ + index": {},
 }
 METHODS = {
+    "linear": ([{"weight": 1.0}, {"weight": 0.7}], {"normalize": True}),
     "task_arithmetic": ([{"weight": 1.0}, {"weight": 0.7}], {"lambda": 1.0}),
     "dare_ties": ([{"weight": 1.0, "density": 0.5}, {"weight": 0.7, "density": 0.3}], {"normalize": False}),
     "ties": ([{"weight": 1.0, "density": 0.5}, {"weight": 0.7, "density": 0.3}], {"normalize": True}),
@@ -79,7 +82,11 @@ def main() -> None:
     ap.add_argument("--sizes", default="tiny,100m")
     ap.add_argument("--candidates", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--configs", default=",".join(CONFIGS), help="a comma-separated subset of: " + ", ".join(CONFIGS))
+    ap.add_argument("--code", type=Path, default=REPO,
+                    help="the evomerge checkout the merges run (another commit's worktree: before/after)")
     args = ap.parse_args()
+    configs = {name: CONFIGS[name] for name in args.configs.split(",")}
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     rows = []
     with tempfile.TemporaryDirectory(prefix="evomerge-bench-kp-") as tmp:
@@ -91,10 +98,10 @@ def main() -> None:
                     "merge_method": method, "base_model": str(base), "dtype": "float32", "parameters": glob,
                     "models": [{"model": str(e0), "parameters": params[0]}, {"model": str(e1), "parameters": params[1]}]}))
                 cells = []
-                for env in CONFIGS.values():
+                for env in configs.values():
                     runs = []
                     for _ in range(args.repeats):
-                        out = subprocess.run([sys.executable, "-c", LIVE, str(cfg), str(args.candidates)], cwd=REPO,
+                        out = subprocess.run([sys.executable, "-c", LIVE, str(cfg), str(args.candidates)], cwd=args.code,
                                              capture_output=True, text=True, env={**os.environ, **env})
                         if out.returncode != 0:
                             raise SystemExit(f"{size} {method} failed:\n{out.stderr[-2000:]}")
@@ -104,8 +111,9 @@ def main() -> None:
                 print(f"  {size} {method}: " + "; ".join(f"{c[2]:.4f}" for c in cells), flush=True)
     print(f"\nSearch-path merge per candidate (first / second / steady, seconds; {args.candidates} candidates, "
           f"base + 2 experts, float32; medians of {args.repeats} processes)\n")
-    print("| zoo | merge | " + " | ".join(CONFIGS) + " | steady, before / now |")
-    print("|---|---|" + "---:|" * (len(CONFIGS) + 1))
+    print(f"code: {args.code}\n")
+    print("| zoo | merge | " + " | ".join(configs) + " | steady, first / last config |")
+    print("|---|---|" + "---:|" * (len(configs) + 1))
     for size, method, cells in rows:
         fmt = " | ".join(f"{a:.3f} / {b:.3f} / {c:.4f}" for a, b, c in cells)
         print(f"| {size} | {method} | {fmt} | {cells[0][2] / cells[-1][2]:.1f}x |")
