@@ -83,6 +83,8 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--configs", default=",".join(CONFIGS), help="a comma-separated subset of: " + ", ".join(CONFIGS))
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                    help="the recipes' dtype (16-bit merges take mergekit's arithmetic, evomerge/merge/gta.py)")
     ap.add_argument("--code", type=Path, default=REPO,
                     help="the evomerge checkout the merges run (another commit's worktree: before/after)")
     args = ap.parse_args()
@@ -95,7 +97,7 @@ def main() -> None:
             for method, (params, glob) in METHODS.items():
                 cfg = Path(tmp) / f"{size}-{method}.yml"
                 cfg.write_text(yaml.safe_dump({
-                    "merge_method": method, "base_model": str(base), "dtype": "float32", "parameters": glob,
+                    "merge_method": method, "base_model": str(base), "dtype": args.dtype, "parameters": glob,
                     "models": [{"model": str(e0), "parameters": params[0]}, {"model": str(e1), "parameters": params[1]}]}))
                 cells = []
                 for env in configs.values():
@@ -110,7 +112,7 @@ def main() -> None:
                 rows.append((size, method, cells))
                 print(f"  {size} {method}: " + "; ".join(f"{c[2]:.4f}" for c in cells), flush=True)
     print(f"\nSearch-path merge per candidate (first / second / steady, seconds; {args.candidates} candidates, "
-          f"base + 2 experts, float32; medians of {args.repeats} processes)\n")
+          f"base + 2 experts, {args.dtype}; medians of {args.repeats} processes)\n")
     print(f"code: {args.code}\n")
     print("| zoo | merge | " + " | ".join(configs) + " | steady, first / last config |")
     print("|---|---|" + "---:|" * (len(configs) + 1))
