@@ -155,10 +155,15 @@ def _body(v: Variant, out: Tensor, base: Tensor | None, experts: Sequence[Tensor
         idx = torch.arange(n, dtype=torch.int64, device=out.device) + offset
     b = base.float() if v.base and base is not None else None
     masked = v.rank_low or v.rank_high or v.random
+    # linear (mergekit's float32 addcmul): the models after the first are fused-multiply-added below
+    fma_sum = b is None and not masked and not v.consensus
     xs = []
     check = torch.zeros((), dtype=torch.float32, device=out.device) if masked else 0.0
     for i, e in enumerate(experts):
         d = e.float() - b if b is not None else e.float()
+        if fma_sum and i > 0:
+            xs.append(d)
+            continue
         if masked:
             check = check + (d * 0.0).sum()  # NaN iff d holds NaN/inf (even entries a mask drops)
         keep = None
@@ -208,10 +213,10 @@ def _body(v: Variant, out: Tensor, base: Tensor | None, experts: Sequence[Tensor
             merged = merged / (divisor + (divisor == 0))  # a zero divisor becomes 1
     else:
         merged = xs[0]
-        if b is None and not masked:  # linear: mergekit's float32 addcmul, a fused multiply-add per model
-            for e, row in zip(experts[1:], fp[1:], strict=True):
-                merged = torch.addcmul(merged, e.float(), row[F_SCALE]) if isinstance(row[F_SCALE], Tensor) \
-                    else torch.add(merged, e.float(), alpha=row[F_SCALE])
+        if fma_sum:
+            for d, row in zip(xs[1:], fp[1:], strict=True):
+                merged = torch.addcmul(merged, d, row[F_SCALE]) if isinstance(row[F_SCALE], Tensor) \
+                    else torch.add(merged, d, alpha=row[F_SCALE])
         else:
             for x in xs[1:]:
                 merged = merged + x

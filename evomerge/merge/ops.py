@@ -182,10 +182,13 @@ def _check_inputs(spec: OpSpec, experts: Sequence[Tensor], base: Tensor | None) 
                               hint="merge only models of the same architecture and size")
 
 
-def _divisor(weights: Sequence[float], normalize: bool) -> float:
-    """sum_i w_i when ``normalize`` (a (near-)zero sum, |sum| < 1e-8, divides by 1), else 1."""
+def _divisor(weights: Sequence[float], normalize: bool, *, float32: bool = False) -> float:
+    """sum_i w_i when ``normalize`` (a (near-)zero sum, |sum| < 1e-8, divides by 1), else 1.
+    ``float32``: summed as mergekit's linear sums, in float32 over the float32 weights; else
+    exactly (``math.fsum``)."""
     if normalize:
-        denom = math.fsum(weights)
+        denom = (float(torch.tensor(list(weights), dtype=torch.float32).sum()) if float32
+                 else math.fsum(weights))
         if abs(denom) >= 1e-8:
             return denom
     return 1.0
@@ -282,11 +285,7 @@ class Linear(_Op):
         for e, w in zip(experts, p["weight"], strict=True):
             if w != 0:  # a one-hot sum is exactly the chosen tensor
                 rows.add(e, scale=w, weight=w)
-        divisor = 1.0
-        if p["normalize"]:  # mergekit's float32 sum of the float32 weights
-            total = float(torch.tensor(list(p["weight"]), dtype=torch.float32).sum())
-            divisor = total if abs(total) >= 1e-8 else 1.0
-        return rows.run(out, None, divisor=divisor)
+        return rows.run(out, None, divisor=_divisor(p["weight"], p["normalize"], float32=True))
 
 
 class TaskArithmetic(_Op):
@@ -444,7 +443,8 @@ class Slerp(_Op):
     (norms below 1e-8 count as 1); when |cos(theta)| > 0.9995, linear interpolation instead."""
 
     spec = OpSpec(name="slerp",
-                  params=(ParamSpec(name="t", default=0.5, low=0.0, high=1.0, per_source=False, doc="weight of the expert", required=True),),
+                  params=(ParamSpec(name="t", default=0.5, low=0.0, high=1.0, per_source=False,
+                                    doc="weight of the expert", required=True),),
                   requires_base=True, min_experts=1, max_experts=1, stochastic=False,
                   paper="Shoemake 1985, Animating rotation with quaternion curves")
 
@@ -496,7 +496,8 @@ class Passthrough(_Op):
     stacking / frankenmerges; Goddard et al. 2024, "Arcee's MergeKit"). The base is ignored."""
 
     spec = OpSpec(name="passthrough",
-                  params=(ParamSpec(name="scale", default=1.0, low=None, high=None, per_source=False, doc="multiplier"),),
+                  params=(ParamSpec(name="scale", default=1.0, low=None, high=None, per_source=False,
+                                    doc="multiplier"),),
                   requires_base=False, min_experts=1, max_experts=1, stochastic=False,
                   paper="Goddard et al. 2024, Arcee's MergeKit: A Toolkit for Merging Large Language Models")
 
@@ -521,9 +522,14 @@ class _TorchOp(_Op):
     :mod:`evomerge.merge.geometry`) on contiguous inputs, so row-wise reductions see the same
     memory order whatever the inputs' strides."""
 
-    @staticmethod
-    def dense(experts, base):  # type: ignore[no-untyped-def]
-        return [e.contiguous() for e in experts], (base.contiguous() if base is not None else None)
+    def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]
+        dense = [e.contiguous() for e in experts]
+        out.copy_(self.merge(dense, base.contiguous() if base is not None else None, p, generator))
+        return None
+
+    def merge(self, experts: list[Tensor], base: Tensor | None, p: dict[str, Any],
+              generator: torch.Generator | None) -> Tensor:
+        raise NotImplementedError
 
 
 class _Della(_TorchOp):
@@ -534,10 +540,8 @@ class _Della(_TorchOp):
 
     consensus: ClassVar[bool]
 
-    def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]
-        experts, base = self.dense(experts, base)
-        out.copy_(gta.merge(experts, base, p, sparsify="magprune", consensus=self.consensus, generator=generator))
-        return None
+    def merge(self, experts, base, p, generator):  # type: ignore[no-untyped-def]
+        return gta.merge(experts, base, p, sparsify="magprune", consensus=self.consensus, generator=generator)
 
 
 def _check_della(p: dict[str, Any]) -> None:
@@ -545,26 +549,27 @@ def _check_della(p: dict[str, Any]) -> None:
         gta.check_magprune(density, epsilon)
 
 
+def _della_spec(name: str, normalize: bool) -> OpSpec:
+    """mergekit's two DELLA registrations differ in their name and ``normalize`` default only."""
+    return OpSpec(name=name,
+                  params=(WEIGHT, DENSITY, EPSILON, LAMBDA, _normalize(normalize), _rescale(True), INT8_MASK),
+                  requires_base=True, min_experts=1, max_experts=None, stochastic=True,
+                  paper="Deep et al. 2024, DELLA-Merging: Reducing Interference in Model Merging through "
+                  "Magnitude-Based Sampling", check=_check_della)
+
+
 class Della(_Della):
     """DELLA with the TIES sign election and disjoint mean (mergekit's ``della``)."""
 
     consensus = True
-    spec = OpSpec(name="della",
-                  params=(WEIGHT, DENSITY, EPSILON, LAMBDA, _normalize(True), _rescale(True), INT8_MASK),
-                  requires_base=True, min_experts=1, max_experts=None, stochastic=True,
-                  paper="Deep et al. 2024, DELLA-Merging: Reducing Interference in Model Merging through "
-                  "Magnitude-Based Sampling", check=_check_della)
+    spec = _della_spec("della", normalize=True)
 
 
 class DellaLinear(_Della):
     """DELLA's MagPrune followed by a weighted sum of the task vectors (mergekit's ``della_linear``)."""
 
     consensus = False
-    spec = OpSpec(name="della_linear",
-                  params=(WEIGHT, DENSITY, EPSILON, LAMBDA, _normalize(False), _rescale(True), INT8_MASK),
-                  requires_base=True, min_experts=1, max_experts=None, stochastic=True,
-                  paper="Deep et al. 2024, DELLA-Merging: Reducing Interference in Model Merging "
-                  "through Magnitude-Based Sampling", check=_check_della)
+    spec = _della_spec("della_linear", normalize=False)
 
 
 class Sce(_TorchOp):
@@ -573,14 +578,13 @@ class Sce(_TorchOp):
     (:func:`evomerge.merge.gta.sce`). No per-model weights, as in mergekit."""
 
     spec = OpSpec(name="sce",
-                  params=(ParamSpec(name="select_topk", default=1.0, low=0.0, high=1.0, per_source=False, doc="fraction of the highest-variance entries kept"), INT8_MASK),
+                  params=(ParamSpec(name="select_topk", default=1.0, low=0.0, high=1.0, per_source=False,
+                                    doc="fraction of the highest-variance entries kept"), INT8_MASK),
                   requires_base=True, min_experts=1, max_experts=None, stochastic=False,
                   paper="Wan et al. 2024, FuseChat: Knowledge Fusion of Chat Models")
 
-    def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]
-        experts, base = self.dense(experts, base)
-        out.copy_(gta.sce(experts, base, p["select_topk"]))
-        return None
+    def merge(self, experts, base, p, generator):  # type: ignore[no-untyped-def]
+        return gta.sce(experts, base, p["select_topk"])
 
 
 class ModelStock(_TorchOp):
@@ -589,14 +593,13 @@ class ModelStock(_TorchOp):
     more experts, no weights."""
 
     spec = OpSpec(name="model_stock",
-                  params=(ParamSpec(name="filter_wise", default=False, low=None, high=None, per_source=False, kind="bool", doc="one factor per row instead of per tensor"),),
+                  params=(ParamSpec(name="filter_wise", default=False, low=None, high=None, per_source=False,
+                                    kind="bool", doc="one factor per row instead of per tensor"),),
                   requires_base=True, min_experts=2, max_experts=None, stochastic=False,
                   paper="Jang et al. 2024, Model Stock: All we need is just a few fine-tuned models")
 
-    def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]
-        experts, base = self.dense(experts, base)
-        out.copy_(geometry.model_stock(experts, base, filter_wise=p["filter_wise"]))
-        return None
+    def merge(self, experts, base, p, generator):  # type: ignore[no-untyped-def]
+        return geometry.model_stock(experts, base, filter_wise=p["filter_wise"])
 
 
 class NuSlerp(_TorchOp):
@@ -609,13 +612,14 @@ class NuSlerp(_TorchOp):
                                         doc="interpolate each column vector instead of the flattened tensor"),
                               ParamSpec(name="nuslerp_flatten", default=True, low=None, high=None,
                                         per_source=False, kind="bool",
-                                        doc="interpolate the flattened tensor (the default)")), requires_base=False, min_experts=2, max_experts=2, stochastic=False, paper="Shoemake 1985, Animating rotation with quaternion curves (mergekit's NuSLERP)", optional_base=True)
+                                        doc="interpolate the flattened tensor (the default)")),
+                  requires_base=False, min_experts=2, max_experts=2, stochastic=False,
+                  paper="Shoemake 1985, Animating rotation with quaternion curves (mergekit's NuSLERP)",
+                  optional_base=True)
 
-    def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]
-        experts, base = self.dense(experts, base)
-        out.copy_(geometry.nuslerp(experts, base, p["weight"], row_wise=p["nuslerp_row_wise"],
-                                   flatten=p["nuslerp_flatten"]))
-        return None
+    def merge(self, experts, base, p, generator):  # type: ignore[no-untyped-def]
+        return geometry.nuslerp(experts, base, p["weight"], row_wise=p["nuslerp_row_wise"],
+                                flatten=p["nuslerp_flatten"])
 
 
 class MultiSlerp(_TorchOp):
@@ -627,10 +631,10 @@ class MultiSlerp(_TorchOp):
                                            per_source=False, kind="bool",
                                            doc="divide the weights by their sum"),
                                  ParamSpec(name="eps", default=1e-8, low=0.0, high=None, per_source=False,
-                                           doc="guard against zero norms")), requires_base=False, min_experts=1, max_experts=None, stochastic=False, paper="Buss & Fillmore 2001, Spherical averages and applications to spherical "
+                                           doc="guard against zero norms")),
+                  requires_base=False, min_experts=1, max_experts=None, stochastic=False,
+                  paper="Buss & Fillmore 2001, Spherical averages and applications to spherical "
                   "splines and interpolation (mergekit's Multi-SLERP)", optional_base=True)
 
-    def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]
-        experts, base = self.dense(experts, base)
-        out.copy_(geometry.multislerp(experts, base, p["weight"], normalize=p["normalize_weights"], eps=p["eps"]))
-        return None
+    def merge(self, experts, base, p, generator):  # type: ignore[no-untyped-def]
+        return geometry.multislerp(experts, base, p["weight"], normalize=p["normalize_weights"], eps=p["eps"])

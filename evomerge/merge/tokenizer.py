@@ -174,9 +174,10 @@ def write_tokenizer(choice: TokenizerChoice, writer: Any) -> None:
         return
     import tempfile
 
-    tok = _tokenizer(str(choice.donor))
+    from transformers import AutoTokenizer
+
     with tempfile.TemporaryDirectory(prefix="evomerge-tokenizer-") as scratch:
-        tok = type(tok).from_pretrained(str(choice.donor))  # a fresh copy: the cached one stays as loaded
+        tok = AutoTokenizer.from_pretrained(str(choice.donor))  # its own copy: the cached one stays as loaded
         tok.chat_template = choice.chat_template
         tok.save_pretrained(scratch)
         saved = sorted(p for p in Path(scratch).iterdir() if p.is_file())
