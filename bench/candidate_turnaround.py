@@ -39,8 +39,8 @@ def run_in_place(evaluator, recipes, tasks) -> list[dict[str, float]]:
     rows = []
     for r in recipes:
         res = evaluator.evaluate(r, tasks)
-        assert res.status == "ok", res.error
-        s = dict(res.seconds)
+        assert res.status == "COMPLETE", res.error
+        s = dict(res.phases)
         rows.append({"materialize": s.get("materialize", 0.0), "load": s.get("swap", 0.0), "evaluate": s["evaluate"],
                      "mean": sum(res.objectives.values()) / len(res.objectives)})
     return rows

@@ -38,8 +38,8 @@ def measure(evaluator, recipe, tasks, repeats: int) -> tuple[float, float, int]:
     secs, toks, items = [], [], 0
     for _ in range(repeats):
         res = evaluator.evaluate(recipe, tasks)
-        assert res.status == "ok", res.error
-        secs.append(res.seconds["evaluate"])
+        assert res.status == "COMPLETE", res.error
+        secs.append(res.phases["evaluate"])
         toks.append(res.tokens)
         items = res.items
     s = statistics.median(secs)

@@ -58,9 +58,9 @@ def split_times(space: Path, n: int = 5) -> tuple[float, float]:
     mats, evals = [], []
     for _ in range(n + 1):
         res = ev.evaluate(codec.decode(rng.uniform(0, 1, size=codec.dim)), tasks)
-        assert res.status == "ok", res.error
-        mats.append(res.seconds["materialize"])
-        evals.append(res.seconds["evaluate"])
+        assert res.status == "COMPLETE", res.error
+        mats.append(res.phases["materialize"])
+        evals.append(res.phases["evaluate"])
     return statistics.median(mats[1:]), statistics.median(evals[1:])
 
 

@@ -64,7 +64,8 @@ def fill(store, n: int) -> tuple[str, float]:
 
 
 def driver_path(store, run_id: str, n0: int, m: int = 2000) -> float:
-    from evomerge.store import CandidateResult, NewCandidate
+    from evomerge.result import EvalResult, Status
+    from evomerge.store import NewCandidate
 
     lease = store.acquire_lease(run_id, "bench", 3600)  # the same owner: a restarted driver
     store.add_candidates(lease, [NewCandidate(n0 + i, 0, RECIPE, f"r-x{i}", [0.5] * 6) for i in range(m)])
@@ -72,7 +73,8 @@ def driver_path(store, run_id: str, n0: int, m: int = 2000) -> float:
     t0 = time.perf_counter()
     for i in range(m):
         a = store.claim(lease, n0 + i, "w")
-        store.complete(lease, n0 + i, a, CandidateResult("ok", {f"task{k}": 0.1 for k in range(3)}, 0.3, scores, 1.0))
+        store.complete(lease, n0 + i, a, EvalResult(status=Status.COMPLETE, objectives={f"task{k}": 0.1 for k in range(3)},
+                                                    item_scores=scores, seconds=1.0), fitness=0.3)
     return m / (time.perf_counter() - t0)
 
 

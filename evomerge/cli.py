@@ -163,7 +163,7 @@ def eval_cmd(
                 close()  # the engine stops now, while its shutdown logs still go to stderr
     if as_json:
         print_json({sp: {"status": r.status, "objectives": r.objectives, "error": r.error, "seconds": r.seconds,
-                         "tokens": r.tokens, "item_scores": r.item_scores} for sp, r in results.items()}, indent=None)
+                         "phases": r.phases, "tokens": r.tokens, "item_scores": r.item_scores} for sp, r in results.items()}, indent=None)
         return
     names = list(dict.fromkeys(t.name for t in tasks))
     rows = [[name, *(f"{results[sp].objectives[name]:.4f}" if results[sp].objectives else results[sp].status
@@ -171,7 +171,7 @@ def eval_cmd(
     print_table([Col("task", wrap=True), *(Col(sp, numeric=True) for sp in splits)], rows,
                 title=f"{target} ({engine}, recipe {recipe.recipe_id})")
     for sp, r in results.items():
-        timing = ", ".join(f"{k} {v:.2f} s" for k, v in r.seconds.items())
+        timing = ", ".join(f"{k} {v:.2f} s" for k, v in r.phases.items())
         console.print(f"{sp}: {r.status}{' (' + r.error + ')' if r.error else ''}; {r.items} items, {r.tokens} tokens; "
                       f"{timing}", highlight=False)
 

@@ -1,34 +1,20 @@
-"""The evaluator protocol and its result: objectives, per-item scores, status and cost.
-
-Statuses: ``ok``; ``invalid`` (a non-finite objective or merged weight: objectives are None and
-the strategy gets a penalty, docs/reliability.md promise 9); ``timeout`` (past the deadline);
-``failed`` (an error while evaluating, with its message).
+"""The evaluator protocol: a recipe and tasks in, an :class:`~evomerge.result.EvalResult` out
+(status COMPLETE, INVALID for a non-finite objective or merged weight, docs/reliability.md
+promise 9, or TIMEOUT past the deadline; an exception is the worker's FAILED).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 from evomerge.errors import EvalTimeout, MergeError
 from evomerge.evaluate.tasks import Engine, Task, score_task
 from evomerge.recipe import Recipe
-
-Status = Literal["ok", "invalid", "timeout", "failed"]
-
-
-@dataclass
-class EvalResult:
-    status: Status
-    objectives: dict[str, float] | None  # task name -> mean item score (None unless ok)
-    item_scores: dict[str, list[float]] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)  # materialize, swap, evaluate
-    items: int = 0
-    error: str | None = None
-    tokens: int = 0  # prompt + generated tokens the engine processed
+from evomerge.result import EvalResult, Status
 
 
 class Evaluator(Protocol):
@@ -76,15 +62,16 @@ def run_tasks(engine: Engine, tasks: Sequence[Task], deadline: Deadline) -> Task
                       getattr(engine, "tokens", 0) - start)
 
 
-def guarded(fn, timings: dict[str, float]) -> EvalResult:  # type: ignore[no-untyped-def]
-    """Run ``fn() -> TaskScores`` and map failures to statuses."""
+def guarded(fn: Callable[[], TaskScores], phases: dict[str, float]) -> EvalResult:
+    """Run ``fn`` and map failures to statuses; ``phases`` is the timing dict ``fn`` fills."""
+    t0 = time.perf_counter()
     try:
         r = fn()
     except MergeError as err:
-        return EvalResult("invalid", None, seconds=timings, error=err.message)
+        return EvalResult(status=Status.INVALID, seconds=time.perf_counter() - t0, phases=phases, error=err.message)
     except EvalTimeout as err:
-        return EvalResult("timeout", None, seconds=timings, error=err.message)
-    if not all(math.isfinite(v) for v in r.objectives.values()):
-        return EvalResult("invalid", None, r.item_scores, timings, r.items, error="non-finite objective",
-                          tokens=r.tokens)
-    return EvalResult("ok", r.objectives, r.item_scores, timings, r.items, tokens=r.tokens)
+        return EvalResult(status=Status.TIMEOUT, seconds=time.perf_counter() - t0, phases=phases, error=err.message)
+    finite = all(math.isfinite(v) for v in r.objectives.values())
+    return EvalResult(status=Status.COMPLETE if finite else Status.INVALID, objectives=r.objectives if finite else None,
+                      item_scores=r.item_scores, seconds=time.perf_counter() - t0, phases=phases, items=r.items,
+                      error=None if finite else "non-finite objective", tokens=r.tokens)

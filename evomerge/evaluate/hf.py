@@ -9,12 +9,13 @@ from pathlib import Path
 
 import torch
 
-from evomerge.evaluate.base import Deadline, EvalResult, guarded, run_tasks
+from evomerge.evaluate.base import Deadline, TaskScores, guarded, run_tasks
 from evomerge.evaluate.resident import ResidentSources
 from evomerge.evaluate.tasks import Task
 from evomerge.merge.materialize import merge_into
 from evomerge.merge.plan import plan_merge
 from evomerge.recipe import Recipe
+from evomerge.result import EvalResult
 
 
 class HFEngine:
@@ -126,7 +127,7 @@ class HFEvaluator:
         timings: dict[str, float] = {}
         deadline = Deadline(deadline_s)
 
-        def work():  # type: ignore[no-untyped-def]
+        def work() -> TaskScores:
             t0 = time.perf_counter()
             self.build_seconds = 0.0
             engine = self.write_weights(recipe, seed=seed)

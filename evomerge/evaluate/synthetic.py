@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from evomerge.evaluate.base import EvalResult
 from evomerge.evaluate.tasks import Task
 from evomerge.recipe import Recipe
+from evomerge.result import EvalResult, Status
 
 
 def recipe_numbers(recipe: Recipe) -> np.ndarray:
@@ -71,5 +71,6 @@ class SyntheticEvaluator:
             scores = (u < s).astype(float).tolist()
             items[task.name] = scores
             objectives[task.name] = sum(scores) / len(scores)
-        return EvalResult("ok", objectives, items, {"evaluate": time.perf_counter() - t0},
-                          sum(len(t.items) for t in tasks))
+        took = time.perf_counter() - t0
+        return EvalResult(status=Status.COMPLETE, objectives=objectives, item_scores=items, seconds=took,
+                          phases={"evaluate": took}, items=sum(len(t.items) for t in tasks))

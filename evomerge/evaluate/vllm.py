@@ -15,11 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from evomerge.errors import ConfigError, MergeError
-from evomerge.evaluate.base import Deadline, EvalResult, guarded, run_tasks
+from evomerge.evaluate.base import Deadline, TaskScores, guarded, run_tasks
 from evomerge.evaluate.tasks import Task
 from evomerge.merge.compat import SHAPE_KEYS
 from evomerge.merge.io import ModelDir
 from evomerge.recipe import Recipe
+from evomerge.result import EvalResult
 
 EXTENSION = "evomerge.evaluate.vllm_worker.EvomergeWorkerExtension"
 log = logging.getLogger("evomerge.vllm")
@@ -141,7 +142,7 @@ class VLLMEvaluator:
         timings: dict[str, float] = {}
         deadline = Deadline(deadline_s)
 
-        def work():  # type: ignore[no-untyped-def]
+        def work() -> TaskScores:
             engine, t = self.swap(recipe, seed=seed)
             timings.update(t)
             if self.start_seconds is not None:

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from evomerge.result import EvalResult
 from evomerge.runner.worker import CandidateWorker, WorkerSpec
+
+if TYPE_CHECKING:
+    from evomerge.evaluate.base import Evaluator
 
 
 @dataclass(frozen=True)
@@ -26,9 +30,8 @@ class Job:
 @dataclass(frozen=True)
 class Outcome:
     job: Job
-    result: dict[str, Any] | None  # the worker's result dict; None when the slot was lost
+    result: EvalResult | None  # None when the slot was lost
     error: str | None = None  # why the slot was lost
-    worker: str | None = None
 
 
 class Backend(Protocol):
@@ -50,7 +53,7 @@ class LocalBackend:
     deadline (``kill`` cannot interrupt a running evaluation); the evaluator's cooperative
     deadline still applies."""
 
-    def __init__(self, spec: WorkerSpec, *, evaluator: Any = None) -> None:
+    def __init__(self, spec: WorkerSpec, *, evaluator: Evaluator | None = None) -> None:
         self.worker = CandidateWorker(spec, evaluator=evaluator)
         self.queue: list[tuple[Job, float]] = []
 
@@ -69,7 +72,7 @@ class LocalBackend:
             return []
         job, _ = self.queue.pop(0)
         res = self.worker.evaluate(job.index, job.attempt, job.recipe_json, job.seed, job.deadline_s)
-        return [Outcome(job, res, worker=res.get("worker"))]
+        return [Outcome(job, res)]
 
     def kill(self, index: int) -> None:
         self.queue = [(j, t) for j, t in self.queue if j.index != index]

@@ -15,7 +15,10 @@ installed, and the code fingerprint check refuses a mismatch.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from evomerge.result import EvalResult
 
 
 class WorkerShell:
@@ -40,7 +43,7 @@ class WorkerShell:
         return self.worker.ping()
 
     def evaluate(self, index: int, attempt: int, recipe_json: str, seed: int,
-                 deadline_s: float | None = None) -> dict[str, Any]:
+                 deadline_s: float | None = None) -> EvalResult:
         return self.worker.evaluate(index, attempt, recipe_json, seed, deadline_s)
 
     def close(self) -> None:

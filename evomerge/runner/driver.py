@@ -25,7 +25,6 @@ its generation barrier, steady-state strategies (M2N2, random, nevergrad) do not
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import time
@@ -36,17 +35,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from evomerge.errors import EvomergeError, StaleLeaseError
+from evomerge.result import EvalResult, Status
 from evomerge.runner.backend import Backend, Job, Outcome
 from evomerge.space.schema import SearchSpace
-from evomerge.store import CandidateResult, CandidateRow, Lease, NewCandidate, Store
-from evomerge.store.sql import normalize_result
+from evomerge.store import CandidateRow, Lease, NewCandidate, Store
 from evomerge.strategies.base import Evaluated, Replayable, stack_scores
 from evomerge.strategies.registry import strategy_from_state
 
 if TYPE_CHECKING:
     from evomerge.space.codec import Codec
-
-TERMINAL = {"COMPLETE", "INVALID", "TIMEOUT", "FAILED"}
 
 
 @dataclass
@@ -78,7 +75,7 @@ class _Pending:
 
     index: int
     recipe_id: str
-    status: str = "PENDING"
+    status: Status = Status.PENDING
 
 
 def crash_point(name: str, index: int) -> None:
@@ -102,7 +99,6 @@ class Driver:
         self.first_with: dict[str, int] = {}  # recipe_id -> first index with that recipe
         self.waiting: dict[int, list[int]] = {}  # index -> later indices with the same recipe
         self.queue: list[int] = []  # PENDING indices to dispatch, in order
-        self._new: dict[int, NewCandidate] = {}  # persisted this session, result not yet read back
         self._replaying = False
         self._added: int | None = None
         self._prior_snapshot: tuple[int, dict[str, Any], dict[str, np.ndarray]] | None = None
@@ -124,7 +120,7 @@ class Driver:
             self.rows[row.index] = row
             self.recipe_of[row.index] = row.recipe_json
             self.first_with.setdefault(row.recipe_id, row.index)
-            if row.status in TERMINAL:
+            if row.status.terminal:
                 self._note_best(row)
 
     def check_snapshot(self) -> None:
@@ -181,11 +177,10 @@ class Driver:
         self._added = new[-1].index
         for c in new:
             self.recipe_of[c.index] = c.recipe_json
-            self._new[c.index] = c
             self.rows[c.index] = _Pending(c.index, c.recipe_id)  # type: ignore[assignment]
             first = self.first_with.setdefault(c.recipe_id, c.index)
             if first != c.index:
-                if self.rows[first].status in TERMINAL:
+                if self.rows[first].status.terminal:
                     self._complete_cached(c.index, first)
                 else:
                     self.waiting.setdefault(first, []).append(c.index)
@@ -199,17 +194,17 @@ class Driver:
     def _evaluated(self, row: CandidateRow) -> Evaluated:
         g = self.strategy.genomes[row.index]
         objectives = None
-        if row.objectives is not None and row.status == "COMPLETE":
+        complete = row.status == Status.COMPLETE
+        if row.objectives is not None and complete:
             objectives = tuple((1.0 if o.direction == "maximize" else -1.0) * row.objectives[n]
                                for o, n in zip(self.space.objectives, self.names, strict=True))
-        fitness = row.fitness if row.status == "COMPLETE" else None
-        return Evaluated(g, fitness, row.item_scores if row.status == "COMPLETE" else {}, objectives)
+        return Evaluated(g, row.fitness if complete else None, row.item_scores if complete else {}, objectives)
 
     def _tell_ready(self) -> None:
         """Tell committed results in candidate order, one at a time, asking after each."""
         while self.told < self.budget:
             row = self.rows.get(self.told)
-            if row is None or row.status not in TERMINAL or self.told not in self.strategy.genomes:
+            if row is None or not row.status.terminal or self.told not in self.strategy.genomes:
                 return
             self.strategy.tell([self._evaluated(row)])
             self.told += 1
@@ -258,24 +253,23 @@ class Driver:
         job = out.job
         if out.result is None:  # the worker process was lost
             self.stats.failed_attempts += 1
-            status = self.store.fail_attempt(self.lease, job.index, job.attempt, out.error or "worker lost",
-                                             self.opts.max_attempts)
-            self.log(f"candidate {job.index} attempt {job.attempt}: {out.error}; "
-                     + ("retrying" if status == "PENDING" else f"giving up after {job.attempt} attempts"))
-            if status == "PENDING":
+            row = self.store.fail_attempt(self.lease, job.index, job.attempt, out.error or "worker lost",
+                                          self.opts.max_attempts)
+            if row is None:
+                self.log(f"candidate {job.index} attempt {job.attempt}: {out.error}; a stale attempt, ignored")
+            elif row.status == Status.PENDING:
+                self.log(f"candidate {job.index} attempt {job.attempt}: {out.error}; retrying")
                 self.queue.insert(0, job.index)
             else:
-                self._finished(job.index, self._local_row(job.index, status=status, attempts=job.attempt,
-                                                          error=out.error, objectives=None, item_scores={}))
+                self.log(f"candidate {job.index} attempt {job.attempt}: {out.error}; "
+                         f"giving up after {job.attempt} attempts")
+                self._finished(row)
             return
-        res = out.result
         crash_point("result", job.index)
-        fitness = self._scalar(res.get("objectives"))
-        result = CandidateResult(status=res["status"], objectives=res.get("objectives"), fitness=fitness,
-                                 item_scores=res.get("item_scores") or {}, seconds=float(res.get("seconds") or 0.0),
-                                 error=res.get("error"), tokens=int(res.get("tokens") or 0))
-        if self.store.complete(self.lease, job.index, job.attempt, result, worker=out.worker):
-            self._finished(job.index, self._row_from(job, result, out.worker))
+        row = self.store.complete(self.lease, job.index, job.attempt, out.result,
+                                  fitness=self._scalar(out.result.objectives))
+        if row is not None:
+            self._finished(row)
         else:
             self.log(f"candidate {job.index} attempt {job.attempt}: late or duplicate result ignored")
 
@@ -290,30 +284,10 @@ class Driver:
             total += (1.0 if o.direction == "maximize" else -1.0) * o.weight * float(v)
         return total
 
-    def _local_row(self, index: int, **changes: Any) -> CandidateRow:
-        """The row as the store just committed it, built here instead of read back (the commit
-        may still be open in this step's transaction)."""
-        c = self._new.get(index)
-        if c is not None:
-            base = CandidateRow(run_id=self.run_id, index=index, generation=c.generation, recipe_json=c.recipe_json,
-                                recipe_id=c.recipe_id, genome=c.genome, parents=tuple(c.parents), status="PENDING",
-                                attempts=0, worker=None, heartbeat_at=None, started_at=None, finished_at=None,
-                                seconds=None, error=None, fitness=None, cached_from=None, tokens=0)
-        else:  # persisted by an earlier driver: loaded at resume
-            base = self.rows[index]  # type: ignore[assignment]
-        return dataclasses.replace(base, **changes)
-
-    def _row_from(self, job: Job, result: CandidateResult, worker: str | None) -> CandidateRow:
-        status, objectives, fitness, error = normalize_result(result)
-        return self._local_row(job.index, status=status, attempts=job.attempt, worker=worker, seconds=result.seconds,
-                               error=error, fitness=fitness, tokens=result.tokens, objectives=objectives,
-                               item_scores=result.item_scores if status == "COMPLETE" else {})
-
-    def _finished(self, index: int, row: CandidateRow | None = None) -> None:
-        if row is None:  # outside a step's transaction: read it back
-            row = self.store.candidate(self.run_id, index)
+    def _finished(self, row: CandidateRow) -> None:
+        """``row``, as the store committed it, is terminal."""
+        index = row.index
         self.rows[index] = row
-        self._new.pop(index, None)
         self.stats.completed += 1
         self._note_best(row)
         if self.opts.verbose:
@@ -325,17 +299,12 @@ class Driver:
             self._complete_cached(later, index)
 
     def _complete_cached(self, index: int, source: int) -> None:
-        self.store.complete_cached(self.lease, index, source)
-        src = self.rows[source]
-        assert isinstance(src, CandidateRow)  # terminal rows are full rows
-        self.rows[index] = self._local_row(index, status=src.status, attempts=0, seconds=0.0, error=src.error,
-                                           fitness=src.fitness, cached_from=source, tokens=0,
-                                           objectives=src.objectives, item_scores=src.item_scores)
-        self._new.pop(index, None)
+        row = self.store.complete_cached(self.lease, index, source)
+        self.rows[index] = row if row is not None else self.store.candidate(self.run_id, index)  # not PENDING
         self.stats.cached += 1
 
     def _note_best(self, row: CandidateRow) -> None:
-        if row.status == "COMPLETE" and row.fitness is not None and row.cached_from is None:
+        if row.status == Status.COMPLETE and row.fitness is not None and row.cached_from is None:
             if self.best is None or row.fitness > self.best[0]:
                 self.best = (row.fitness, row.index)
 
@@ -349,11 +318,12 @@ class Driver:
             for index, (job, started) in list(self.backend.running().items()):
                 if now - started > self.opts.deadline_s + self.opts.slack_s:
                     self.backend.kill(index)
-                    res = CandidateResult("timeout", None, None, {}, now - started,
-                                          error=f"no result within the {self.opts.deadline_s:.0f} s deadline "
-                                                f"+ {self.opts.slack_s:.0f} s slack; worker replaced")
-                    if self.store.complete(self.lease, index, job.attempt, res):
-                        self._finished(index)
+                    res = EvalResult(status=Status.TIMEOUT, seconds=now - started,
+                                     error=f"no result within the {self.opts.deadline_s:.0f} s deadline "
+                                           f"+ {self.opts.slack_s:.0f} s slack; worker replaced")
+                    row = self.store.complete(self.lease, index, job.attempt, res, fitness=None)
+                    if row is not None:
+                        self._finished(row)
         if now - self._last_supervise < self.opts.supervise_s:
             return
         self._last_supervise = now
@@ -378,13 +348,13 @@ class Driver:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> None:
-        self.queue = sorted(i for i, r in self.rows.items() if r.status == "PENDING")
+        self.queue = sorted(i for i, r in self.rows.items() if r.status == Status.PENDING)
         for i in sorted(self.rows):  # duplicates of a recipe that was unfinished at the crash
             r = self.rows[i]
             first = self.first_with[r.recipe_id]
-            if r.status == "PENDING" and first != i:
+            if r.status == Status.PENDING and first != i:
                 self.queue.remove(i)
-                if self.rows[first].status in TERMINAL:
+                if self.rows[first].status.terminal:
                     self._complete_cached(i, first)
                 else:
                     self.waiting.setdefault(first, []).append(i)
@@ -410,7 +380,7 @@ class Driver:
                     self.on_progress(self)
                 if not self.queue and not self.backend.running() and self.told < self.budget:
                     row = self.rows.get(self.told)
-                    if row is None or row.status not in TERMINAL:
+                    if row is None or not row.status.terminal:
                         if self.strategy_asked <= self.told:
                             self.log(f"stopping after {self.told} candidates: the strategy has nothing to ask "
                                      "(too few candidates succeeded; see the errors with `evomerge show`)")

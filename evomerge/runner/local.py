@@ -13,8 +13,6 @@ from typing import Any
 
 from evomerge.space.schema import SearchSpace
 
-STATUS = {"COMPLETE": "ok", "INVALID": "invalid", "TIMEOUT": "timeout", "FAILED": "failed"}
-
 
 @dataclass
 class SearchResult:
@@ -63,7 +61,7 @@ def run_search(space: SearchSpace, *, evaluator: Any = None, out: Path | None = 
     for r in rows:
         result.records.append({
             "index": r.index, "generation": r.generation, "recipe_id": r.recipe_id,
-            "recipe": json.loads(r.recipe_json), "genome": r.genome, "status": STATUS.get(r.status, r.status.lower()),
+            "recipe": json.loads(r.recipe_json), "genome": r.genome, "status": str(r.status),
             "objectives": r.objectives, "fitness": r.fitness, "error": r.error, "cached": r.cached_from is not None,
             "seconds": r.seconds, "item_scores": r.item_scores})
     if out is not None:

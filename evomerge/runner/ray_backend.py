@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from evomerge.errors import ConfigError, EvomergeError
+from evomerge.result import EvalResult, Status
 from evomerge.runner import bootstrap
 from evomerge.runner.backend import Job, Outcome
 from evomerge.runner.worker import WORKER_ENV, WorkerSpec, package_root
@@ -119,15 +120,11 @@ class RayBackend:
                 continue
             except self.ray.exceptions.RayTaskError as err:
                 self.idle.append(actor)
-                out.append(Outcome(job, {"status": "failed", "objectives": None, "item_scores": {},
-                                         "seconds": 0.0, "error": _first_line(err), "tokens": 0}))
+                out.append(Outcome(job, EvalResult(status=Status.FAILED, error=_first_line(err))))
                 continue
-            if res.get("status") == "startup_error":  # the same on every worker: stop, with the fix
-                self.idle.append(actor)
-                raise _startup_error(res)
             self.lost_in_a_row = 0
             self.idle.append(actor)
-            out.append(Outcome(job, res, worker=res.get("worker")))
+            out.append(Outcome(job, res))
         self._report_starting()
         return out
 

@@ -7,7 +7,7 @@ Strategies know nothing of search spaces; this is where the two meet.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,13 +15,16 @@ from evomerge.space.schema import SearchSpace
 from evomerge.strategies.base import Replayable
 from evomerge.strategies.registry import StrategyConfig, build_strategy, check_config
 
+if TYPE_CHECKING:
+    from evomerge.space.codec import Codec
+
 
 def _plain(x: Any) -> tuple[float, ...]:
     """A genome as plain floats (read back as float64, bit for bit)."""
     return tuple(float(v) for v in np.asarray(x, dtype=float).ravel())
 
 
-def strategy_config(space: SearchSpace, codec: Any, *, workers: int = 1) -> StrategyConfig:
+def strategy_config(space: SearchSpace, codec: Codec, *, workers: int = 1) -> StrategyConfig:
     """The space's strategy over ``codec``'s box [0, 1]^d, started at ``codec.initial()``;
     ``workers`` is the number of evaluation slots."""
     s = space.strategy
@@ -32,14 +35,14 @@ def strategy_config(space: SearchSpace, codec: Any, *, workers: int = 1) -> Stra
                           budget=space.budget, multi_objective=space.multi_objective, workers=workers)
 
 
-def make_strategy(space: SearchSpace, codec: Any, *, workers: int = 1) -> Replayable:
+def make_strategy(space: SearchSpace, codec: Codec, *, workers: int = 1) -> Replayable:
     """The space's strategy over ``codec``'s box, started at ``codec.initial()``.
 
     ``workers`` is the number of evaluation slots (nevergrad plans for that many in flight)."""
     return build_strategy(strategy_config(space, codec, workers=workers))
 
 
-def check_strategy(space: SearchSpace, codec: Any, *, workers: int = 1) -> None:
+def check_strategy(space: SearchSpace, codec: Codec, *, workers: int = 1) -> None:
     """Build the space's strategy over ``codec``'s genome as a run would, and discard it, so that
     a bad name, nevergrad optimizer, pycma option or size is a :class:`ConfigError` naming the
     space before a run exists (see :func:`evomerge.strategies.registry.check_config`)."""

@@ -1,8 +1,9 @@
 """One evaluation slot: loads an evaluator and the fitness tasks once, then scores candidates.
 
 Runs inside a Ray actor (:mod:`evomerge.runner.ray_backend`) or in the driver's process
-(:class:`evomerge.runner.backend.LocalBackend`). Only the recipe's canonical JSON comes in and
-only plain JSON-able values go out. While a candidate runs, a thread records a heartbeat in the
+(:class:`evomerge.runner.backend.LocalBackend`). Only the recipe's canonical JSON comes in and an
+:class:`~evomerge.result.EvalResult` goes out; :meth:`CandidateWorker.ready` answers with a plain
+dict, as it must be readable by a driver that runs other evomerge code (the refusal below). While a candidate runs, a thread records a heartbeat in the
 store so the driver can tell a stuck worker from a slow one (docs/reliability.md, "silent
 workers"). Start-up (imports, sources, the engine, the C++ kernel) is not a candidate's time:
 a backend dispatches to a worker only after :meth:`CandidateWorker.ready` answered, so a start
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from evomerge.errors import ConfigError, EvomergeError
 from evomerge.evaluate.registry import make_evaluator, merges_weights
+from evomerge.result import EvalResult, Status
 
 if TYPE_CHECKING:
     from evomerge.evaluate.base import Evaluator
@@ -173,11 +175,12 @@ class CandidateWorker:
         return True if f and index in f else None
 
     def evaluate(self, index: int, attempt: int, recipe_json: str, seed: int,
-                 deadline_s: float | None = None) -> dict[str, Any]:
+                 deadline_s: float | None = None) -> EvalResult:
         from evomerge.recipe import stored_recipe
 
-        if self.startup_error is not None:
-            return dict(self.startup_error)
+        if self.startup_error is not None:  # backends dispatch only to a worker that answered ready
+            return EvalResult(status=Status.FAILED, error=f"the worker could not start: {self.startup_error['error']}",
+                              worker=self.name)
 
         t0 = time.perf_counter()
         stop = threading.Event()
@@ -198,13 +201,11 @@ class CandidateWorker:
                 recipe = stored_recipe(json.loads(recipe_json), source=f"candidate {index}")
                 res = self.evaluator.evaluate(recipe, self.tasks, deadline_s=deadline_s, seed=seed)
             except Exception as err:  # noqa: BLE001 - one failed candidate must not kill the run
-                return {"status": "failed", "objectives": None, "item_scores": {}, "seconds": time.perf_counter() - t0,
-                        "error": f"{type(err).__name__}: {err}", "tokens": 0, "worker": self.name}
-            objectives = res.objectives
-            if objectives is not None and self._fault("nan_on", index, attempt):
-                objectives = {k: float("nan") for k in objectives}
-            return {"status": res.status, "objectives": objectives, "item_scores": res.item_scores,
-                    "seconds": time.perf_counter() - t0, "error": res.error, "tokens": res.tokens,
-                    "worker": self.name}
+                return EvalResult(status=Status.FAILED, seconds=time.perf_counter() - t0,
+                                  error=f"{type(err).__name__}: {err}", worker=self.name)
+            if res.objectives is not None and self._fault("nan_on", index, attempt):
+                res.objectives = {k: float("nan") for k in res.objectives}
+            res.seconds, res.worker = time.perf_counter() - t0, self.name
+            return res
         finally:
             stop.set()

@@ -12,12 +12,15 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from evomerge.errors import ConfigError
 from evomerge.safe_yaml import load_yaml
+
+if TYPE_CHECKING:
+    from evomerge.recipe import Recipe
 
 ZOO_PREFIX = "zoo://"
 
@@ -262,7 +265,7 @@ class SearchSpace(_Strict):
             d["dataflow"]["merged"] = _resolve_recipe_paths(merged, absolute)
         return SearchSpace.model_validate(d)
 
-    def merged_recipe(self):  # -> Recipe | None
+    def merged_recipe(self) -> Recipe | None:
         """The PS recipe of a ps_dfs space (paths resolved), validated."""
         if self.dataflow is None or self.dataflow.merged is None:
             return None

@@ -6,7 +6,7 @@ schema versions (Alembic).
 
 from evomerge.store.errors import ArchiveError
 from evomerge.store.schema import default_url
-from evomerge.store.sql import CandidateResult, CandidateRow, Lease, NewCandidate, RunInfo, Store
+from evomerge.store.sql import CandidateRow, Lease, NewCandidate, RunInfo, Store
 
 
 def upgrade(url: str) -> tuple[str | None, str]:
@@ -26,4 +26,4 @@ def upgrade(url: str) -> tuple[str | None, str]:
         engine.dispose()
 
 
-__all__ = ["ArchiveError", "CandidateResult", "CandidateRow", "Lease", "NewCandidate", "RunInfo", "Store", "default_url", "upgrade"]
+__all__ = ["ArchiveError", "CandidateRow", "Lease", "NewCandidate", "RunInfo", "Store", "default_url", "upgrade"]

@@ -1,5 +1,5 @@
-"""What the archive stores and returns: leases, new candidates, results, rows, run summaries,
-and the normalization every result goes through (docs/reliability.md promise 9)."""
+"""What the archive stores and returns: leases, new candidates, rows, run summaries, and the
+normalization every result goes through on its way in (docs/reliability.md promise 9)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from evomerge.result import EvalResult, Status
+
 MAX_INDEX = 2**31 - 1  # candidate indices are 32-bit signed integers in the archive
-TERMINAL = ("COMPLETE", "INVALID", "TIMEOUT", "FAILED")
-STATUS_OF = {"ok": "COMPLETE", "invalid": "INVALID", "timeout": "TIMEOUT", "failed": "FAILED"}
 
 
 @dataclass(frozen=True)
@@ -33,17 +33,6 @@ class NewCandidate:
     parents: tuple[int, ...] = ()
 
 
-@dataclass(frozen=True)
-class CandidateResult:
-    status: str  # ok | invalid | timeout | failed
-    objectives: dict[str, float] | None
-    fitness: float | None
-    item_scores: dict[str, list[float]]
-    seconds: float
-    error: str | None = None
-    tokens: int = 0
-
-
 @dataclass(kw_only=True)
 class CandidateRow:
     run_id: str
@@ -53,7 +42,7 @@ class CandidateRow:
     recipe_id: str
     genome: list[float]
     parents: tuple[int, ...]
-    status: str
+    status: Status
     attempts: int
     worker: str | None
     heartbeat_at: float | None
@@ -88,7 +77,7 @@ class RunInfo:
 def candidate_row(c: Any) -> CandidateRow:
     """A CandidateRow from a ``candidates`` table row (objectives and scores filled by the caller)."""
     return CandidateRow(run_id=c.run_id, index=c.idx, generation=c.generation, recipe_json=c.recipe_json,
-                        recipe_id=c.recipe_id, genome=list(c.genome), parents=tuple(c.parents or ()), status=c.status,
+                        recipe_id=c.recipe_id, genome=list(c.genome), parents=tuple(c.parents or ()), status=Status(c.status),
                         attempts=c.attempts, worker=c.worker, heartbeat_at=c.heartbeat_at, started_at=c.started_at,
                         finished_at=c.finished_at, seconds=c.seconds, error=c.error, fitness=c.fitness,
                         cached_from=c.cached_from, tokens=c.tokens or 0)
@@ -106,16 +95,27 @@ def unpack_scores(data: bytes) -> list[float]:
     return np.frombuffer(data, dtype="<f4").astype(float).tolist()
 
 
-def normalize_result(result: CandidateResult) -> tuple[str, dict[str, float] | None, float | None, str | None]:
-    """(status, objectives, fitness, error) as stored: a non-finite number makes an ``ok``
-    result INVALID with NULLs (promise 9); only COMPLETE rows keep objectives and fitness."""
-    status = STATUS_OF.get(result.status)
-    if status is None:
-        raise ValueError(f"unknown result status {result.status!r}")
-    objectives, fitness, error = result.objectives, result.fitness, result.error
-    if status == "COMPLETE" and (not _finite(fitness) or objectives is None
-                                 or not all(_finite(v) for v in objectives.values())):
-        status, error = "INVALID", error or "non-finite fitness or objective"
-    if status != "COMPLETE":
-        objectives, fitness = None, None
-    return status, objectives, fitness, error
+@dataclass(frozen=True)
+class Normalized:
+    """A result as the archive keeps it."""
+
+    status: Status
+    objectives: dict[str, float] | None
+    fitness: float | None
+    error: str | None
+    item_scores: dict[str, list[float]]
+
+
+def normalize_result(result: EvalResult, fitness: float | None) -> Normalized:
+    """``result`` with the driver's ``fitness`` as stored: a non-finite number makes a COMPLETE
+    result INVALID (promise 9); only COMPLETE rows keep objectives, fitness and item scores."""
+    status = Status(result.status)
+    if not status.terminal:
+        raise ValueError(f"a result cannot have status {status}")
+    objectives, error = result.objectives, result.error
+    if status == Status.COMPLETE and (not _finite(fitness) or objectives is None
+                                      or not all(_finite(v) for v in objectives.values())):
+        status, error = Status.INVALID, error or "non-finite fitness or objective"
+    if status != Status.COMPLETE:
+        return Normalized(status, None, None, error, {})
+    return Normalized(status, objectives, fitness, error, result.item_scores)

@@ -41,11 +41,10 @@ import numpy as np
 from sqlalchemy import Connection, and_, delete, func, insert, select, update
 
 from evomerge.errors import ConfigError, CorruptArtifactError, EvomergeError, LeaseHeldError, StaleLeaseError
+from evomerge.result import TERMINAL, EvalResult, Status
 from evomerge.store.models import Candidate, ItemScores, ObjectiveValue, Run, Snapshot
 from evomerge.store.records import (
     MAX_INDEX,
-    TERMINAL,
-    CandidateResult,
     CandidateRow,
     Lease,
     NewCandidate,
@@ -239,7 +238,7 @@ class Store:
                     continue
                 rows.append({"run_id": lease.run_id, "idx": c.index, "generation": c.generation,
                              "recipe_json": c.recipe_json, "recipe_id": c.recipe_id, "genome": list(c.genome),
-                             "parents": list(c.parents), "status": "PENDING", "attempts": 0, "tokens": 0})
+                             "parents": list(c.parents), "status": Status.PENDING.value, "attempts": 0, "tokens": 0})
             if rows:
                 conn.execute(insert(Candidate), rows)
 
@@ -248,8 +247,8 @@ class Store:
         with self._tx() as conn:
             self._fence(conn, lease)
             got = conn.execute(update(Candidate).where(
-                Candidate.run_id == lease.run_id, Candidate.idx == index, Candidate.status == "PENDING")
-                .values(status="RUNNING", attempts=Candidate.attempts + 1, worker=worker, started_at=now,
+                Candidate.run_id == lease.run_id, Candidate.idx == index, Candidate.status == Status.PENDING.value)
+                .values(status=Status.RUNNING.value, attempts=Candidate.attempts + 1, worker=worker, started_at=now,
                         heartbeat_at=now).returning(Candidate.attempts)).scalar()
             if got is None:
                 raise EvomergeError(f"run {lease.run_id}: candidate {index} is not PENDING; it cannot be claimed")
@@ -258,28 +257,38 @@ class Store:
     def heartbeat(self, run_id: str, index: int, attempt: int) -> bool:
         with self._tx() as conn:
             res = conn.execute(update(Candidate).where(
-                Candidate.run_id == run_id, Candidate.idx == index, Candidate.status == "RUNNING",
+                Candidate.run_id == run_id, Candidate.idx == index, Candidate.status == Status.RUNNING.value,
                 Candidate.attempts == attempt).values(heartbeat_at=time.time()))
             return res.rowcount == 1
 
-    def complete(self, lease: Lease, index: int, attempt: int, result: CandidateResult,
-                 worker: str | None = None) -> bool:
-        status, objectives, fitness, error = normalize_result(result)
-        now = time.time()
+    def complete(self, lease: Lease, index: int, attempt: int, result: EvalResult, *,
+                 fitness: float | None) -> CandidateRow | None:
+        """Record ``result`` (with the driver's scalar ``fitness``) for the candidate's RUNNING
+        ``attempt`` and return the row as committed (normalized, promise 9); None, and nothing
+        written, when that attempt is not the candidate's current one (promise 2)."""
+        r = normalize_result(result, fitness)
+        values: dict[str, Any] = {"status": r.status.value, "fitness": r.fitness, "error": r.error,
+                                  "seconds": result.seconds, "finished_at": time.time(), "tokens": int(result.tokens)}
+        if result.worker:
+            values["worker"] = result.worker
         with self._tx() as conn:
             self._fence(conn, lease)
-            values: dict[str, Any] = {"status": status, "fitness": fitness, "error": error, "seconds": result.seconds,
-                                      "finished_at": now, "tokens": int(result.tokens)}
-            if worker:
-                values["worker"] = worker
-            res = conn.execute(update(Candidate).where(
-                Candidate.run_id == lease.run_id, Candidate.idx == index, Candidate.status == "RUNNING",
-                Candidate.attempts == attempt).values(**values))
-            if res.rowcount != 1:
-                return False  # duplicate or stale attempt: the first committed result stands
-            self._write_results(conn, lease.run_id, index, objectives,
-                                result.item_scores if status == "COMPLETE" else {})
-        return True
+            got = conn.execute(update(Candidate).where(
+                Candidate.run_id == lease.run_id, Candidate.idx == index, Candidate.status == Status.RUNNING.value,
+                Candidate.attempts == attempt).values(**values).returning(*Candidate.__table__.c)).first()
+            if got is None:
+                return None  # duplicate or stale attempt: the first committed result stands
+            self._write_results(conn, lease.run_id, index, r.objectives, r.item_scores)
+        return self._committed(got, r.objectives, r.item_scores)
+
+    @staticmethod
+    def _committed(c: Any, objectives: dict[str, float] | None, item_scores: dict[str, list[float]]) -> CandidateRow:
+        """The row just written, as a later read returns it: item scores at their stored precision
+        (float32), so a strategy told this row and one told the row read back at resume agree."""
+        row = candidate_row(c)
+        row.objectives = dict(objectives) if objectives else None
+        row.item_scores = {k: unpack_scores(pack_scores(v)) for k, v in item_scores.items()}
+        return row
 
     def _write_results(self, conn: Connection, run_id: str, index: int, objectives: dict[str, float] | None,
                        item_scores: dict[str, list[float]]) -> None:
@@ -290,41 +299,43 @@ class Store:
             conn.execute(insert(ItemScores), [{"run_id": run_id, "idx": index, "task": k, "data": pack_scores(v)}
                                               for k, v in item_scores.items()])
 
-    def complete_cached(self, lease: Lease, index: int, source_index: int) -> bool:
-        """A PENDING duplicate of a finished recipe takes a copy of that result."""
+    def complete_cached(self, lease: Lease, index: int, source_index: int) -> CandidateRow | None:
+        """A PENDING duplicate of a finished recipe takes a copy of that result; returns the row
+        as committed (None, and nothing written, when ``index`` is not PENDING)."""
         with self._tx() as conn:
             self._fence(conn, lease)
             src = conn.execute(select(Candidate).where(Candidate.run_id == lease.run_id,
                                                        Candidate.idx == source_index)).first()
             if src is None or src.status not in TERMINAL:
                 raise EvomergeError(f"candidate {source_index} is not finished; {index} cannot copy its result")
-            res = conn.execute(update(Candidate).where(
-                Candidate.run_id == lease.run_id, Candidate.idx == index, Candidate.status == "PENDING")
+            got = conn.execute(update(Candidate).where(
+                Candidate.run_id == lease.run_id, Candidate.idx == index, Candidate.status == Status.PENDING.value)
                 .values(status=src.status, fitness=src.fitness, error=src.error, seconds=0.0,
-                        finished_at=time.time(), cached_from=source_index, tokens=0))
-            if res.rowcount != 1:
-                return False
+                        finished_at=time.time(), cached_from=source_index, tokens=0)
+                .returning(*Candidate.__table__.c)).first()
+            if got is None:
+                return None
             objs = {r.name: r.value for r in conn.execute(select(ObjectiveValue).where(
                 ObjectiveValue.run_id == lease.run_id, ObjectiveValue.idx == source_index)).all()}
             scores = {r.task: unpack_scores(r.data) for r in conn.execute(select(ItemScores).where(
                 ItemScores.run_id == lease.run_id, ItemScores.idx == source_index)).all()}
             self._write_results(conn, lease.run_id, index, objs or None, scores)
-        return True
+        return self._committed(got, objs if src.status == Status.COMPLETE else None, scores)
 
-    def fail_attempt(self, lease: Lease, index: int, attempt: int, error: str, max_attempts: int) -> str:
+    def fail_attempt(self, lease: Lease, index: int, attempt: int, error: str, max_attempts: int) -> CandidateRow | None:
+        """A lost ``attempt``: the candidate goes back to PENDING, or FAILED after ``max_attempts``;
+        returns the row as committed (None, and nothing written, when that attempt is not the
+        candidate's current RUNNING one)."""
+        new = Status.FAILED if attempt >= max_attempts else Status.PENDING
+        values: dict[str, Any] = {"status": new.value, "error": error}
+        if new == Status.FAILED:
+            values["finished_at"] = time.time()
         with self._tx() as conn:
             self._fence(conn, lease)
-            row = conn.execute(select(Candidate.status, Candidate.attempts).where(
-                Candidate.run_id == lease.run_id, Candidate.idx == index)).first()
-            if row is None or row.status != "RUNNING" or row.attempts != attempt:
-                return row.status if row else "MISSING"
-            new = "FAILED" if attempt >= max_attempts else "PENDING"
-            values: dict[str, Any] = {"status": new, "error": error}
-            if new == "FAILED":
-                values["finished_at"] = time.time()
-            conn.execute(update(Candidate).where(Candidate.run_id == lease.run_id, Candidate.idx == index)
-                         .values(**values))
-            return new
+            got = conn.execute(update(Candidate).where(
+                Candidate.run_id == lease.run_id, Candidate.idx == index, Candidate.status == Status.RUNNING.value,
+                Candidate.attempts == attempt).values(**values).returning(*Candidate.__table__.c)).first()
+        return None if got is None else self._committed(got, None, {})
 
     def requeue_stale(self, lease: Lease, older_than_s: float) -> list[int]:
         return self._requeue(lease, time.time() - older_than_s)
@@ -335,13 +346,13 @@ class Store:
     def _requeue(self, lease: Lease, before: float | None) -> list[int]:
         with self._tx() as conn:
             self._fence(conn, lease)
-            cond = and_(Candidate.run_id == lease.run_id, Candidate.status == "RUNNING")
+            cond = and_(Candidate.run_id == lease.run_id, Candidate.status == Status.RUNNING.value)
             if before is not None:
                 cond = and_(cond, Candidate.heartbeat_at < before)
             idxs = [r.idx for r in conn.execute(select(Candidate.idx).where(cond)).all()]
             if idxs:
                 conn.execute(update(Candidate).where(Candidate.run_id == lease.run_id, Candidate.idx.in_(idxs),
-                                                     Candidate.status == "RUNNING").values(status="PENDING"))
+                                                     Candidate.status == Status.RUNNING.value).values(status=Status.PENDING.value))
             return sorted(idxs)
 
     # ------------------------------------------------------------------ reads
@@ -369,7 +380,7 @@ class Store:
         objs = self._objectives(conn, run_id, idxs)
         scores = self._scores(conn, run_id, idxs) if with_scores else {}
         for r in rows:
-            r.objectives = objs.get(r.index) if r.status == "COMPLETE" else None
+            r.objectives = objs.get(r.index) if r.status == Status.COMPLETE.value else None
             r.item_scores = scores.get(r.index, {})
         return rows
 
@@ -395,7 +406,7 @@ class Store:
 
     def best(self, run_id: str, *, objective: str | None = None, k: int = 1) -> list[CandidateRow]:
         with self.engine.connect() as conn:
-            ok = and_(Candidate.run_id == run_id, Candidate.status == "COMPLETE", Candidate.cached_from.is_(None))
+            ok = and_(Candidate.run_id == run_id, Candidate.status == Status.COMPLETE.value, Candidate.cached_from.is_(None))
             if objective is None:
                 q = select(Candidate).where(ok, Candidate.fitness.is_not(None)).order_by(
                     Candidate.fitness.desc(), Candidate.idx).limit(k)
@@ -416,7 +427,7 @@ class Store:
             run = conn.execute(select(Run.objectives).where(Run.id == run_id)).scalar_one()
             names = [o["name"] for o in run]
             directions = [o.get("direction", "maximize") for o in run]
-            ok_idx = select(Candidate.idx).where(Candidate.run_id == run_id, Candidate.status == "COMPLETE",
+            ok_idx = select(Candidate.idx).where(Candidate.run_id == run_id, Candidate.status == Status.COMPLETE.value,
                                                  Candidate.cached_from.is_(None))
             data = conn.execute(select(ObjectiveValue.idx, ObjectiveValue.name, ObjectiveValue.value).where(
                 ObjectiveValue.run_id == run_id, ObjectiveValue.idx.in_(ok_idx))).all()

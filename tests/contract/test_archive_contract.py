@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from evomerge.errors import ConfigError, EvomergeError, LeaseHeldError, StaleLeaseError
-from evomerge.store import CandidateResult, NewCandidate, Store
+from evomerge.result import EvalResult, Status
+from evomerge.store import NewCandidate, Store
 
 OBJ = [{"name": "a", "direction": "maximize", "weight": 1.0}, {"name": "b", "direction": "minimize", "weight": 1.0}]
 
@@ -32,8 +34,11 @@ def cand(i: int, recipe: str = "") -> NewCandidate:
     return NewCandidate(i, i // 4, '{"merge_method":"linear"}', f"r-{recipe or i}", [0.1 * i, 0.5], (max(0, i - 1),))
 
 
-def ok(a: float, b: float, scores: list[float] | None = None) -> CandidateResult:
-    return CandidateResult("ok", {"a": a, "b": b}, a - b, {"t": scores or [1.0, 0.0, 0.5]}, 0.25, tokens=7)
+def ok(a: float, b: float, scores: list[float] | None = None, worker: str | None = None) -> dict[str, Any]:
+    """``store.complete`` keywords for a COMPLETE result with objectives a and b (fitness a - b)."""
+    return {"result": EvalResult(status=Status.COMPLETE, objectives={"a": a, "b": b},
+                                 item_scores={"t": scores or [1.0, 0.0, 0.5]}, seconds=0.25, tokens=7, worker=worker),
+            "fitness": a - b}
 
 
 def test_runs_are_created_found_and_listed(store: Store) -> None:
@@ -65,18 +70,21 @@ def test_candidate_lifecycle_and_exactly_once_completion(store: Store) -> None:
     with pytest.raises(EvomergeError, match="not PENDING"):
         store.claim(lease, 0, "w1")
     assert store.heartbeat(run.id, 0, 1) and not store.heartbeat(run.id, 0, 2)
-    assert store.complete(lease, 0, 1, ok(0.8, 0.1, [1.0, 0.25]), worker="w1")
-    assert not store.complete(lease, 0, 1, ok(0.9, 0.0))  # duplicate result: ignored
+    committed = store.complete(lease, 0, 1, **ok(0.8, 0.1, [1.0, 0.25, 0.1], worker="w1"))
+    assert not store.complete(lease, 0, 1, **ok(0.9, 0.0))  # duplicate result: ignored
     row = store.candidate(run.id, 0)
+    assert committed == row  # the row as committed is the row read back (item scores at their stored precision)
     assert row.status == "COMPLETE" and row.fitness == pytest.approx(0.7) and row.objectives == {"a": 0.8, "b": 0.1}
-    assert row.item_scores == {"t": [1.0, 0.25]} and row.tokens == 7 and row.worker == "w1" and row.parents == (0,)
+    assert row.item_scores == {"t": [1.0, 0.25, float(np.float32(0.1))]} and row.tokens == 7 and row.worker == "w1" and row.parents == (0,)
     assert not store.heartbeat(run.id, 0, 1)  # finished: nothing to keep alive
     # a lost worker: retried, then FAILED at the cap
     store.claim(lease, 1, "w2")
-    assert store.fail_attempt(lease, 1, 1, "worker lost", max_attempts=2) == "PENDING"
+    assert store.fail_attempt(lease, 1, 1, "worker lost", max_attempts=2).status == "PENDING"
+    assert store.fail_attempt(lease, 1, 1, "worker lost", max_attempts=2) is None  # no longer RUNNING: unchanged
     assert store.claim(lease, 1, "w3") == 2
-    assert not store.complete(lease, 1, 1, ok(0.1, 0.1))  # the first attempt's late result is refused
-    assert store.fail_attempt(lease, 1, 2, "worker lost", max_attempts=2) == "FAILED"
+    assert not store.complete(lease, 1, 1, **ok(0.1, 0.1))  # the first attempt's late result is refused
+    assert store.fail_attempt(lease, 1, 2, "worker lost", max_attempts=2) == store.candidate(run.id, 1)
+    assert store.candidate(run.id, 1).status == "FAILED"
     assert store.candidate(run.id, 1).status == "FAILED" and store.candidate(run.id, 1).attempts == 2
     # requeue: stale heartbeats and a resume
     store.claim(lease, 2, "w4")
@@ -91,10 +99,12 @@ def test_non_finite_results_are_invalid_with_nulls(store: Store) -> None:
     store.add_candidates(lease, [cand(i) for i in range(4)])
     for i in range(4):
         store.claim(lease, i, "w")
-    store.complete(lease, 0, 1, CandidateResult("ok", {"a": math.nan, "b": 0.0}, math.nan, {"t": [0.0]}, 1.0))
-    store.complete(lease, 1, 1, CandidateResult("ok", {"a": 1.0, "b": math.inf}, 1.0, {}, 1.0))
-    store.complete(lease, 2, 1, CandidateResult("ok", {"a": 0.2, "b": 0.3}, None, {}, 1.0))
-    store.complete(lease, 3, 1, CandidateResult("timeout", None, None, {}, 9.0, error="deadline"))
+    done = Status.COMPLETE
+    store.complete(lease, 0, 1, EvalResult(status=done, objectives={"a": math.nan, "b": 0.0}, item_scores={"t": [0.0]},
+                                           seconds=1.0), fitness=math.nan)
+    store.complete(lease, 1, 1, EvalResult(status=done, objectives={"a": 1.0, "b": math.inf}, seconds=1.0), fitness=1.0)
+    store.complete(lease, 2, 1, EvalResult(status=done, objectives={"a": 0.2, "b": 0.3}, seconds=1.0), fitness=None)
+    store.complete(lease, 3, 1, EvalResult(status=Status.TIMEOUT, seconds=9.0, error="deadline"), fitness=None)
     rows = store.candidates(run.id)
     assert [r.status for r in rows] == ["INVALID", "INVALID", "INVALID", "TIMEOUT"]
     assert all(r.fitness is None and r.objectives is None for r in rows)
@@ -107,8 +117,9 @@ def test_best_by_fitness_or_objective_and_the_pareto_front(store: Store) -> None
     store.add_candidates(lease, [cand(i) for i in range(len(pts))] + [cand(9, recipe="0")])
     for i, (a, b) in enumerate(pts):
         store.claim(lease, i, "w")
-        store.complete(lease, i, 1, ok(a, b))
-    assert store.complete_cached(lease, 9, 0) and store.candidate(run.id, 9).cached_from == 0
+        store.complete(lease, i, 1, **ok(a, b))
+    assert store.complete_cached(lease, 9, 0) == store.candidate(run.id, 9)
+    assert store.candidate(run.id, 9).cached_from == 0
     assert store.candidate(run.id, 9).objectives == {"a": 0.9, "b": 0.6}
     assert [r.index for r in store.best(run.id, k=3)] == [1, 0, 4]  # fitness a - b; copies never rank
     assert [r.index for r in store.best(run.id, objective="a", k=2)] == [3, 0]

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from evomerge.result import EvalResult
 from evomerge.runner.backend import Job, LocalBackend, Outcome
 from evomerge.runner.worker import CandidateWorker, WorkerSpec
 from tests.conftest import REPO
@@ -51,14 +52,14 @@ def spec(sources: Path, **faults: Any) -> WorkerSpec:
                       faults={**FAULTS, **faults})
 
 
-def comparable(result: dict[str, Any]) -> tuple:
+def comparable(result: EvalResult) -> tuple:
     """What must agree between backends (NaN made comparable; timings and worker names may differ)."""
     def num(v: float) -> float | str:
         return "nan" if isinstance(v, float) and math.isnan(v) else v
 
-    objectives = result.get("objectives")
-    return (result["status"], None if objectives is None else {k: num(v) for k, v in objectives.items()},
-            json.dumps(result.get("item_scores") or {}, sort_keys=True), result.get("error"))
+    objectives = result.objectives
+    return (result.status, None if objectives is None else {k: num(v) for k, v in objectives.items()},
+            json.dumps(result.item_scores, sort_keys=True), result.error)
 
 
 def reference(worker_spec: WorkerSpec, jobs: list[Job]) -> dict[int, tuple]:
@@ -106,7 +107,7 @@ def make_backend(request) -> Iterator[Callable[..., Any]]:  # type: ignore[no-un
 def test_backends_return_the_workers_outcomes_for_the_same_jobs(make_backend, zoo_dir: Path) -> None:
     jobs = make_jobs(zoo_dir)
     expected = reference(spec(zoo_dir), jobs)
-    assert [s[0] for s in expected.values()] == ["ok"] * 5 + ["failed"]  # the jobs cover these statuses
+    assert [s[0] for s in expected.values()] == ["COMPLETE"] * 5 + ["FAILED"]  # the jobs cover these statuses
     assert expected[3][1] == {"zoo_add": "nan", "zoo_caesar": "nan"}  # and a NaN objective
     assert len({expected[i][2] for i in range(5)}) > 1  # and different item scores
     backend = make_backend(spec(zoo_dir))
@@ -115,7 +116,7 @@ def test_backends_return_the_workers_outcomes_for_the_same_jobs(make_backend, zo
     for o in outcomes:
         assert o.job == jobs[o.job.index] and o.result is not None and o.error is None
         assert comparable(o.result) == expected[o.job.index], o.job.index
-        assert o.worker and o.worker == o.result["worker"]
+        assert o.result.worker  # the process that ran it
     assert backend.running() == {}
 
 

@@ -26,12 +26,12 @@ from typing import Any
 
 import pytest
 
-from evomerge.evaluate.base import EvalResult
 from evomerge.evaluate.registry import ENGINES, REGISTRY, make_evaluator
 from evomerge.evaluate.tasks import Task, load_task, score_task
 from evomerge.recipe import Recipe, recipe_from_dict
+from evomerge.result import EvalResult
 from evomerge.runner.worker import CandidateWorker, WorkerSpec
-from evomerge.store.records import CandidateResult, normalize_result
+from evomerge.store.records import normalize_result
 from tests.conftest import REPO
 
 FITNESS = REPO / "fitness"
@@ -112,32 +112,29 @@ def evaluator(engine: str):  # type: ignore[no-untyped-def]
 def baseline(evaluator, tasks: list[Task], zoo_dir: Path) -> EvalResult:  # type: ignore[no-untyped-def]
     """The ok candidate (the trained add expert), scored once per engine."""
     res = evaluator.evaluate(one_model(zoo_dir / "expert_add"), tasks)
-    assert res.status == "ok", res.error
+    assert res.status == "COMPLETE", res.error
     return res
 
 
 def through_worker(evaluator: Any, engine: str, task_specs: tuple[str, ...], recipe: Recipe, *,
-                   deadline_s: float | None = None, faults: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The candidate as a search runs it: recipe JSON into a CandidateWorker, a result dict out."""
+                   deadline_s: float | None = None, faults: dict[str, Any] | None = None) -> EvalResult:
+    """The candidate as a search runs it: recipe JSON into a CandidateWorker, its result out."""
     spec = WorkerSpec(engine=engine, tasks=task_specs, sources=(), faults=faults or {})
     worker = CandidateWorker(spec, evaluator=evaluator)
     return worker.evaluate(0, 1, recipe.canonical_json(), 0, deadline_s)
 
 
-def recorded(result: dict[str, Any]) -> tuple[str, dict[str, float] | None]:
+def recorded(result: EvalResult) -> tuple[str, dict[str, float] | None]:
     """(status, objectives) as the archive stores the worker's result (docs/reliability.md promise 9)."""
-    objectives = result.get("objectives")
-    fitness = None if objectives is None else sum(objectives.values())
-    status, objectives, _, _ = normalize_result(CandidateResult(
-        result["status"], objectives, fitness, result.get("item_scores") or {}, float(result.get("seconds") or 0.0),
-        result.get("error")))
-    return status, objectives
+    fitness = None if result.objectives is None else sum(result.objectives.values())
+    stored = normalize_result(result, fitness)
+    return stored.status, stored.objectives
 
 
 def assert_still_scores(evaluator: Any, tasks: list[Task], zoo: Path, baseline: EvalResult) -> None:
     """The evaluator goes on: the ok candidate scores exactly as before."""
     again = evaluator.evaluate(one_model(zoo / "expert_add"), tasks)
-    assert again.status == "ok" and again.item_scores == baseline.item_scores
+    assert again.status == "COMPLETE" and again.item_scores == baseline.item_scores
 
 
 # ---------------------------------------------------------------- the contract
@@ -153,7 +150,7 @@ def test_ok_scores_every_item_and_repeats_exactly(engine: str, evaluator, tasks:
                                                   task_specs: tuple[str, ...], zoo_dir: Path,
                                                   baseline: EvalResult) -> None:
     res = baseline
-    assert res.status == "ok" and res.error is None
+    assert res.status == "COMPLETE" and res.error is None
     assert set(res.objectives) == set(res.item_scores) == {t.name for t in tasks}
     for t in tasks:
         scores = res.item_scores[t.name]
@@ -162,15 +159,15 @@ def test_ok_scores_every_item_and_repeats_exactly(engine: str, evaluator, tasks:
         if t.spec.kind != "loglik":
             assert set(scores) <= {0.0, 1.0}
     assert res.items == LIMIT * len(tasks)
-    assert "evaluate" in res.seconds and all(v >= 0 for v in res.seconds.values())
+    assert "evaluate" in res.phases and all(v >= 0 for v in res.phases.values()) and res.seconds >= 0
     assert isinstance(res.tokens, int) and res.tokens >= 0
     if REGISTRY[engine].merges_weights:  # the engine really runs the model: the add expert adds
         assert res.objectives["zoo_add"] == 1.0 and res.tokens > 0
     other = evaluator.evaluate(task_arithmetic(zoo_dir, "expert_caesar"), tasks)  # another candidate in between
-    assert other.status == "ok" and other.item_scores != res.item_scores
+    assert other.status == "COMPLETE" and other.item_scores != res.item_scores
     assert_still_scores(evaluator, tasks, zoo_dir, baseline)
     via_worker = through_worker(evaluator, engine, task_specs, one_model(zoo_dir / "expert_add"))
-    assert via_worker["status"] == "ok" and via_worker["item_scores"] == res.item_scores
+    assert via_worker.status == "COMPLETE" and via_worker.item_scores == res.item_scores
     assert recorded(via_worker) == ("COMPLETE", res.objectives)
 
 
@@ -179,7 +176,7 @@ def test_nan_in_the_merged_weights_is_invalid(engine: str, evaluator, tasks: lis
     needs_weights(engine)
     huge = task_arithmetic(zoo_dir, "expert_add", weight=1e38, lam=1e38)  # overflows to inf while merging
     res = evaluator.evaluate(huge, tasks)
-    assert res.status == "invalid" and res.objectives is None and "NaN or inf" in res.error
+    assert res.status == "INVALID" and res.objectives is None and "NaN or inf" in res.error
     assert_still_scores(evaluator, tasks, zoo_dir, baseline)  # the live weights were never touched
 
 
@@ -187,7 +184,7 @@ def test_a_nan_objective_is_recorded_invalid(engine: str, evaluator, task_specs:
                                              zoo_dir: Path) -> None:
     """The ``nan_on`` fault (tests/faults) turns the evaluator's objectives into NaN in the worker."""
     res = through_worker(evaluator, engine, task_specs, one_model(zoo_dir / "expert_add"), faults={"nan_on": [0]})
-    assert res["status"] == "ok" and all(math.isnan(v) for v in res["objectives"].values())
+    assert res.status == "COMPLETE" and all(math.isnan(v) for v in res.objectives.values())
     assert recorded(res) == ("INVALID", None)
 
 
@@ -195,7 +192,7 @@ def test_past_its_deadline_is_timeout(engine: str, evaluator, tasks: list[Task],
                                       zoo_dir: Path, request: pytest.FixtureRequest) -> None:
     gap(request, engine, "timeout")
     res = evaluator.evaluate(one_model(zoo_dir / "expert_add"), tasks, deadline_s=0.0)
-    assert res.status == "timeout" and res.objectives is None and "deadline" in res.error
+    assert res.status == "TIMEOUT" and res.objectives is None and "deadline" in res.error
     via_worker = through_worker(evaluator, engine, task_specs, one_model(zoo_dir / "expert_add"), deadline_s=0.0)
     assert recorded(via_worker) == ("TIMEOUT", None)
 
@@ -219,7 +216,7 @@ def test_the_deadline_is_honoured_cooperatively(engine: str, evaluator, tasks: l
 
     monkeypatch.setattr(base, "score_task", held)
     res = evaluator.evaluate(one_model(zoo_dir / "expert_add"), tasks, deadline_s=deadline_s)
-    assert res.status == "timeout" and res.objectives is None
+    assert res.status == "TIMEOUT" and res.objectives is None
     assert len(scored) <= 1, scored  # no task started after the deadline passed
 
 
@@ -230,8 +227,8 @@ def test_a_recipe_that_cannot_be_merged_fails_and_the_evaluator_goes_on(
     worker's result is ``failed`` with the reason."""
     needs_weights(engine)
     res = through_worker(evaluator, engine, task_specs, task_arithmetic(zoo_dir, "variants/wide"))
-    assert res["status"] == "failed" and res["objectives"] is None and res["item_scores"] == {}
-    assert "hidden_size" in res["error"] and "wide" in res["error"], res["error"]
+    assert res.status == "FAILED" and res.objectives is None and res.item_scores == {}
+    assert "hidden_size" in res.error and "wide" in res.error, res.error
     assert recorded(res) == ("FAILED", None)
     assert_still_scores(evaluator, tasks, zoo_dir, baseline)
 
@@ -269,9 +266,9 @@ def test_in_place_equals_the_export_loaded_fresh(engine: str, evaluator, tasks: 
     from evomerge.merge.materialize import merge_to_dir
 
     recipe = fixed_recipes(["add", "caesar", "length"])["per_layer_task_arithmetic"].resolved(zoo_dir)
-    assert evaluator.evaluate(one_model(zoo_dir / "expert_caesar"), tasks).status == "ok"
+    assert evaluator.evaluate(one_model(zoo_dir / "expert_caesar"), tasks).status == "COMPLETE"
     live = evaluator.evaluate(recipe, tasks)
-    assert live.status == "ok", live.error
+    assert live.status == "COMPLETE", live.error
     merge_to_dir(recipe, tmp_path / "merged")
     fresh = FRESH[engine](tmp_path / "merged", tasks)
     for t in tasks:
@@ -288,6 +285,6 @@ def test_a_model_whose_outputs_overflow_is_invalid(engine: str, evaluator, tasks
     engine keeps something of the NaNs, no later test is affected."""
     needs_weights(engine)
     res = evaluator.evaluate(task_arithmetic(zoo_dir, "expert_add", lam=1e12), tasks)
-    assert res.status == "invalid" and res.objectives is None and "non-finite objective" in res.error
+    assert res.status == "INVALID" and res.objectives is None and "non-finite objective" in res.error
     gap(request, engine, "overflow")  # a known gap of what follows only
     assert_still_scores(evaluator, tasks, zoo_dir, baseline)

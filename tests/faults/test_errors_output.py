@@ -27,7 +27,8 @@ from pathlib import Path
 import pytest
 
 from evomerge.errors import ConfigError, EvomergeError, SchemaError
-from evomerge.store import ArchiveError, CandidateResult, NewCandidate, Store
+from evomerge.result import EvalResult, Status
+from evomerge.store import ArchiveError, NewCandidate, Store
 from tests.conftest import REPO, run_cli, save_tiny
 from tests.service.helpers import write_space
 
@@ -51,7 +52,8 @@ def make_archive(db: str, *, name: str = "t", objectives: tuple[str, ...] = ("zo
         for i in range(n):
             attempt = store.claim(lease, i, "w")
             values = {o: ((i * (j + 3)) % n) / n for j, o in enumerate(objectives)}
-            assert store.complete(lease, i, attempt, CandidateResult("ok", values, sum(values.values()), {}, 0.5))
+            assert store.complete(lease, i, attempt, EvalResult(status=Status.COMPLETE, objectives=values, seconds=0.5),
+                                  fitness=sum(values.values()))
         store.set_run_status(lease, "finished")
         store.release_lease(lease)
     return run.id
@@ -381,14 +383,14 @@ def test_eval_json_is_the_only_thing_on_stdout(tiny_models: dict[str, Path], tmp
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)  # the whole of stdout: one document
-    assert doc["search"]["status"] == "ok" and len(doc["heldout"]["item_scores"]["echo"]) == 3
+    assert doc["search"]["status"] == "COMPLETE" and len(doc["heldout"]["item_scores"]["echo"]) == 3
     assert proc.stdout.count("\n") == 1
     for noise in NOISES:
         assert noise in proc.stderr and noise not in proc.stdout, noise
     # the table keeps stdout for itself too: the engine's output goes to stderr
     table = subprocess.run([sys.executable, "-c", NOISY, "eval", str(tiny_models["base"]), "-t", str(task)],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert table.returncode == 0 and "echo" in table.stdout and "search: ok; 3 items" in table.stdout, table.stderr
+    assert table.returncode == 0 and "echo" in table.stdout and "search: COMPLETE; 3 items" in table.stdout, table.stderr
     assert not any(noise in table.stdout for noise in NOISES[:4])
 
 
@@ -438,7 +440,7 @@ def test_vllm_eval_json_keeps_vllm_logs_off_stdout(tmp_path: Path) -> None:
     proc = run_cli("eval", str(model), "-t", str(task), "--engine", "vllm", "--json", cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(proc.stdout)
-    assert doc["search"]["status"] == "ok", doc["search"]["error"]
+    assert doc["search"]["status"] == "COMPLETE", doc["search"]["error"]
     assert len(doc["search"]["item_scores"]["echo"]) == 3
     assert "INFO" in proc.stderr  # vLLM did log: to stderr
 

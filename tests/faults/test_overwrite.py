@@ -25,7 +25,8 @@ from evomerge.merge.writer import (
     verify_manifest,
 )
 from evomerge.recipe import recipe_from_dict
-from evomerge.store import CandidateResult, NewCandidate, Store
+from evomerge.result import EvalResult, Status
+from evomerge.store import NewCandidate, Store
 
 REPO = Path(__file__).resolve().parents[2]
 HANG_GUARD_S = 900  # only stops a broken test from hanging forever; no step is timed against it
@@ -307,11 +308,12 @@ def _archive(tmp_path: Path, tiny_models) -> str:
         lease = store.acquire_lease(run.id, "test", 60)
         store.add_candidates(lease, [NewCandidate(i, 0, recipe.canonical_json(), recipe.recipe_id, [0.5], ())
                                      for i in range(6)])
-        for i, status in enumerate(["ok", "failed", "invalid", "timeout"]):
+        for i, status in enumerate([Status.COMPLETE, Status.FAILED, Status.INVALID, Status.TIMEOUT]):
             attempt = store.claim(lease, i, "w")
-            store.complete(lease, i, attempt, CandidateResult(status, {"a": 1.0} if status == "ok" else None,
-                                                              1.0 if status == "ok" else None, {}, 1.0,
-                                                              error=None if status == "ok" else "boom"))
+            done = status == Status.COMPLETE
+            store.complete(lease, i, attempt, EvalResult(status=status, objectives={"a": 1.0} if done else None,
+                                                         seconds=1.0, error=None if done else "boom"),
+                           fitness=1.0 if done else None)
         store.claim(lease, 4, "w")
         store.release_lease(lease)
     return url

@@ -76,7 +76,8 @@ def test_worker_killed_mid_evaluation_is_retried_and_recorded_once(tiny_sources:
 @pytest.mark.ray
 def test_silent_worker_is_requeued_and_its_late_result_refused(tiny_sources: Path, tmp_path: Path,
                                                               ray_local, monkeypatch) -> None:
-    from evomerge.store import CandidateResult, Store
+    from evomerge.result import EvalResult, Status
+    from evomerge.store import Store
 
     # The grace is 20 heartbeats, so only the injected freeze (which never ends: the requeue kills
     # that worker) goes silent for a whole grace, not a heartbeat thread starved on a busy machine.
@@ -94,8 +95,8 @@ def test_silent_worker_is_requeued_and_its_late_result_refused(tiny_sources: Pat
     with Store.open(db) as store:  # a result from the first (silent) attempt arriving now is refused
         info = store.get_run("hb")
         lease = store.acquire_lease(info.id, "test", 30)
-        late = CandidateResult("ok", {"zoo_add": 1.0, "zoo_caesar": 1.0}, 2.0, {}, 1.0)
-        assert store.complete(lease, 2, 1, late) is False
+        late = EvalResult(status=Status.COMPLETE, objectives={"zoo_add": 1.0, "zoo_caesar": 1.0}, seconds=1.0)
+        assert store.complete(lease, 2, 1, late, fitness=2.0) is None
         assert store.candidate(info.id, 2).fitness == row["fitness"]
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from evomerge.errors import EvomergeError, LeaseHeldError, SchemaError, StaleLeaseError
-from evomerge.store import CandidateResult, NewCandidate, Store
+from evomerge.result import EvalResult, Status
+from evomerge.store import NewCandidate, Store
 from tests.conftest import REPO
 from tests.service.helpers import write_space
 
@@ -86,8 +87,10 @@ def test_many_concurrent_writers_on_postgres_claim_each_candidate_once(pg_url: s
                 with lock:
                     claimed.setdefault(j, []).append(k)
                 store.heartbeat(run.id, j, attempt)
-                assert store.complete(lease, j, attempt, CandidateResult("ok", {"a": j / 300}, j / 300, {}, 0.0))
-                assert not store.complete(lease, j, attempt, CandidateResult("ok", {"a": 0.0}, 0.0, {}, 0.0))
+                done = EvalResult(status=Status.COMPLETE, objectives={"a": j / 300})
+                assert store.complete(lease, j, attempt, done, fitness=j / 300)
+                again = EvalResult(status=Status.COMPLETE, objectives={"a": 0.0})
+                assert not store.complete(lease, j, attempt, again, fitness=0.0)
         except BaseException as err:  # noqa: BLE001 - surfaced below
             errors.append(err)
         finally:

@@ -18,7 +18,7 @@ def test_eval_recipe_and_model_dir(zoo_dir: Path, tmp_path: Path) -> None:
     assert out["search"]["objectives"]["zoo_caesar"] == 1.0 and out["heldout"]["objectives"]["zoo_caesar"] == 1.0
     assert len(out["heldout"]["item_scores"]["zoo_caesar"]) == 200 and out["search"]["tokens"] > 0
     table = run_cli("eval", str(zoo_dir / "base"), "-t", str(REPO / "fitness/zoo_add.yaml"), cwd=tmp_path)
-    assert table.returncode == 0 and "zoo_add" in table.stdout and "search: ok; 200 items" in table.stdout
+    assert table.returncode == 0 and "zoo_add" in table.stdout and "search: COMPLETE; 200 items" in table.stdout
 
 
 def test_eval_bad_inputs(zoo_dir: Path, tmp_path: Path) -> None:

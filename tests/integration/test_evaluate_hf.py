@@ -32,15 +32,15 @@ def test_each_task_kind_scores_the_expert_and_the_base(zoo_dir: Path, evaluator:
              load_task(FITNESS / "zoo_caesar_choice.yaml"), load_task(FITNESS / "zoo_caesar_loglik.yaml")]
     expert = evaluator.evaluate(one_model(zoo_dir / "expert_caesar"), tasks)
     base = evaluator.evaluate(one_model(zoo_dir / "base"), tasks)
-    assert expert.status == base.status == "ok"
+    assert expert.status == base.status == "COMPLETE"
     assert expert.objectives["zoo_caesar"] == 1.0 and base.objectives["zoo_caesar"] == 0.0
     assert expert.objectives["zoo_caesar_choice"] > 0.9 > base.objectives["zoo_caesar_choice"]
     assert expert.objectives["zoo_caesar_loglik"] > -0.1 > -5 > base.objectives["zoo_caesar_loglik"]
     assert len(expert.item_scores["zoo_caesar"]) == 200 and expert.items == 200 + 100 + 200
     # building the model object (another reference model or depth) is timed apart from merging
-    assert set(expert.seconds) - {"build_model"} == {"materialize", "evaluate"}
+    assert set(expert.phases) - {"build_model"} == {"materialize", "evaluate"}
     again = evaluator.evaluate(one_model(zoo_dir / "base"), tasks[1:2])
-    assert set(again.seconds) == {"materialize", "evaluate"}  # the same model object, reused
+    assert set(again.phases) == {"materialize", "evaluate"}  # the same model object, reused
     # token cost: at least every prompt's tokens plus one generated token per generate item
     assert expert.tokens > sum(len(it["question"]) + 1 for it in tasks[0].items) + 200
 
@@ -70,8 +70,8 @@ def test_nan_weights_are_invalid_and_deadline_is_timeout(zoo_dir: Path, evaluato
                              "models": [{"model": str(zoo_dir / "expert_add"), "parameters": {"weight": 1e38}}],
                              "parameters": {"lambda": 1e38}})
     res = evaluator.evaluate(huge, tasks)
-    assert res.status == "invalid" and res.objectives is None and "NaN or inf" in res.error
+    assert res.status == "INVALID" and res.objectives is None and "NaN or inf" in res.error
     slow = evaluator.evaluate(one_model(zoo_dir / "expert_add"), tasks, deadline_s=0.0)
-    assert slow.status == "timeout" and slow.objectives is None
+    assert slow.status == "TIMEOUT" and slow.objectives is None
     ok = evaluator.evaluate(one_model(zoo_dir / "expert_add"), tasks, deadline_s=600)
-    assert ok.status == "ok" and ok.objectives["zoo_add"] == 1.0
+    assert ok.status == "COMPLETE" and ok.objectives["zoo_add"] == 1.0

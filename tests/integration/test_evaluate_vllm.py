@@ -41,9 +41,9 @@ def test_vllm_matches_transformers_and_swaps_in_place(zoo_dir: Path) -> None:
         vllm_ev.close()
         gc.collect()
     hf = HFEvaluator().evaluate(recipe, tasks)
-    assert first.status == merged.status == hf.status == "ok"
+    assert first.status == merged.status == hf.status == "COMPLETE"
     assert first.objectives["zoo_caesar"] == 1.0 and first.objectives["zoo_length"] == 0.0
-    assert merged.seconds["engine_start"] > 0 and merged.seconds["swap"] < merged.seconds["engine_start"]
+    assert merged.phases["engine_start"] > 0 and merged.phases["swap"] < merged.phases["engine_start"]
     for t in tasks:
         if t.spec.kind == "loglik":
             assert merged.item_scores[t.name] == pytest.approx(hf.item_scores[t.name], abs=2e-3)
@@ -103,7 +103,7 @@ def test_dataflow_candidate_runs_on_both_engines(zoo_dir: Path) -> None:
         res = ev.evaluate(recipe, tasks)
     finally:
         ev.close()
-    assert hf.status == res.status == "ok"
+    assert hf.status == res.status == "COMPLETE"
     for t in tasks:
         if t.spec.kind == "loglik":
             assert res.item_scores[t.name] == pytest.approx(hf.item_scores[t.name], abs=2e-3)

@@ -26,7 +26,7 @@ def test_search_is_deterministic_and_records_every_candidate(zoo_dir: Path, tmp_
     b = run_search(space, out=tmp_path / "b.jsonl", log=lambda _m: None)
     lines = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
     assert [r["index"] for r in lines] == list(range(12))
-    assert all(r["status"] == "ok" and len(r["item_scores"]["zoo_add"]) == 200 for r in lines)
+    assert all(r["status"] == "COMPLETE" and len(r["item_scores"]["zoo_add"]) == 200 for r in lines)
     assert [r["recipe_id"] for r in a.records] == [r["recipe_id"] for r in b.records]
     assert [r["fitness"] for r in a.records] == [r["fitness"] for r in b.records]
     best = a.best()
@@ -76,7 +76,7 @@ def test_dataflow_searches_run_and_paths_are_fixed_depth(zoo_dir: Path, tmp_path
     monkeypatch.setenv("EVOMERGE_CACHE", str(tmp_path / "cache"))
     space = zoo_space(name, zoo_dir, tmp_path, budget=8)
     result = run_search(space, log=lambda _m: None)
-    assert len(result.records) == 8 and all(r["status"] == "ok" for r in result.records)
+    assert len(result.records) == 8 and all(r["status"] == "COMPLETE" for r in result.records)
     # every path has its T slots between two empty slices naming the first source's ends
     depths = {len(r["recipe"]["slices"]) - 2 for r in result.records}
     assert depths == {8 * space.flow.repeats}  # excluded slots are identity layers: one engine serves all
