@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from evomerge.errors import ConfigError, ExportError
 from evomerge.evaluate.registry import ENGINES as ENGINES
 from evomerge.evaluate.registry import check_engine
+from evomerge.result import Fidelity
 from evomerge.runner.options import BACKENDS as BACKENDS
 from evomerge.runner.options import MAX_WORKERS as MAX_WORKERS
 from evomerge.runner.options import ExecOptions, check_float, check_int
@@ -68,7 +69,9 @@ def candidate_dict(row: CandidateRow, *, scores: bool = False) -> dict[str, Any]
          "fitness": row.fitness, "objectives": row.objectives, "parents": list(row.parents or ()),
          "attempts": row.attempts, "seconds": row.seconds, "error": row.error, "cached_from": row.cached_from,
          "worker": row.worker, "started_at": iso_time(row.started_at), "finished_at": iso_time(row.finished_at),
-         "recipe": json.loads(row.recipe_json)}
+         "recipe": json.loads(row.recipe_json), "fidelity": str(row.fidelity), "items_scored": row.items_scored,
+         "stop_reason": row.stop_reason, "race_ref": row.race_ref,
+         "intervals": {k: list(v) for k, v in row.intervals.items()}}
     if scores:
         d["item_scores"] = row.item_scores
     return d
@@ -93,23 +96,34 @@ def runs(db: str | None = None, workdir: str | Path | None = None) -> list[dict[
         return [run_dict(r) for r in store.list_runs()]
 
 
+def _check_fidelity(fidelity: str | None) -> None:
+    if fidelity is not None and fidelity not in set(Fidelity):
+        raise ConfigError(f"--fidelity {fidelity!r} is not one of {[f.value for f in Fidelity]}",
+                          hint="`--fidelity exact` keeps candidates scored on every item")
+
+
 def best(run: str, *, objective: str | None = None, k: int = 1, db: str | None = None,
-         workdir: str | Path | None = None) -> list[dict[str, Any]]:
-    """The ``k`` best candidates (1 <= k <= 2**31 - 1) by fitness, or by one objective."""
+         workdir: str | Path | None = None, fidelity: str | None = None) -> list[dict[str, Any]]:
+    """The ``k`` best candidates (1 <= k <= 2**31 - 1) by fitness, or by one objective;
+    ``fidelity`` (``exact`` or ``raced``) keeps only candidates scored that way."""
     if not 1 <= k <= MAX_INDEX:
         raise ConfigError(f"-k {k} is out of range", hint=f"ask for 1 to {MAX_INDEX} candidates")
+    _check_fidelity(fidelity)
     with open_store(db, workdir) as store:
         info = store.get_run(run)
         if objective is not None and objective not in [o["name"] for o in info.objectives]:
             raise ConfigError(f"run {info.name} has no objective {objective!r}",
                               hint=f"use one of {[o['name'] for o in info.objectives]}")
-        return [candidate_dict(r) for r in store.best(info.id, objective=objective, k=k)]
+        return [candidate_dict(r) for r in store.best(info.id, objective=objective, k=k, fidelity=fidelity)]
 
 
-def pareto(run: str, *, db: str | None = None, workdir: str | Path | None = None) -> list[dict[str, Any]]:
+def pareto(run: str, *, db: str | None = None, workdir: str | Path | None = None,
+           fidelity: str | None = None) -> list[dict[str, Any]]:
+    """The non-dominated COMPLETE candidates (of ``fidelity`` when given)."""
+    _check_fidelity(fidelity)
     with open_store(db, workdir) as store:
         info = store.get_run(run)
-        return [candidate_dict(r) for r in store.pareto(info.id)]
+        return [candidate_dict(r) for r in store.pareto(info.id, fidelity=fidelity)]
 
 
 def show(ref: str, *, db: str | None = None, workdir: str | Path | None = None, depth: int = 3) -> dict[str, Any]:
@@ -253,10 +267,16 @@ def preflight(space: SearchSpace, *, workers: int = 1, build_zoo: bool = True,
     from evomerge.runner.strategy import check_strategy
     from evomerge.space.codec import check_sources, make_codec
 
-    names = [load_task(o.task).name for o in space.objectives]
+    tasks = [load_task(o.task) for o in space.objectives]
+    names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ConfigError(f"two objectives have the same task name ({names})",
                           hint="give each task spec its own name")
+    unbounded = [t.name for t in tasks if t.spec.kind == "loglik"]
+    if space.fitness is not None and space.fitness.racing is not None and unbounded:
+        raise ConfigError(f"search space {space.name!r}: racing needs item scores in [0, 1], and the loglik "
+                          f"task(s) {unbounded} score mean log-probs",
+                          hint="race only generate/choice tasks: drop `fitness: racing:` or those objectives")
     if build_zoo and space.uses_zoo():
         from evomerge.zoo import ensure_zoo
 

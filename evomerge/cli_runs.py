@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 DB = Annotated[str | None, typer.Option("--db", help="archive URL (default sqlite:///./evomerge.db); "
                                         "postgresql+psycopg://user@host/db for clusters", envvar="EVOMERGE_DB")]
 JSON = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+FIDELITY = Annotated[str | None, typer.Option(help="only candidates scored so: exact (every item) or raced")]
 
 
 class ProgressLine:
@@ -154,18 +155,25 @@ def runs(db: DB = None, as_json: JSON = False) -> None:
     print_table(cols, table)
 
 
+def _fidelity(r: dict) -> str:
+    """``exact``, or ``raced n`` (the items a raced-out candidate was scored on)."""
+    return "exact" if r["fidelity"] == "exact" else f"{r['fidelity']} {r['items_scored']}"
+
+
 def _candidates_table(rows: list[dict], title: str) -> None:
     """Index, fitness, every objective by name, generation, parents, recipe id; objective names
     stay whole (o1, o2, ... with a legend only when the terminal is too narrow for them)."""
     names = list(rows[0]["objectives"] or {}) if rows else []
     cols = [Col("index", numeric=True), Col("fitness", numeric=True),
             *[Col(n, numeric=True, short=f"o{j + 1}") for j, n in enumerate(names)],
-            Col("generation", numeric=True, short="gen"), Col("parents", wrap=True), Col("recipe_id", wrap=True)]
+            Col("fidelity", short="fid"), Col("generation", numeric=True, short="gen"), Col("parents", wrap=True),
+            Col("recipe_id", wrap=True)]
     table = []
     for r in rows:
         obj = r["objectives"] or {}
         table.append([str(r["index"]), f"{r['fitness']:.4f}" if r["fitness"] is not None else "-",
-                      *[f"{obj[n]:.4f}" if obj.get(n) is not None else "-" for n in names], str(r["generation"]),
+                      *[f"{obj[n]:.4f}" if obj.get(n) is not None else "-" for n in names],
+                      _fidelity(r), str(r["generation"]),
                       ",".join(map(str, r["parents"])) or "-", r["recipe_id"]])
     print_table(cols, table, title=title)
 
@@ -175,6 +183,7 @@ def best(
     run: Annotated[str, typer.Argument(help="run name or id")],
     objective: Annotated[str | None, typer.Option(help="rank by this objective instead of the weighted fitness")] = None,
     k: Annotated[int, typer.Option("-k", help="how many")] = 1,
+    fidelity: FIDELITY = None,
     db: DB = None,
     as_json: JSON = False,
 ) -> None:
@@ -182,7 +191,7 @@ def best(
     from evomerge import api
 
     with logs_to_stderr(as_json):
-        rows = api.best(run, objective=objective, k=k, db=db)
+        rows = api.best(run, objective=objective, k=k, db=db, fidelity=fidelity)
     if as_json:
         print_json(rows)
     else:
@@ -190,12 +199,13 @@ def best(
 
 
 @app.command("pareto")
-def pareto(run: Annotated[str, typer.Argument(help="run name or id")], db: DB = None, as_json: JSON = False) -> None:
+def pareto(run: Annotated[str, typer.Argument(help="run name or id")], fidelity: FIDELITY = None, db: DB = None,
+           as_json: JSON = False) -> None:
     """The Pareto front of a run over all its objectives (failed and invalid candidates never enter)."""
     from evomerge import api
 
     with logs_to_stderr(as_json):
-        rows = api.pareto(run, db=db)
+        rows = api.pareto(run, db=db, fidelity=fidelity)
     if as_json:
         print_json(rows)
     else:
@@ -224,6 +234,9 @@ def show(candidate: Annotated[str, typer.Argument(help="RUN:INDEX")], db: DB = N
     if d["cached_from"] is not None:
         console.print(f"same recipe as candidate {d['cached_from']}: its result was reused")
     console.print(f"fitness {d['fitness']}; objectives {d['objectives']}", highlight=False, markup=False)
+    if d["fidelity"] != "exact":
+        console.print(f"{d['fidelity']}: scored on {d['items_scored']} items against candidate {d['race_ref']}; "
+                      f"intervals {d['intervals']}; {d['stop_reason']}", highlight=False, markup=False)
     lin = d["lineage"]
     console.print(f"parents {d['parents'] or '-'}; ancestors "
                   f"{[(a['index'], a['level']) for a in lin['ancestors']] or '-'}; children {lin['children'] or '-'}",

@@ -30,13 +30,23 @@ class Status(StrEnum):
 TERMINAL = frozenset({Status.COMPLETE, Status.INVALID, Status.TIMEOUT, Status.FAILED})
 
 
+class Fidelity(StrEnum):
+    """How a COMPLETE candidate's objectives were measured: on every item (``exact``), or on the
+    items it was scored on before racing stopped it (``raced``: estimates with intervals)."""
+
+    EXACT = "exact"
+    RACED = "raced"
+
+
 @dataclass(kw_only=True)
 class EvalResult:
     """One evaluation of one candidate. ``objectives`` (task name -> mean item score) is None
     unless COMPLETE; ``item_scores`` (task name -> each item's score) may be kept for an INVALID
     result too (the archive drops them); ``seconds`` is the wall time of the whole evaluation,
     ``phases`` its parts (materialize, swap, evaluate); ``tokens`` counts prompt + generated
-    tokens the engine processed; ``worker`` names the process that ran it."""
+    tokens the engine processed; ``worker`` names the process that ran it. A raced-out candidate
+    (:mod:`evomerge.evaluate.racing`) has ``fidelity`` RACED, NaN for its unscored items,
+    ``intervals`` (task -> (low, high)) around its objectives and the test's ``stop_reason``."""
 
     status: Status
     objectives: dict[str, float] | None = None
@@ -47,3 +57,6 @@ class EvalResult:
     error: str | None = None
     tokens: int = 0
     worker: str | None = None
+    fidelity: Fidelity = Fidelity.EXACT
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    stop_reason: str | None = None

@@ -8,13 +8,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+import numpy as np
+
 from evomerge.errors import EvalTimeout, MergeError
+from evomerge.evaluate.racing import Race, run_race
 from evomerge.evaluate.tasks import Engine, Task, score_task
 from evomerge.recipe import Recipe
-from evomerge.result import EvalResult, Status
+from evomerge.result import EvalResult, Fidelity, Status
 
 
 class Evaluator(Protocol):
@@ -23,7 +26,7 @@ class Evaluator(Protocol):
     def load_sources(self, sources: dict[str, str]) -> None: ...
 
     def evaluate(self, recipe: Recipe, tasks: Sequence[Task], *, deadline_s: float | None = None,
-                 seed: int = 0) -> EvalResult: ...
+                 seed: int = 0, race: Race | None = None) -> EvalResult: ...
 
 
 class Deadline:
@@ -41,20 +44,45 @@ class Deadline:
 
 @dataclass
 class TaskScores:
-    objectives: dict[str, float]  # task name -> mean item score
-    item_scores: dict[str, list[float]]
-    items: int
+    objectives: dict[str, float]  # task name -> mean item score (over the items scored)
+    item_scores: dict[str, list[float]]  # NaN for an item racing left unscored
+    items: int  # items scored
     tokens: int  # prompt + generated tokens, from the engine's counter (0 if it keeps none)
+    fidelity: Fidelity = Fidelity.EXACT
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    stop_reason: str | None = None
 
 
-def run_tasks(engine: Engine, tasks: Sequence[Task], deadline: Deadline) -> TaskScores:
-    """Score every task, checking the deadline between tasks."""
+Scorer = Callable[[Task, Sequence[int]], list[float]]  # (task, item indices) -> those items' scores
+
+
+def engine_scorer(engine: Engine) -> Scorer:
+    """Scores items through a model engine (:func:`~evomerge.evaluate.tasks.score_task`)."""
+    def score(task: Task, indices: Sequence[int]) -> list[float]:
+        if len(indices) == len(task.items):
+            return score_task(task, engine)
+        return score_task(replace(task, items=tuple(task.items[i] for i in indices)), engine)
+
+    return score
+
+
+def run_tasks(engine: Engine, tasks: Sequence[Task], deadline: Deadline, *, race: Race | None = None,
+              score: Scorer | None = None) -> TaskScores:
+    """Score every task (``score``, default: through ``engine``), checking the deadline between
+    tasks, or race the candidate (:mod:`evomerge.evaluate.racing`) when ``race`` is given."""
+    score = score or engine_scorer(engine)
     start = getattr(engine, "tokens", 0)
+    if race is not None:
+        out = run_race(race, [t.name for t in tasks], [len(t.items) for t in tasks],
+                       lambda k, idx: score(tasks[k], [int(i) for i in idx]), deadline.check)
+        objectives = {t: float(np.nanmean(v)) for t, v in out.item_scores.items()}
+        return TaskScores(objectives, out.item_scores, out.scored, getattr(engine, "tokens", 0) - start,
+                          Fidelity.RACED if out.raced_out else Fidelity.EXACT, out.intervals, out.stop_reason)
     objectives: dict[str, float] = {}
     per_item: dict[str, list[float]] = {}
     for task in tasks:
         deadline.check(f"task {task.name}")
-        scores = score_task(task, engine)
+        scores = score(task, range(len(task.items)))
         per_item[task.name] = scores
         objectives[task.name] = sum(scores) / len(scores)
     deadline.check("the last task")
@@ -74,4 +102,5 @@ def guarded(fn: Callable[[], TaskScores], phases: dict[str, float]) -> EvalResul
     finite = all(math.isfinite(v) for v in r.objectives.values())
     return EvalResult(status=Status.COMPLETE if finite else Status.INVALID, objectives=r.objectives if finite else None,
                       item_scores=r.item_scores, seconds=time.perf_counter() - t0, phases=phases, items=r.items,
-                      error=None if finite else "non-finite objective", tokens=r.tokens)
+                      error=None if finite else "non-finite objective", tokens=r.tokens, fidelity=r.fidelity,
+                      intervals=r.intervals, stop_reason=r.stop_reason)

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from evomerge.evaluate.base import Deadline, run_tasks
+from evomerge.evaluate.racing import Race
 from evomerge.evaluate.tasks import Task
 from evomerge.recipe import Recipe
 from evomerge.result import EvalResult, Status
@@ -58,19 +60,30 @@ class SyntheticEvaluator:
         pass  # the recipe's numbers are all it reads
 
     def evaluate(self, recipe: Recipe, tasks: Sequence[Task], *, deadline_s: float | None = None,
-                 seed: int = 0) -> EvalResult:
+                 seed: int = 0, race: Race | None = None) -> EvalResult:
+        """Score ``recipe`` (racing it when ``race`` is given); ``deadline_s`` is not enforced
+        (the evaluator contract lists this gap)."""
         t0 = time.perf_counter()
         if self.seconds:
             time.sleep(self.seconds)
         v = recipe_numbers(recipe)
-        objectives, items = {}, {}
+        solved = {}
         for task in tasks:
             target = _rng("target", task.name).uniform(0.0, 1.5, size=v.size)
-            s = math.exp(-float(np.sum((v - target) ** 2)) / max(1, v.size) * 4.0)
+            solved[task.name] = math.exp(-float(np.sum((v - target) ** 2)) / max(1, v.size) * 4.0)
+
+        def score(task: Task, indices: Sequence[int]) -> list[float]:
             u = _rng("items", task.name).random(len(task.items))
-            scores = (u < s).astype(float).tolist()
-            items[task.name] = scores
-            objectives[task.name] = sum(scores) / len(scores)
+            return (u[list(indices)] < solved[task.name]).astype(float).tolist()
+
+        r = run_tasks(_NoEngine(), tasks, Deadline(None), race=race, score=score)
         took = time.perf_counter() - t0
-        return EvalResult(status=Status.COMPLETE, objectives=objectives, item_scores=items, seconds=took,
-                          phases={"evaluate": took}, items=sum(len(t.items) for t in tasks))
+        return EvalResult(status=Status.COMPLETE, objectives=r.objectives, item_scores=r.item_scores, seconds=took,
+                          phases={"evaluate": took}, items=r.items, fidelity=r.fidelity, intervals=r.intervals,
+                          stop_reason=r.stop_reason)
+
+
+class _NoEngine:
+    """No model: the synthetic scorer reads the recipe's numbers."""
+
+    tokens = 0

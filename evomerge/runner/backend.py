@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from evomerge.result import EvalResult
 from evomerge.runner.worker import CandidateWorker, WorkerSpec
@@ -25,6 +25,7 @@ class Job:
     recipe_json: str
     seed: int
     deadline_s: float | None
+    race: dict[str, Any] | None = None  # Race.as_dict(): what the candidate races against (evaluate/racing.py)
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class LocalBackend:
             time.sleep(min(timeout, 0.01))
             return []
         job, _ = self.queue.pop(0)
-        res = self.worker.evaluate(job.index, job.attempt, job.recipe_json, job.seed, job.deadline_s)
+        res = self.worker.evaluate(job.index, job.attempt, job.recipe_json, job.seed, job.deadline_s, job.race)
         return [Outcome(job, res)]
 
     def kill(self, index: int) -> None:

@@ -43,8 +43,8 @@ class WorkerShell:
         return self.worker.ping()
 
     def evaluate(self, index: int, attempt: int, recipe_json: str, seed: int,
-                 deadline_s: float | None = None) -> EvalResult:
-        return self.worker.evaluate(index, attempt, recipe_json, seed, deadline_s)
+                 deadline_s: float | None = None, race: dict[str, Any] | None = None) -> EvalResult:
+        return self.worker.evaluate(index, attempt, recipe_json, seed, deadline_s, race)
 
     def close(self) -> None:
         self.worker.close()

@@ -35,8 +35,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from evomerge.errors import EvomergeError, StaleLeaseError
-from evomerge.result import EvalResult, Status
+from evomerge.evaluate.racing import Race
+from evomerge.result import EvalResult, Fidelity, Status
 from evomerge.runner.backend import Backend, Job, Outcome
+from evomerge.runner.race_reference import TopExact
 from evomerge.space.schema import SearchSpace
 from evomerge.store import CandidateRow, Lease, NewCandidate, Store
 from evomerge.strategies.base import Evaluated, Replayable, stack_scores
@@ -99,6 +101,16 @@ class Driver:
         self.first_with: dict[str, int] = {}  # recipe_id -> first index with that recipe
         self.waiting: dict[int, list[int]] = {}  # index -> later indices with the same recipe
         self.queue: list[int] = []  # PENDING indices to dispatch, in order
+        self.race_ref: dict[int, int | None] = {}  # index -> the candidate it races against
+        self.top_exact = TopExact()  # told, exactly scored candidates by fitness
+        racing = space.fitness.racing if space.fitness else None
+        self.racing = racing
+        if racing is None:
+            self.race_rank = None
+        elif isinstance(racing.reference, int):
+            self.race_rank = racing.reference
+        else:
+            self.race_rank = 1 if racing.reference == "incumbent" else strategy.selection_rank()
         self._replaying = False
         self._added: int | None = None
         self._prior_snapshot: tuple[int, dict[str, Any], dict[str, np.ndarray]] | None = None
@@ -119,6 +131,7 @@ class Driver:
         for row in self.store.candidates(self.run_id, with_scores=True):
             self.rows[row.index] = row
             self.recipe_of[row.index] = row.recipe_json
+            self.race_ref[row.index] = row.race_ref
             self.first_with.setdefault(row.recipe_id, row.index)
             if row.status.terminal:
                 self._note_best(row)
@@ -156,7 +169,13 @@ class Driver:
             row = self.rows.get(g.index)
             recipe = self.codec.decode(g.x)
             genome = [float(v) for v in g.x]
+            ref = None if self.race_rank is None else self.top_exact.kth(self.race_rank)
             if row is not None:  # resuming: the replay must regenerate what the store holds
+                if row.race_ref != ref and row.genome == genome:
+                    raise EvomergeError(
+                        f"run {self.run_id}: replay gave candidate {g.index} race reference {ref}, the store holds "
+                        f"{row.race_ref}", hint="the racing settings or library version changed since the run "
+                                                "started; start a new run")
                 if row.genome != genome or row.recipe_id != recipe.recipe_id:
                     if row.genome == genome and _recipe_format(row) == 1:
                         raise EvomergeError(
@@ -170,13 +189,14 @@ class Driver:
                              "start a new run")
                 continue
             new.append(NewCandidate(g.index, g.generation, recipe.canonical_json(), recipe.recipe_id,
-                                    genome, tuple(g.parents)))
+                                    genome, tuple(g.parents), race_ref=ref))
         if not new:
             return
         self.store.add_candidates(self.lease, new)  # committed before any dispatch (promise 1)
         self._added = new[-1].index
         for c in new:
             self.recipe_of[c.index] = c.recipe_json
+            self.race_ref[c.index] = c.race_ref
             self.rows[c.index] = _Pending(c.index, c.recipe_id)  # type: ignore[assignment]
             first = self.first_with.setdefault(c.recipe_id, c.index)
             if first != c.index:
@@ -198,7 +218,10 @@ class Driver:
         if row.objectives is not None and complete:
             objectives = tuple((1.0 if o.direction == "maximize" else -1.0) * row.objectives[n]
                                for o, n in zip(self.space.objectives, self.names, strict=True))
-        return Evaluated(g, row.fitness if complete else None, row.item_scores if complete else {}, objectives)
+        # a raced-out candidate is told its estimate; its per-item scores are partial, so a
+        # strategy that competes for items (M2N2) does not take it into its archive
+        exact = complete and row.fidelity == Fidelity.EXACT
+        return Evaluated(g, row.fitness if complete else None, row.item_scores if exact else {}, objectives)
 
     def _tell_ready(self) -> None:
         """Tell committed results in candidate order, one at a time, asking after each."""
@@ -207,6 +230,7 @@ class Driver:
             if row is None or not row.status.terminal or self.told not in self.strategy.genomes:
                 return
             self.strategy.tell([self._evaluated(row)])
+            self.top_exact.add(row)
             self.told += 1
             if self.told % self.opts.snapshot_every == 0 or self.told == self.budget:
                 self._snapshot()
@@ -228,8 +252,20 @@ class Driver:
         while self.queue and self.backend.free_slots() > len(jobs):
             index = self.queue.pop(0)
             attempt = self.store.claim(self.lease, index, worker="dispatch")
-            jobs.append(Job(index, attempt, self.recipe_of[index], self.space.seed, self.opts.deadline_s))
+            jobs.append(Job(index, attempt, self.recipe_of[index], self.space.seed, self.opts.deadline_s,
+                            self._race(index)))
         return jobs
+
+    def _race(self, index: int) -> dict[str, Any] | None:
+        """The race a candidate runs (:class:`~evomerge.evaluate.racing.Race` as plain values)."""
+        ref = self.race_ref.get(index)
+        if ref is None or self.racing is None:
+            return None
+        weights = {n: (1.0 if o.direction == "maximize" else -1.0) * o.weight
+                   for o, n in zip(self.space.objectives, self.names, strict=True)}
+        return Race(reference=ref, reference_scores=self.rows[ref].item_scores, weights=weights,
+                    chunk=self.racing.chunk, error=self.racing.error, test=self.racing.test,
+                    seed=self.space.seed).as_dict()
 
     def _dispatch(self, jobs: list[Job]) -> None:
         for job in jobs:

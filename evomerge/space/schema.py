@@ -107,6 +107,33 @@ class StrategySpec(_Strict):
         return self
 
 
+class Racing(_Strict):
+    """Race each candidate against a reference, ``chunk`` items per task per look, and stop it
+    once ``test`` says at level ``error`` that it cannot reach the reference
+    (:mod:`evomerge.evaluate.racing`). ``reference``: ``incumbent`` (the best exactly scored
+    candidate told so far), ``strategy`` (the score the strategy needs: CMA-ES's selection cut,
+    the mu-th best so far; M2N2's archive entry, the archive_size-th best; the incumbent for
+    random and nevergrad) or a rank k (the k-th best). Until k candidates are scored exactly,
+    candidates are scored on every item."""
+
+    chunk: int = Field(20, ge=1, le=1_000_000)
+    error: float = Field(0.05, gt=0, lt=0.5)
+    test: Literal["hoeffding", "t"] = "hoeffding"
+    reference: Literal["incumbent", "strategy"] | int = "strategy"
+
+    @model_validator(mode="after")
+    def _rank(self) -> Racing:
+        if isinstance(self.reference, int) and not 1 <= self.reference <= MAX_ARCHIVE_SIZE:
+            raise ValueError(f"racing.reference: a rank from 1 to {MAX_ARCHIVE_SIZE}, got {self.reference}")
+        return self
+
+
+class Fitness(_Strict):
+    """How much of each fitness task a candidate is scored on (default: every item)."""
+
+    racing: Racing | None = None
+
+
 class Dataflow(_Strict):
     """The data-flow space (Akiba et al. 2024, sec. 3.2): a path of ``repeats`` x M layer slots,
     M the layers of all path sources listed model after model, an include bit per slot and a
@@ -147,6 +174,7 @@ class SearchSpace(_Strict):
     objectives: tuple[Objective, ...] = Field(min_length=1)
     multi_objective: bool = False  # strategies that can (nevergrad) search the Pareto front directly
     strategy: StrategySpec = Field(default_factory=StrategySpec)
+    fitness: Fitness | None = None
     budget: int = Field(64, ge=1, le=MAX_BUDGET)
     seed: int = Field(0, ge=0, le=MAX_SEED)
 
@@ -237,7 +265,8 @@ class SearchSpace(_Strict):
 
     @property
     def space_hash(self) -> str:
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        dumped = self.model_dump(mode="json", exclude={"fitness"} if self.fitness is None else None)
+        blob = json.dumps(dumped, sort_keys=True, separators=(",", ":"))  # a space without fitness: hashes as before
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def resolved(self, root: Path) -> SearchSpace:

@@ -55,6 +55,10 @@ class Candidate(Base):
     fitness: Mapped[float | None] = mapped_column(Float, nullable=True)
     cached_from: Mapped[int | None] = mapped_column(Integer, nullable=True)
     tokens: Mapped[int] = mapped_column(Integer, default=0)
+    fidelity: Mapped[str] = mapped_column(String(8), default="exact", server_default="exact")  # exact | raced
+    items_scored: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    stop_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    race_ref: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the candidate it raced against
 
     __table_args__ = (
         Index("ix_candidates_status", "run_id", "status"),
@@ -69,6 +73,8 @@ class ObjectiveValue(Base):
     idx: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     value: Mapped[float] = mapped_column(Float)
+    low: Mapped[float | None] = mapped_column(Float, nullable=True)  # an estimate's interval (raced)
+    high: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     __table_args__ = (Index("ix_objectives_name_value", "run_id", "name", "value"),)
 

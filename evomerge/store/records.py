@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from evomerge.result import EvalResult, Status
+from evomerge.result import EvalResult, Fidelity, Status
 
 MAX_INDEX = 2**31 - 1  # candidate indices are 32-bit signed integers in the archive
 
@@ -31,6 +31,7 @@ class NewCandidate:
     recipe_id: str
     genome: list[float]
     parents: tuple[int, ...] = ()
+    race_ref: int | None = None  # the candidate it races against (None: scored on every item)
 
 
 @dataclass(kw_only=True)
@@ -53,7 +54,12 @@ class CandidateRow:
     fitness: float | None
     cached_from: int | None
     tokens: int
+    fidelity: Fidelity = Fidelity.EXACT
+    items_scored: int | None = None
+    stop_reason: str | None = None
+    race_ref: int | None = None
     objectives: dict[str, float] | None = None
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # raced: per objective
     item_scores: dict[str, list[float]] = field(default_factory=dict)
 
 
@@ -80,7 +86,8 @@ def candidate_row(c: Any) -> CandidateRow:
                         recipe_id=c.recipe_id, genome=list(c.genome), parents=tuple(c.parents or ()), status=Status(c.status),
                         attempts=c.attempts, worker=c.worker, heartbeat_at=c.heartbeat_at, started_at=c.started_at,
                         finished_at=c.finished_at, seconds=c.seconds, error=c.error, fitness=c.fitness,
-                        cached_from=c.cached_from, tokens=c.tokens or 0)
+                        cached_from=c.cached_from, tokens=c.tokens or 0, fidelity=Fidelity(c.fidelity or "exact"),
+                        items_scored=c.items_scored, stop_reason=c.stop_reason, race_ref=c.race_ref)
 
 
 def _finite(v: Any) -> bool:
@@ -104,6 +111,8 @@ class Normalized:
     fitness: float | None
     error: str | None
     item_scores: dict[str, list[float]]
+    fidelity: Fidelity = Fidelity.EXACT
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def normalize_result(result: EvalResult, fitness: float | None) -> Normalized:
@@ -118,4 +127,5 @@ def normalize_result(result: EvalResult, fitness: float | None) -> Normalized:
         status, error = Status.INVALID, error or "non-finite fitness or objective"
     if status != Status.COMPLETE:
         return Normalized(status, None, None, error, {})
-    return Normalized(status, objectives, fitness, error, result.item_scores)
+    return Normalized(status, objectives, fitness, error, result.item_scores, Fidelity(result.fidelity),
+                      dict(result.intervals))

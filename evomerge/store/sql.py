@@ -41,7 +41,7 @@ import numpy as np
 from sqlalchemy import Connection, and_, delete, func, insert, select, update
 
 from evomerge.errors import ConfigError, CorruptArtifactError, EvomergeError, LeaseHeldError, StaleLeaseError
-from evomerge.result import TERMINAL, EvalResult, Status
+from evomerge.result import TERMINAL, EvalResult, Fidelity, Status
 from evomerge.store.models import Candidate, ItemScores, ObjectiveValue, Run, Snapshot
 from evomerge.store.records import (
     MAX_INDEX,
@@ -238,7 +238,8 @@ class Store:
                     continue
                 rows.append({"run_id": lease.run_id, "idx": c.index, "generation": c.generation,
                              "recipe_json": c.recipe_json, "recipe_id": c.recipe_id, "genome": list(c.genome),
-                             "parents": list(c.parents), "status": Status.PENDING.value, "attempts": 0, "tokens": 0})
+                             "parents": list(c.parents), "status": Status.PENDING.value, "attempts": 0, "tokens": 0,
+                             "race_ref": c.race_ref})
             if rows:
                 conn.execute(insert(Candidate), rows)
 
@@ -268,7 +269,9 @@ class Store:
         written, when that attempt is not the candidate's current one (promise 2)."""
         r = normalize_result(result, fitness)
         values: dict[str, Any] = {"status": r.status.value, "fitness": r.fitness, "error": r.error,
-                                  "seconds": result.seconds, "finished_at": time.time(), "tokens": int(result.tokens)}
+                                  "seconds": result.seconds, "finished_at": time.time(), "tokens": int(result.tokens),
+                                  "fidelity": r.fidelity.value, "items_scored": int(result.items),
+                                  "stop_reason": result.stop_reason}
         if result.worker:
             values["worker"] = result.worker
         with self._tx() as conn:
@@ -278,23 +281,29 @@ class Store:
                 Candidate.attempts == attempt).values(**values).returning(*Candidate.__table__.c)).first()
             if got is None:
                 return None  # duplicate or stale attempt: the first committed result stands
-            self._write_results(conn, lease.run_id, index, r.objectives, r.item_scores)
-        return self._committed(got, r.objectives, r.item_scores)
+            self._write_results(conn, lease.run_id, index, r.objectives, r.item_scores, r.intervals)
+        return self._committed(got, r.objectives, r.item_scores, r.intervals)
 
     @staticmethod
-    def _committed(c: Any, objectives: dict[str, float] | None, item_scores: dict[str, list[float]]) -> CandidateRow:
+    def _committed(c: Any, objectives: dict[str, float] | None, item_scores: dict[str, list[float]],
+                   intervals: dict[str, tuple[float, float]] | None = None) -> CandidateRow:
         """The row just written, as a later read returns it: item scores at their stored precision
         (float32), so a strategy told this row and one told the row read back at resume agree."""
         row = candidate_row(c)
         row.objectives = dict(objectives) if objectives else None
         row.item_scores = {k: unpack_scores(pack_scores(v)) for k, v in item_scores.items()}
+        row.intervals = {k: (float(lo), float(hi)) for k, (lo, hi) in (intervals or {}).items()} if objectives else {}
         return row
 
     def _write_results(self, conn: Connection, run_id: str, index: int, objectives: dict[str, float] | None,
-                       item_scores: dict[str, list[float]]) -> None:
+                       item_scores: dict[str, list[float]],
+                       intervals: dict[str, tuple[float, float]] | None = None) -> None:
         if objectives:
-            conn.execute(insert(ObjectiveValue), [{"run_id": run_id, "idx": index, "name": k, "value": float(v)}
-                                                  for k, v in objectives.items()])
+            iv = intervals or {}
+            conn.execute(insert(ObjectiveValue), [
+                {"run_id": run_id, "idx": index, "name": k, "value": float(v),
+                 "low": float(iv[k][0]) if k in iv else None, "high": float(iv[k][1]) if k in iv else None}
+                for k, v in objectives.items()])
         if item_scores:
             conn.execute(insert(ItemScores), [{"run_id": run_id, "idx": index, "task": k, "data": pack_scores(v)}
                                               for k, v in item_scores.items()])
@@ -311,16 +320,19 @@ class Store:
             got = conn.execute(update(Candidate).where(
                 Candidate.run_id == lease.run_id, Candidate.idx == index, Candidate.status == Status.PENDING.value)
                 .values(status=src.status, fitness=src.fitness, error=src.error, seconds=0.0,
-                        finished_at=time.time(), cached_from=source_index, tokens=0)
+                        finished_at=time.time(), cached_from=source_index, tokens=0, fidelity=src.fidelity,
+                        items_scored=src.items_scored, stop_reason=src.stop_reason)
                 .returning(*Candidate.__table__.c)).first()
             if got is None:
                 return None
-            objs = {r.name: r.value for r in conn.execute(select(ObjectiveValue).where(
-                ObjectiveValue.run_id == lease.run_id, ObjectiveValue.idx == source_index)).all()}
+            obj_rows = conn.execute(select(ObjectiveValue).where(
+                ObjectiveValue.run_id == lease.run_id, ObjectiveValue.idx == source_index)).all()
+            objs = {r.name: r.value for r in obj_rows}
+            intervals = {r.name: (r.low, r.high) for r in obj_rows if r.low is not None and r.high is not None}
             scores = {r.task: unpack_scores(r.data) for r in conn.execute(select(ItemScores).where(
                 ItemScores.run_id == lease.run_id, ItemScores.idx == source_index)).all()}
-            self._write_results(conn, lease.run_id, index, objs or None, scores)
-        return self._committed(got, objs if src.status == Status.COMPLETE else None, scores)
+            self._write_results(conn, lease.run_id, index, objs or None, scores, intervals)
+        return self._committed(got, objs if src.status == Status.COMPLETE else None, scores, intervals)
 
     def fail_attempt(self, lease: Lease, index: int, attempt: int, error: str, max_attempts: int) -> CandidateRow | None:
         """A lost ``attempt``: the candidate goes back to PENDING, or FAILED after ``max_attempts``;
@@ -356,14 +368,20 @@ class Store:
             return sorted(idxs)
 
     # ------------------------------------------------------------------ reads
-    def _objectives(self, conn: Connection, run_id: str, idxs: Sequence[int] | None = None) -> dict[int, dict[str, float]]:
-        q = select(ObjectiveValue.idx, ObjectiveValue.name, ObjectiveValue.value).where(ObjectiveValue.run_id == run_id)
+    def _objectives(self, conn: Connection, run_id: str, idxs: Sequence[int] | None = None
+                    ) -> tuple[dict[int, dict[str, float]], dict[int, dict[str, tuple[float, float]]]]:
+        """(index -> objective values, index -> intervals of the estimated ones)."""
+        q = select(ObjectiveValue.idx, ObjectiveValue.name, ObjectiveValue.value, ObjectiveValue.low,
+                   ObjectiveValue.high).where(ObjectiveValue.run_id == run_id)
         if idxs is not None:
             q = q.where(ObjectiveValue.idx.in_(list(idxs)))
         out: dict[int, dict[str, float]] = {}
-        for i, n, v in conn.execute(q).all():
+        intervals: dict[int, dict[str, tuple[float, float]]] = {}
+        for i, n, v, lo, hi in conn.execute(q).all():
             out.setdefault(i, {})[n] = v
-        return out
+            if lo is not None and hi is not None:
+                intervals.setdefault(i, {})[n] = (lo, hi)
+        return out, intervals
 
     def _scores(self, conn: Connection, run_id: str, idxs: Sequence[int] | None = None) -> dict[int, dict[str, list[float]]]:
         q = select(ItemScores.idx, ItemScores.task, ItemScores.data).where(ItemScores.run_id == run_id)
@@ -377,10 +395,12 @@ class Store:
     def _decorate(self, conn: Connection, run_id: str, rows: list[CandidateRow], with_scores: bool,
                   all_rows: bool = False) -> list[CandidateRow]:
         idxs = None if all_rows else [r.index for r in rows]
-        objs = self._objectives(conn, run_id, idxs)
+        objs, intervals = self._objectives(conn, run_id, idxs)
         scores = self._scores(conn, run_id, idxs) if with_scores else {}
         for r in rows:
-            r.objectives = objs.get(r.index) if r.status == Status.COMPLETE.value else None
+            complete = r.status == Status.COMPLETE
+            r.objectives = objs.get(r.index) if complete else None
+            r.intervals = intervals.get(r.index, {}) if complete else {}
             r.item_scores = scores.get(r.index, {})
         return rows
 
@@ -404,9 +424,15 @@ class Store:
                                   hint="`evomerge best RUN -k 10` lists candidates")
             return self._decorate(conn, run_id, [candidate_row(c)], True)[0]
 
-    def best(self, run_id: str, *, objective: str | None = None, k: int = 1) -> list[CandidateRow]:
+    def _complete(self, run_id: str, fidelity: str | None) -> Any:
+        """COMPLETE, not copies, and of ``fidelity`` when given (``exact``: scored on every item)."""
+        ok = and_(Candidate.run_id == run_id, Candidate.status == Status.COMPLETE.value, Candidate.cached_from.is_(None))
+        return ok if fidelity is None else and_(ok, Candidate.fidelity == Fidelity(fidelity).value)
+
+    def best(self, run_id: str, *, objective: str | None = None, k: int = 1,
+             fidelity: str | None = None) -> list[CandidateRow]:
         with self.engine.connect() as conn:
-            ok = and_(Candidate.run_id == run_id, Candidate.status == Status.COMPLETE.value, Candidate.cached_from.is_(None))
+            ok = self._complete(run_id, fidelity)
             if objective is None:
                 q = select(Candidate).where(ok, Candidate.fitness.is_not(None)).order_by(
                     Candidate.fitness.desc(), Candidate.idx).limit(k)
@@ -420,15 +446,14 @@ class Store:
             rows = [candidate_row(c) for c in conn.execute(q).all()]
             return self._decorate(conn, run_id, rows, False)
 
-    def pareto(self, run_id: str) -> list[CandidateRow]:
+    def pareto(self, run_id: str, *, fidelity: str | None = None) -> list[CandidateRow]:
         from evomerge.pareto import pareto_front
 
         with self.engine.connect() as conn:
             run = conn.execute(select(Run.objectives).where(Run.id == run_id)).scalar_one()
             names = [o["name"] for o in run]
             directions = [o.get("direction", "maximize") for o in run]
-            ok_idx = select(Candidate.idx).where(Candidate.run_id == run_id, Candidate.status == Status.COMPLETE.value,
-                                                 Candidate.cached_from.is_(None))
+            ok_idx = select(Candidate.idx).where(self._complete(run_id, fidelity))
             data = conn.execute(select(ObjectiveValue.idx, ObjectiveValue.name, ObjectiveValue.value).where(
                 ObjectiveValue.run_id == run_id, ObjectiveValue.idx.in_(ok_idx))).all()
             if not data:

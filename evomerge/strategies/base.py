@@ -174,6 +174,12 @@ class Replayable:
     def config_from_json(cls, config: dict[str, Any]) -> dict[str, Any]:
         return dict(config)
 
+    def selection_rank(self) -> int:
+        """The rank (1 = best) among the candidates told so far that a new candidate must reach
+        to change what this strategy does next: racing's reference (evomerge.evaluate.racing).
+        The incumbent unless a strategy says otherwise."""
+        return 1
+
     # -- to implement --------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         raise NotImplementedError

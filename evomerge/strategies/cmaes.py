@@ -53,6 +53,11 @@ class CMAES(Replayable):
         self._fitness_seen: list[float | None] = []
         self._init_record()
 
+    def selection_rank(self) -> int:
+        """mu = popsize // 2: the candidates a generation's update weights positively (Hansen 2016,
+        "The CMA Evolution Strategy: A Tutorial", eq. 49 with the default weights)."""
+        return max(1, self.popsize // 2)
+
     def config(self) -> dict[str, Any]:
         return {"dim": self.dim, "x0": self.x0.tolist(), "seed": self.seed, "sigma": self.sigma,
                 "popsize": self.popsize, "options": self.options, "inject": self.inject}

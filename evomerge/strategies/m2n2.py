@@ -117,6 +117,11 @@ class M2N2(Replayable):
                 fit = shared_fitness(np.stack([m[2] for m in self.members]), self.alpha)
                 self.members.pop(int(np.argmin(fit)))
 
+    def selection_rank(self) -> int:
+        """A child below the archive_size-th best so far rarely enters the archive (entry is by
+        shared fitness, so a specialist can: racing against this rank may discard one)."""
+        return self.archive_size
+
     def archive(self) -> list[dict[str, Any]]:
         """The current members: candidate index, genome and per-item score row."""
         return [{"index": i, "x": x.tolist(), "scores": s.tolist()} for i, x, s in self.members]

@@ -16,20 +16,23 @@ STRATEGIES = {
 
 
 def write_space(tmp: Path, sources: Path, *, strategy: str = "cmaes", budget: int = 16, seed: int = 0,
-                name: str = "svc") -> Path:
+                name: str = "svc", extra: str = "") -> Path:
+    """``extra``: more top-level YAML (e.g. a ``fitness:`` block)."""
     p = tmp / f"{name}-{strategy}.yaml"
     p.write_text(
         f"name: {name}\nkind: ps\nbase: {sources / 'base'}\nexperts: [{sources / 'a'}, {sources / 'b'}]\n"
         "merge_method: task_arithmetic\nvary:\n  weight: {low: 0.0, high: 1.5, init: 1.0}\n"
         f"objectives:\n  - {{task: {REPO / 'fitness/zoo_add.yaml'}}}\n  - {{task: {REPO / 'fitness/zoo_caesar.yaml'}}}\n"
-        f"strategy: {STRATEGIES[strategy]}\nbudget: {budget}\nseed: {seed}\n")
+        f"strategy: {STRATEGIES[strategy]}\nbudget: {budget}\nseed: {seed}\n{extra}")
     return p
 
 
 def archive(db: str, run: str) -> list[tuple]:
-    """(index, status, recipe_id, fitness, objectives, attempts) of every candidate, in order."""
+    """(index, status, recipe_id, fitness, objectives, fidelity, items scored, race reference) of
+    every candidate, in order."""
     from evomerge.store import Store
 
     with Store.open(db) as store:
         info = store.get_run(run)
-        return [(r.index, r.status, r.recipe_id, r.fitness, r.objectives) for r in store.candidates(info.id)]
+        return [(r.index, r.status, r.recipe_id, r.fitness, r.objectives, r.fidelity, r.items_scored, r.race_ref)
+                for r in store.candidates(info.id)]
