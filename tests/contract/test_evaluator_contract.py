@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from evomerge.evaluate.racing import Race
 from evomerge.evaluate.registry import ENGINES, REGISTRY, make_evaluator
 from evomerge.evaluate.tasks import Task, load_task, score_task
 from evomerge.recipe import Recipe, recipe_from_dict
@@ -287,4 +288,27 @@ def test_a_model_whose_outputs_overflow_is_invalid(engine: str, evaluator, tasks
     res = evaluator.evaluate(task_arithmetic(zoo_dir, "expert_add", lam=1e12), tasks)
     assert res.status == "INVALID" and res.objectives is None and "non-finite objective" in res.error
     gap(request, engine, "overflow")  # a known gap of what follows only
+    assert_still_scores(evaluator, tasks, zoo_dir, baseline)
+
+
+def test_a_raced_candidate_scores_each_item_it_sees_as_a_full_evaluation_does(
+        engine: str, evaluator, tasks: list[Task], zoo_dir: Path, baseline: EvalResult) -> None:
+    """Racing (issue 16) against the add expert: the base model (which cannot add) stops early on
+    the engines that run models, and every item it was scored on has its full evaluation's score
+    (chunks go through the same engine path as a whole task)."""
+    bounded = [t for t in tasks if t.spec.kind != "loglik"]
+    weak = one_model(zoo_dir / "base")
+    full = evaluator.evaluate(weak, bounded)
+    race = Race(reference=0, reference_scores={t.name: baseline.item_scores[t.name] for t in bounded},
+                weights={t.name: 1.0 for t in bounded}, chunk=2, error=0.4, test="t")
+    raced = evaluator.evaluate(weak, bounded, race=race)
+    assert raced.status == "COMPLETE" and full.status == "COMPLETE"
+    for t in bounded:
+        got, want = raced.item_scores[t.name], full.item_scores[t.name]
+        seen = [i for i, v in enumerate(got) if not math.isnan(v)]
+        assert [got[i] for i in seen] == [want[i] for i in seen] and seen
+    if REGISTRY[engine].merges_weights:
+        assert raced.fidelity == "raced" and raced.items < full.items and "raced out" in raced.stop_reason
+        for name, (lo, hi) in raced.intervals.items():
+            assert lo <= raced.objectives[name] <= hi
     assert_still_scores(evaluator, tasks, zoo_dir, baseline)

@@ -36,9 +36,11 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_tiny(root / "models" / "deep", seed=4, hidden_size=8, intermediate_size=16, num_hidden_layers=46)
     fit = root / "fitness"
     (fit / "data").mkdir(parents=True)
-    shutil.copy(REPO / "fitness" / "zoo_add.yaml", fit / "zoo_add.yaml")
-    for split in ("dev", "test"):
-        shutil.copy(REPO / "fitness" / "data" / f"zoo_add.{split}.jsonl", fit / "data")
+    for spec_name in ("zoo_add", "zoo_caesar_loglik"):
+        shutil.copy(REPO / "fitness" / f"{spec_name}.yaml", fit / f"{spec_name}.yaml")
+    for task in ("zoo_add", "zoo_caesar"):
+        for split in ("dev", "test"):
+            shutil.copy(REPO / "fitness" / "data" / f"{task}.{split}.jsonl", fit / "data")
     spec = (fit / "zoo_add.yaml").read_text()
     lines = (fit / "data" / "zoo_add.dev.jsonl").read_text().splitlines()
     (fit / "data" / "broken.jsonl").write_text("\n".join([*lines[:3], '{"question": "1+1=", "answer":', *lines[3:6]]))
@@ -128,6 +130,11 @@ BAD_SPACES = {  # file name: (changes to the good space, what the error line nam
     "cmaes_too_many_genes": ({"name": "deep", "kind": "dfs", "vary": {}, "base": "models/deep",
                               "experts": ["models/deep"], "dataflow": {"scales": "transition"},
                               "strategy": {"popsize": None}}, ("8556 genes", "2048")),
+    "racing_error_high": ({"fitness": {"racing": {"error": 0.7}}}, ("fitness.racing.error", "less than 0.5")),
+    "racing_rank_zero": ({"fitness": {"racing": {"reference": 0}}}, ("racing.reference", "a rank from 1")),
+    "racing_loglik": ({"fitness": {"racing": {"test": "t"}},
+                       "objectives": [{"task": "fitness/zoo_add.yaml"}, {"task": "fitness/zoo_caesar_loglik.yaml"}]},
+                      ("racing needs item scores in [0, 1]", "zoo_caesar_loglik")),
     "ps_dfs_merge_nan": ({"kind": "ps_dfs", "vary": {}, "dataflow": {"merged": {
         "merge_method": "task_arithmetic", "base_model": "models/base",
         "models": [{"model": "models/a", "parameters": {"weight": math.nan}}]}}},
