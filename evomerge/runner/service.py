@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from evomerge.errors import ConfigError, EvomergeError, StaleLeaseError
 from evomerge.runner.driver import Driver, DriverOptions
 from evomerge.runner.options import ExecOptions
-from evomerge.space.schema import SearchSpace, describe_validation_error
+from evomerge.space.schema import RESTARTS_DEFAULT, SearchSpace, describe_validation_error
 from evomerge.store import Lease, RunInfo, Store
 
 if TYPE_CHECKING:
@@ -78,6 +78,14 @@ def take_lease(store: Store, run_id: str, ttl_s: float, log: Callable[[str], Non
         return store.acquire_lease(run_id, lease_owner(), ttl_s, force=True)
 
 
+def run_space(config: dict[str, Any]) -> SearchSpace:
+    """The search space a run was created with (its stored config). A run created before CMA-ES
+    restarts existed has no ``restarts`` in it and goes on without them, as it started."""
+    stored = dict(config["space"])
+    stored["strategy"] = {"restarts": "none", **(stored.get("strategy") or {})}
+    return SearchSpace.model_validate(stored)
+
+
 def task_names(space: SearchSpace) -> list[str]:
     from evomerge.evaluate.tasks import load_task_spec
 
@@ -107,7 +115,9 @@ def create_run(store: Store, space: SearchSpace, space_text: str, *, name: str |
     names = task_names(space)
     if len(set(names)) != len(names):
         raise ConfigError(f"two objectives have the same task name ({names})", hint="give each task spec its own name")
-    config = {"space": space.model_dump(mode="json"), "objective_names": names, "engine": engine, "lag": lag,
+    stored = space.model_dump(mode="json")
+    stored["strategy"]["restarts"] = space.strategy.restarts or RESTARTS_DEFAULT  # fixed with the run
+    config = {"space": stored, "objective_names": names, "engine": engine, "lag": lag,
               "max_attempts": max_attempts, "deadline_s": deadline_s, "deadline_slack_s": deadline_slack_s,
               "snapshot_every": snapshot_every,
               "strategy_workers": strategy_workers,
@@ -167,7 +177,7 @@ def execute(store: Store, run: RunInfo, opts: ExecOptions, *, log: Callable[[str
 
     cfg = run.config
     try:
-        space = SearchSpace.model_validate(cfg["space"])
+        space = run_space(cfg)
     except ValidationError as err:  # a run archived under rules this version no longer accepts
         raise ConfigError(f"run {run.name}: its search space is not valid for this version of evomerge: "
                           f"{describe_validation_error(err)}",

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from evomerge.merge.io import ModelDir
+from evomerge.merge.io import ModelDir, layer_index
 from evomerge.merge.registry import get_op
 from evomerge.recipe import Recipe, recipe_from_dict
 from evomerge.space.schema import SearchSpace
@@ -54,25 +54,36 @@ class Gene:
 
 
 class PSCodec:
+    """Genome <-> PS recipe. Genes in order: for each layer group (and, with ``per_module``, each
+    of attention and MLP), each expert's per-model parameters, then the global ones; with
+    ``non_layer: true`` one more group last, for the tensors outside the layer stack
+    (embeddings, final norm, LM head: the base's tensors without a layer index), decoded as
+    mergekit filters on their exact names ahead of the per-layer values."""
+
     def __init__(self, space: SearchSpace, num_layers: int | None = None) -> None:
         self.space = space
-        if num_layers is None:
+        self.non_layer_names: tuple[str, ...] = ()
+        if num_layers is None or space.non_layer:
             with ModelDir(space.base) as base:
-                num_layers = base.num_layers
+                num_layers = base.num_layers if num_layers is None else num_layers
+                if space.non_layer:
+                    self.non_layer_names = tuple(n for n in base.tensor_names if layer_index(n) is None)
         self.num_layers = num_layers
         self.groups = num_layers if space.layer_groups == 0 else min(space.layer_groups, num_layers)
         spec = get_op(space.merge_method).spec
         per_source = {p.name for p in spec.params if p.per_source}
         genes: list[Gene] = []
-        for g in range(self.groups):
-            for module in (MODULES if space.per_module else (None,)):
-                for e in range(len(space.experts)):
-                    for name, v in space.vary.items():
-                        if name in per_source:
-                            genes.append(Gene(g, e, name, v.low, v.high, module))
+        blocks = [(g, module) for g in range(self.groups) for module in (MODULES if space.per_module else (None,))]
+        if self.non_layer_names:
+            blocks.append((self.groups, None))  # the non-layer group
+        for g, module in blocks:
+            for e in range(len(space.experts)):
                 for name, v in space.vary.items():
-                    if name not in per_source:
-                        genes.append(Gene(g, None, name, v.low, v.high, module))
+                    if name in per_source:
+                        genes.append(Gene(g, e, name, v.low, v.high, module))
+            for name, v in space.vary.items():
+                if name not in per_source:
+                    genes.append(Gene(g, None, name, v.low, v.high, module))
         self.genes = tuple(genes)
 
     @property
@@ -117,23 +128,29 @@ class PSCodec:
         # target -> param -> module -> value per group
         per_expert: list[dict[str, dict[str | None, list[float]]]] = [{} for _ in self.space.experts]
         glob: dict[str, dict[str | None, list[float]]] = {}
+        outer: dict[tuple[int | None, str], float] = {}  # (expert, param) -> the non-layer group's value
         for gene, v in zip(self.genes, vals, strict=True):
+            if gene.group == self.groups:
+                outer[(gene.expert, gene.param)] = round(float(v), 6)
+                continue
             target = glob if gene.expert is None else per_expert[gene.expert]
             by_module = target.setdefault(gene.param, {})
             by_module.setdefault(gene.module, [0.0] * self.groups)[gene.group] = round(float(v), 6)
         layer_groups = [self.group_of_layer(li) for li in range(self.num_layers)]
 
-        def per_layer(by_module: dict[str | None, list[float]]):
+        def per_layer(by_module: dict[str | None, list[float]], key: tuple[int | None, str]):
+            ends = [{"filter": n, "value": outer[key]} for n in self.non_layer_names] if key in outer else []
             if None in by_module:
-                return [by_module[None][g] for g in layer_groups]
+                layers = [by_module[None][g] for g in layer_groups]
+                return ends + [{"value": layers}] if ends else layers
             lists = {m: [by_module[m][g] for g in layer_groups] for m in MODULES}
             rest = [round((a + b) / 2, 6) for a, b in zip(*lists.values(), strict=True)]
-            return [{"filter": m, "value": v} for m, v in lists.items()] + [{"value": rest}]
+            return ends + [{"filter": m, "value": v} for m, v in lists.items()] + [{"value": rest}]
 
         models = []
-        for path, params in zip(self.space.experts, per_expert, strict=True):
-            models.append({"model": path, "parameters": {k: per_layer(v) for k, v in params.items()}})
-        parameters = dict(self.space.fixed) | {k: per_layer(v) for k, v in glob.items()}
+        for e, (path, params) in enumerate(zip(self.space.experts, per_expert, strict=True)):
+            models.append({"model": path, "parameters": {k: per_layer(v, (e, k)) for k, v in params.items()}})
+        parameters = dict(self.space.fixed) | {k: per_layer(v, (None, k)) for k, v in glob.items()}
         return recipe_from_dict({"merge_method": self.space.merge_method, "base_model": self.space.base,
                                  "models": models, "parameters": parameters})
 

@@ -77,6 +77,9 @@ class Objective(_Strict):
     direction: Literal["maximize", "minimize"] = "maximize"
 
 
+RESTARTS_DEFAULT = "ipop"  # what a new run's cmaes does when the space leaves `restarts` out
+
+
 class StrategySpec(_Strict):
     """The strategy and its sizes. ``popsize`` is capped at MAX_POPSIZE and ``archive_size`` at
     MAX_ARCHIVE_SIZE; ``options`` go to pycma (cmaes only) and hold finite numbers, booleans or
@@ -89,6 +92,8 @@ class StrategySpec(_Strict):
     sigma: float = Field(0.25, gt=0, le=1)
     archive_size: int = Field(20, ge=2, le=MAX_ARCHIVE_SIZE)  # m2n2
     alpha: float = Field(1.0, ge=0)  # m2n2: 1 = competition for resources, 0 = plain GA
+    restarts: Literal["ipop", "none"] | None = None  # cmaes; None: ipop for a new run (RESTARTS_DEFAULT)
+    stall: int = Field(5, ge=1, le=1000)  # cmaes: generations without a better best before a restart
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -168,6 +173,7 @@ class SearchSpace(_Strict):
     merge_method: str = "task_arithmetic"
     layer_groups: int = Field(0, ge=0)  # 0: one gene per layer; k: k groups of consecutive layers
     per_module: bool = False  # separate genes for attention and MLP tensors of each layer group
+    non_layer: bool = False  # one more gene group for the tensors outside the layer stack (embeddings, final norm, LM head)
     vary: dict[str, Varied] = Field(default_factory=dict)
     fixed: dict[str, Any] = Field(default_factory=dict)
     dataflow: Dataflow | None = None
@@ -193,8 +199,8 @@ class SearchSpace(_Strict):
             if self.dataflow is not None:
                 raise ValueError("`dataflow:` belongs to kind dfs or ps_dfs, not ps")
         else:
-            if self.vary or self.fixed or self.per_module:
-                raise ValueError(f"kind {self.kind} searches a layer path; vary/fixed/per_module are for kind ps "
+            if self.vary or self.fixed or self.per_module or self.non_layer:
+                raise ValueError(f"kind {self.kind} searches a layer path; vary/fixed/per_module/non_layer are for kind ps "
                                  "(for PS+DFS put the PS recipe under dataflow.merged)")
             if self.kind == "ps_dfs" and self.flow.merged is None:
                 raise ValueError("kind ps_dfs needs dataflow.merged: the PS recipe (inline or a file) whose merge "
@@ -265,8 +271,14 @@ class SearchSpace(_Strict):
 
     @property
     def space_hash(self) -> str:
-        dumped = self.model_dump(mode="json", exclude={"fitness"} if self.fitness is None else None)
-        blob = json.dumps(dumped, sort_keys=True, separators=(",", ":"))  # a space without fitness: hashes as before
+        # fields added later are left out at their defaults, so a space that does not use them
+        # hashes as it did before they existed
+        later: dict[str, Any] = {k: True for k, default in (("fitness", None), ("non_layer", False))
+                                 if getattr(self, k) == default}
+        strategy_later = {k for k, default in (("restarts", None), ("stall", 5)) if getattr(self.strategy, k) == default}
+        if strategy_later:
+            later["strategy"] = strategy_later
+        blob = json.dumps(self.model_dump(mode="json", exclude=later), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def resolved(self, root: Path) -> SearchSpace:

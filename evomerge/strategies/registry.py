@@ -45,6 +45,8 @@ class StrategyConfig:
     budget: int = 64
     multi_objective: bool = False
     workers: int = 1
+    restarts: str = "none"  # cmaes: "ipop" restarts a stalled run with twice the population
+    stall: int = 5  # cmaes: generations without a better best that count as stalled
 
 
 def _classes() -> dict[str, type[Replayable]]:
@@ -77,7 +79,8 @@ def build_strategy(config: StrategyConfig) -> Replayable:
                          multi_objective=c.multi_objective)
     from evomerge.strategies.cmaes import CMAES
 
-    return CMAES(c.dim, x0, seed=c.seed, sigma=c.sigma, popsize=c.popsize, options=c.options, inject=[x0])
+    return CMAES(c.dim, x0, seed=c.seed, sigma=c.sigma, popsize=c.popsize, options=c.options, inject=[x0],
+                 restarts=c.restarts, stall=c.stall)
 
 
 def check_config(config: StrategyConfig, *, where: str = "strategy") -> None:

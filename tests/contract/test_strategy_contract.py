@@ -24,6 +24,9 @@ TARGET = np.array([0.9, 0.1, 0.7, 0.3, 0.5])
 FACTORIES: dict[str, Callable[[int], Replayable]] = {
     "random": lambda seed: RandomSearch(DIM, np.full(DIM, 0.5), seed=seed),
     "cmaes": lambda seed: CMAES(DIM, np.full(DIM, 0.5), seed=seed, popsize=6, sigma=0.3),
+    # IPOP with a short stall window: restarts happen within the contract's evaluations
+    "cmaes_ipop": lambda seed: CMAES(DIM, np.full(DIM, 0.5), seed=seed, popsize=6, sigma=0.3, restarts="ipop",
+                                     stall=1),
     "nevergrad": lambda seed: Nevergrad(DIM, np.full(DIM, 0.5), optimizer="TwoPointsDE", budget=80,
                                         num_workers=3, seed=seed),
     "nevergrad_mo": lambda seed: Nevergrad(DIM, np.full(DIM, 0.5), optimizer="DE", budget=80, num_workers=3,

@@ -73,6 +73,11 @@ ROUNDTRIP = {
                        {"value": 0.45}],
             "density": [0.4, 0.7]}} for m in ("a", "b", "c")]},
     "dfs_path": _dfs_path(),
+    # a PS candidate with the non-layer gene group (search spaces' `non_layer: true`), as the codec writes it
+    "ps_non_layer": {"merge_method": "task_arithmetic", "base_model": "llama40/base", "models": [
+        {"model": f"llama40/{m}", "parameters": {"weight": [
+            *({"filter": n, "value": w} for n in ("lm_head.weight", "model.embed_tokens.weight", "model.norm.weight")),
+            {"value": [round(w + 0.01 * i, 6) for i in range(40)]}]}} for m, w in (("a", 0.35), ("b", 0.8))]},
 }
 
 

@@ -81,3 +81,22 @@ def test_queries_and_candidate_references(tiny_sources: Path, tmp_path: Path) ->
         api.best("q", objective="nope", db=db)
     with pytest.raises(ConfigError, match="RUN:INDEX"):
         api.show("q-7", db=db)
+
+
+def test_a_new_cmaes_run_restarts_ipop_and_a_run_from_before_restarts_goes_on_without(tiny_sources: Path,
+                                                                                      tmp_path: Path) -> None:
+    """Issue 21: the default (IPOP) is fixed in the run when it is created; a run stored before
+    restarts existed (no ``restarts`` in its space) resumes with none, as it started."""
+    from evomerge.runner.service import run_space
+    from evomerge.store import Store
+
+    space = write_space(tmp_path, tiny_sources, strategy="cmaes", budget=8)
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    api.search(space, db=db, engine="synthetic", backend="local", name="new", log=quiet)
+    with Store.open(db) as store:
+        config = store.get_run("new").config
+    assert config["space"]["strategy"]["restarts"] == "ipop"
+    assert run_space(config).strategy.restarts == "ipop"
+    old = {**config, "space": {**config["space"], "strategy": {
+        k: v for k, v in config["space"]["strategy"].items() if k not in ("restarts", "stall")}}}
+    assert run_space(old).strategy.restarts == "none"

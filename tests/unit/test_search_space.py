@@ -228,3 +228,70 @@ def test_della_spaces_whose_box_breaks_density_plus_minus_epsilon_are_refused() 
     with pytest.raises(ValueError, match="choose epsilon below"):
         space(merge_method="della", vary={"density": {"low": 0.3, "high": 0.6}}, fixed={"epsilon": 0.35})
     space(merge_method="della", vary={"density": {"low": 0.3, "high": 0.6}}, fixed={"epsilon": 0.25})
+
+
+@pytest.mark.parametrize("per_module", [False, True])
+def test_the_non_layer_group_weights_embeddings_norm_and_head_apart_from_the_layers(
+        tiny_models: dict, tmp_path: Path, per_module: bool) -> None:
+    """``non_layer: true`` (issue 21): one more gene group, last, for the tensors outside the layer
+    stack; a decoded candidate merges them with that group's values and every layer with its own."""
+    from evomerge.merge.io import ModelDir, layer_index
+    from evomerge.merge.materialize import merge_to_dir
+
+    base, a, b = tiny_models["base"], tiny_models["expert_a"], tiny_models["expert_b"]
+    plain = space(merge_method="task_arithmetic", vary={"weight": {"low": 0.0, "high": 1.0}}, base=str(base),
+                  experts=(str(a), str(b)), per_module=per_module)
+    s = plain.model_copy(update={"non_layer": True})
+    codec, before = PSCodec(s), PSCodec(plain)
+    assert codec.non_layer_names == ("lm_head.weight", "model.embed_tokens.weight", "model.norm.weight")
+    assert codec.dim == before.dim + 2  # one weight per expert
+    assert codec.genes[: before.dim] == before.genes  # the layer genes keep their places
+    assert [(g.group, g.expert) for g in codec.genes[before.dim:]] == [(codec.groups, 0), (codec.groups, 1)]
+    x = np.random.default_rng(3).random(codec.dim)
+    x[-2:] = [0.25, 0.9]  # the non-layer weights of a and b
+    merge_to_dir(codec.decode(x), tmp_path / "out")
+    # the same layer genes without the group: every tensor outside the stack takes the layer gradient's value
+    merge_to_dir(before.decode(x[: before.dim]), tmp_path / "plain")
+    with ModelDir(base) as mb, ModelDir(a) as ma, ModelDir(b) as mx, ModelDir(tmp_path / "out") as out, \
+            ModelDir(tmp_path / "plain") as ref:
+        for name in mb.tensor_names:
+            got = out.read(name)
+            if layer_index(name) is None:
+                want = mb.read(name) + 0.25 * (ma.read(name) - mb.read(name)) + 0.9 * (mx.read(name) - mb.read(name))
+                assert torch_close(got, want), name
+            else:
+                assert torch_close(got, ref.read(name)), name
+
+
+def torch_close(x, y) -> bool:  # type: ignore[no-untyped-def]
+    import torch
+
+    return bool(torch.allclose(x, y, rtol=0, atol=1e-6))
+
+
+def test_non_layer_is_for_parameter_spaces() -> None:
+    with pytest.raises(ValueError, match="vary/fixed/per_module/non_layer are for kind ps"):
+        space(kind="dfs", vary={}, non_layer=True)
+
+
+def test_ipop_restarts_a_stalled_cmaes_with_twice_the_population_and_replays() -> None:
+    """Issue 21: a flat fitness never improves the best, so after ``stall`` generations the run
+    restarts from another point with twice the population; replay restarts identically; without
+    restarts the population never grows."""
+    def run(restarts: str) -> CMAES:
+        s = CMAES(4, np.full(4, 0.5), seed=2, popsize=6, restarts=restarts, stall=2)
+        while s.asked < 60:
+            got = s.ask(100)
+            s.tell([Evaluated(g, 0.25) for g in got])
+        return s
+
+    plain, ipop = run("none"), run("ipop")
+    assert plain.restart == 0 and plain.es.popsize == 6
+    assert ipop.restart >= 2 and ipop.es.popsize == 6 * 2 ** ipop.restart
+    assert ipop.selection_rank() == ipop.es.popsize // 2
+    sizes = [len(ev[2]) for ev in ipop.events if ev[0] == "ask" and ev[2]]
+    assert sizes[:3] == [6, 6, 6]  # the first run: `stall` generations after the first, then 12
+    rebuilt = CMAES.from_state(ipop.state_dict(), ipop.state_arrays())
+    assert rebuilt.restart == ipop.restart and rebuilt.events == ipop.events
+    nxt, again = ipop.ask(1)[0], rebuilt.ask(1)[0]
+    assert np.array_equal(nxt.x, again.x)
