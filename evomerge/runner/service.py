@@ -87,9 +87,11 @@ def run_space(config: dict[str, Any]) -> SearchSpace:
 
 
 def task_names(space: SearchSpace) -> list[str]:
+    from evomerge.evaluate.lmeval import LMEvalRef, task_name
     from evomerge.evaluate.tasks import load_task_spec
 
-    return [load_task_spec(o.task)[0].name for o in space.objectives]
+    return [load_task_spec(o.task)[0].name if o.lm_eval is None else task_name(LMEvalRef(**o.lm_eval.model_dump()))
+            for o in space.objectives]
 
 
 def create_run(store: Store, space: SearchSpace, space_text: str, *, name: str | None, engine: str,
@@ -195,7 +197,7 @@ def execute(store: Store, run: RunInfo, opts: ExecOptions, *, log: Callable[[str
     try:
         sources = list(getattr(codec, "sources", [space.base, *space.experts]))
         faults = json.loads(os.environ.get("EVOMERGE_FAULTS", "{}"))  # failure tests only
-        spec = WorkerSpec(engine=cfg["engine"], tasks=tuple(o.task for o in space.objectives), sources=tuple(sources),
+        spec = WorkerSpec(engine=cfg["engine"], tasks=tuple(o.ref for o in space.objectives), sources=tuple(sources),
                           store_url=store.url, run_id=run.id, heartbeat_s=opts.heartbeat_s,
                           engine_options=cfg.get("engine_options") or {},
                           threads=max(1, int(opts.cpus_per_worker)) if opts.backend == "ray" else None, faults=faults,

@@ -69,12 +69,43 @@ class Varied(_Strict):
         return self
 
 
-class Objective(_Strict):
-    """A fitness task (spec path) with a finite weight in the strategy's weighted sum."""
+class LMEval(_Strict):
+    """An lm-evaluation-harness task as an objective (evomerge/evaluate/lmeval.py)."""
 
-    task: str  # task spec path
+    task: str  # an lm-eval task name, or a task YAML path (relative to the space file)
+    metric: str | None = None  # default: the task's first metric
+    num_fewshot: int | None = Field(None, ge=0, le=64)
+    limit: int | None = Field(None, ge=1)
+    filter: str | None = None  # the task's filter pipeline that scores (default: its first)
+    batch_size: int = Field(1, ge=1, le=4096)  # lm-eval's HFLM batch size; 1 is `lm_eval`'s default
+
+
+class Objective(_Strict):
+    """A fitness task (an evomerge task spec path, ``task``, or an lm-eval task, ``lm_eval``)
+    with a finite weight in the strategy's weighted sum."""
+
+    task: str | None = None  # task spec path
+    lm_eval: LMEval | None = None
     weight: float = 1.0
     direction: Literal["maximize", "minimize"] = "maximize"
+
+    @model_validator(mode="after")
+    def _one_task(self) -> Objective:
+        if (self.task is None) == (self.lm_eval is None):
+            raise ValueError("an objective names either `task:` (an evomerge task spec) or `lm_eval:` "
+                             "(an lm-eval task), exactly one")
+        return self
+
+    @property
+    def ref(self) -> str:
+        """What a worker loads (evomerge.evaluate.tasks.load_task): the spec path, or the lm-eval
+        task as ``lm_eval:{json}``."""
+        if self.lm_eval is None:
+            assert self.task is not None
+            return self.task
+        from evomerge.evaluate.lmeval import LMEvalRef
+
+        return LMEvalRef(**self.lm_eval.model_dump()).as_ref()
 
 
 RESTARTS_DEFAULT = "ipop"  # what a new run's cmaes does when the space leaves `restarts` out
@@ -278,6 +309,8 @@ class SearchSpace(_Strict):
         strategy_later = {k for k, default in (("restarts", None), ("stall", 5)) if getattr(self.strategy, k) == default}
         if strategy_later:
             later["strategy"] = strategy_later
+        if all(o.lm_eval is None for o in self.objectives):
+            later["objectives"] = {"__all__": {"lm_eval"}}
         blob = json.dumps(self.model_dump(mode="json", exclude=later), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -294,7 +327,12 @@ class SearchSpace(_Strict):
         d = self.model_dump(mode="python")
         d["base"] = absolute(d["base"])
         d["experts"] = tuple(absolute(e) for e in d["experts"])
-        d["objectives"] = [dict(o, task=absolute(o["task"])) for o in d["objectives"]]
+        for o in d["objectives"]:
+            if o.get("task") is not None:
+                o["task"] = absolute(o["task"])
+            lm = o.get("lm_eval")
+            if lm is not None and str(lm["task"]).endswith((".yaml", ".yml")):
+                lm["task"] = absolute(lm["task"])
         merged = (d.get("dataflow") or {}).get("merged")
         if isinstance(merged, str):  # a recipe file: read it here so the space is self-contained
             from evomerge.recipe import load_recipe
