@@ -161,19 +161,20 @@ def _fidelity(r: dict) -> str:
 
 
 def _candidates_table(rows: list[dict], title: str) -> None:
-    """Index, fitness, every objective by name, generation, parents, recipe id; objective names
-    stay whole (o1, o2, ... with a legend only when the terminal is too narrow for them)."""
+    """Index, fitness, every objective by name, fidelity (when a candidate was raced out),
+    generation, parents, recipe id; objective names stay whole (o1, o2, ... with a legend only when the terminal is too narrow for them)."""
     names = list(rows[0]["objectives"] or {}) if rows else []
+    raced = any(r["fidelity"] != "exact" for r in rows)  # the column only when there is something to tell
     cols = [Col("index", numeric=True), Col("fitness", numeric=True),
             *[Col(n, numeric=True, short=f"o{j + 1}") for j, n in enumerate(names)],
-            Col("fidelity", short="fid"), Col("generation", numeric=True, short="gen"), Col("parents", wrap=True),
-            Col("recipe_id", wrap=True)]
+            *([Col("fidelity", short="fid")] if raced else []), Col("generation", numeric=True, short="gen"),
+            Col("parents", wrap=True), Col("recipe_id", wrap=True)]
     table = []
     for r in rows:
         obj = r["objectives"] or {}
         table.append([str(r["index"]), f"{r['fitness']:.4f}" if r["fitness"] is not None else "-",
                       *[f"{obj[n]:.4f}" if obj.get(n) is not None else "-" for n in names],
-                      _fidelity(r), str(r["generation"]),
+                      *([_fidelity(r)] if raced else []), str(r["generation"]),
                       ",".join(map(str, r["parents"])) or "-", r["recipe_id"]])
     print_table(cols, table, title=title)
 
