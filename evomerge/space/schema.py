@@ -231,8 +231,8 @@ class SearchSpace(_Strict):
                 raise ValueError("`dataflow:` belongs to kind dfs or ps_dfs, not ps")
         else:
             if self.vary or self.fixed or self.per_module or self.non_layer:
-                raise ValueError(f"kind {self.kind} searches a layer path; vary/fixed/per_module/non_layer are for kind ps "
-                                 "(for PS+DFS put the PS recipe under dataflow.merged)")
+                raise ValueError(f"kind {self.kind} searches a layer path; vary/fixed/per_module are for kind ps, "
+                                 "and so is non_layer (for PS+DFS put the PS recipe under dataflow.merged)")
             if self.kind == "ps_dfs" and self.flow.merged is None:
                 raise ValueError("kind ps_dfs needs dataflow.merged: the PS recipe (inline or a file) whose merge "
                                  "joins the path sources")

@@ -270,7 +270,7 @@ def torch_close(x, y) -> bool:  # type: ignore[no-untyped-def]
 
 
 def test_non_layer_is_for_parameter_spaces() -> None:
-    with pytest.raises(ValueError, match="vary/fixed/per_module/non_layer are for kind ps"):
+    with pytest.raises(ValueError, match="are for kind ps, and so is non_layer"):
         space(kind="dfs", vary={}, non_layer=True)
 
 
