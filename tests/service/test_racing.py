@@ -66,6 +66,15 @@ def test_the_cli_shows_fidelity_and_filters_by_it(tiny_sources: Path, tmp_path: 
     assert exact.returncode == 0 and "raced" not in exact.stdout
     shown = run_cli("show", f"r:{stopped[0][0]}", "--db", db, cwd=tmp_path)
     assert shown.returncode == 0 and "raced out after" in " ".join(shown.stdout.split())
+    from evomerge.plot import fitness_series
+    from evomerge.store import Store
+
+    with Store.open(db) as store:
+        groups = fitness_series(store.candidates(store.get_run("r").id))
+    assert sorted(r.index for r in groups["raced"]) == sorted(r[0] for r in stopped)
+    assert groups["exact"] and all(r.fidelity == "exact" for r in groups["exact"]) and groups["failed"] == []
+    plot = run_cli("plot", "r", "--db", db, "--out", str(tmp_path / "r.png"), cwd=tmp_path)
+    assert plot.returncode == 0 and (tmp_path / "r.png").stat().st_size > 10_000
     bad = run_cli("pareto", "r", "--fidelity", "approximate", "--db", db, cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.startswith("error: --fidelity 'approximate' is not one of")
     assert "Traceback" not in bad.stderr
