@@ -35,16 +35,14 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
-
-TESTS = ("hoeffding", "t")
 
 
 @dataclass(frozen=True, kw_only=True)
 class Race:
-    """What a candidate races against, as the driver sends it with the job (plain values)."""
+    """What a candidate races against, as the driver sends it with the job."""
 
     reference: int  # the reference candidate's index (for the record)
     reference_scores: dict[str, list[float]]  # its score on every item of every task
@@ -53,10 +51,6 @@ class Race:
     error: float  # the chance of racing out a candidate that reaches the reference
     test: Literal["hoeffding", "t"] = "hoeffding"
     seed: int = 0  # the item order's seed (the run's)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"reference": self.reference, "reference_scores": self.reference_scores, "weights": self.weights,
-                "chunk": self.chunk, "error": self.error, "test": self.test, "seed": self.seed}
 
 
 def item_order(task: str, n: int, seed: int) -> np.ndarray:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from evomerge.evaluate.racing import Race
 from evomerge.result import EvalResult
 from evomerge.runner.worker import CandidateWorker, WorkerSpec
 
@@ -25,7 +26,7 @@ class Job:
     recipe_json: str
     seed: int
     deadline_s: float | None
-    race: dict[str, Any] | None = None  # Race.as_dict(): what the candidate races against (evaluate/racing.py)
+    race: Race | None = None  # what the candidate races against (evaluate/racing.py); None: every item
 
 
 @dataclass(frozen=True)

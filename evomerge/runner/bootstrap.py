@@ -18,6 +18,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from evomerge.evaluate.racing import Race
     from evomerge.result import EvalResult
 
 
@@ -43,7 +44,7 @@ class WorkerShell:
         return self.worker.ping()
 
     def evaluate(self, index: int, attempt: int, recipe_json: str, seed: int,
-                 deadline_s: float | None = None, race: dict[str, Any] | None = None) -> EvalResult:
+                 deadline_s: float | None = None, race: Race | None = None) -> EvalResult:
         return self.worker.evaluate(index, attempt, recipe_json, seed, deadline_s, race)
 
     def close(self) -> None:

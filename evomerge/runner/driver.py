@@ -94,6 +94,10 @@ class Driver:
         self.store, self.lease, self.space, self.codec = store, lease, space, codec
         self.strategy, self.backend, self.names, self.opts = strategy, backend, objective_names, options
         self.log, self.on_progress = log, on_progress
+        # each objective's sign (maximize +1) and signed weight: the fitness is sum(weights[n] * objective n)
+        self.signs = {n: 1.0 if o.direction == "maximize" else -1.0
+                      for o, n in zip(space.objectives, objective_names, strict=True)}
+        self.weights = {n: self.signs[n] * o.weight for o, n in zip(space.objectives, objective_names, strict=True)}
         self.run_id = lease.run_id
         self.budget = space.budget
         self.rows: dict[int, CandidateRow] = {}  # every candidate of the run, as last seen
@@ -216,8 +220,7 @@ class Driver:
         objectives = None
         complete = row.status == Status.COMPLETE
         if row.objectives is not None and complete:
-            objectives = tuple((1.0 if o.direction == "maximize" else -1.0) * row.objectives[n]
-                               for o, n in zip(self.space.objectives, self.names, strict=True))
+            objectives = tuple(self.signs[n] * row.objectives[n] for n in self.names)
         # a raced-out candidate is told its estimate; its per-item scores are partial, so a
         # strategy that competes for items (M2N2) does not take it into its archive
         exact = complete and row.fidelity == Fidelity.EXACT
@@ -256,16 +259,13 @@ class Driver:
                             self._race(index)))
         return jobs
 
-    def _race(self, index: int) -> dict[str, Any] | None:
-        """The race a candidate runs (:class:`~evomerge.evaluate.racing.Race` as plain values)."""
+    def _race(self, index: int) -> Race | None:
+        """The race a candidate runs (None: it is scored on every item)."""
         ref = self.race_ref.get(index)
         if ref is None or self.racing is None:
             return None
-        weights = {n: (1.0 if o.direction == "maximize" else -1.0) * o.weight
-                   for o, n in zip(self.space.objectives, self.names, strict=True)}
-        return Race(reference=ref, reference_scores=self.rows[ref].item_scores, weights=weights,
-                    chunk=self.racing.chunk, error=self.racing.error, test=self.racing.test,
-                    seed=self.space.seed).as_dict()
+        return Race(reference=ref, reference_scores=self.rows[ref].item_scores, weights=self.weights,
+                    chunk=self.racing.chunk, error=self.racing.error, test=self.racing.test, seed=self.space.seed)
 
     def _dispatch(self, jobs: list[Job]) -> None:
         for job in jobs:
@@ -313,11 +313,11 @@ class Driver:
         if objectives is None:
             return None
         total = 0.0
-        for o, n in zip(self.space.objectives, self.names, strict=True):
+        for n, w in self.weights.items():
             v = objectives.get(n)
             if v is None or not np.isfinite(v):
                 return None
-            total += (1.0 if o.direction == "maximize" else -1.0) * o.weight * float(v)
+            total += w * float(v)
         return total
 
     def _finished(self, row: CandidateRow) -> None:

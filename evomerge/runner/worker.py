@@ -180,8 +180,8 @@ class CandidateWorker:
         return True if f and index in f else None
 
     def evaluate(self, index: int, attempt: int, recipe_json: str, seed: int,
-                 deadline_s: float | None = None, race: dict[str, Any] | None = None) -> EvalResult:
-        """Score one candidate (``race``: :meth:`Race.as_dict` of what it races against, or None)."""
+                 deadline_s: float | None = None, race: Race | None = None) -> EvalResult:
+        """Score one candidate (``race``: what it races against, or None for every item)."""
         from evomerge.recipe import stored_recipe
 
         if self.startup_error is not None:  # backends dispatch only to a worker that answered ready
@@ -206,7 +206,7 @@ class CandidateWorker:
             try:
                 recipe = stored_recipe(json.loads(recipe_json), source=f"candidate {index}")
                 res = self.evaluator.evaluate(recipe, self.tasks, deadline_s=deadline_s, seed=seed,
-                                              race=None if race is None else Race(**race))
+                                              race=race)
             except Exception as err:  # noqa: BLE001 - one failed candidate must not kill the run
                 return EvalResult(status=Status.FAILED, seconds=time.perf_counter() - t0,
                                   error=f"{type(err).__name__}: {err}", worker=self.name)

@@ -26,18 +26,27 @@ LIMIT = 24
 DATA = REPO / "fitness" / "data"
 
 
-def task_yamls(root: Path) -> dict[str, Path]:
-    root.mkdir(parents=True, exist_ok=True)
-    add = root / "zadd.yaml"
-    add.write_text(f"""task: zadd
+def task_yaml(path: Path, name: str, data: Path, body: str, metric: str) -> Path:
+    """An lm-eval task YAML over one local JSONL file (its `test` split), scored by a mean ``metric``."""
+    path.write_text(f"""task: {name}
 dataset_path: json
 dataset_kwargs:
   data_files:
-    test: {DATA / 'zoo_add.dev.jsonl'}
+    test: {data}
 test_split: test
-output_type: generate_until
 doc_to_text: "{{{{question}}}}"
-doc_to_target: "{{{{answer}}}}"
+{body}metric_list:
+  - metric: {metric}
+    aggregation: mean
+    higher_is_better: true
+""")
+    return path
+
+
+def task_yamls(root: Path) -> dict[str, Path]:
+    root.mkdir(parents=True, exist_ok=True)
+    generate = """output_type: generate_until
+doc_to_target: "{{answer}}"
 generation_kwargs:
   until: ["\\n"]
   max_gen_toks: 10
@@ -48,31 +57,14 @@ filter_list:
       - function: regex
         regex_pattern: "(-?\\\\d+)"
       - function: take_first
-metric_list:
-  - metric: exact_match
-    aggregation: mean
-    higher_is_better: true
-""")
-    rot = root / "zrot.yaml"
-    rot.write_text(f"""task: zrot
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {DATA / 'zoo_caesar_choice.dev.jsonl'}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{question}}}}"
-doc_to_choice: "{{{{choices}}}}"
+"""
+    choice = """output_type: multiple_choice
+doc_to_choice: "{{choices}}"
 doc_to_target: answer
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-""")
-    missing = root / "zgone.yaml"
-    missing.write_text(add.read_text().replace("task: zadd", "task: zgone")
-                       .replace(str(DATA / "zoo_add.dev.jsonl"), str(root / "nowhere.jsonl")))
-    return {"zadd": add, "zrot": rot, "zgone": missing}
+"""
+    return {"zadd": task_yaml(root / "zadd.yaml", "zadd", DATA / "zoo_add.dev.jsonl", generate, "exact_match"),
+            "zrot": task_yaml(root / "zrot.yaml", "zrot", DATA / "zoo_caesar_choice.dev.jsonl", choice, "acc"),
+            "zgone": task_yaml(root / "zgone.yaml", "zgone", root / "nowhere.jsonl", generate, "exact_match")}
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
+
 from evomerge import api
 from tests.conftest import run_cli
 from tests.service.helpers import archive, write_space
@@ -78,3 +80,17 @@ def test_the_cli_shows_fidelity_and_filters_by_it(tiny_sources: Path, tmp_path: 
     bad = run_cli("pareto", "r", "--fidelity", "approximate", "--db", db, cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.startswith("error: --fidelity 'approximate' is not one of")
     assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.ray
+def test_a_raced_search_on_ray_workers_archives_what_the_local_backend_does(tiny_sources: Path, tmp_path: Path,
+                                                                            ray_local) -> None:
+    """The race travels with the job to a Ray actor and back: the same references, the same
+    raced-out candidates and estimates as in the driver's own process."""
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    space = write_space(tmp_path, tiny_sources, strategy="m2n2", budget=16, name="ray", extra=RACING)
+    api.search(space, db=db, engine="synthetic", backend="local", name="local", lag=4, log=quiet)
+    api.search(space, db=db, engine="synthetic", backend="ray", workers=2, name="ray", lag=4, log=quiet)
+    local, ray = archive(db, "local"), archive(db, "ray")
+    assert any(r[5] == "raced" for r in local)
+    assert [r[2:] for r in ray] == [r[2:] for r in local]
