@@ -262,7 +262,7 @@ def preflight(space: SearchSpace, *, workers: int = 1, build_zoo: bool = True,
     built-in zoo first when the space uses it, as the run would; without it, sources that do not
     exist skip the source and strategy checks (``missing`` lists them).
     Returns ``{"tasks": names, "genes": d or None, "missing": paths}``."""
-    from evomerge.evaluate.lmeval import LMEvalTask
+    from evomerge.evaluate.lmeval import LMEvalTask, has_chat_template
     from evomerge.evaluate.tasks import load_task
     from evomerge.merge.plan import plan_merge
     from evomerge.runner.strategy import check_strategy
@@ -297,6 +297,13 @@ def preflight(space: SearchSpace, *, workers: int = 1, build_zoo: bool = True,
     if merged is not None:  # the PS merge of a ps_dfs space, planned from headers (the run materializes it)
         with plan_merge(merged):
             pass
+    templated = [t.name for t in tasks if isinstance(t, LMEvalTask) and t.ref.apply_chat_template]
+    if templated and not has_chat_template(Path(space.tokenizer_source if space.tokenizer_source not in
+                                                 (None, "base", "union") else space.base)):
+        raise ConfigError(f"search space {space.name!r}: the lm-eval task(s) {templated} apply a chat template, and "
+                          f"the tokenizer of {space.base} has none",
+                          hint="set apply_chat_template: false on those objectives (mergekit-evolve's default is "
+                               "true), or merge models whose tokenizer has a chat template")
     codec = make_codec(space, materialize=False)
     check_sources(space, codec)
     check_strategy(space, codec, workers=workers)

@@ -122,7 +122,9 @@ def merge(
 @app.command("eval")
 def eval_cmd(
     target: Annotated[Path, typer.Argument(help="a recipe YAML or a model directory")],
-    task: Annotated[list[Path], typer.Option("--task", "-t", help="task spec YAML (repeatable)")],
+    task: Annotated[list[Path] | None, typer.Option("--task", "-t", help="task spec YAML (repeatable)")] = None,
+    space: Annotated[Path | None, typer.Option(help="score the objectives of this search space (lm-eval ones "
+                                                     "included; --split heldout: their held-out splits)")] = None,
     engine: Annotated[str, typer.Option(help=describe_engines(MODEL_ENGINES))] = "hf",
     split: Annotated[str, typer.Option(help="search, heldout or both")] = "search",
     deadline: Annotated[float | None, typer.Option(help="seconds before the evaluation times out")] = None,
@@ -147,7 +149,14 @@ def eval_cmd(
     else:
         recipe = load_recipe(target).resolved(target.resolve().parent)
     splits = ["search", "heldout"] if split == "both" else [split]
-    tasks = [load_task(t, split=sp) for t in task for sp in splits]
+    refs: list[str | Path] = list(task or [])
+    if space is not None:
+        from evomerge.space.schema import load_space
+
+        refs += [o.ref for o in load_space(space).objectives]
+    if not refs:
+        raise ConfigError("nothing to score", hint="pass --task SPEC.yaml (repeatable) or --space SPACE.yaml")
+    tasks = [load_task(t, split=sp) for t in refs for sp in splits]
     results = {}
     # the engines' own output (vLLM's log lines, from this process and its engine process) goes to
     # stderr, so that stdout holds the table, or exactly one JSON document
@@ -206,6 +215,50 @@ def validate(spaces: Annotated[list[Path], typer.Argument(help="search space YAM
                       markup=False, highlight=False, soft_wrap=True)  # one line per file, whatever the width
     if bad:
         raise typer.Exit(2)
+
+
+@app.command("import-evolve")
+def import_evolve_cmd(
+    config: Annotated[Path, typer.Argument(help="a mergekit-evolve config (evol_merge_config.yml)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the evomerge search space to write")],
+    max_fevals: Annotated[int, typer.Option(help="mergekit-evolve's --max-fevals: the budget")] = 100,
+    sigma0: Annotated[float, typer.Option(help="mergekit-evolve's --sigma0 (in weight units)")] = 1 / 6,
+    random_seed: Annotated[int, typer.Option(help="mergekit-evolve's --random-seed: the run seed")] = 0,
+    force_population_size: Annotated[int | None, typer.Option(help="mergekit-evolve's --force-population-size")] = None,
+    task_search_path: Annotated[list[Path] | None, typer.Option(
+        help="mergekit-evolve's --task-search-path: directories of lm-eval task YAMLs (repeatable)")] = None,
+    weight_bound: Annotated[float, typer.Option(help="weights are searched in [0, B] ([-B, B] with "
+                                                     "allow_negative_weights)")] = 1.0,
+    name: Annotated[str | None, typer.Option(help="the space's name (default: the config file's stem)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
+) -> None:
+    """Turn a mergekit-evolve genome config into an evomerge search space over the same genome."""
+    from evomerge.errors import ConfigError
+    from evomerge.space.evolve_import import import_evolve
+    from evomerge.space.schema import load_space
+
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out} exists", hint="pass --overwrite to replace it, or choose another --out")
+    if weight_bound <= 0 or sigma0 <= 0 or max_fevals < 1:
+        raise ConfigError("--weight-bound and --sigma0 must be positive and --max-fevals at least 1",
+                          hint="e.g. --weight-bound 1 --sigma0 0.1667 --max-fevals 100")
+    space = import_evolve(config, max_fevals=max_fevals, sigma0=sigma0, seed=random_seed,
+                          popsize=force_population_size, weight_bound=weight_bound, name=name,
+                          task_search_paths=list(task_search_path or []))
+    import yaml
+
+    text = f"# imported from {config} by `evomerge import-evolve`\n" + yaml.safe_dump(space, sort_keys=False)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # validated first, then renamed over --out
+    tmp.write_text(text)
+    try:
+        load_space(tmp)  # the written space validates (bounds, methods, lm-eval fields); its paths are absolute
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    console.print(f"wrote {out}: {space['merge_method']} over {len(space['experts'])} models, "
+                  f"{space['layer_groups']} layer group(s), {len(space['objectives'])} lm-eval task(s), "
+                  f"budget {space['budget']}; next: evomerge validate {out}", markup=False, highlight=False,
+                  soft_wrap=True)
 
 
 @app.command("generate")

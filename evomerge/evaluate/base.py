@@ -13,8 +13,8 @@ from typing import Protocol
 
 import numpy as np
 
-from evomerge.errors import ConfigError, EvalTimeout, MergeError
-from evomerge.evaluate.lmeval import LMEvalTask, score_lmeval
+from evomerge.errors import EvalTimeout, MergeError
+from evomerge.evaluate.lmeval import LMEvalTask, live_lm, score_lmeval
 from evomerge.evaluate.racing import Race, run_race
 from evomerge.evaluate.tasks import Engine, Task, score_task
 from evomerge.recipe import Recipe
@@ -61,11 +61,7 @@ def engine_scorer(engine: Engine) -> Scorer:
     """Scores items through a model engine (:func:`~evomerge.evaluate.tasks.score_task`)."""
     def score(task: Task, indices: Sequence[int]) -> list[float]:
         if isinstance(task, LMEvalTask):
-            model = getattr(engine, "model", None)
-            if not hasattr(model, "named_parameters"):
-                raise ConfigError(f"lm-eval task {task.name}: lm-eval objectives are scored on the transformers "
-                                  "engine (the vLLM one is not built yet)", hint="use --engine hf")
-            return score_lmeval(task, model, engine.tok, indices)  # type: ignore[attr-defined]
+            return score_lmeval(task, live_lm(engine, task), indices)
         if len(indices) == len(task.items):
             return score_task(task, engine)
         return score_task(replace(task, items=tuple(task.items[i] for i in indices)), engine)

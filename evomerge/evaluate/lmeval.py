@@ -44,6 +44,10 @@ class LMEvalRef:
     limit: int | None = None  # the first N documents
     filter: str | None = None  # which of the task's filter pipelines scores (default: its first)
     batch_size: int = 1  # lm-eval's HFLM batch size (``lm_eval --batch_size``); 1 matches the CLI default
+    split: str | None = None  # the split the search scores (default: lm-eval's: the test split, else validation)
+    held_out: str | None = None  # the split held-out scoring uses
+    apply_chat_template: bool = False
+    fewshot_as_multiturn: bool = False
 
     def as_ref(self) -> str:
         """The task reference a worker loads (:func:`evomerge.evaluate.tasks.load_task`)."""
@@ -73,6 +77,17 @@ def lmeval_module() -> Any:
         raise ConfigError("an objective names an lm-eval task, and lm-eval is not installed",
                           hint="pip install 'evomerge[lmeval]' (lm-eval 0.4.x)") from None
     return lm_eval
+
+
+def has_chat_template(model_dir: Path) -> bool:
+    """The model directory's tokenizer has a chat template (in tokenizer_config.json or its own file)."""
+    if (model_dir / "chat_template.jinja").is_file() or (model_dir / "chat_template.json").is_file():
+        return True
+    cfg = model_dir / "tokenizer_config.json"
+    try:
+        return bool(json.loads(cfg.read_text()).get("chat_template")) if cfg.is_file() else False
+    except (OSError, ValueError):
+        return False
 
 
 def task_name(ref: LMEvalRef) -> str:
@@ -122,10 +137,12 @@ def load_lmeval_task(ref: LMEvalRef, *, split: str = "search") -> LMEvalTask:
     """Build the task as lm-eval would (its registry, or the YAML with its directory included)
     and read its documents; an unavailable dataset or an unknown task or metric is a
     :class:`ConfigError` naming it."""
-    if split != "search":
-        raise ConfigError(f"lm-eval task {ref.task}: held-out scoring of lm-eval tasks is not built yet",
-                          hint="score lm-eval tasks on their own split (the search split); use `lm_eval` on "
-                               "the exported model for other splits")
+    if split not in ("search", "heldout"):
+        raise ValueError(f"split {split!r}")
+    if split == "heldout" and ref.held_out is None:
+        raise ConfigError(f"lm-eval task {ref.task}: no held-out split",
+                          hint="name one in the objective: lm_eval: {task: ..., held_out: validation} (a split of "
+                               "its dataset that the search does not score)")
     lmeval_module()
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # nothing is downloaded at run time
     from lm_eval.tasks import TaskManager, get_task_dict
@@ -151,6 +168,13 @@ def load_lmeval_task(ref: LMEvalRef, *, split: str = "search") -> LMEvalTask:
                           hint="give each task of the group its own objective")
     if ref.num_fewshot is not None:
         task.set_config(key="num_fewshot", value=ref.num_fewshot)
+    chosen = ref.held_out if split == "heldout" else ref.split
+    if chosen is not None:  # lm-eval scores its test split when it has one: make the chosen split that
+        available = sorted(getattr(task, "dataset", None) or {})
+        if chosen not in available:
+            raise ConfigError(f"lm-eval task {name} has no split {chosen!r} (its dataset has {available})",
+                              hint="name one of those splits, or add it to the task's data_files")
+        task.set_config(key="test_split", value=chosen)
     metrics = [m["metric"] for m in (task.config.metric_list or [])] or list(task._metric_fn_list)
     metric = ref.metric or metrics[0]
     if metric not in metrics:
@@ -171,22 +195,33 @@ def load_lmeval_task(ref: LMEvalRef, *, split: str = "search") -> LMEvalTask:
                       task=task)
 
 
-def score_lmeval(task: LMEvalTask, model: Any, tokenizer: Any, indices: Sequence[int]) -> list[float]:
-    """lm-eval's per-document ``task.metric`` for the documents ``indices`` of ``task``, with
-    ``model`` (a live transformers model) wrapped in lm-eval's HFLM. All documents go through
-    lm-eval's ``limit`` as the CLI does; a subset through its ``samples`` (in ascending order,
-    as lm-eval maps them back)."""
+def live_lm(engine: Any, task: LMEvalTask) -> Any:
+    """lm-eval's model for a live engine: its own ``HFLM`` around the transformers engine's model
+    object, or :class:`~evomerge.evaluate.lmeval_vllm.LiveVLLM` over the vLLM engine."""
     lmeval_module()
-    from lm_eval import simple_evaluate
+    if hasattr(engine, "llm"):
+        from evomerge.evaluate.lmeval_vllm import LiveVLLM
+
+        return LiveVLLM(engine)
     from lm_eval.models.huggingface import HFLM
 
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=task.ref.batch_size)
+    return HFLM(pretrained=engine.model, tokenizer=engine.tok, batch_size=task.ref.batch_size)
+
+
+def score_lmeval(task: LMEvalTask, lm: Any, indices: Sequence[int]) -> list[float]:
+    """lm-eval's per-document ``task.metric`` for the documents ``indices`` of ``task``, scored
+    with ``lm`` (:func:`live_lm`). All documents go through lm-eval's ``limit`` as the CLI does;
+    a subset through its ``samples`` (in ascending order, as lm-eval maps them back)."""
+    from lm_eval import simple_evaluate
+
     wanted = [int(i) for i in indices]
     chosen = sorted(set(wanted))
     whole = chosen == list(task.items)
     out = simple_evaluate(model=lm, tasks=[task.task], limit=len(task.items) if whole else None,
                           samples=None if whole else {task.name: chosen}, log_samples=True, bootstrap_iters=0,
-                          task_manager=task.manager, verbosity="ERROR", num_fewshot=task.ref.num_fewshot)
+                          task_manager=task.manager, verbosity="ERROR", num_fewshot=task.ref.num_fewshot,
+                          apply_chat_template=task.ref.apply_chat_template,
+                          fewshot_as_multiturn=task.ref.fewshot_as_multiturn)
     if out is None:
         raise ConfigError(f"lm-eval returned no results for task {task.name}", hint="check the task config")
     samples = out["samples"][task.name]

@@ -125,10 +125,6 @@ class CandidateWorker:
 
             torch.set_num_threads(spec.threads)
         self.tasks = [load_task(t) for t in spec.tasks]
-        lmeval = [t.name for t in self.tasks if t.spec.kind == "lm_eval"]
-        if lmeval and spec.engine == "vllm":
-            raise ConfigError(f"the lm-eval objective(s) {lmeval} are scored on the transformers engine; the vLLM "
-                              "engine cannot score lm-eval tasks yet", hint="use --engine hf")
         self.evaluator = evaluator if evaluator is not None else make_evaluator(spec.engine, spec.engine_options)
         self.evaluator.load_sources({s: s for s in spec.sources})
         if merges_weights(spec.engine):

@@ -54,11 +54,12 @@ class Gene:
 
 
 class PSCodec:
-    """Genome <-> PS recipe. Genes in order: for each layer group (and, with ``per_module``, each
-    of attention and MLP), each expert's per-model parameters, then the global ones; with
-    ``non_layer: true`` one more group last, for the tensors outside the layer stack
-    (embeddings, final norm, LM head: the base's tensors without a layer index), decoded as
-    mergekit filters on their exact names ahead of the per-layer values."""
+    """Genome <-> PS recipe. Genes in order: for each layer group and each gene set of the group
+    (one; with ``per_module`` attention then MLP; with ``filters`` each filter then the rest),
+    each expert's per-model parameters, then the global ones; with ``non_layer: true`` one more
+    group last, for the tensors outside the layer stack (embeddings, final norm, LM head: the
+    base's tensors without a layer index), decoded as mergekit filters on their exact names ahead
+    of the per-layer values."""
 
     def __init__(self, space: SearchSpace, num_layers: int | None = None) -> None:
         self.space = space
@@ -70,11 +71,12 @@ class PSCodec:
                     self.non_layer_names = tuple(n for n in base.tensor_names if layer_index(n) is None)
         self.num_layers = num_layers
         self.groups = num_layers if space.layer_groups == 0 else min(space.layer_groups, num_layers)
+        self.sets: tuple[str | None, ...] = MODULES if space.per_module else (*space.filters, None)
         spec = get_op(space.merge_method).spec
         per_source = {p.name for p in spec.params if p.per_source}
         genes: list[Gene] = []
-        blocks = [(g, module) for g in range(self.groups) for module in (MODULES if space.per_module else (None,))]
-        if self.non_layer_names:
+        blocks = [(g, module) for g in range(self.groups) for module in self.sets]
+        if self.non_layer_names and space.non_layer is True:
             blocks.append((self.groups, None))  # the non-layer group
         for g, module in blocks:
             for e in range(len(space.experts)):
@@ -122,10 +124,16 @@ class PSCodec:
         highs = np.array([g.high for g in self.genes])
         return lows + x * (highs - lows)
 
+    def _set_of(self, tensor: str) -> str | None:
+        """The gene set a tensor's values come from (mergekit: the first filter its name contains)."""
+        if self.space.per_module:
+            return None  # the rest: the mean of attention and MLP, which per_layer writes as the rest
+        return next((f for f in self.space.filters if f in tensor), None)
+
     def decode(self, x: np.ndarray) -> Recipe:
         """The recipe a genome stands for (values rounded to 6 digits for stable recipe ids)."""
         vals = self.values(x)
-        # target -> param -> module -> value per group
+        # target -> param -> gene set -> value per group
         per_expert: list[dict[str, dict[str | None, list[float]]]] = [{} for _ in self.space.experts]
         glob: dict[str, dict[str | None, list[float]]] = {}
         outer: dict[tuple[int | None, str], float] = {}  # (expert, param) -> the non-layer group's value
@@ -137,22 +145,43 @@ class PSCodec:
             by_module = target.setdefault(gene.param, {})
             by_module.setdefault(gene.module, [0.0] * self.groups)[gene.group] = round(float(v), 6)
         layer_groups = [self.group_of_layer(li) for li in range(self.num_layers)]
+        smooth = self.space.smooth
+
+        def across(groups: list[float]) -> float | list[float]:
+            """One set's values as mergekit reads them: anchors of a gradient (smooth; one anchor is
+            a scalar), else one value per layer (each layer its group's)."""
+            if smooth:
+                return groups[0] if len(groups) == 1 else list(groups)
+            return [groups[g] for g in layer_groups]
+
+        def set_values(by_module: dict[str | None, list[float]]) -> dict[str | None, list[float]]:
+            if not self.space.per_module:
+                return by_module
+            attn, mlp = (by_module[m] for m in MODULES)
+            return {**by_module, None: [round((a + b) / 2, 6) for a, b in zip(attn, mlp, strict=True)]}
 
         def per_layer(by_module: dict[str | None, list[float]], key: tuple[int | None, str]):
-            ends = [{"filter": n, "value": outer[key]} for n in self.non_layer_names] if key in outer else []
-            if None in by_module:
-                layers = [by_module[None][g] for g in layer_groups]
-                return ends + [{"value": layers}] if ends else layers
-            lists = {m: [by_module[m][g] for g in layer_groups] for m in MODULES}
-            rest = [round((a + b) / 2, 6) for a, b in zip(*lists.values(), strict=True)]
-            return ends + [{"filter": m, "value": v} for m, v in lists.items()] + [{"value": rest}]
+            sets = set_values(by_module)
+            if key in outer:
+                ends = [{"filter": n, "value": outer[key]} for n in self.non_layer_names]
+            elif self.space.non_layer == "ends":  # embeddings: the first group's; norm, LM head: the last's
+                ends = [{"filter": n, "value": sets[self._set_of(n)][0 if "embed" in n else -1]}
+                        for n in self.non_layer_names]
+            else:
+                ends = []
+            filtered = [{"filter": m, "value": across(sets[m])} for m in self.sets if m is not None]
+            rest = across(sets[None])
+            return ends + filtered + [{"value": rest}] if ends or filtered else rest
 
         models = []
         for e, (path, params) in enumerate(zip(self.space.experts, per_expert, strict=True)):
             models.append({"model": path, "parameters": {k: per_layer(v, (e, k)) for k, v in params.items()}})
         parameters = dict(self.space.fixed) | {k: per_layer(v, (None, k)) for k, v in glob.items()}
-        return recipe_from_dict({"merge_method": self.space.merge_method, "base_model": self.space.base,
-                                 "models": models, "parameters": parameters})
+        recipe = {"merge_method": self.space.merge_method, "base_model": self.space.base, "models": models,
+                  "parameters": parameters}
+        if self.space.tokenizer_source is not None:
+            recipe["tokenizer_source"] = self.space.tokenizer_source
+        return recipe_from_dict(recipe)
 
 
 def make_codec(space: SearchSpace, *, materialize: bool = True) -> PSCodec | DFSCodec:

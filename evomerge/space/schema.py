@@ -78,6 +78,22 @@ class LMEval(_Strict):
     limit: int | None = Field(None, ge=1)
     filter: str | None = None  # the task's filter pipeline that scores (default: its first)
     batch_size: int = Field(1, ge=1, le=4096)  # lm-eval's HFLM batch size; 1 is `lm_eval`'s default
+    split: str | None = None  # the dataset split the search scores (default: lm-eval's, its test split else validation)
+    held_out: str | None = None  # the split held-out scoring uses (`evomerge eval --space ... --split heldout`)
+    apply_chat_template: bool = False  # `lm_eval --apply_chat_template` (mergekit-evolve's default is true)
+    fewshot_as_multiturn: bool = False  # `lm_eval --fewshot_as_multiturn` (with apply_chat_template)
+
+    @model_validator(mode="after")
+    def _splits(self) -> LMEval:
+        if self.held_out is not None and self.held_out == self.split:
+            raise ValueError(f"held_out split {self.held_out!r} is the split the search scores; a held-out score "
+                             "needs other documents")
+        if self.fewshot_as_multiturn and not self.apply_chat_template:
+            raise ValueError("fewshot_as_multiturn needs apply_chat_template: true (lm-eval refuses it too)")
+        return self
+
+
+LMEVAL_LATER = ("split", "held_out", "apply_chat_template", "fewshot_as_multiturn")
 
 
 class Objective(_Strict):
@@ -204,9 +220,15 @@ class SearchSpace(_Strict):
     merge_method: str = "task_arithmetic"
     layer_groups: int = Field(0, ge=0)  # 0: one gene per layer; k: k groups of consecutive layers
     per_module: bool = False  # separate genes for attention and MLP tensors of each layer group
-    non_layer: bool = False  # one more gene group for the tensors outside the layer stack (embeddings, final norm, LM head)
+    filters: tuple[str, ...] = ()  # a gene set per tensor-name filter and one for the rest, per layer group
+    smooth: bool = False  # the layer groups' values are anchors of a gradient across the layers, not steps
+    # true: one more gene group for the tensors outside the layer stack (embeddings, final norm, LM head);
+    # "ends": no genes of their own, the embeddings take the first layer group's values and the final
+    # norm and LM head the last group's (mergekit's reading of per-group slices)
+    non_layer: bool | Literal["ends"] = False
     vary: dict[str, Varied] = Field(default_factory=dict)
     fixed: dict[str, Any] = Field(default_factory=dict)
+    tokenizer_source: str | None = Field(None, min_length=1)  # ps: the recipes' `tokenizer_source` (base, union, a model)
     dataflow: Dataflow | None = None
     objectives: tuple[Objective, ...] = Field(min_length=1)
     multi_objective: bool = False  # strategies that can (nevergrad) search the Pareto front directly
@@ -230,14 +252,24 @@ class SearchSpace(_Strict):
             if self.dataflow is not None:
                 raise ValueError("`dataflow:` belongs to kind dfs or ps_dfs, not ps")
         else:
-            if self.vary or self.fixed or self.per_module or self.non_layer:
+            if self.vary or self.fixed or self.per_module or self.non_layer or self.filters or self.smooth \
+                    or self.tokenizer_source:
                 raise ValueError(f"kind {self.kind} searches a layer path; vary/fixed/per_module are for kind ps, "
-                                 "and so is non_layer (for PS+DFS put the PS recipe under dataflow.merged)")
+                                 "and so are non_layer, filters, smooth and tokenizer_source (for PS+DFS put the PS recipe under "
+                                 "dataflow.merged)")
             if self.kind == "ps_dfs" and self.flow.merged is None:
                 raise ValueError("kind ps_dfs needs dataflow.merged: the PS recipe (inline or a file) whose merge "
                                  "joins the path sources")
             if self.kind == "dfs" and self.flow.merged is not None:
                 raise ValueError("dataflow.merged is for kind ps_dfs")
+        if self.per_module and self.filters:
+            raise ValueError("per_module is filters [self_attn, mlp] with the rest at their mean; give either "
+                             "`per_module: true` or `filters:`, not both")
+        if len(set(self.filters)) != len(self.filters) or not all(self.filters):
+            raise ValueError(f"filters must be distinct, non-empty tensor-name substrings, got {list(self.filters)}")
+        if self.smooth and self.non_layer == "ends":
+            raise ValueError("non_layer: ends reads per-group steps (slices); with smooth: true the gradient "
+                             "already gives the non-layer tensors its first value")
         if self.multi_objective and self.strategy.name != "nevergrad":
             raise ValueError(f"multi_objective: true needs strategy nevergrad (its multi-objective mode); "
                              f"{self.strategy.name} optimizes the weighted sum of the objectives, and the Pareto "
@@ -304,13 +336,16 @@ class SearchSpace(_Strict):
     def space_hash(self) -> str:
         # fields added later are left out at their defaults, so a space that does not use them
         # hashes as it did before they existed
-        later: dict[str, Any] = {k: True for k, default in (("fitness", None), ("non_layer", False))
-                                 if getattr(self, k) == default}
+        later: dict[str, Any] = {k: True for k, default in (("fitness", None), ("non_layer", False), ("filters", ()),
+                                                            ("smooth", False), ("tokenizer_source", None)) if getattr(self, k) == default}
         strategy_later = {k for k, default in (("restarts", None), ("stall", 5)) if getattr(self.strategy, k) == default}
         if strategy_later:
             later["strategy"] = strategy_later
         if all(o.lm_eval is None for o in self.objectives):
             later["objectives"] = {"__all__": {"lm_eval"}}
+        else:  # lm-eval settings added later, left out at their defaults
+            later["objectives"] = {i: {"lm_eval": {k for k in LMEVAL_LATER if getattr(o.lm_eval, k) == LMEval.model_fields[k].default}}
+                                   for i, o in enumerate(self.objectives) if o.lm_eval is not None}
         blob = json.dumps(self.model_dump(mode="json", exclude=later), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -327,6 +362,8 @@ class SearchSpace(_Strict):
         d = self.model_dump(mode="python")
         d["base"] = absolute(d["base"])
         d["experts"] = tuple(absolute(e) for e in d["experts"])
+        if d.get("tokenizer_source") not in (None, "base", "union"):
+            d["tokenizer_source"] = absolute(d["tokenizer_source"])
         for o in d["objectives"]:
             if o.get("task") is not None:
                 o["task"] = absolute(o["task"])
@@ -398,6 +435,11 @@ def load_space(path: str | Path) -> SearchSpace:
     raw = load_yaml(p)
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: a search space must be a mapping")
+    from evomerge.space.evolve_import import is_evolve_config
+
+    if is_evolve_config(raw):
+        raise ConfigError(f"{p} is a mergekit-evolve config, not an evomerge search space",
+                          hint=f"convert it first: evomerge import-evolve {p} --out space.yaml")
     try:
         space = SearchSpace.model_validate(raw).resolved(p.resolve().parent)
         space.merged_recipe()  # a ps_dfs space's PS recipe is checked now, not after heavy work

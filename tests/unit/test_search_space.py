@@ -270,8 +270,9 @@ def torch_close(x, y) -> bool:  # type: ignore[no-untyped-def]
 
 
 def test_non_layer_is_for_parameter_spaces() -> None:
-    with pytest.raises(ValueError, match="are for kind ps, and so is non_layer"):
-        space(kind="dfs", vary={}, non_layer=True)
+    for extra in ({"non_layer": True}, {"filters": ["mlp"]}, {"smooth": True}, {"tokenizer_source": "base"}):
+        with pytest.raises(ValueError, match="are for kind ps, and so are non_layer, filters, smooth"):
+            space(kind="dfs", vary={}, **extra)
 
 
 def test_ipop_restarts_a_stalled_cmaes_with_twice_the_population_and_replays() -> None:
