@@ -105,7 +105,7 @@ def _check_fidelity(fidelity: str | None) -> None:
 def best(run: str, *, objective: str | None = None, k: int = 1, db: str | None = None,
          workdir: str | Path | None = None, fidelity: str | None = None) -> list[dict[str, Any]]:
     """The ``k`` best candidates (1 <= k <= 2**31 - 1) by fitness, or by one objective;
-    ``fidelity`` (``exact`` or ``raced``) keeps only candidates scored that way."""
+    ``fidelity`` (``exact``, ``raced`` or ``subset``) keeps only candidates scored that way."""
     if not 1 <= k <= MAX_INDEX:
         raise ConfigError(f"-k {k} is out of range", hint=f"ask for 1 to {MAX_INDEX} candidates")
     _check_fidelity(fidelity)
@@ -273,18 +273,21 @@ def preflight(space: SearchSpace, *, workers: int = 1, build_zoo: bool = True,
     if len(set(names)) != len(names):
         raise ConfigError(f"two objectives have the same task name ({names})",
                           hint="give each task spec its own name")
-    if space.fitness is not None and space.fitness.racing is not None:
+    cheaper = None if space.fitness is None else "racing" if space.fitness.racing else \
+        "subset" if space.fitness.subset else None
+    if cheaper is not None:
         unbounded = [t.name for t in tasks if t.spec.kind == "loglik" or (isinstance(t, LMEvalTask) and not t.bounded)]
         if unbounded:
-            raise ConfigError(f"search space {space.name!r}: racing needs item scores in [0, 1], and the task(s) "
+            raise ConfigError(f"search space {space.name!r}: {cheaper} needs item scores in [0, 1], and the task(s) "
                               f"{unbounded} score otherwise (loglik tasks: mean log-probs; lm-eval metrics other "
                               "than acc, acc_norm, exact_match)",
-                              hint="race only tasks scored in [0, 1]: drop `fitness: racing:` or those objectives")
+                              hint=f"score fewer items only on tasks scored in [0, 1]: drop `fitness: {cheaper}:` or "
+                                   "those objectives")
         fewshot = [t.name for t in tasks if isinstance(t, LMEvalTask) and t.fewshot]
         if fewshot:
-            raise ConfigError(f"search space {space.name!r}: racing scores documents in chunks, and lm-eval draws "
-                              f"the few-shot examples of {fewshot} in document order, so chunks would see other "
-                              "examples than a full run", hint="race zero-shot lm-eval tasks only (num_fewshot: 0)")
+            raise ConfigError(f"search space {space.name!r}: {cheaper} scores some documents alone, and lm-eval "
+                              f"draws the few-shot examples of {fewshot} in document order, so they would see other "
+                              "examples than a full run", hint="use zero-shot lm-eval tasks only (num_fewshot: 0)")
     if build_zoo and space.uses_zoo():
         from evomerge.zoo import ensure_zoo
 

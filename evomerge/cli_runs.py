@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 DB = Annotated[str | None, typer.Option("--db", help="archive URL (default sqlite:///./evomerge.db); "
                                         "postgresql+psycopg://user@host/db for clusters", envvar="EVOMERGE_DB")]
 JSON = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
-FIDELITY = Annotated[str | None, typer.Option(help="only candidates scored so: exact (every item) or raced")]
+FIDELITY = Annotated[str | None, typer.Option(help="only candidates scored so: exact (every item), raced or subset "
+                                                  "(estimated from an item subset)")]
 
 
 class ProgressLine:
@@ -236,7 +237,7 @@ def show(candidate: Annotated[str, typer.Argument(help="RUN:INDEX")], db: DB = N
         console.print(f"same recipe as candidate {d['cached_from']}: its result was reused")
     console.print(f"fitness {d['fitness']}; objectives {d['objectives']}", highlight=False, markup=False)
     if d["fidelity"] != "exact":
-        console.print(f"{d['fidelity']}: scored on {d['items_scored']} items against candidate {d['race_ref']}; "
+        console.print(f"{d['fidelity']}: scored on {d['items_scored']} items (reference candidate {d['race_ref']}); "
                       f"intervals {d['intervals']}; {d['stop_reason']}", highlight=False, markup=False)
     lin = d["lineage"]
     console.print(f"parents {d['parents'] or '-'}; ancestors "

@@ -46,7 +46,7 @@ def plot_run(run: str, out: str | Path, *, db: str | None = None) -> Path:
         ax.plot(idx[order], np.maximum.accumulate(fit[order]), color="C3", label="best so far (exact)")
     if groups["raced"]:
         ax.scatter([r.index for r in groups["raced"]], [r.fitness for r in groups["raced"]], s=14,
-                   facecolors="none", edgecolors="C0", alpha=0.6, label="raced out (estimate)")
+                   facecolors="none", edgecolors="C0", alpha=0.6, label="raced out or subset (estimate)")
     bad = [r.index for r in groups["failed"]]
     if bad and ok:
         ax.scatter(bad, [min(r.fitness for r in ok)] * len(bad), marker="x", color="grey", label="failed / invalid")

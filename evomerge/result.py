@@ -31,11 +31,13 @@ TERMINAL = frozenset({Status.COMPLETE, Status.INVALID, Status.TIMEOUT, Status.FA
 
 
 class Fidelity(StrEnum):
-    """How a COMPLETE candidate's objectives were measured: on every item (``exact``), or on the
-    items it was scored on before racing stopped it (``raced``: estimates with intervals)."""
+    """How a COMPLETE candidate's objectives were measured: on every item (``exact``), on the
+    items it was scored on before racing stopped it (``raced``: means with intervals), or on an
+    item subset whose scores estimate the full set (``subset``: estimates with intervals)."""
 
     EXACT = "exact"
     RACED = "raced"
+    SUBSET = "subset"
 
 
 @dataclass(kw_only=True)

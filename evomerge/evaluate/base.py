@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from evomerge.errors import EvalTimeout, MergeError
+from evomerge.evaluate.estimate import SubsetPlan, run_subset
 from evomerge.evaluate.lmeval import LMEvalTask, live_lm, score_lmeval
 from evomerge.evaluate.racing import Race, run_race
 from evomerge.evaluate.tasks import Engine, Task, score_task
@@ -27,7 +28,7 @@ class Evaluator(Protocol):
     def load_sources(self, sources: dict[str, str]) -> None: ...
 
     def evaluate(self, recipe: Recipe, tasks: Sequence[Task], *, deadline_s: float | None = None,
-                 seed: int = 0, race: Race | None = None) -> EvalResult: ...
+                 seed: int = 0, plan: ItemPlan | None = None) -> EvalResult: ...
 
 
 class Deadline:
@@ -54,6 +55,7 @@ class TaskScores:
     stop_reason: str | None = None
 
 
+ItemPlan = Race | SubsetPlan  # how few items a candidate is scored on (None: every item)
 Scorer = Callable[[Task, Sequence[int]], list[float]]  # (task, item indices) -> those items' scores
 
 
@@ -69,18 +71,27 @@ def engine_scorer(engine: Engine) -> Scorer:
     return score
 
 
-def run_tasks(engine: Engine, tasks: Sequence[Task], deadline: Deadline, *, race: Race | None = None,
+def run_tasks(engine: Engine, tasks: Sequence[Task], deadline: Deadline, *, plan: ItemPlan | None = None,
               score: Scorer | None = None) -> TaskScores:
     """Score every task (``score``, default: through ``engine``), checking the deadline between
-    tasks, or race the candidate (:mod:`evomerge.evaluate.racing`) when ``race`` is given."""
+    tasks; with a ``plan``, race the candidate (a :class:`~evomerge.evaluate.racing.Race`) or
+    score it on a subset and estimate the rest (a :class:`~evomerge.evaluate.estimate.SubsetPlan`)."""
     score = score or engine_scorer(engine)
     start = getattr(engine, "tokens", 0)
-    if race is not None:
-        out = run_race(race, [t.name for t in tasks], [len(t.items) for t in tasks],
-                       lambda k, idx: score(tasks[k], [int(i) for i in idx]), deadline.check)
+    names, sizes = [t.name for t in tasks], [len(t.items) for t in tasks]
+
+    def by_index(k: int, idx: np.ndarray) -> list[float]:
+        return score(tasks[k], [int(i) for i in idx])
+
+    if isinstance(plan, Race):
+        out = run_race(plan, names, sizes, by_index, deadline.check)
         objectives = {t: float(np.nanmean(v)) for t, v in out.item_scores.items()}
         return TaskScores(objectives, out.item_scores, out.scored, getattr(engine, "tokens", 0) - start,
                           Fidelity.RACED if out.raced_out else Fidelity.EXACT, out.intervals, out.stop_reason)
+    if isinstance(plan, SubsetPlan):
+        sub = run_subset(plan, names, sizes, by_index, deadline.check)
+        return TaskScores(sub.objectives, sub.item_scores, sub.scored, getattr(engine, "tokens", 0) - start,
+                          Fidelity.EXACT if sub.promoted else Fidelity.SUBSET, sub.intervals, sub.stop_reason)
     objectives: dict[str, float] = {}
     per_item: dict[str, list[float]] = {}
     for task in tasks:

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import torch
 
-from evomerge.evaluate.base import Deadline, TaskScores, guarded, run_tasks
-from evomerge.evaluate.racing import Race
+from evomerge.evaluate.base import Deadline, ItemPlan, TaskScores, guarded, run_tasks
 from evomerge.evaluate.resident import ResidentSources
 from evomerge.evaluate.tasks import Task
 from evomerge.merge.materialize import merge_into
@@ -124,7 +123,7 @@ class HFEvaluator:
         return engine
 
     def evaluate(self, recipe: Recipe, tasks: Sequence[Task], *, deadline_s: float | None = None,
-                 seed: int = 0, race: Race | None = None) -> EvalResult:
+                 seed: int = 0, plan: ItemPlan | None = None) -> EvalResult:
         timings: dict[str, float] = {}
         deadline = Deadline(deadline_s)
 
@@ -137,7 +136,7 @@ class HFEvaluator:
             timings["materialize"] = time.perf_counter() - t0 - self.build_seconds
             deadline.check("materialization")
             t1 = time.perf_counter()
-            result = run_tasks(engine, tasks, deadline, race=race)
+            result = run_tasks(engine, tasks, deadline, plan=plan)
             timings["evaluate"] = time.perf_counter() - t1
             return result
 

@@ -8,7 +8,9 @@ rule); this class supplies tokens and scores:
 
 - ``loglikelihood``: log p(continuation | context) summed over the continuation's tokens from
   vLLM's prompt log-probabilities, and whether each continuation token is the argmax;
-- ``loglikelihood_rolling``: the same over lm-eval's disjoint rolling windows of a text;
+- ``loglikelihood_rolling``: the same over lm-eval's disjoint rolling windows of a text (windows
+  of the engine's length less two tokens, as lm-eval's own vLLM backend cuts them, where its
+  transformers backend uses the full length: texts longer than that are split differently);
 - ``generate_until``: greedy generation up to ``max_gen_toks`` tokens, cut at the first stop
   string (and the end-of-text token), as lm-eval's transformers backend decodes it.
 
@@ -103,7 +105,7 @@ class LiveVLLM(TemplateLM):
         for (text,) in (r.args for r in requests):
             windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
                 token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
-                max_seq_len=self.max_length - 1, context_len=1)]
+                max_seq_len=self.max_length - 2, context_len=1)]  # a window and vLLM's one generated token fit
             scored = self._loglikelihood_tokens([(None, ctx, cont) for ctx, cont in windows])
             out.append(sum(lp for lp, _ in scored))
         return out

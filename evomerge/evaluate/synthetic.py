@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from evomerge.evaluate.base import Deadline, run_tasks
-from evomerge.evaluate.racing import Race
+from evomerge.evaluate.base import Deadline, ItemPlan, run_tasks
 from evomerge.evaluate.tasks import Task
 from evomerge.recipe import Recipe
 from evomerge.result import EvalResult, Status
@@ -60,8 +59,8 @@ class SyntheticEvaluator:
         pass  # the recipe's numbers are all it reads
 
     def evaluate(self, recipe: Recipe, tasks: Sequence[Task], *, deadline_s: float | None = None,
-                 seed: int = 0, race: Race | None = None) -> EvalResult:
-        """Score ``recipe`` (racing it when ``race`` is given); ``deadline_s`` is not enforced
+                 seed: int = 0, plan: ItemPlan | None = None) -> EvalResult:
+        """Score ``recipe`` (on ``plan``'s items when given); ``deadline_s`` is not enforced
         (the evaluator contract lists this gap)."""
         t0 = time.perf_counter()
         if self.seconds:
@@ -76,7 +75,7 @@ class SyntheticEvaluator:
             u = _rng("items", task.name).random(len(task.items))
             return (u[list(indices)] < solved[task.name]).astype(float).tolist()
 
-        r = run_tasks(_NoEngine(), tasks, Deadline(None), race=race, score=score)
+        r = run_tasks(_NoEngine(), tasks, Deadline(None), plan=plan, score=score)
         took = time.perf_counter() - t0
         return EvalResult(status=Status.COMPLETE, objectives=r.objectives, item_scores=r.item_scores, seconds=took,
                           phases={"evaluate": took}, items=r.items, fidelity=r.fidelity, intervals=r.intervals,

@@ -15,8 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from evomerge.errors import ConfigError, MergeError
-from evomerge.evaluate.base import Deadline, TaskScores, guarded, run_tasks
-from evomerge.evaluate.racing import Race
+from evomerge.evaluate.base import Deadline, ItemPlan, TaskScores, guarded, run_tasks
 from evomerge.evaluate.tasks import Task
 from evomerge.merge.compat import SHAPE_KEYS
 from evomerge.merge.io import ModelDir
@@ -139,7 +138,7 @@ class VLLMEvaluator:
         return engine, timings
 
     def evaluate(self, recipe: Recipe, tasks: Sequence[Task], *, deadline_s: float | None = None,
-                 seed: int = 0, race: Race | None = None) -> EvalResult:
+                 seed: int = 0, plan: ItemPlan | None = None) -> EvalResult:
         timings: dict[str, float] = {}
         deadline = Deadline(deadline_s)
 
@@ -150,7 +149,7 @@ class VLLMEvaluator:
                 timings["engine_start"] = self.start_seconds
             deadline.check("the weight swap")
             t1 = time.perf_counter()
-            result = run_tasks(engine, tasks, deadline, race=race)
+            result = run_tasks(engine, tasks, deadline, plan=plan)
             timings["evaluate"] = time.perf_counter() - t1
             log.info("candidate %s: evaluated %d items in %.2f s", recipe.recipe_id, result.items, timings["evaluate"])
             return result

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from evomerge.evaluate.racing import Race
+from evomerge.evaluate.base import ItemPlan
 from evomerge.result import EvalResult
 from evomerge.runner.worker import CandidateWorker, WorkerSpec
 
@@ -26,7 +26,7 @@ class Job:
     recipe_json: str
     seed: int
     deadline_s: float | None
-    race: Race | None = None  # what the candidate races against (evaluate/racing.py); None: every item
+    plan: ItemPlan | None = None  # how few items: a race (evaluate/racing.py) or a subset (evaluate/estimate.py)
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class LocalBackend:
             time.sleep(min(timeout, 0.01))
             return []
         job, _ = self.queue.pop(0)
-        res = self.worker.evaluate(job.index, job.attempt, job.recipe_json, job.seed, job.deadline_s, job.race)
+        res = self.worker.evaluate(job.index, job.attempt, job.recipe_json, job.seed, job.deadline_s, job.plan)
         return [Outcome(job, res)]
 
     def kill(self, index: int) -> None:

@@ -18,7 +18,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from evomerge.evaluate.racing import Race
+    from evomerge.evaluate.base import ItemPlan
     from evomerge.result import EvalResult
 
 
@@ -44,8 +44,8 @@ class WorkerShell:
         return self.worker.ping()
 
     def evaluate(self, index: int, attempt: int, recipe_json: str, seed: int,
-                 deadline_s: float | None = None, race: Race | None = None) -> EvalResult:
-        return self.worker.evaluate(index, attempt, recipe_json, seed, deadline_s, race)
+                 deadline_s: float | None = None, plan: ItemPlan | None = None) -> EvalResult:
+        return self.worker.evaluate(index, attempt, recipe_json, seed, deadline_s, plan)
 
     def close(self) -> None:
         self.worker.close()

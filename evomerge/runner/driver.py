@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from evomerge.errors import EvomergeError, StaleLeaseError
+from evomerge.evaluate.base import ItemPlan
+from evomerge.evaluate.estimate import Estimator, SubsetPlan, fit
 from evomerge.evaluate.racing import Race
 from evomerge.result import EvalResult, Fidelity, Status
 from evomerge.runner.backend import Backend, Job, Outcome
@@ -115,6 +117,13 @@ class Driver:
             self.race_rank = racing.reference
         else:
             self.race_rank = 1 if racing.reference == "incumbent" else strategy.selection_rank()
+        self.subset = space.fitness.subset if space.fitness else None
+        if self.subset is not None:
+            self.race_rank = self.subset.promote  # the reference: the top-k cut a subset estimate must reach
+        self.exact_told: list[int] = []  # told, exactly scored candidates in candidate order (subset fits)
+        self.fit_of: dict[int, int | None] = {}  # index -> how many of exact_told its estimators are fitted on
+        self.exact_at_ask: dict[int, int] = {}  # index -> len(exact_told) when it was asked (its Pareto front)
+        self._fits: dict[int, dict[str, Estimator]] = {}
         self._replaying = False
         self._added: int | None = None
         self._prior_snapshot: tuple[int, dict[str, Any], dict[str, np.ndarray]] | None = None
@@ -174,12 +183,15 @@ class Driver:
             recipe = self.codec.decode(g.x)
             genome = [float(v) for v in g.x]
             ref = None if self.race_rank is None else self.top_exact.kth(self.race_rank)
+            if self.subset is not None:
+                self.fit_of[g.index] = self._fit_size()
+                self.exact_at_ask[g.index] = len(self.exact_told)
             if row is not None:  # resuming: the replay must regenerate what the store holds
                 if row.race_ref != ref and row.genome == genome:
                     raise EvomergeError(
-                        f"run {self.run_id}: replay gave candidate {g.index} race reference {ref}, the store holds "
-                        f"{row.race_ref}", hint="the racing settings or library version changed since the run "
-                                                "started; start a new run")
+                        f"run {self.run_id}: replay gave candidate {g.index} reference {ref} (racing or subset "
+                        f"promotion), the store holds {row.race_ref}",
+                        hint="the fitness settings or library version changed since the run started; start a new run")
                 if row.genome != genome or row.recipe_id != recipe.recipe_id:
                     if row.genome == genome and _recipe_format(row) == 1:
                         raise EvomergeError(
@@ -234,6 +246,9 @@ class Driver:
                 return
             self.strategy.tell([self._evaluated(row)])
             self.top_exact.add(row)
+            if row.status == Status.COMPLETE and row.fidelity == Fidelity.EXACT and row.cached_from is None \
+                    and row.fitness is not None:
+                self.exact_told.append(row.index)
             self.told += 1
             if self.told % self.opts.snapshot_every == 0 or self.told == self.budget:
                 self._snapshot()
@@ -256,16 +271,52 @@ class Driver:
             index = self.queue.pop(0)
             attempt = self.store.claim(self.lease, index, worker="dispatch")
             jobs.append(Job(index, attempt, self.recipe_of[index], self.space.seed, self.opts.deadline_s,
-                            self._race(index)))
+                            self._plan(index)))
         return jobs
 
-    def _race(self, index: int) -> Race | None:
-        """The race a candidate runs (None: it is scored on every item)."""
+    def _plan(self, index: int) -> ItemPlan | None:
+        """How few items a candidate is scored on: its race, its subset, or None (every item)."""
         ref = self.race_ref.get(index)
-        if ref is None or self.racing is None:
+        if self.racing is not None:
+            if ref is None:
+                return None
+            return Race(reference=ref, reference_scores=self.rows[ref].item_scores, weights=self.weights,
+                        chunk=self.racing.chunk, error=self.racing.error, test=self.racing.test, seed=self.space.seed)
+        if self.subset is None or self.fit_of.get(index) is None:
             return None
-        return Race(reference=ref, reference_scores=self.rows[ref].item_scores, weights=self.weights,
-                    chunk=self.racing.chunk, error=self.racing.error, test=self.racing.test, seed=self.space.seed)
+        m = self.fit_of[index]
+        assert m is not None
+        return SubsetPlan(estimators=self._estimators(m), weights=self.weights,
+                          promote_above=None if ref is None else self.rows[ref].fitness, reference=ref,
+                          front=self._front(index) if self.subset.pareto else (), error=self.subset.error)
+
+    # ------------------------------------------------------------------ item subsets (fitness: subset)
+    def _fit_size(self) -> int | None:
+        """How many of the told exact candidates a candidate asked now is estimated from: None in
+        the warm-up (it is scored on every item), else the count rounded down to ``refit``."""
+        assert self.subset is not None
+        n = len(self.exact_told)
+        if n < self.subset.warmup:
+            return None
+        return self.subset.warmup + (n - self.subset.warmup) // self.subset.refit * self.subset.refit
+
+    def _estimators(self, m: int) -> dict[str, Estimator]:
+        """The estimators fitted on the first ``m`` told exact candidates (cached per ``m``)."""
+        assert self.subset is not None
+        if m not in self._fits:
+            rows = [self.rows[i] for i in self.exact_told[:m]]
+            self._fits[m] = {n: fit(self.subset.method, n, len(rows[0].item_scores[n]), self.subset.size,
+                                    np.array([r.item_scores[n] for r in rows], dtype=float), seed=self.space.seed)
+                             for n in self.names}
+        return self._fits[m]
+
+    def _front(self, index: int) -> tuple[tuple[float, ...], ...]:
+        """The signed objective vectors of the Pareto front of the exact candidates told before
+        ``index`` was asked (fixed then, so a replay derives the same)."""
+        vecs = [tuple(self.signs[n] * self.rows[i].objectives[n] for n in self.names)
+                for i in self.exact_told[:self.exact_at_ask[index]] if self.rows[i].objectives]
+        return tuple(v for v in vecs if not any(all(u >= x for u, x in zip(w, v, strict=True)) and w != v
+                                                 for w in vecs))
 
     def _dispatch(self, jobs: list[Job]) -> None:
         for job in jobs:

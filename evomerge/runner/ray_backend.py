@@ -93,7 +93,7 @@ class RayBackend:
 
     def submit(self, job: Job) -> None:
         actor = self.idle.pop()
-        ref = actor.evaluate.remote(job.index, job.attempt, job.recipe_json, job.seed, job.deadline_s, job.race)
+        ref = actor.evaluate.remote(job.index, job.attempt, job.recipe_json, job.seed, job.deadline_s, job.plan)
         self.busy[ref] = (job, actor, time.monotonic())
 
     def running(self) -> dict[int, tuple[Job, float]]:

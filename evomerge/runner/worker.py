@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evomerge.errors import ConfigError, EvomergeError
-from evomerge.evaluate.racing import Race
+from evomerge.evaluate.base import ItemPlan
 from evomerge.evaluate.registry import make_evaluator, merges_weights
 from evomerge.result import EvalResult, Status
 
@@ -176,8 +176,8 @@ class CandidateWorker:
         return True if f and index in f else None
 
     def evaluate(self, index: int, attempt: int, recipe_json: str, seed: int,
-                 deadline_s: float | None = None, race: Race | None = None) -> EvalResult:
-        """Score one candidate (``race``: what it races against, or None for every item)."""
+                 deadline_s: float | None = None, plan: ItemPlan | None = None) -> EvalResult:
+        """Score one candidate (``plan``: a race or an item subset, or None for every item)."""
         from evomerge.recipe import stored_recipe
 
         if self.startup_error is not None:  # backends dispatch only to a worker that answered ready
@@ -202,7 +202,7 @@ class CandidateWorker:
             try:
                 recipe = stored_recipe(json.loads(recipe_json), source=f"candidate {index}")
                 res = self.evaluator.evaluate(recipe, self.tasks, deadline_s=deadline_s, seed=seed,
-                                              race=race)
+                                              plan=plan)
             except Exception as err:  # noqa: BLE001 - one failed candidate must not kill the run
                 return EvalResult(status=Status.FAILED, seconds=time.perf_counter() - t0,
                                   error=f"{type(err).__name__}: {err}", worker=self.name)

@@ -180,10 +180,34 @@ class Racing(_Strict):
         return self
 
 
+class Subset(_Strict):
+    """Score each candidate on ``size`` items per task and estimate the full-set objectives
+    (:mod:`evomerge.evaluate.estimate`): ``random`` items, ``anchor`` items (tinyBenchmarks) or an
+    ``irt`` estimate over the anchors, fitted on the run's exactly scored candidates (the first
+    ``warmup`` candidates are all exact) and refitted every ``refit`` new exact ones. A candidate
+    whose estimate enters the top ``promote`` of the exact candidates (or, with ``pareto``, is not
+    dominated by their Pareto front) is scored on the remaining items in the same evaluation."""
+
+    method: Literal["random", "anchor", "irt"] = "irt"
+    size: int = Field(50, ge=2, le=1_000_000)
+    warmup: int = Field(20, ge=2, le=MAX_BUDGET)
+    refit: int = Field(10, ge=1, le=MAX_BUDGET)
+    promote: int = Field(5, ge=1, le=MAX_ARCHIVE_SIZE)
+    pareto: bool = True
+    error: float = Field(0.05, gt=0, lt=0.5)  # intervals: two-sided at 1 - error
+
+
 class Fitness(_Strict):
     """How much of each fitness task a candidate is scored on (default: every item)."""
 
     racing: Racing | None = None
+    subset: Subset | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Fitness:
+        if self.racing is not None and self.subset is not None:
+            raise ValueError("fitness: racing and subset are two ways to score fewer items; choose one")
+        return self
 
 
 class Dataflow(_Strict):

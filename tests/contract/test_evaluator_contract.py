@@ -301,7 +301,7 @@ def test_a_raced_candidate_scores_each_item_it_sees_as_a_full_evaluation_does(
     full = evaluator.evaluate(weak, bounded)
     race = Race(reference=0, reference_scores={t.name: baseline.item_scores[t.name] for t in bounded},
                 weights={t.name: 1.0 for t in bounded}, chunk=2, error=0.4, test="t")
-    raced = evaluator.evaluate(weak, bounded, race=race)
+    raced = evaluator.evaluate(weak, bounded, plan=race)
     assert raced.status == "COMPLETE" and full.status == "COMPLETE"
     for t in bounded:
         got, want = raced.item_scores[t.name], full.item_scores[t.name]

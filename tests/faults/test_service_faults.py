@@ -33,15 +33,18 @@ def cli(*args: str, cwd: Path, env_extra: dict[str, str] | None = None, timeout:
 
 
 RACING = "fitness: {racing: {chunk: 20, test: t, reference: 2}}\n"  # races from the third told candidate on
+SUBSET = "fitness: {subset: {method: irt, size: 15, warmup: 4, refit: 3, promote: 2}}\n"  # estimates from the 5th on
 
 
 @pytest.mark.parametrize("point", ["pending:5", "dispatch:5", "result:5", "snapshot:10"])
-@pytest.mark.parametrize(("strategy", "racing"), [("cmaes", False), ("m2n2", False), ("cmaes", True), ("m2n2", True)],
-                         ids=["cmaes", "m2n2", "cmaes-racing", "m2n2-racing"])
+@pytest.mark.parametrize(("strategy", "racing"), [("cmaes", ""), ("m2n2", ""), ("cmaes", RACING), ("m2n2", RACING),
+                                                 ("cmaes", SUBSET)],
+                         ids=["cmaes", "m2n2", "cmaes-racing", "m2n2-racing", "cmaes-subset"])
 def test_driver_sigkill_then_resume_equals_an_uninterrupted_run(tiny_sources: Path, tmp_path: Path, point: str,
-                                                                strategy: str, racing: bool) -> None:
-    """With racing, the references and the raced-out candidates' estimates replay exactly too."""
-    space = write_space(tmp_path, tiny_sources, strategy=strategy, budget=16, extra=RACING if racing else "")
+                                                                strategy: str, racing: str) -> None:
+    """With racing or subsets, the references, the estimators (fitted on committed results) and
+    the estimates replay exactly too."""
+    space = write_space(tmp_path, tiny_sources, strategy=strategy, budget=16, extra=racing)
     db = f"sqlite:///{tmp_path / 'a.db'}"
     common = ["--space", str(space), "--db", db, "--engine", "synthetic", "--backend", "local", "--snapshot-every", "5"]
     ref = cli("search", *common, "--name", "ref", cwd=tmp_path)
@@ -60,8 +63,9 @@ def test_driver_sigkill_then_resume_equals_an_uninterrupted_run(tiny_sources: Pa
     after = archive(db, "crash")
     assert [r[0] for r in after] == list(range(16)) and all(r[1] == "COMPLETE" for r in after)
     assert [r[2:] for r in after] == [r[2:] for r in archive(db, "ref")]
-    if racing:  # the case is one: candidates raced against references, some stopped early
-        assert any(r[7] is not None for r in after) and any(r[5] == "raced" for r in after)
+    if racing:  # the case is one: candidates raced against references (or estimated), some stopped early
+        assert any(r[7] is not None for r in after)
+        assert any(r[5] == ("raced" if racing == RACING else "subset") for r in after)
 
 
 @pytest.mark.ray

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +109,25 @@ def test_per_module_genes_write_mergekit_filters() -> None:
     assert resolve(w, "model.layers.1.self_attn.q_proj.weight", slice_position(1, 2), fmt=2) == pytest.approx(0.3)
     assert resolve(w, "model.layers.0.mlp.up_proj.weight", slice_position(0, 2), fmt=2) == pytest.approx(0.2)
     assert resolve(w, "model.layers.1.input_layernorm.weight", slice_position(1, 2), fmt=2) == pytest.approx(0.35)
+
+
+def test_filters_give_each_filter_and_the_rest_their_own_genes_and_smooth_writes_anchors() -> None:
+    """Issue 17 (mergekit-evolve's genome): ``filters`` are gene sets per tensor-name filter plus the
+    rest; ``smooth`` writes each group's value as a gradient anchor instead of one step per layer."""
+    base = dict(name="p", base="/m/base", experts=("/m/a",), merge_method="task_arithmetic",
+                vary={"weight": {"low": 0.0, "high": 1.0}}, objectives=OBJ, layer_groups=2)
+    s = SearchSpace.model_validate(dict(base, filters=["mlp"]))
+    codec = PSCodec(s, num_layers=4)
+    assert [(g.group, g.module) for g in codec.genes] == [(0, "mlp"), (0, None), (1, "mlp"), (1, None)]
+    w = codec.decode(np.array([0.1, 0.2, 0.3, 0.4])).models[0].parameters["weight"]
+    assert w == [{"filter": "mlp", "value": [0.1, 0.1, 0.3, 0.3]}, {"value": [0.2, 0.2, 0.4, 0.4]}]
+    smooth = PSCodec(SearchSpace.model_validate(dict(base, filters=["mlp"], smooth=True)), num_layers=4)
+    w = smooth.decode(np.array([0.1, 0.2, 0.3, 0.4])).models[0].parameters["weight"]
+    assert w == [{"filter": "mlp", "value": [0.1, 0.3]}, {"value": [0.2, 0.4]}]
+    plain = PSCodec(SearchSpace.model_validate(dict(base, smooth=True, layer_groups=1)), num_layers=4)
+    assert plain.decode(np.array([0.7])).models[0].parameters["weight"] == 0.7  # one anchor: a scalar
+    for bad, match in ((dict(filters=["mlp"], per_module=True), "either `per_module: true` or `filters:`"),
+                       (dict(filters=["mlp", "mlp"]), "filters must be distinct"),
+                       (dict(smooth=True, non_layer="ends"), "non_layer: ends reads per-group steps")):
+        with pytest.raises(ValueError, match=re.escape(match)):
+            SearchSpace.model_validate(dict(base, **bad))
