@@ -63,7 +63,8 @@ def run_search(space: SearchSpace, *, evaluator: Any = None, out: Path | None = 
             "index": r.index, "generation": r.generation, "recipe_id": r.recipe_id,
             "recipe": json.loads(r.recipe_json), "genome": r.genome, "status": str(r.status),
             "objectives": r.objectives, "fitness": r.fitness, "error": r.error, "cached": r.cached_from is not None,
-            "seconds": r.seconds, "item_scores": r.item_scores})
+            "seconds": r.seconds, "item_scores": r.item_scores, "fidelity": str(r.fidelity),
+            "items_scored": r.items_scored, "stop_reason": r.stop_reason})
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text("".join(json.dumps(rec) + "\n" for rec in result.records), encoding="utf-8")
