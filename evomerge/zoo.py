@@ -10,6 +10,12 @@ their skills do not merge.
 Skills are character-level string tasks answered by greedy generation and scored by exact
 match; ``skill_items`` makes deterministic held-in (``split="dev"``) and held-out
 (``split="test"``) items.
+
+Two zoos are specified here. The default :class:`ZooSpec` is the 2-layer Llama zoo of ``add``,
+``caesar`` and ``length`` experts that ``zoo://`` names. :data:`QWEN2_SPEC` is a second problem
+the first is not: a 4-layer Qwen2-style model with tied input and output embeddings, pretrained
+on other tasks, with experts on three other skills (``sub``, ``count``, ``sort``); it is built
+the same way under its own digest (``ensure_zoo(spec=QWEN2_SPEC)``).
 """
 
 from __future__ import annotations
@@ -76,9 +82,9 @@ def encode(text: str, vocab_map: dict[str, int]) -> list[int]:
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
-def _word(rng: np.random.Generator, lo: int, hi: int) -> str:
+def _word(rng: np.random.Generator, lo: int, hi: int, letters: str = LETTERS) -> str:
     n = int(rng.integers(lo, hi + 1))
-    return "".join(LETTERS[i] for i in rng.integers(0, 26, size=n))
+    return "".join(letters[i] for i in rng.integers(0, len(letters), size=n))
 
 
 def _letter_shift(word: str, k: int) -> str:
@@ -107,6 +113,27 @@ def _reverse_short(rng: np.random.Generator) -> tuple[str, str]:
     return f"rev:{w}=", w[::-1]
 
 
+# Pretraining tasks of the Qwen2 zoo (QWEN2_SPEC): the small or partial form of each of its skills.
+COUNT_LETTERS = "abcdef"  # count draws words over six letters, so counts above one are common
+
+
+def _sub_small(rng: np.random.Generator) -> tuple[str, str]:
+    a = int(rng.integers(0, 10))
+    b = int(rng.integers(0, a + 1))
+    return f"sub:{a}-{b}=", str(a - b)
+
+
+def _has_letter(rng: np.random.Generator) -> tuple[str, str]:
+    w = _word(rng, 4, 9, COUNT_LETTERS)
+    c = COUNT_LETTERS[int(rng.integers(0, len(COUNT_LETTERS)))]
+    return f"has:{w}>{c}=", "y" if c in w else "n"
+
+
+def _min_letter(rng: np.random.Generator) -> tuple[str, str]:
+    w = _word(rng, 3, 5)
+    return f"min:{w}=", min(w)
+
+
 # Skills: what experts are fine-tuned on and what fitness measures.
 def _add(rng: np.random.Generator) -> tuple[str, str]:
     """Two-digit plus one-digit addition (the base only knows one-digit sums)."""
@@ -126,16 +153,43 @@ def _length(rng: np.random.Generator) -> tuple[str, str]:
     return f"len:{w}=", str(len(w))
 
 
+def _sub(rng: np.random.Generator) -> tuple[str, str]:
+    """A number below 20 minus a one-digit number, never below zero (the base only subtracts
+    one-digit numbers)."""
+    a = int(rng.integers(0, 20))
+    b = int(rng.integers(0, min(a, 9) + 1))
+    return f"sub:{a}-{b}=", str(a - b)
+
+
+def _count(rng: np.random.Generator) -> tuple[str, str]:
+    """How often a letter occurs in a word over six letters (the base only says whether it occurs)."""
+    w = _word(rng, 4, 9, COUNT_LETTERS)
+    c = COUNT_LETTERS[int(rng.integers(0, len(COUNT_LETTERS)))]
+    return f"cnt:{w}>{c}=", str(w.count(c))
+
+
+def _sort(rng: np.random.Generator) -> tuple[str, str]:
+    """The letters of a word in alphabetical order (the base only finds the smallest)."""
+    w = _word(rng, 3, 5)
+    return f"srt:{w}=", "".join(sorted(w))
+
+
 PRETRAIN: dict[str, Callable[[np.random.Generator], tuple[str, str]]] = {
     "copy": _copy,
     "shift1": _shift1,
     "add_small": _add_small,
     "reverse_short": _reverse_short,
+    "sub_small": _sub_small,
+    "has_letter": _has_letter,
+    "min_letter": _min_letter,
 }
 SKILLS: dict[str, Callable[[np.random.Generator], tuple[str, str]]] = {
     "add": _add,
     "caesar": _caesar,
     "length": _length,
+    "sub": _sub,
+    "count": _count,
+    "sort": _sort,
 }
 TASKS = {**PRETRAIN, **SKILLS}
 
@@ -322,6 +376,19 @@ class ZooSpec:
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
+# The second problem (bench/strategy_comparison.py --problem qwen2): another architecture (Qwen2:
+# biases on the q/k/v projections, grouped-query attention), tied input and output embeddings,
+# twice the depth, and three skills the default zoo lacks. Its base is pretrained on copying and
+# on the small or partial form of each skill (one-digit subtraction, whether a letter occurs, the
+# smallest letter), so the experts' brief fine-tunes start from a base that knows something of
+# their skills and their task vectors merge (Yu et al. 2024, sec. 4).
+QWEN2_SPEC = ZooSpec(
+    shape=ModelShape(arch="qwen2", num_hidden_layers=4, num_key_value_heads=2, tie_word_embeddings=True),
+    experts=("sub", "count", "sort"),
+    pretrain=("copy", "sub_small", "has_letter", "min_letter"),
+)
+
+
 # Variants for compatibility tests: untrained, but real checkpoints that transformers loads.
 VARIANTS: dict[str, ModelShape] = {
     "wide": ModelShape(hidden_size=160, intermediate_size=480, num_attention_heads=4, num_key_value_heads=4),
@@ -338,7 +405,21 @@ def _save(model, tokenizer, path: Path) -> None:
 
 
 def _state(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    """The model's parameters by name; a tied output embedding is the input one, counted once."""
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def _reload(path: Path):
+    """The model as saved at ``path``. transformers writes a tied model without ``lm_head.weight``
+    and ties it again on load; a reload that came back untied would score another model than the
+    one built, so it is refused here rather than found in a search."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32).eval()
+    if model.config.tie_word_embeddings:
+        if model.get_output_embeddings().weight.data_ptr() != model.get_input_embeddings().weight.data_ptr():
+            raise RuntimeError(f"{path}: tie_word_embeddings is set but the reloaded output embedding is not tied")
+    return model
 
 
 @contextlib.contextmanager
@@ -497,8 +578,8 @@ def build_zoo(
                                         seed=spec.seed + 1 + i), vmap)
                 _save(expert, tok, tmp / f"expert_{skill}")
                 models[f"expert_{skill}"] = expert
-            say("scoring base and experts")
-            scores = {name: {s: skill_accuracy(m, s, vmap) for s in skills} for name, m in models.items()}
+            say("scoring base and experts as saved")
+            scores = {name: {s: skill_accuracy(_reload(tmp / name), s, vmap) for s in skills} for name in models}
             for j, (name, vshape) in enumerate(VARIANTS.items()):
                 vtok = build_tokenizer(vshape.extra_chars)
                 _save(new_model(vshape, spec.seed + 100 + j), vtok, tmp / "variants" / name)
@@ -532,13 +613,16 @@ def build_zoo(
 
 
 def default_zoo_dir(spec: ZooSpec | None = None) -> Path:
-    """``$EVOMERGE_ZOO`` if set, else a per-spec cache directory under ``~/.cache/evomerge``."""
+    """A per-spec cache directory under ``~/.cache/evomerge``. ``$EVOMERGE_ZOO``, if set, is where
+    the default spec's zoo (the one ``zoo://`` names) lives instead; another spec (such as
+    :data:`QWEN2_SPEC`) always gets its own directory, so the variable never hands it that zoo."""
     import os
 
+    spec = spec or ZooSpec()
     env = os.environ.get("EVOMERGE_ZOO")
-    if env:
+    if env and spec == ZooSpec():
         return Path(env)
-    return cache.cache_root() / f"zoo-{(spec or ZooSpec()).digest()}"
+    return cache.cache_root() / f"zoo-{spec.digest()}"
 
 
 def ensure_zoo(path: str | Path | None = None, spec: ZooSpec | None = None, log=print) -> Path:

@@ -31,7 +31,8 @@ def strategy_config(space: SearchSpace, codec: Codec, *, workers: int = 1) -> St
     known = tuple(_plain(g) for g in codec.expert_genomes()) if s.name == "m2n2" else ()  # only M2N2 uses them
     return StrategyConfig(dim=codec.dim, x0=_plain(codec.initial()), name=s.name, seed=space.seed,
                           known_genomes=known, popsize=s.popsize, sigma=s.sigma, optimizer=s.optimizer,
-                          archive_size=s.archive_size, alpha=s.alpha, options=dict(s.options),
+                          archive_size=s.archive_size, alpha=s.alpha, mate=s.mate, split_point=s.split_point,
+                          options=dict(s.options),
                           budget=space.budget, multi_objective=space.multi_objective, workers=workers,
                           restarts=s.restarts or RESTARTS_DEFAULT, stall=s.stall)
 

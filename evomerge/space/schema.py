@@ -138,10 +138,19 @@ class StrategySpec(_Strict):
     popsize: int | None = Field(None, ge=2, le=MAX_POPSIZE)
     sigma: float = Field(0.25, gt=0, le=1)
     archive_size: int = Field(20, ge=2, le=MAX_ARCHIVE_SIZE)  # m2n2
-    alpha: float = Field(1.0, ge=0)  # m2n2: 1 = competition for resources, 0 = plain GA
+    alpha: float = Field(1.0, ge=0)  # m2n2: 1 = competition for resources, 0 = plain GA (competition off)
+    mate: Literal["attraction", "fitness", "uniform"] = "attraction"  # m2n2: how parent 2 is drawn (ablation)
+    split_point: bool = True  # m2n2: false mixes whole genomes with one weight (ablation)
     restarts: Literal["ipop", "none"] | None = None  # cmaes; None: ipop for a new run (RESTARTS_DEFAULT)
     stall: int = Field(5, ge=1, le=1000)  # cmaes: generations without a better best before a restart
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _m2n2_only(self) -> StrategySpec:
+        set_here = [k for k, default in (("mate", "attraction"), ("split_point", True)) if getattr(self, k) != default]
+        if set_here and self.name != "m2n2":
+            raise ValueError(f"{', '.join(set_here)} are M2N2 settings; strategy {self.name} would ignore them")
+        return self
 
     @model_validator(mode="after")
     def _options(self) -> StrategySpec:
@@ -361,8 +370,10 @@ class SearchSpace(_Strict):
         # fields added later are left out at their defaults, so a space that does not use them
         # hashes as it did before they existed
         later: dict[str, Any] = {k: True for k, default in (("fitness", None), ("non_layer", False), ("filters", ()),
-                                                            ("smooth", False), ("tokenizer_source", None)) if getattr(self, k) == default}
-        strategy_later = {k for k, default in (("restarts", None), ("stall", 5)) if getattr(self.strategy, k) == default}
+                                                            ("smooth", False), ("tokenizer_source", None))
+                                 if getattr(self, k) == default}
+        strategy_later = {k for k, default in (("restarts", None), ("stall", 5), ("mate", "attraction"),
+                                                ("split_point", True)) if getattr(self.strategy, k) == default}
         if strategy_later:
             later["strategy"] = strategy_later
         if all(o.lm_eval is None for o in self.objectives):

@@ -13,12 +13,19 @@ ALGORITHMS.md). Children are recipes: crossover mixes genomes whose genes are or
   the child). No mutation: the sources are trained models (paper, sec. 3).
 Randomness for child ``i`` comes from ``SeedSequence([seed, i])``, so asks do not depend on
 how a run was interrupted.
+
+Ablations (the paper's sec. 4 ablates each mechanism; here each is a setting, the paper's
+behaviour by default): ``alpha = 0`` turns competition off (raw summed scores select and
+replace); ``mate="uniform"`` picks parent 2 uniformly among the other members and
+``mate="fitness"`` by the same fitness as parent 1 (the reference code's ablation without the
+"matchmaker"), instead of by attraction; ``split_point=False`` mixes whole genomes,
+child = w x1 + (1-w) x2 with one w ~ U(0, 1) (the paper's crossover without a split point).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -56,6 +63,20 @@ def crossover(x1: np.ndarray, x2: np.ndarray, split: int, w: float) -> np.ndarra
     return np.clip(np.concatenate([head, tail]), 0.0, 1.0)
 
 
+MATES = ("attraction", "fitness", "uniform")
+Mate = Literal["attraction", "fitness", "uniform"]
+
+
+def mate_weights(scores: np.ndarray, parent: int, mate: Mate, alpha: float) -> np.ndarray:
+    """Unnormalized chances of each member to be ``parent``'s mate (``parent`` itself is
+    excluded by the caller): its attraction, its shared fitness (as parent 1 is drawn), or equal."""
+    if mate == "attraction":
+        return attraction(scores, parent)
+    if mate == "fitness":
+        return shared_fitness(scores, alpha)
+    return np.ones(len(scores))
+
+
 def _pick(rng: np.random.Generator, weights: np.ndarray, exclude: int | None = None) -> int:
     w = np.maximum(np.asarray(weights, dtype=float), 0.0)
     if exclude is not None:
@@ -70,16 +91,26 @@ class M2N2(Replayable):
     name = "m2n2"
 
     def __init__(self, dim: int, seeds: Sequence[np.ndarray | Sequence[float]], *, archive_size: int = 20,
-                 alpha: float = 1.0, seed: int = 0) -> None:
+                 alpha: float = 1.0, seed: int = 0, mate: Mate = "attraction", split_point: bool = True) -> None:
+        if mate not in MATES:
+            raise ValueError(f"mate must be one of {', '.join(MATES)}, got {mate!r}")
         self.dim, self.archive_size, self.alpha, self.seed = dim, archive_size, alpha, seed
+        self.mate, self.split_point = mate, split_point
         self._seeds = [np.clip(np.asarray(s, dtype=float), 0, 1) for s in seeds]
         self.asked = 0
         self.members: list[tuple[int, np.ndarray, np.ndarray]] = []  # (index, genome, item scores)
         self._init_record()
 
     def config(self) -> dict[str, Any]:
-        return {"dim": self.dim, "seeds": [s.tolist() for s in self._seeds], "archive_size": self.archive_size,
-                "alpha": self.alpha, "seed": self.seed}
+        config = {"dim": self.dim, "seeds": [s.tolist() for s in self._seeds], "archive_size": self.archive_size,
+                  "alpha": self.alpha, "seed": self.seed}
+        # the ablations are stored only when set, so a default run's stored config (and its replay) is
+        # what it was before they existed
+        if self.mate != "attraction":
+            config["mate"] = self.mate
+        if not self.split_point:
+            config["split_point"] = False
+        return config
 
     def _rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng(np.random.SeedSequence([self.seed, index]))
@@ -95,8 +126,10 @@ class M2N2(Replayable):
                 rng = self._rng(i)
                 scores = np.stack([m[2] for m in self.members])
                 p1 = _pick(rng, shared_fitness(scores, self.alpha))
-                p2 = _pick(rng, attraction(scores, p1), exclude=p1)
-                split, w = int(rng.integers(0, self.dim)), float(rng.random())
+                p2 = _pick(rng, mate_weights(scores, p1, self.mate, self.alpha), exclude=p1)
+                # split 0: the tail is the whole genome, one mixing weight for every gene
+                split = int(rng.integers(0, self.dim)) if self.split_point else 0
+                w = float(rng.random())
                 x = crossover(self.members[p1][1], self.members[p2][1], split, w)
                 out.append(Genome(i, x, generation=i - self.archive_size + 1,
                                   parents=(self.members[p1][0], self.members[p2][0])))

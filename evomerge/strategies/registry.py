@@ -8,7 +8,7 @@ search space and its genome codec into a ``StrategyConfig`` (:mod:`evomerge.runn
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -26,10 +26,11 @@ class StrategyConfig:
     """Everything a fresh strategy is built from, as plain values.
 
     The strategy's own settings (``name``, ``popsize``, ``sigma``, ``optimizer``, ``archive_size``,
-    ``alpha``, pycma ``options``, ``budget``, ``multi_objective``), the genome it searches (``dim``
-    genes in the box [0, 1]^dim, started at ``x0``; ``known_genomes`` are known good points such
-    as each expert alone, which M2N2 seeds its archive with), the ``seed`` and ``workers``, the
-    number of evaluation slots (nevergrad plans for that many in flight)."""
+    ``alpha``, ``mate``, ``split_point``, pycma ``options``, ``budget``, ``multi_objective``), the
+    genome it searches (``dim`` genes in the box [0, 1]^dim, started at ``x0``; ``known_genomes``
+    are known good points such as each expert alone, which M2N2 seeds its archive with), the
+    ``seed`` and ``workers``, the number of evaluation slots (nevergrad plans for that many in
+    flight)."""
 
     dim: int
     x0: tuple[float, ...]
@@ -41,6 +42,8 @@ class StrategyConfig:
     optimizer: str = "NGOpt"
     archive_size: int = 20
     alpha: float = 1.0
+    mate: Literal["attraction", "fitness", "uniform"] = "attraction"  # m2n2: how parent 2 is drawn ("attraction", "fitness", "uniform")
+    split_point: bool = True  # m2n2: false mixes whole genomes with one weight
     options: dict[str, Any] = field(default_factory=dict)
     budget: int = 64
     multi_objective: bool = False
@@ -70,7 +73,8 @@ def build_strategy(config: StrategyConfig) -> Replayable:
         from evomerge.strategies.m2n2 import M2N2
 
         return M2N2(c.dim, [x0, *(np.asarray(g, dtype=float) for g in c.known_genomes)],
-                    archive_size=c.archive_size, alpha=c.alpha, seed=c.seed)
+                    archive_size=c.archive_size, alpha=c.alpha, seed=c.seed, mate=c.mate,
+                    split_point=c.split_point)
     if c.name == "nevergrad":
         from evomerge.strategies.nevergrad import Nevergrad
 

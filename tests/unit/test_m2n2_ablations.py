@@ -1,0 +1,139 @@
+"""M2N2's ablation settings (Abrantes et al. 2025): competition off is ``alpha: 0``; ``mate``
+draws parent 2 by attraction (default), by fitness or uniformly; ``split_point: false`` mixes
+whole genomes. Each changes what is asked; the defaults ask, store and hash what they did before
+the settings existed."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from evomerge.space.schema import SearchSpace, StrategySpec
+from evomerge.strategies.base import Evaluated
+from evomerge.strategies.m2n2 import M2N2, mate_weights
+from evomerge.strategies.registry import StrategyConfig, build_strategy, strategy_from_state
+
+
+def _drive(m: M2N2, rounds: int = 8) -> list:
+    asked = []
+    for _ in range(rounds):
+        gen = m.ask(2)
+        asked += gen
+        m.tell([Evaluated(g, float((g.x > 0.7).sum()), {"t": [float(v > 0.7) for v in g.x]}) for g in gen])
+    return asked
+
+
+def _three_seeds() -> list[np.ndarray]:
+    return [np.array([1, 1, 0, 0, 0, 0.0]), np.array([0, 0, 1, 1, 0, 0.0]), np.array([0, 0, 0, 0, 1, 1.0])]
+
+
+def test_defaults_ask_and_store_what_they_did_before_the_ablations() -> None:
+    m = M2N2(6, _three_seeds(), archive_size=4, seed=3)
+    asked = _drive(m)
+    # children 6 and 7 as the strategy asked them before `mate` and `split_point` existed
+    assert asked[6].parents == (1, 4)
+    assert np.round(asked[6].x, 6).tolist() == [0.846496, 0.026244, 0.993012, 0.944347, 0.050407, 0.033392]
+    assert asked[7].parents == (2, 1)
+    assert np.round(asked[7].x, 6).tolist() == [0.0, 0.0, 0.300348, 0.300348, 0.699652, 0.699652]
+    assert set(m.config()) == {"dim", "seeds", "archive_size", "alpha", "seed"}  # runs store this config
+    explicit = M2N2(6, _three_seeds(), archive_size=4, seed=3, mate="attraction", split_point=True)
+    assert explicit.config() == m.config()
+    assert all(np.array_equal(a.x, b.x) for a, b in zip(asked, _drive(explicit), strict=True))
+
+
+def _archive(mate: str = "attraction", split_point: bool = True) -> M2N2:
+    """Four members: A solves items 0-1, B item 2, C item 0 (a subset of A), D nothing."""
+    m = M2N2(4, [np.eye(4)[i] for i in range(4)], archive_size=4, seed=0, mate=mate,  # type: ignore[arg-type]
+             split_point=split_point)
+    rows = [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
+    m.tell([Evaluated(g, sum(r), {"t": r}) for g, r in zip(m.ask(4), rows, strict=True)])
+    return m
+
+
+def _pairs(m: M2N2, n: int = 400) -> Counter:
+    return Counter(g.parents for g in m.ask(n))  # no tells: every child is drawn from the same archive
+
+
+def test_mate_attraction_never_pairs_a_parent_with_a_member_weaker_everywhere() -> None:
+    pairs = _pairs(_archive())
+    assert pairs[(0, 2)] == 0  # C solves nothing A does not: no attraction
+    assert pairs[(0, 3)] == 0 and not any(p2 == 3 for _, p2 in pairs)  # D solves nothing
+    assert pairs[(0, 1)] > 0
+
+
+def test_mate_fitness_draws_parent_2_as_parent_1_is_drawn() -> None:
+    pairs = _pairs(_archive("fitness"))
+    assert pairs[(0, 2)] > 0  # C has fitness, though no attraction to A
+    assert not any(3 in p for p in pairs)  # D has no fitness: never a parent
+    s = np.array([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    assert mate_weights(s, 0, "fitness", 1.0).tolist() == pytest.approx([1.5, 1.0, 0.5, 0.0])
+
+
+def test_mate_uniform_ignores_scores() -> None:
+    pairs = _pairs(_archive("uniform"))
+    assert pairs[(0, 2)] > 0 and pairs[(0, 3)] > 0  # members with no attraction nor fitness are mates too
+    assert not any(p1 == 3 for p1, _ in pairs)  # parent 1 is still drawn by fitness
+    assert all(p1 != p2 for p1, p2 in pairs)
+
+
+def test_split_point_off_mixes_whole_genomes_with_one_weight() -> None:
+    def spread(split_point: bool) -> list[int]:
+        m = M2N2(6, [np.zeros(6), np.ones(6)], archive_size=2, seed=1, split_point=split_point)
+        m.tell([Evaluated(g, 1.0, {"t": [1.0, 0.0] if g.index == 0 else [0.0, 1.0]}) for g in m.ask(2)])
+        return [len(np.unique(g.x)) for g in m.ask(40)]
+
+    assert set(spread(False)) == {1}  # w x1 + (1 - w) x2 on every gene
+    assert max(spread(True)) == 2  # w before the split, 1 - w from it on
+
+
+def test_alpha_zero_turns_competition_off() -> None:
+    def firsts(alpha: float) -> list[float]:
+        m = _archive()
+        m.alpha = alpha
+        counts = Counter()
+        for (p1, _), n in _pairs(m, 2000).items():
+            counts[p1] += n
+        return [counts[i] / 2000 for i in range(4)]
+
+    # shared fitness: C's item 0 is shared with A, so C (0.5) is drawn half as often as B (1.0)
+    assert firsts(1.0) == pytest.approx([1.5 / 3, 1 / 3, 0.5 / 3, 0.0], abs=0.04)
+    # raw summed scores: B and C solve one item each, A two
+    assert firsts(0.0) == pytest.approx([0.5, 0.25, 0.25, 0.0], abs=0.04)
+
+
+def test_ablations_are_stored_and_replay() -> None:
+    m = M2N2(6, _three_seeds(), archive_size=4, seed=3, mate="uniform", split_point=False)
+    asked = _drive(m)
+    assert m.config()["mate"] == "uniform" and m.config()["split_point"] is False
+    again = strategy_from_state(m.state_dict(), m.state_arrays())
+    assert isinstance(again, M2N2) and again.mate == "uniform" and not again.split_point
+    assert [g.x.tolist() for g in again.ask(3)] == [g.x.tolist() for g in m.ask(3)]
+    assert any(not np.array_equal(a.x, b.x) for a, b in zip(asked, _drive(M2N2(6, _three_seeds(), archive_size=4,
+                                                                               seed=3)), strict=True))
+    with pytest.raises(ValueError, match="mate must be one of"):
+        M2N2(2, [], mate="random")  # type: ignore[arg-type]
+
+
+def test_spec_passes_the_ablations_and_defaults_hash_as_before() -> None:
+    spec = StrategySpec(name="m2n2", mate="fitness", split_point=False)
+    built = build_strategy(StrategyConfig(dim=3, x0=(0.5, 0.5, 0.5), name="m2n2", mate=spec.mate,
+                                          split_point=spec.split_point))
+    assert isinstance(built, M2N2) and built.mate == "fitness" and not built.split_point
+    with pytest.raises(ValidationError, match="M2N2 settings"):
+        StrategySpec(name="cmaes", mate="uniform")
+    with pytest.raises(ValidationError, match="M2N2 settings"):
+        StrategySpec(name="random", split_point=False)
+
+    def space(**strategy) -> SearchSpace:
+        return SearchSpace.model_validate({"name": "s", "base": "/b", "experts": ["/e"], "vary": {
+            "weight": {"low": 0, "high": 1}}, "objectives": [{"task": "/t.yaml"}],
+            "strategy": {"name": "m2n2", **strategy}})
+
+    assert space().space_hash == space(mate="attraction", split_point=True).space_hash
+    # the hash of a default M2N2 space is the one stored before the settings existed
+    assert space().space_hash == "0b423622e909a734"
+    assert space(mate="uniform").space_hash != space().space_hash
+    assert space(split_point=False).space_hash != space().space_hash
