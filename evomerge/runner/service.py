@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from evomerge.errors import ConfigError, EvomergeError, StaleLeaseError
 from evomerge.runner.driver import Driver, DriverOptions
 from evomerge.runner.options import ExecOptions
-from evomerge.space.schema import RESTARTS_DEFAULT, SearchSpace, describe_validation_error
+from evomerge.space.schema import M2N2_DEFAULTS, RESTARTS_DEFAULT, SearchSpace, describe_validation_error
 from evomerge.store import Lease, RunInfo, Store
 
 if TYPE_CHECKING:
@@ -80,9 +80,12 @@ def take_lease(store: Store, run_id: str, ttl_s: float, log: Callable[[str], Non
 
 def run_space(config: dict[str, Any]) -> SearchSpace:
     """The search space a run was created with (its stored config). A run created before CMA-ES
-    restarts existed has no ``restarts`` in it and goes on without them, as it started."""
+    restarts existed has no ``restarts`` in it and goes on without them, as it started; an M2N2
+    run created before the paper's attraction and archive fill goes on with the old ones."""
     stored = dict(config["space"])
-    stored["strategy"] = {"restarts": "none", **(stored.get("strategy") or {})}
+    old = {"restarts": "none"} | ({"attraction": "raw", "fill": "random"}
+                                  if (stored.get("strategy") or {}).get("name") == "m2n2" else {})
+    stored["strategy"] = old | {k: v for k, v in (stored.get("strategy") or {}).items() if v is not None}
     return SearchSpace.model_validate(stored)
 
 
@@ -119,6 +122,9 @@ def create_run(store: Store, space: SearchSpace, space_text: str, *, name: str |
         raise ConfigError(f"two objectives have the same task name ({names})", hint="give each task spec its own name")
     stored = space.model_dump(mode="json")
     stored["strategy"]["restarts"] = space.strategy.restarts or RESTARTS_DEFAULT  # fixed with the run
+    if space.strategy.name == "m2n2":
+        for key, default in M2N2_DEFAULTS.items():
+            stored["strategy"][key] = getattr(space.strategy, key) or default
     config = {"space": stored, "objective_names": names, "engine": engine, "lag": lag,
               "max_attempts": max_attempts, "deadline_s": deadline_s, "deadline_slack_s": deadline_slack_s,
               "snapshot_every": snapshot_every,

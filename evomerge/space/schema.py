@@ -125,6 +125,7 @@ class Objective(_Strict):
 
 
 RESTARTS_DEFAULT = "ipop"  # what a new run's cmaes does when the space leaves `restarts` out
+M2N2_DEFAULTS = {"attraction": "normalized", "fill": "seeds"}  # what a new run's m2n2 does when the space leaves them out
 
 
 class StrategySpec(_Strict):
@@ -141,13 +142,18 @@ class StrategySpec(_Strict):
     alpha: float = Field(1.0, ge=0)  # m2n2: 1 = competition for resources, 0 = plain GA (competition off)
     mate: Literal["attraction", "fitness", "uniform"] = "attraction"  # m2n2: how parent 2 is drawn (ablation)
     split_point: bool = True  # m2n2: false mixes whole genomes with one weight (ablation)
+    # m2n2: the paper's mechanics, set for a new run when left out (M2N2_DEFAULTS); runs created before
+    # them go on with "raw" and "random"
+    attraction: Literal["normalized", "raw"] | None = None
+    fill: Literal["seeds", "random"] | None = None
     restarts: Literal["ipop", "none"] | None = None  # cmaes; None: ipop for a new run (RESTARTS_DEFAULT)
     stall: int = Field(5, ge=1, le=1000)  # cmaes: generations without a better best before a restart
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _m2n2_only(self) -> StrategySpec:
-        set_here = [k for k, default in (("mate", "attraction"), ("split_point", True)) if getattr(self, k) != default]
+        set_here = [k for k, default in (("mate", "attraction"), ("split_point", True), ("attraction", None),
+                                         ("fill", None)) if getattr(self, k) != default]
         if set_here and self.name != "m2n2":
             raise ValueError(f"{', '.join(set_here)} are M2N2 settings; strategy {self.name} would ignore them")
         return self
@@ -373,7 +379,8 @@ class SearchSpace(_Strict):
                                                             ("smooth", False), ("tokenizer_source", None))
                                  if getattr(self, k) == default}
         strategy_later = {k for k, default in (("restarts", None), ("stall", 5), ("mate", "attraction"),
-                                                ("split_point", True)) if getattr(self.strategy, k) == default}
+                                                ("split_point", True), ("attraction", None), ("fill", None))
+                          if getattr(self.strategy, k) == default}
         if strategy_later:
             later["strategy"] = strategy_later
         if all(o.lm_eval is None for o in self.objectives):

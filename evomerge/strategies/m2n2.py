@@ -6,7 +6,12 @@ ALGORITHMS.md). Children are recipes: crossover mixes genomes whose genes are or
 - Archive of ``archive_size`` members, each with a score per fitness item in [0, 1]
   (log-likelihood items enter as exp(mean log-prob)).
 - Competition: z_j = (sum_i s_ij)^alpha, fitness_i = sum_j s_ij / z_j (alpha = 0: a plain GA).
-- Parent 1 ~ fitness; parent 2 ~ attraction sum_j max(0, s_kj - s_p1,j).
+- Parent 1 ~ fitness; parent 2 ~ attraction sum_j max(0, f_kj - f_p1,j) over the normalized
+  scores f_kj = s_kj / z_j (``attraction="normalized"``, as the paper's reference code's
+  matchmaker; runs created before it use the raw scores s_kj).
+- The archive starts with the given recipes (``fill="seeds"``; random points only while fewer
+  than two could be scored) and breeds from then on, as the reference code does; runs created
+  before that fill all ``archive_size`` slots first (random points after the recipes).
 - Crossover: split s ~ U{0..d-1}, weight w ~ U(0, 1): child = w x1 + (1-w) x2 before s and
   (1-w) x1 + w x2 from s on.
 - Each scored child joins the archive and the member with the lowest fitness leaves (possibly
@@ -50,9 +55,15 @@ def shared_fitness(scores: np.ndarray, alpha: float) -> np.ndarray:
     return (scores / z).sum(axis=1)
 
 
-def attraction(scores: np.ndarray, parent: int) -> np.ndarray:
-    """How much each member is strong where ``parent`` is weak: sum_j max(0, s_kj - s_pj)."""
-    gain = np.maximum(0.0, scores - scores[parent]).sum(axis=1)
+def attraction(scores: np.ndarray, parent: int, alpha: float = 1.0, *, normalized: bool = False) -> np.ndarray:
+    """How much each member is strong where ``parent`` is weak: sum_j max(0, f_kj - f_pj) with
+    f_kj = s_kj / z_j (``normalized``, the paper's and its reference code's: an item few members
+    solve counts more; z_j = (sum_k s_kj)^alpha as in the competition) or f_kj = s_kj (raw)."""
+    f = scores
+    if normalized:
+        z = scores.sum(axis=0) ** alpha
+        f = scores / np.where(z > 0, z, 1.0)
+    gain = np.maximum(0.0, f - f[parent]).sum(axis=1)
     gain[parent] = 0.0
     return gain
 
@@ -67,11 +78,11 @@ MATES = ("attraction", "fitness", "uniform")
 Mate = Literal["attraction", "fitness", "uniform"]
 
 
-def mate_weights(scores: np.ndarray, parent: int, mate: Mate, alpha: float) -> np.ndarray:
+def mate_weights(scores: np.ndarray, parent: int, mate: Mate, alpha: float, *, normalized: bool = False) -> np.ndarray:
     """Unnormalized chances of each member to be ``parent``'s mate (``parent`` itself is
     excluded by the caller): its attraction, its shared fitness (as parent 1 is drawn), or equal."""
     if mate == "attraction":
-        return attraction(scores, parent)
+        return attraction(scores, parent, alpha, normalized=normalized)
     if mate == "fitness":
         return shared_fitness(scores, alpha)
     return np.ones(len(scores))
@@ -91,11 +102,19 @@ class M2N2(Replayable):
     name = "m2n2"
 
     def __init__(self, dim: int, seeds: Sequence[np.ndarray | Sequence[float]], *, archive_size: int = 20,
-                 alpha: float = 1.0, seed: int = 0, mate: Mate = "attraction", split_point: bool = True) -> None:
+                 alpha: float = 1.0, seed: int = 0, mate: Mate = "attraction", split_point: bool = True,
+                 attraction: str = "raw", fill: str = "random") -> None:
         if mate not in MATES:
             raise ValueError(f"mate must be one of {', '.join(MATES)}, got {mate!r}")
+        if attraction not in ("normalized", "raw") or fill not in ("seeds", "random"):
+            raise ValueError(f"attraction {attraction!r} / fill {fill!r}: normalized|raw and seeds|random")
         self.dim, self.archive_size, self.alpha, self.seed = dim, archive_size, alpha, seed
         self.mate, self.split_point = mate, split_point
+        # the paper's mechanics (new runs, stored with the run): attraction over the competition's
+        # normalized scores and an archive seeded with the given recipes only (breeding starts once
+        # two are scored); "raw" / "random" are how runs created before them go on
+        self.attraction, self.fill = attraction, fill
+        self.told_count = 0
         self._seeds = [np.clip(np.asarray(s, dtype=float), 0, 1) for s in seeds]
         self.asked = 0
         self.members: list[tuple[int, np.ndarray, np.ndarray]] = []  # (index, genome, item scores)
@@ -110,6 +129,10 @@ class M2N2(Replayable):
             config["mate"] = self.mate
         if not self.split_point:
             config["split_point"] = False
+        if self.attraction != "raw":
+            config["attraction"] = self.attraction
+        if self.fill != "random":
+            config["fill"] = self.fill
         return config
 
     def _rng(self, index: int) -> np.random.Generator:
@@ -119,19 +142,23 @@ class M2N2(Replayable):
         out = []
         for _ in range(n):
             i = self.asked
-            if i < self.archive_size:  # fill the archive: given recipes first, then random points
+            # fill the archive: given recipes first, then random points (fill "seeds": the recipes,
+            # and random points only while fewer than two members could be scored)
+            filled = self.archive_size if self.fill == "random" else max(2, len(self._seeds))
+            if i < filled or (len(self.members) < 2 and self.told_count == i and self.fill == "seeds"):
                 x = self._seeds[i] if i < len(self._seeds) else self._rng(i).random(self.dim)
                 out.append(Genome(i, x, generation=0))
             elif len(self.members) >= 2:
                 rng = self._rng(i)
                 scores = np.stack([m[2] for m in self.members])
                 p1 = _pick(rng, shared_fitness(scores, self.alpha))
-                p2 = _pick(rng, mate_weights(scores, p1, self.mate, self.alpha), exclude=p1)
+                p2 = _pick(rng, mate_weights(scores, p1, self.mate, self.alpha,
+                                             normalized=self.attraction == "normalized"), exclude=p1)
                 # split 0: the tail is the whole genome, one mixing weight for every gene
                 split = int(rng.integers(0, self.dim)) if self.split_point else 0
                 w = float(rng.random())
                 x = crossover(self.members[p1][1], self.members[p2][1], split, w)
-                out.append(Genome(i, x, generation=i - self.archive_size + 1,
+                out.append(Genome(i, x, generation=i - filled + 1,
                                   parents=(self.members[p1][0], self.members[p2][0])))
             else:
                 break  # children need two scored members
@@ -139,6 +166,7 @@ class M2N2(Replayable):
         return out
 
     def _tell(self, results: Sequence[Evaluated]) -> None:
+        self.told_count += len(results)
         for r in sorted(results, key=lambda r: r.genome.index):
             if r.fitness is None or not r.item_scores:
                 continue  # a failed candidate never enters the archive

@@ -137,3 +137,45 @@ def test_spec_passes_the_ablations_and_defaults_hash_as_before() -> None:
     assert space().space_hash == "0b423622e909a734"
     assert space(mate="uniform").space_hash != space().space_hash
     assert space(split_point=False).space_hash != space().space_hash
+
+
+def test_the_papers_attraction_weights_items_few_members_solve_more() -> None:
+    """Attraction over the competition's normalized scores (Abrantes et al. 2025; the reference
+    code's matchmaker): a mate that solves an item nobody else solves outweighs one that solves
+    two items everyone solves; with raw scores it is the other way round."""
+    from evomerge.strategies.m2n2 import attraction
+
+    scores = np.array([[0, 0, 0, 1, 1.0],   # parent: solves the common items 3 and 4 only
+                       [0, 1, 1, 1, 1.0],   # solves two items (1, 2) three members share
+                       [1, 0, 0, 1, 1.0],   # solves item 0, which nobody else does
+                       [0, 1, 1, 1, 1.0],
+                       [0, 1, 1, 1, 1.0]])
+    raw = attraction(scores, 0)
+    norm = attraction(scores, 0, 1.0, normalized=True)
+    assert raw[1] > raw[2] and norm[2] > norm[1] and raw[0] == norm[0] == 0.0
+
+
+def test_a_new_run_breeds_once_its_seeds_are_scored_and_an_old_one_fills_with_random_points() -> None:
+    seeds = _three_seeds()
+    paper = M2N2(6, seeds, archive_size=20, seed=1, attraction="normalized", fill="seeds")
+    legacy = M2N2(6, seeds, archive_size=20, seed=1)
+    assert paper.config()["attraction"] == "normalized" and "fill" not in legacy.config()
+    rng = np.random.default_rng(0)
+    for m in (paper, legacy):
+        for _ in range(4):
+            for g in m.ask(1):
+                m.tell([Evaluated(g, 0.5, {"t": rng.random(8).round().tolist()})])
+    assert [g.parents != () for g in paper.genomes.values()] == [False, False, False, True]
+    assert all(g.parents == () for g in legacy.genomes.values())  # still filling its 20 slots
+
+
+def test_stored_m2n2_runs_keep_the_mechanics_they_started_with() -> None:
+    from evomerge.runner.service import run_space
+
+    space = {"name": "x", "base": "/b", "experts": ["/e"], "vary": {"weight": {"low": 0, "high": 1}},
+             "objectives": [{"task": "/t.yaml"}], "strategy": {"name": "m2n2", "archive_size": 5}}
+    old = run_space({"space": space})
+    assert (old.strategy.attraction, old.strategy.fill) == ("raw", "random")
+    new = run_space({"space": {**space, "strategy": {"name": "m2n2", "attraction": "normalized", "fill": "seeds"}}})
+    assert (new.strategy.attraction, new.strategy.fill) == ("normalized", "seeds")
+    assert run_space({"space": {**space, "strategy": {"name": "cmaes"}}}).strategy.attraction is None
