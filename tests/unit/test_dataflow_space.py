@@ -124,8 +124,11 @@ def test_filters_give_each_filter_and_the_rest_their_own_genes_and_smooth_writes
     smooth = PSCodec(SearchSpace.model_validate(dict(base, filters=["mlp"], smooth=True)), num_layers=4)
     w = smooth.decode(np.array([0.1, 0.2, 0.3, 0.4])).models[0].parameters["weight"]
     assert w == [{"filter": "mlp", "value": [0.1, 0.3]}, {"value": [0.2, 0.4]}]
-    plain = PSCodec(SearchSpace.model_validate(dict(base, smooth=True, layer_groups=1)), num_layers=4)
-    assert plain.decode(np.array([0.7])).models[0].parameters["weight"] == 0.7  # one anchor: a scalar
+    plain = PSCodec(SearchSpace.model_validate(dict(base, smooth=True, layer_groups=1, tokenizer_source="base")),
+                    num_layers=4)
+    one = plain.decode(np.array([0.7]))
+    assert one.models[0].parameters["weight"] == 0.7  # one anchor: a scalar
+    assert one.tokenizer_choice == "base"  # the space's tokenizer_source reaches every recipe
     for bad, match in ((dict(filters=["mlp"], per_module=True), "either `per_module: true` or `filters:`"),
                        (dict(filters=["mlp", "mlp"]), "filters must be distinct"),
                        (dict(smooth=True, non_layer="ends"), "non_layer: ends reads per-group steps")):
