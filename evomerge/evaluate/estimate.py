@@ -34,6 +34,7 @@ from typing import Literal
 import numpy as np
 
 from evomerge.evaluate.racing import item_order
+from evomerge.pareto import dominates
 
 Method = Literal["random", "anchor", "irt"]
 
@@ -190,6 +191,7 @@ class SubsetPlan:
 
     estimators: dict[str, Estimator]  # task name -> its subset and estimator
     weights: dict[str, float]  # task name -> signed weight in the fitness
+    signs: dict[str, float]  # task name -> +1 maximized, -1 minimized (the front's orientation)
     promote_above: float | None  # the fitness of the top-k's last exact candidate; None: score every item
     reference: int | None = None  # that candidate's index (for the record)
     front: tuple[tuple[float, ...], ...] = ()  # signed objective vectors of the exact Pareto front
@@ -204,11 +206,6 @@ class SubsetOutcome:
     promoted: bool
     intervals: dict[str, tuple[float, float]]
     stop_reason: str | None
-
-
-def _dominated(v: tuple[float, ...], front: tuple[tuple[float, ...], ...]) -> bool:
-    return any(all(u >= x for u, x in zip(f, v, strict=True)) and any(u > x for u, x in zip(f, v, strict=True))
-               for f in front)
 
 
 def run_subset(plan: SubsetPlan, names: Sequence[str], sizes: Sequence[int],
@@ -228,9 +225,9 @@ def run_subset(plan: SubsetPlan, names: Sequence[str], sizes: Sequence[int],
     estimates = {name: plan.estimators[name].estimate(scores[k][np.asarray(plan.estimators[name].items)])
                  for k, name in enumerate(names)}
     fitness = sum(plan.weights[n] * v for n, v in estimates.items())
-    signed = tuple((1.0 if plan.weights[n] >= 0 else -1.0) * estimates[n] for n in names)
+    signed = np.array([plan.signs[n] * estimates[n] for n in names])
     promoted = plan.promote_above is None or fitness >= plan.promote_above or (
-        bool(plan.front) and not _dominated(signed, plan.front))
+        bool(plan.front) and not any(dominates(np.asarray(f), signed) for f in plan.front))
     subset_items = sum(len(plan.estimators[n].items) for n in names)
     if promoted:
         for k, name in enumerate(names):

@@ -38,6 +38,7 @@ from evomerge.errors import EvomergeError, StaleLeaseError
 from evomerge.evaluate.base import ItemPlan
 from evomerge.evaluate.estimate import Estimator, SubsetPlan, fit
 from evomerge.evaluate.racing import Race
+from evomerge.pareto import first_front
 from evomerge.result import EvalResult, Fidelity, Status
 from evomerge.runner.backend import Backend, Job, Outcome
 from evomerge.runner.race_reference import TopExact
@@ -120,9 +121,7 @@ class Driver:
         self.subset = space.fitness.subset if space.fitness else None
         if self.subset is not None:
             self.race_rank = self.subset.promote  # the reference: the top-k cut a subset estimate must reach
-        self.exact_told: list[int] = []  # told, exactly scored candidates in candidate order (subset fits)
-        self.fit_of: dict[int, int | None] = {}  # index -> how many of exact_told its estimators are fitted on
-        self.exact_at_ask: dict[int, int] = {}  # index -> len(exact_told) when it was asked (its Pareto front)
+        self.exact_at_ask: dict[int, int] = {}  # index -> how many told exact candidates there were when asked
         self._fits: dict[int, dict[str, Estimator]] = {}
         self._replaying = False
         self._added: int | None = None
@@ -184,8 +183,7 @@ class Driver:
             genome = [float(v) for v in g.x]
             ref = None if self.race_rank is None else self.top_exact.kth(self.race_rank)
             if self.subset is not None:
-                self.fit_of[g.index] = self._fit_size()
-                self.exact_at_ask[g.index] = len(self.exact_told)
+                self.exact_at_ask[g.index] = len(self.top_exact.in_order)
             if row is not None:  # resuming: the replay must regenerate what the store holds
                 if row.race_ref != ref and row.genome == genome:
                     raise EvomergeError(
@@ -246,9 +244,6 @@ class Driver:
                 return
             self.strategy.tell([self._evaluated(row)])
             self.top_exact.add(row)
-            if row.status == Status.COMPLETE and row.fidelity == Fidelity.EXACT and row.cached_from is None \
-                    and row.fitness is not None:
-                self.exact_told.append(row.index)
             self.told += 1
             if self.told % self.opts.snapshot_every == 0 or self.told == self.budget:
                 self._snapshot()
@@ -282,20 +277,18 @@ class Driver:
                 return None
             return Race(reference=ref, reference_scores=self.rows[ref].item_scores, weights=self.weights,
                         chunk=self.racing.chunk, error=self.racing.error, test=self.racing.test, seed=self.space.seed)
-        if self.subset is None or self.fit_of.get(index) is None:
+        m = None if self.subset is None else self._fit_size(self.exact_at_ask[index])
+        if m is None:
             return None
-        m = self.fit_of[index]
-        assert m is not None
-        return SubsetPlan(estimators=self._estimators(m), weights=self.weights,
+        return SubsetPlan(estimators=self._estimators(m), weights=self.weights, signs=self.signs,
                           promote_above=None if ref is None else self.rows[ref].fitness, reference=ref,
                           front=self._front(index) if self.subset.pareto else (), error=self.subset.error)
 
     # ------------------------------------------------------------------ item subsets (fitness: subset)
-    def _fit_size(self) -> int | None:
-        """How many of the told exact candidates a candidate asked now is estimated from: None in
-        the warm-up (it is scored on every item), else the count rounded down to ``refit``."""
+    def _fit_size(self, n: int) -> int | None:
+        """How many of the ``n`` told exact candidates at a candidate's ask it is estimated from:
+        None in the warm-up (it is scored on every item), else ``n`` rounded down to ``refit``."""
         assert self.subset is not None
-        n = len(self.exact_told)
         if n < self.subset.warmup:
             return None
         return self.subset.warmup + (n - self.subset.warmup) // self.subset.refit * self.subset.refit
@@ -304,7 +297,7 @@ class Driver:
         """The estimators fitted on the first ``m`` told exact candidates (cached per ``m``)."""
         assert self.subset is not None
         if m not in self._fits:
-            rows = [self.rows[i] for i in self.exact_told[:m]]
+            rows = [self.rows[i] for i in self.top_exact.in_order[:m]]
             self._fits[m] = {n: fit(self.subset.method, n, len(rows[0].item_scores[n]), self.subset.size,
                                     np.array([r.item_scores[n] for r in rows], dtype=float), seed=self.space.seed)
                              for n in self.names}
@@ -314,9 +307,8 @@ class Driver:
         """The signed objective vectors of the Pareto front of the exact candidates told before
         ``index`` was asked (fixed then, so a replay derives the same)."""
         vecs = [tuple(self.signs[n] * self.rows[i].objectives[n] for n in self.names)
-                for i in self.exact_told[:self.exact_at_ask[index]] if self.rows[i].objectives]
-        return tuple(v for v in vecs if not any(all(u >= x for u, x in zip(w, v, strict=True)) and w != v
-                                                 for w in vecs))
+                for i in self.top_exact.in_order[:self.exact_at_ask[index]] if self.rows[i].objectives]
+        return tuple(vecs[i] for i in sorted(first_front(np.array(vecs)))) if vecs else ()
 
     def _dispatch(self, jobs: list[Job]) -> None:
         for job in jobs:

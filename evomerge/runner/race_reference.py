@@ -19,11 +19,13 @@ class TopExact:
 
     def __init__(self) -> None:
         self._keys: list[tuple[float, int]] = []  # (-fitness, index), sorted
+        self.in_order: list[int] = []  # the same candidates in the order they were told (subset fits)
 
     def add(self, row: CandidateRow) -> None:
         if (row.status == Status.COMPLETE and row.fitness is not None and row.cached_from is None
                 and row.fidelity == Fidelity.EXACT):
             bisect.insort(self._keys, (-row.fitness, row.index))
+            self.in_order.append(row.index)
 
     def kth(self, k: int) -> int | None:
         """The index of the k-th best (1 = best), None while fewer than k are known."""

@@ -69,7 +69,8 @@ def test_ability_grows_with_the_items_answered() -> None:
 
 def plan(cut: float | None, front: tuple = ()) -> SubsetPlan:
     est = Estimator(method="random", total=10, items=(0, 1, 2, 3))
-    return SubsetPlan(estimators={"t": est}, weights={"t": 1.0}, promote_above=cut, reference=3, front=front)
+    return SubsetPlan(estimators={"t": est}, weights={"t": 1.0}, signs={"t": 1.0}, promote_above=cut, reference=3,
+                      front=front)
 
 
 def scorer(truth: list[float], seen: list[list[int]]):
