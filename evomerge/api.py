@@ -342,7 +342,9 @@ class SearchOptions:
     ``deadline_s`` (+ ``deadline_slack_s`` before a hard kill) per candidate, None for none;
     ``max_attempts`` per candidate; ``lag``: candidates asked ahead of the told prefix (default
     2 x workers); ``snapshot_every``: tells between strategy snapshots; ``name``: the run's name
-    (default ``<space>-s<seed>-<n>``)."""
+    (default ``<space>-s<seed>-<n>``); ``reference_sources``: also score the base and each expert
+    once, as they are (the dashboard shows them beside the merges; one evaluation per source,
+    outside the budget)."""
 
     budget: int | None = None
     seed: int | None = None
@@ -356,6 +358,7 @@ class SearchOptions:
     lag: int | None = None
     snapshot_every: int = 50
     name: str | None = None
+    reference_sources: bool = True
 
     def __post_init__(self) -> None:
         check_search_options(budget=self.budget, seed=self.seed, strategy=self.strategy, engine=self.engine,
@@ -425,7 +428,8 @@ def search(space_path: str | Path, options: SearchOptions | None = None, exec_op
                          lag=o.lag or default_lag(x.workers), max_attempts=o.max_attempts, deadline_s=o.deadline_s,
                          strategy_workers=x.workers,
                          engine_options=dict(o.engine_options) if o.engine_options is not None else None,
-                         deadline_slack_s=o.deadline_slack_s, snapshot_every=o.snapshot_every)
+                         deadline_slack_s=o.deadline_slack_s, snapshot_every=o.snapshot_every,
+                         reference_sources=o.reference_sources)
         log(f"run {run.name} ({run.id}) in {store.url}")
         return execute(store, run, x, log=log, progress=progress)
 

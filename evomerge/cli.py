@@ -294,6 +294,28 @@ def demo(
     _print_accuracy(scores, skills, title=f"zoo skills, exact match on 200 held-out items ({workdir})")
 
 
+@app.command("dashboard")
+def dashboard(
+    db: Annotated[str | None, typer.Option(help="archive URL (default sqlite:///./evomerge.db); opened read-only",
+                                           envvar="EVOMERGE_DB")] = None,
+    host: Annotated[str, typer.Option(help="address to listen on; anything but loopback needs --token")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8080,
+    token: Annotated[str | None, typer.Option(help="required from every browser (given once as ?token=...)",
+                                              envvar="EVOMERGE_DASHBOARD_TOKEN")] = None,
+    allow_host: Annotated[list[str] | None, typer.Option(help="a Host name the pages may be reached by (a proxy's "
+                                                                "or a DNS name); repeatable")] = None,
+) -> None:
+    """A read-only web dashboard over the archive: runs, live history, Pareto front, recipes, lineage, items."""
+    try:
+        from evomerge.dashboard.app import serve
+    except ImportError as err:
+        raise EvomergeError(f"the dashboard needs its extra ({err.name} is missing)",
+                            hint="pip install 'evomerge[dashboard]'") from None
+    from evomerge.store.schema import default_url
+
+    serve(db or default_url(), host=host, port=port, token=token, allow_hosts=allow_host, log=console.print)
+
+
 def main() -> None:
     """Run the command line. An EvomergeError (bad input, or an environment problem the code
     turned into one, e.g. an unusable archive) is printed as ``error:`` and ``fix:`` lines on

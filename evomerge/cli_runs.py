@@ -104,13 +104,16 @@ def search(
     gpus_per_worker: Gpus = 0.0,
     grace: Grace = 60.0,
     verbose: Verbose = False,
+    reference_sources: Annotated[bool, typer.Option(help="also score the base and each expert once, as they are "
+                                                         "(reference points for the dashboard; outside the budget)")]
+    = True,
 ) -> None:
     """Search a space: every candidate goes to the archive; resumable with `evomerge resume RUN`."""
     from evomerge import api
 
     options = api.SearchOptions(budget=budget, seed=seed, strategy=strategy, optimizer=optimizer, engine=engine,
                                 deadline_s=deadline, max_attempts=max_attempts, snapshot_every=snapshot_every,
-                                name=name)  # checked first, then the execution options
+                                name=name, reference_sources=reference_sources)  # checked first, then the execution options
     execution = _exec_options(workers, backend, address, cpus_per_worker, gpus_per_worker, verbose, grace)
     outcome = api.search(space_path, options, execution, db=db, log=_log, progress=ProgressLine())
     _report(outcome, db)

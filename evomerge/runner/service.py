@@ -100,12 +100,13 @@ def task_names(space: SearchSpace) -> list[str]:
 def create_run(store: Store, space: SearchSpace, space_text: str, *, name: str | None, engine: str,
                lag: int, max_attempts: int, deadline_s: float | None, strategy_workers: int,
                engine_options: dict[str, Any] | None = None, deadline_slack_s: float = 30.0,
-               snapshot_every: int = 50) -> RunInfo:
+               snapshot_every: int = 50, reference_sources: bool = False) -> RunInfo:
     """Record a new run (status ``created``) holding everything ``execute`` needs. Callers check
     the space, tasks, sources and strategy first (``api.preflight``); this refuses, before any row
     is written, run options no driver can honour: ``lag``, ``max_attempts``, ``snapshot_every`` or
     ``strategy_workers`` below 1, a ``deadline_s`` that is not a finite number above 0, duplicate
-    task names."""
+    task names. ``reference_sources``: the driver also scores each source model once, as it is
+    (the dashboard's reference points; not candidates, not counted in the budget)."""
     import math
 
     for option, value in (("lag", lag), ("max_attempts", max_attempts), ("snapshot_every", snapshot_every),
@@ -129,7 +130,7 @@ def create_run(store: Store, space: SearchSpace, space_text: str, *, name: str |
               "max_attempts": max_attempts, "deadline_s": deadline_s, "deadline_slack_s": deadline_slack_s,
               "snapshot_every": snapshot_every,
               "strategy_workers": strategy_workers,
-              "engine_options": engine_options or {}}
+              "engine_options": engine_options or {}, "reference_sources": bool(reference_sources)}
     if name is None:
         from evomerge.store.sql import RUN_NAME
 
@@ -227,7 +228,8 @@ def execute(store: Store, run: RunInfo, opts: ExecOptions, *, log: Callable[[str
             raise ConfigError(f"unknown backend {opts.backend!r}", hint="use ray (default) or local")
         dopts = DriverOptions(lag=int(cfg["lag"]), max_attempts=int(cfg["max_attempts"]), deadline_s=cfg.get("deadline_s"),
                               slack_s=float(cfg.get("deadline_slack_s", 30.0)), grace_s=opts.grace_s,
-                              snapshot_every=max(1, int(cfg.get("snapshot_every", 50))), lease_ttl_s=opts.lease_ttl_s, verbose=opts.verbose)
+                              snapshot_every=max(1, int(cfg.get("snapshot_every", 50))), lease_ttl_s=opts.lease_ttl_s, verbose=opts.verbose,
+                              reference_sources=bool(cfg.get("reference_sources", False)))
         driver = Driver(store=store, lease=lease, space=space, codec=codec, strategy=strategy, backend=backend,
                         objective_names=list(cfg["objective_names"]), options=dopts, log=log, on_progress=progress)
         driver.load_existing()

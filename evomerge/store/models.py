@@ -63,6 +63,8 @@ class Candidate(Base):
     __table_args__ = (
         Index("ix_candidates_status", "run_id", "status"),
         Index("ix_candidates_fitness", "run_id", "fitness"),
+        # covering for the dashboard's progress counts (r0004)
+        Index("ix_candidates_progress", "run_id", "status", "fidelity", "cached_from"),
     )
 
 
@@ -86,6 +88,23 @@ class ItemScores(Base):
     idx: Mapped[int] = mapped_column(Integer, primary_key=True)
     task: Mapped[str] = mapped_column(String(128), primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little-endian
+
+
+class SourceScore(Base):
+    """A source model of a run (its base or an expert) scored once on the run's objectives, as it
+    is: the reference points the dashboard shows beside the merges (r0004)."""
+
+    __tablename__ = "source_scores"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(1024), primary_key=True)  # the model reference, as the space names it
+    role: Mapped[str] = mapped_column(String(8))  # base | expert
+    status: Mapped[str] = mapped_column(String(10))
+    objectives: Mapped[dict[str, float] | None] = mapped_column(JSON, nullable=True)
+    fitness: Mapped[float | None] = mapped_column(Float, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
 
 
 class Snapshot(Base):

@@ -33,7 +33,10 @@ def default_url(workdir: Path | None = None) -> str:
     return f"sqlite:///{(Path(workdir or Path.cwd()) / 'evomerge.db').resolve()}"
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, read_only: bool = False) -> Engine:
+    """An engine for ``url``. ``read_only`` (the dashboard): SQLite opens the file with
+    ``mode=ro`` (a missing file is an error, never created; the WAL mode is not set), PostgreSQL
+    sessions start with ``default_transaction_read_only=on``, so no statement can write."""
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -44,6 +47,14 @@ def make_engine(url: str) -> Engine:
         raise ConfigError(f"database {backend!r} is not supported", hint="use SQLite (default) or PostgreSQL")
     if backend == "sqlite":
         path = parsed.database
+        if read_only and path and path != ":memory:" and not path.startswith("file:"):
+            if not Path(path).is_file():
+                raise ConfigError(f"no archive at {path}", hint="point --db at the archive a search writes "
+                                  "(default sqlite:///./evomerge.db)")
+            from urllib.parse import quote
+
+            path = str(Path(path).resolve())
+            url = f"sqlite:///file:{quote(path)}?mode=ro&uri=true"
         if path and parsed.query.get("uri") == "true" and path.startswith("file:"):
             path = path.removeprefix("file:")  # sqlite:///file:PATH?mode=ro&uri=true
         if path and path != ":memory:" and not Path(path).parent.exists():
@@ -55,7 +66,8 @@ def make_engine(url: str) -> Engine:
         def _sqlite_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
             dbapi_conn.isolation_level = None  # SQLAlchemy's begin event below opens transactions
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
+            if not read_only:
+                cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA busy_timeout=60000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=NORMAL")
@@ -72,6 +84,8 @@ def make_engine(url: str) -> Engine:
     connect_args: dict[str, Any] = {}
     if parsed.get_driver_name() in ("psycopg", "psycopg2") and "connect_timeout" not in parsed.query:
         connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+    if read_only:
+        connect_args["options"] = "-c default_transaction_read_only=on"
     try:
         engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     except NoSuchModuleError as err:

@@ -42,7 +42,7 @@ from sqlalchemy import Connection, String, and_, bindparam, delete, func, insert
 
 from evomerge.errors import ConfigError, CorruptArtifactError, EvomergeError, LeaseHeldError, StaleLeaseError
 from evomerge.result import TERMINAL, EvalResult, Fidelity, Status
-from evomerge.store.models import Candidate, ItemScores, ObjectiveValue, Run, Snapshot
+from evomerge.store.models import Candidate, ItemScores, ObjectiveValue, Run, Snapshot, SourceScore
 from evomerge.store.records import (
     MAX_INDEX,
     CandidateRow,
@@ -314,6 +314,31 @@ class Store:
         if item_scores:
             conn.execute(insert(ItemScores), [{"run_id": run_id, "idx": index, "task": k, "data": pack_scores(v)}
                                               for k, v in item_scores.items()])
+
+    # ------------------------------------------------------------------ the sources' own scores
+    def record_source(self, lease: Lease, name: str, role: str, result: EvalResult, *,
+                      fitness: float | None) -> bool:
+        """Record a source model's own score on the run's objectives (once: a second result for
+        the same source changes nothing and returns False). Non-finite values are refused as for
+        candidates (promise 9): the row keeps the status INVALID and no objectives."""
+        r = normalize_result(result, fitness)
+        with self._tx() as conn:
+            self._fence(conn, lease)
+            if conn.execute(select(SourceScore.name).where(SourceScore.run_id == lease.run_id,
+                                                           SourceScore.name == name)).first():
+                return False
+            conn.execute(insert(SourceScore).values(
+                run_id=lease.run_id, name=name, role=role, status=r.status.value, objectives=r.objectives,
+                fitness=r.fitness, error=r.error, seconds=result.seconds, created_at=time.time()))
+        return True
+
+    def source_scores(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's recorded source scores (name, role, status, objectives, fitness, error, seconds)."""
+        with self.engine.connect() as conn:
+            return [{"name": s.name, "role": s.role, "status": s.status, "objectives": s.objectives,
+                     "fitness": s.fitness, "error": s.error, "seconds": s.seconds}
+                    for s in conn.execute(select(SourceScore).where(SourceScore.run_id == run_id)
+                                          .order_by(SourceScore.created_at)).all()]
 
     def complete_cached(self, lease: Lease, index: int, source_index: int) -> CandidateRow | None:
         """A PENDING duplicate of a finished recipe takes a copy of that result; returns the row

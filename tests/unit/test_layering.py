@@ -21,7 +21,7 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("components", ("evomerge.merge", "evomerge.space", "evomerge.strategies", "evomerge.evaluate",
                     "evomerge.store", "evomerge.hfmodel", "evomerge.zoo", "evomerge.zoo_scaled")),
     ("runner", ("evomerge.runner",)),
-    ("api", ("evomerge.api", "evomerge.demo")),
+    ("api", ("evomerge.api", "evomerge.demo", "evomerge.dashboard")),
     ("cli", ("evomerge.cli", "evomerge.cli_base", "evomerge.cli_runs", "evomerge.plot")),
 )
 # Packages of the components floor that stand on the ground floor alone (no sideways imports):
