@@ -235,6 +235,11 @@ def test_postgres_archive_is_read_only(pg_url: str, tiny_sources: Path, tmp_path
     s = Server(pg_url)
     try:
         assert s.json("/api/runs/pg/points")["index"] == list(range(6))
+        run = s.json("/api/runs/pg")
+        assert run["done"] == 6 and len(run["sources"]) == 3 and run["fidelity"] == {"exact": 6}
+        assert s.json("/api/runs/pg/candidates?sort=fitness&desc=1")["total"] == 6
+        assert s.json("/api/runs/pg/candidates/0")["children"] == []  # random search: no parents
+        assert s.json("/api/runs/pg/picture?k=3")["kind"] == "ps"
         with pytest.raises(DBAPIError, match="read-only transaction"), s.archive.engine.begin() as conn:
             conn.execute(text("DELETE FROM candidates"))
     finally:
@@ -428,7 +433,19 @@ def test_run_page_updates_while_a_real_search_runs(browser, zoo_dir: Path, tmp_p
             own = HFEvaluator().evaluate(recipe_from_dict({"merge_method": "linear", "models": [
                 {"model": src["name"], "parameters": {"weight": 1.0}}]}), tasks).objectives
             assert src["objectives"] == pytest.approx(own)
-            assert not [e for e in errors if "pageerror" in e], errors
+            # three objectives: the front as a 3-D view (WebGL under the same strict CSP), the right set
+            from evomerge.pareto import pareto_front
+
+            pts = server.json("/api/runs/live/points")
+            names = list(pts["objectives"])
+            assert len(names) == 3
+            page.select_option("#front-z", names[2])
+            _wait(page, "document.getElementById('front').data[0].type === 'scatter3d'", 60)
+            ok = [k for k, st in enumerate(pts["status"]) if st == "COMPLETE"]
+            vals = [[pts["objectives"][n][k] for n in names] for k in ok]
+            want = sorted(pts["index"][ok[i]] for i in pareto_front(vals, ["maximize"] * 3))
+            assert json.loads(page.evaluate("document.getElementById('front').dataset.front")) == want
+            assert not [e for e in errors if "pageerror" in e or "Content Security Policy" in e], errors
             _shot(page, "live")
         finally:
             page.close()
