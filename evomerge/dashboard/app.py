@@ -291,6 +291,16 @@ def serve(db: str, *, host: str = "127.0.0.1", port: int = 8080, token: str | No
                           hint="pass --token SECRET (or set EVOMERGE_DASHBOARD_TOKEN), or keep --host 127.0.0.1")
     if not 0 < port < 65536:
         raise ConfigError(f"--port {port} is not a TCP port", hint="use 1-65535, e.g. --port 8080")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:  # a taken port is an error line, not a traceback
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            import errno
+
+            hint = ("pick another --port, or stop what listens there" if err.errno == errno.EADDRINUSE else
+                    "give --host an address of this machine (127.0.0.1; 0.0.0.0 for every interface, with --token)")
+            raise ConfigError(f"cannot listen on {host}:{port} ({err.strerror})", hint=hint) from None
     archive = ReadOnlyArchive(db)
     allowed = set(allow_hosts or ())
     if host not in ("0.0.0.0", "::"):

@@ -221,6 +221,9 @@ def test_archive_is_opened_read_only(archive_db: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no archive at"):
         ReadOnlyArchive(f"sqlite:///{missing}")
     assert not missing.exists()  # never created
+    res = run_cli("dashboard", "--db", f"sqlite:///{missing}", cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.startswith("error: no archive at") and "Traceback" not in res.stderr
+    assert not missing.exists()
 
 
 @pytest.mark.postgres
@@ -264,9 +267,12 @@ def test_safety_rules(server: Server, archive_db: str) -> None:
     # DNS rebinding: a Host that is not this server
     assert server.get("/api/runs", Host="attacker.example:8080")[0] == 400
     assert server.get("/api/runs", Host=f"localhost:{server.port}")[0] == 200
-    # beyond loopback only with a token
+    # beyond loopback only with a token; a taken port is an error with its fix
     with pytest.raises(ConfigError, match="without a token"):
         serve(archive_db, host="0.0.0.0", port=_free_port())
+    with pytest.raises(ConfigError, match="cannot listen on 127.0.0.1") as taken:
+        serve(archive_db, port=server.port)
+    assert "another --port" in (taken.value.hint or "")
     # with a token: refused without it, given once in the URL it becomes a cookie
     s = Server(archive_db, token="s3cret")
     try:
