@@ -24,3 +24,4 @@ evomerge eval "$WORKDIR/$RUN-best" -t fitness/zoo_add.yaml -t fitness/zoo_caesar
   --split both
 evomerge plot "$RUN" --db "$DB" --out "$WORKDIR/$RUN.png"
 echo "archive: $DB (evomerge runs --db $DB); resume an interrupted run with: evomerge resume $RUN --db $DB"
+echo "look at it in a browser: pip install -e '.[dashboard]' && evomerge dashboard --db $DB"
