@@ -38,13 +38,21 @@ from evomerge.strategies.base import Evaluated, Genome, Replayable
 
 
 def item_row(item_scores: dict[str, list[float]]) -> np.ndarray:
-    """All items of all tasks in task-name order, mapped into [0, 1]."""
+    """All items of all tasks in task-name order, mapped into [0, 1]. An item a cheap fitness
+    left unscored (NaN: raced out, or outside an item subset) counts at the candidate's mean over
+    the items of that task it was scored on, its expected score: the candidate competes on its
+    estimate, not as a zero on every unscored item (a made-up penalty that kept estimated
+    candidates out of the archive)."""
     parts = []
     for name in sorted(item_scores):
         s = np.asarray(item_scores[name], dtype=float)
-        if s.size and (s.min() < 0 or s.max() > 1):  # log-likelihoods: probability of the reference
+        seen = s[~np.isnan(s)]
+        if seen.size and (seen.min() < 0 or seen.max() > 1):  # log-likelihoods: probability of the reference
             s = np.exp(np.minimum(s, 0.0))
-        parts.append(np.clip(np.nan_to_num(s, nan=0.0), 0.0, 1.0))
+            seen = s[~np.isnan(s)]
+        if seen.size < s.size:
+            s = np.where(np.isnan(s), seen.mean() if seen.size else 0.0, s)
+        parts.append(np.clip(s, 0.0, 1.0))
     return np.concatenate(parts) if parts else np.zeros(0)
 
 

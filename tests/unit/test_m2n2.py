@@ -36,6 +36,14 @@ def test_item_row_maps_loglik_to_probabilities() -> None:
     assert row[:3] == pytest.approx(np.exp([-0.5, 0.0, -2.0])) and row[3:].tolist() == [0.0, 1.0]
 
 
+def test_item_row_counts_an_unscored_item_at_the_candidates_mean_on_its_task() -> None:
+    nan = float("nan")
+    row = item_row({"a": [1.0, nan, 0.0, 1.0], "b": [nan, nan], "c": [-1.0, nan]})
+    # a: scored 1, 0, 1 -> the unscored item counts 2/3; b: nothing scored -> 0; c: exp(-1) for both
+    assert row.tolist() == pytest.approx([1.0, 2 / 3, 0.0, 1.0, 0.0, 0.0, np.exp(-1.0), np.exp(-1.0)])
+    assert not np.isnan(row).any()
+
+
 def _scores(x: np.ndarray) -> dict[str, list[float]]:
     # item j is solved when gene j is near 1: experts that are good at different genes
     return {"t": [float(v > 0.7) for v in x]}
