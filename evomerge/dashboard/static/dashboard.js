@@ -60,17 +60,24 @@ function table(headers, rows, attrs = {}) {
 
 const plotConfig = { displaylogo: false, responsive: true };
 
-// plotly.js (4.6 MB) loads beside the page, not ahead of it: the stats and the table paint first
-const plotlyReady = new Promise((resolve, reject) => {
-  const s = document.createElement("script");
-  s.src = document.body.dataset.plotly;
-  s.onload = resolve;
-  s.onerror = () => reject(new Error("plotly.js did not load"));
-  document.head.append(s);
-});
+// plotly.js (4.6 MB of script) is fetched only when the first plot is drawn, after the stats and
+// the table are on screen: its parsing would otherwise hold the page's only thread before they paint
+let plotlyLoading = null;
+function plotlyReady() {
+  if (!plotlyLoading) {
+    plotlyLoading = new Promise((resolve, reject) => {
+      const s = document.createElement("script");
+      s.src = document.body.dataset.plotly;
+      s.onload = resolve;
+      s.onerror = () => reject(new Error("plotly.js did not load"));
+      document.head.append(s);
+    });
+  }
+  return plotlyLoading;
+}
 
 async function draw(div, traces, layout, onClick) {
-  await plotlyReady;
+  await plotlyReady();
   await Plotly.react(div, traces, layout, plotConfig);
   if (onClick && !div.dataset.click) {
     div.dataset.click = "1";
@@ -175,6 +182,7 @@ class RunPage {
     this.layout(main);
     this.renderInfo();
     await this.renderTable();
+    await new Promise((resolve) => requestAnimationFrame(() => setTimeout(resolve, 0))); // painted
     document.body.dataset.paintMs = String(Math.round(performance.now())); // stats and table on screen
     // the plots start from a sample spread over the run (a large run's chunks follow in the background)
     try { this.merge(await getJSON(apiUrl(this.run, `/points?sample=${SAMPLE_MAX}`))); } catch (err) { /* the chunks bring them */ }
