@@ -13,7 +13,6 @@ command keeps:
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -28,6 +27,8 @@ from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from evomerge.strict_json import strict_json
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Evolutionary merge-recipe search.")
 zoo_app = typer.Typer(no_args_is_help=True, help="The built-in tiny model zoo (offline).")
@@ -77,18 +78,6 @@ def seal_stdout() -> None:
         os.dup2(2, 1)
     except OSError:
         pass
-
-
-def strict_json(value: Any) -> Any:
-    """``value`` with every non-finite float (NaN, inf) replaced by None, so that
-    ``json.dumps(..., allow_nan=False)`` gives standard JSON that every parser reads."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: strict_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [strict_json(v) for v in value]
-    return value
 
 
 def print_json(doc: Any, *, indent: int | None = 1) -> None:

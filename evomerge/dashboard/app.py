@@ -32,6 +32,7 @@ from urllib.parse import parse_qsl, urlencode
 from evomerge.dashboard.archive import POINTS_CHUNK, ReadOnlyArchive
 from evomerge.dashboard.recipe_view import recipe_picture
 from evomerge.store.errors import ArchiveError
+from evomerge.strict_json import strict_json
 
 STATIC = Path(__file__).resolve().parent / "static"
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "::1", "localhost"})
@@ -102,17 +103,6 @@ def _page(kind: str, title: str, data: dict[str, str]) -> str:
             '<span id="crumbs"></span></header><main id="main"><p class="muted">loading…</p></main></body></html>')
 
 
-def _finite(obj: Any) -> Any:
-    """JSON has no NaN or infinity: they are sent as null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def create_app(archive: ReadOnlyArchive, *, token: str | None = None, allowed_hosts: set[str] | None = None) -> Any:
     """The ASGI app over ``archive``. ``allowed_hosts``: the names a Host header may carry
     (default: loopback names only); ``token``: required on every request when given."""
@@ -145,7 +135,7 @@ def create_app(archive: ReadOnlyArchive, *, token: str | None = None, allowed_ho
             try:
                 text = json.dumps(body, allow_nan=False, separators=(",", ":"))
             except ValueError:  # a NaN or infinity somewhere: the slow pass turns them into null
-                text = json.dumps(_finite(body), allow_nan=False, separators=(",", ":"))
+                text = json.dumps(strict_json(body), allow_nan=False, separators=(",", ":"))
             return Response(text, media_type="application/json")
         return endpoint
 

@@ -31,7 +31,9 @@ TOP_MAX = 100  # candidates averaged in a heatmap
 ERROR_CHARS = 2000  # an error text is cut to this many characters on the page
 RATE_WINDOW = 50  # the last finished candidates the throughput is measured over
 _TERMINAL = [s.value for s in TERMINAL]
-SORTS = ("index", "fitness", "generation", "seconds")
+_FAILED = ("FAILED", "INVALID", "TIMEOUT")
+SORT_COLUMNS = {"index": Candidate.idx, "fitness": Candidate.fitness, "generation": Candidate.generation,
+                "seconds": Candidate.seconds}
 
 
 def _fetch(conn: Connection, stmt: Any) -> list[tuple]:
@@ -92,7 +94,7 @@ class ReadOnlyArchive:
     def _run_dict(self, conn: Connection, r: Any) -> dict[str, Any]:
         """A run's row with its progress: counts by status (one pass over ``ix_candidates_status``),
         the best fitness (the top of ``ix_candidates_fitness``; only COMPLETE rows have one), the
-        last finish time (among the newest candidates by index)."""
+        last finish time, the rate and ETA (both from the newest candidates by index)."""
         space = (r.config or {}).get("space", {})
         counts: dict[str, int] = {}
         fidelity: dict[str, int] = {}
@@ -112,9 +114,9 @@ class ReadOnlyArchive:
         return {"id": r.id, "name": r.name, "status": r.status, "kind": space.get("kind"),
                 "strategy": (space.get("strategy") or {}).get("name"), "engine": (r.config or {}).get("engine"),
                 "budget": r.budget, "seed": r.seed, "done": done, "counts": counts, "cached": cached,
-                "failed": sum(counts.get(s, 0) for s in ("FAILED", "INVALID", "TIMEOUT")), "best": best,
+                "failed": sum(counts.get(s, 0) for s in _FAILED), "best": best,
                 "created_at": r.created_at, "updated_at": max([r.updated_at or 0.0, *recent]),
-                "objectives": r.objectives, "fidelity": fidelity}
+                "objectives": r.objectives, "fidelity": fidelity, **self._rate(recent, r.budget - done)}
 
     def _recent_finishes(self, conn: Connection, run_id: str) -> list[float]:
         """The finish times of the run's newest candidates by index (the primary key's range; a
@@ -135,7 +137,7 @@ class ReadOnlyArchive:
             d["lease_owner"] = r.lease_owner
             errors = conn.execute(
                 select(Candidate.status, Candidate.error, func.count(), func.min(Candidate.idx))
-                .where(Candidate.run_id == r.id, Candidate.status.in_(["FAILED", "INVALID", "TIMEOUT"]))
+                .where(Candidate.run_id == r.id, Candidate.status.in_(_FAILED))
                 .group_by(Candidate.status, Candidate.error).order_by(func.count().desc()).limit(20)).all()
             d["errors"] = [{"status": s, "error": (e or "")[:ERROR_CHARS], "count": int(n), "first": int(i)}
                            for s, e, n, i in errors]
@@ -143,7 +145,6 @@ class ReadOnlyArchive:
                              "fitness": x.fitness, "error": (x.error or "")[:ERROR_CHARS] or None}
                             for x in conn.execute(select(SourceScore).where(SourceScore.run_id == r.id)
                                                   .order_by(SourceScore.created_at)).all()]
-            d.update(self._rate(self._recent_finishes(conn, r.id), d["budget"] - d["done"]))
             return d
 
     @staticmethod
@@ -240,13 +241,12 @@ class ReadOnlyArchive:
                 raise ValueError("sort by the objective the range filters, or by a column")
             if obj_sort is not None:
                 key = ObjectiveValue.value
-            elif sort in SORTS:
-                key = {"index": Candidate.idx, "fitness": Candidate.fitness, "generation": Candidate.generation,
-                       "seconds": Candidate.seconds}[sort]
+            elif sort in SORT_COLUMNS:
+                key = SORT_COLUMNS[sort]
                 if sort in ("fitness", "seconds"):  # rows that have one (so the fitness index orders them)
                     cond.append(key.is_not(None))
             else:
-                raise ValueError(f"sort {sort!r} is not one of {list(SORTS)} or objective:NAME")
+                raise ValueError(f"sort {sort!r} is not one of {list(SORT_COLUMNS)} or objective:NAME")
             q = q.where(*cond)
             if join_name is not None and len(cond) == 1 and low is None and high is None:
                 # every row of the join is one of the objective's values: count those (a covering index)

@@ -383,9 +383,10 @@ class Driver:
         name, role = self.source_of[index]
         if result is None:
             result = EvalResult(status=Status.FAILED, error=error or "worker lost")
-        self.store.record_source(self.lease, name, role, result, fitness=self._scalar(result.objectives))
+        fitness = self._scalar(result.objectives)
+        self.store.record_source(self.lease, name, role, result, fitness=fitness)
         if result.status == Status.COMPLETE:
-            self.log(f"source {name} ({role}) as it is: fitness {self._scalar(result.objectives)}")
+            self.log(f"source {name} ({role}) as it is: fitness {fitness}")
         else:
             self.log(f"source {name} ({role}) could not be scored: {result.error}")
 

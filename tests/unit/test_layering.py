@@ -17,7 +17,7 @@ PACKAGE = REPO / "evomerge"
 # Floors, bottom to top (README, "Layout").
 FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ground", ("evomerge", "evomerge.errors", "evomerge.cache", "evomerge.textfile", "evomerge.safe_yaml",
-                "evomerge.schedule", "evomerge.recipe", "evomerge.result", "evomerge.pareto")),
+                "evomerge.schedule", "evomerge.recipe", "evomerge.result", "evomerge.pareto", "evomerge.strict_json")),
     ("components", ("evomerge.merge", "evomerge.space", "evomerge.strategies", "evomerge.evaluate",
                     "evomerge.store", "evomerge.hfmodel", "evomerge.zoo", "evomerge.zoo_scaled")),
     ("runner", ("evomerge.runner",)),
