@@ -3,7 +3,7 @@ full evaluation, racing and item subsets (random, anchor, IRT), per strategy, ov
 
     python -m bench.fitness_cost [--problem zoo|zoo1000] [--strategies cmaes,m2n2] [--seeds 0,1,2]
                                  [--budget 100] [--methods full,racing,random,anchor,irt] [--size 50]
-                                 [--warmup 20] [--audit 20]
+                                 [--warmup 20] [--promote 5] [--audit 20] [--out F] [--full-from F]
 
 Problems: ``zoo``, the demo space (per-layer task arithmetic over the zoo's three experts, the
 three skills' 200 dev items each); ``zoo1000``, the same space scored on 1000 dev items per skill
@@ -23,6 +23,11 @@ Per method and strategy, mean over seeds of:
 - rank errors: over ``--audit`` estimated or raced-out candidates per run, re-scored on every item
   here (not counted as the run's cost), the share of pairs (of those and the exact ones) whose
   order by the run's fitness differs from their order by the true fitness.
+
+``--out`` appends each run's figures as a JSON line as it ends (full runs with their records, item
+scores left out); ``--full-from`` reads full runs back from such a file instead of running them
+again (full evaluation does not depend on the cheap-fitness settings), so the derived columns of
+a later invocation compare against the same full runs.
 """
 
 from __future__ import annotations
@@ -41,9 +46,9 @@ SKILLS = ("add", "caesar", "length")
 CONFIGS = {
     "full": "",
     "racing": "fitness: {racing: {chunk: 20, error: 0.05, test: t, reference: strategy}}\n",
-    "random": "fitness: {subset: {method: random, size: SIZE, warmup: WARMUP, refit: 10, promote: 5}}\n",
-    "anchor": "fitness: {subset: {method: anchor, size: SIZE, warmup: WARMUP, refit: 10, promote: 5}}\n",
-    "irt": "fitness: {subset: {method: irt, size: SIZE, warmup: WARMUP, refit: 10, promote: 5}}\n",
+    "random": "fitness: {subset: {method: random, size: SIZE, warmup: WARMUP, refit: 10, promote: PROMOTE}}\n",
+    "anchor": "fitness: {subset: {method: anchor, size: SIZE, warmup: WARMUP, refit: 10, promote: PROMOTE}}\n",
+    "irt": "fitness: {subset: {method: irt, size: SIZE, warmup: WARMUP, refit: 10, promote: PROMOTE}}\n",
 }
 STRATEGIES = {"cmaes": "{name: cmaes}", "m2n2": "{name: m2n2, archive_size: 20}", "random": "{name: random}"}
 
@@ -95,6 +100,8 @@ def main() -> None:
     ap.add_argument("--methods", default="full,racing,random,anchor,irt")
     ap.add_argument("--size", type=int, default=50, help="subset items per task")
     ap.add_argument("--warmup", type=int, default=20, help="exact candidates before the first subset fit")
+    ap.add_argument("--promote", type=int, default=5, help="subsets: the top-k an estimate must enter to be promoted")
+    ap.add_argument("--full-from", default=None, help="read full runs (strategy, seed) from this --out file")
     ap.add_argument("--audit", type=int, default=20, help="estimated candidates re-scored per run for rank errors")
     ap.add_argument("--out", default=None, help="also append every run's figures as JSON lines here")
     args = ap.parse_args()
@@ -117,11 +124,21 @@ def main() -> None:
     methods = args.methods.split(",")
     results: dict[tuple[str, str], list[dict]] = {}
     full_runs: dict[tuple[str, int], list[dict]] = {}
+    if args.full_from:
+        for line in Path(args.full_from).read_text().splitlines():
+            row = json.loads(line)
+            if row["method"] == "full" and row.get("records") and row["budget"] == args.budget \
+                    and row["problem"] == args.problem:
+                full_runs[(row["strategy"], row["seed"])] = row["records"]
+                results.setdefault((row["strategy"], "full"), []).append(row)
     for strat in args.strategies.split(","):
         for method in methods:
             for seed in (int(s) for s in args.seeds.split(",")):
+                if method == "full" and (strat, seed) in full_runs:
+                    continue
                 path = tmp / f"{strat}-{method}-{seed}.yaml"
-                fitness = CONFIGS[method].replace("SIZE", str(args.size)).replace("WARMUP", str(args.warmup))
+                fitness = (CONFIGS[method].replace("SIZE", str(args.size)).replace("WARMUP", str(args.warmup))
+                           .replace("PROMOTE", str(args.promote)))
                 path.write_text(space_text(specs, strat, seed, args.budget, fitness))
                 t0 = time.perf_counter()
                 res = run_search(load_space(path), evaluator=evaluator, log=lambda _m: None)
@@ -131,7 +148,8 @@ def main() -> None:
                 exact = [r for r in recs if r["fitness"] is not None and r["fidelity"] == "exact"]
                 best = max(exact, key=lambda r: r["fitness"])
                 test = evaluator.evaluate(recipe_from_dict(best["recipe"]), heldout).objectives
-                row = {"strategy": strat, "method": method, "seed": seed, "items": items, "seconds": wall,
+                row = {"problem": args.problem, "budget": args.budget, "strategy": strat, "method": method,
+                       "seed": seed, "items": items, "seconds": wall,
                        "best": best["fitness"] / k, "heldout": sum(test.values()) / k, "records": recs}
                 if method == "full":
                     full_runs[(strat, seed)] = recs
@@ -145,7 +163,10 @@ def main() -> None:
                 results.setdefault((strat, method), []).append(row)
                 if args.out:  # each run as it ends, so a cut-short bench keeps what it measured
                     with open(args.out, "a") as f:
-                        f.write(json.dumps({k2: v for k2, v in row.items() if k2 != "records"}) + "\n")
+                        kept = {k2: v for k2, v in row.items() if k2 != "records"}
+                        if method == "full":
+                            kept["records"] = [{k2: v for k2, v in r.items() if k2 != "item_scores"} for r in recs]
+                        f.write(json.dumps(kept) + "\n")
                 print(f"{strat} {method} seed {seed}: {items} items, {wall:.0f} s, best {row['best']:.3f}, "
                       f"held-out {row['heldout']:.3f}", flush=True)
     # items to 95% of the full run's best, and the full run's held-out at equal item budget
