@@ -17,6 +17,16 @@ estimated. Three estimators, each fitted on ``Y`` (exactly scored candidates x i
   is its maximum-likelihood fit on S, and the estimate is (sum over S of its scores + sum over
   the other items of sigmoid(a_i theta - b_i)) / N.
 
+Promotion: a candidate whose estimated fitness reaches the top-k cut (the fitness of the k-th best
+exact candidate, the reference) is scored on its remaining items, by default as a race
+(:mod:`evomerge.evaluate.racing`): the run's item order in looks of ``chunk`` items per task,
+each look testing the paired gap to the reference on the order's prefix scored so far (a
+sample without replacement, so the anchors' non-random choice does not bias it). A candidate the
+test stops is not promoted after all; its objectives are then the difference estimates
+``ref_t + mean(d_t)`` over that prefix (the reference's exact task mean plus the paired gap: the
+reference as a control variate, so the estimate shares the test's verdict that it is below the
+cut), with the test's interval.
+
 Every estimate carries an interval: ``random`` the normal interval with the finite-population
 correction; ``anchor`` and ``irt`` the estimate +- z times the estimator's root-mean-square error
 over the candidates of Y (their full-set means are known), a leave-in measure of how far it errs
@@ -33,7 +43,7 @@ from typing import Literal
 
 import numpy as np
 
-from evomerge.evaluate.racing import item_order
+from evomerge.evaluate.racing import gap_bound, item_order, looks
 from evomerge.pareto import dominates
 
 Method = Literal["random", "anchor", "irt"]
@@ -196,6 +206,13 @@ class SubsetPlan:
     reference: int | None = None  # that candidate's index (for the record)
     front: tuple[tuple[float, ...], ...] = ()  # signed objective vectors of the exact Pareto front
     error: float = 0.05
+    # the promotion race: the reference's score on every item (None: a promoted candidate is scored
+    # on all its remaining items at once), items per task per look, its error and test, the run's seed
+    reference_scores: dict[str, list[float]] | None = None
+    race_chunk: int = 100
+    race_error: float = 0.05
+    race_test: Literal["hoeffding", "t"] = "t"
+    seed: int = 0
 
 
 @dataclass
@@ -226,15 +243,20 @@ def run_subset(plan: SubsetPlan, names: Sequence[str], sizes: Sequence[int],
                  for k, name in enumerate(names)}
     fitness = sum(plan.weights[n] * v for n, v in estimates.items())
     signed = np.array([plan.signs[n] * estimates[n] for n in names])
-    promoted = plan.promote_above is None or fitness >= plan.promote_above or (
-        bool(plan.front) and not any(dominates(np.asarray(f), signed) for f in plan.front))
+    reaches_cut = plan.promote_above is None or fitness >= plan.promote_above
+    on_front = bool(plan.front) and not any(dominates(np.asarray(f), signed) for f in plan.front)
     subset_items = sum(len(plan.estimators[n].items) for n in names)
-    if promoted:
+    if reaches_cut and not on_front and plan.promote_above is not None and plan.reference_scores is not None:
+        raced = _promotion_race(plan, names, sizes, scores, score, check, fitness, subset_items)
+        if raced is not None:
+            return raced
+    elif reaches_cut or on_front:
         for k, name in enumerate(names):
             rest = np.flatnonzero(np.isnan(scores[k]))
             if len(rest):
                 scores[k][rest] = score(k, rest)
             check(f"the rest of task {name}")
+    if reaches_cut or on_front:
         why = None if plan.promote_above is None else (
             f"promoted after {subset_items} subset items: estimated fitness {fitness:.4f} reaches the top-k cut "
             f"{plan.promote_above:.4f} (candidate {plan.reference}) or the Pareto front; scored on every item")
@@ -252,3 +274,49 @@ def run_subset(plan: SubsetPlan, names: Sequence[str], sizes: Sequence[int],
               f"(candidate {plan.reference})")
     return SubsetOutcome({n: s.tolist() for n, s in zip(names, scores, strict=True)}, estimates, subset_items, False,
                          intervals, reason)
+
+
+def _promotion_race(plan: SubsetPlan, names: Sequence[str], sizes: Sequence[int], scores: list[np.ndarray],
+                    score: Callable[[int, np.ndarray], list[float]], check: Callable[[str], None],
+                    fitness: float, subset_items: int) -> SubsetOutcome | None:
+    """Score the remaining items in looks over the run's item order, stopping once the paired test
+    rejects reaching the reference (module docstring): the estimated outcome then, else None
+    (every item is scored in ``scores``: the candidate is promoted)."""
+    assert plan.reference_scores is not None and plan.promote_above is not None
+    for name, n in zip(names, sizes, strict=True):
+        ref = plan.reference_scores.get(name)
+        if ref is None or len(ref) != n:
+            raise ValueError(f"subset: the reference has no scores for all {n} items of task {name!r}")
+    refs = [np.asarray(plan.reference_scores[name], dtype=float) for name in names]
+    orders = [item_order(name, n, plan.seed) for name, n in zip(names, sizes, strict=True)]
+    total_looks = looks(sizes, plan.race_chunk)
+    level = plan.race_error / total_looks
+    for look in range(total_looks):
+        prefixes = [order[:(look + 1) * plan.race_chunk] for order in orders]
+        for k, prefix in enumerate(prefixes):
+            todo = prefix[np.isnan(scores[k][prefix])]
+            if len(todo):
+                scores[k][todo] = score(k, todo)
+        check(f"promotion look {look + 1} of {total_looks}")
+        if look == total_looks - 1:
+            break
+        diffs = {name: scores[k][prefixes[k]] - refs[k][prefixes[k]] for k, name in enumerate(names)}
+        by_name = dict(zip(names, sizes, strict=True))
+        gap, upper = gap_bound(diffs, by_name, plan.weights, level=level, test=plan.race_test)
+        if upper >= 0.0:
+            continue
+        objectives, intervals = {}, {}
+        for k, name in enumerate(names):
+            ref_mean = float(refs[k].mean())
+            mid, top = gap_bound({name: diffs[name]}, {name: sizes[k]}, {name: 1.0}, level=level / 2,
+                                 test=plan.race_test)
+            objectives[name] = ref_mean + mid
+            intervals[name] = (max(0.0, ref_mean + 2 * mid - top), min(1.0, ref_mean + top))
+        scored = sum(int(np.count_nonzero(~np.isnan(s))) for s in scores)
+        reason = (f"promotion raced out after {scored} of {sum(sizes)} items: estimated fitness {fitness:.4f} from "
+                  f"{subset_items} subset items reached the top-k cut {plan.promote_above:.4f} (candidate "
+                  f"{plan.reference}); the paired gap to it is {gap:+.4f}, at most {upper:+.4f} "
+                  f"({plan.race_test}, error {plan.race_error:g})")
+        return SubsetOutcome({n: s.tolist() for n, s in zip(names, scores, strict=True)}, objectives, scored,
+                             False, intervals, reason)
+    return None

@@ -286,9 +286,13 @@ class Driver:
         m = None if self.subset is None else self._fit_size(self.exact_at_ask[index])
         if m is None:
             return None
+        race = self.subset.race
         return SubsetPlan(estimators=self._estimators(m), weights=self.weights, signs=self.signs,
                           promote_above=None if ref is None else self.rows[ref].fitness, reference=ref,
-                          front=self._front(index) if self.subset.pareto else (), error=self.subset.error)
+                          front=self._front(index) if self.subset.pareto else (), error=self.subset.error,
+                          reference_scores=None if ref is None or race is None else self.rows[ref].item_scores,
+                          race_chunk=race.chunk if race else 100, race_error=race.error if race else 0.05,
+                          race_test=race.test if race else "t", seed=self.space.seed)
 
     # ------------------------------------------------------------------ item subsets (fitness: subset)
     def _fit_size(self, n: int) -> int | None:

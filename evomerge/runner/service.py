@@ -81,11 +81,15 @@ def take_lease(store: Store, run_id: str, ttl_s: float, log: Callable[[str], Non
 def run_space(config: dict[str, Any]) -> SearchSpace:
     """The search space a run was created with (its stored config). A run created before CMA-ES
     restarts existed has no ``restarts`` in it and goes on without them, as it started; an M2N2
-    run created before the paper's attraction and archive fill goes on with the old ones."""
+    run created before the paper's attraction and archive fill goes on with the old ones; a
+    subset run created before promotion races scores a promoted candidate's rest all at once."""
     stored = dict(config["space"])
     old = {"restarts": "none"} | ({"attraction": "raw", "fill": "random"}
                                   if (stored.get("strategy") or {}).get("name") == "m2n2" else {})
     stored["strategy"] = old | {k: v for k, v in (stored.get("strategy") or {}).items() if v is not None}
+    subset = (stored.get("fitness") or {}).get("subset")
+    if subset is not None and "race" not in subset:
+        stored["fitness"] = {**stored["fitness"], "subset": {**subset, "race": None}}
     return SearchSpace.model_validate(stored)
 
 

@@ -195,20 +195,33 @@ class Racing(_Strict):
         return self
 
 
+class PromotionRace(_Strict):
+    """How a promoted candidate is scored on its remaining items: ``chunk`` items per task per
+    look in the run's item order, stopped as soon as a paired one-sided ``test`` says at level
+    ``error`` that it cannot reach the top-k cut after all (:mod:`evomerge.evaluate.racing`)."""
+
+    chunk: int = Field(100, ge=1, le=1_000_000)
+    error: float = Field(0.05, gt=0, lt=0.5)
+    test: Literal["hoeffding", "t"] = "t"
+
+
 class Subset(_Strict):
     """Score each candidate on ``size`` items per task and estimate the full-set objectives
     (:mod:`evomerge.evaluate.estimate`): ``random`` items, ``anchor`` items (tinyBenchmarks) or an
     ``irt`` estimate over the anchors, fitted on the run's exactly scored candidates (the first
     ``warmup`` candidates are all exact) and refitted every ``refit`` new exact ones. A candidate
-    whose estimate enters the top ``promote`` of the exact candidates (or, with ``pareto``, is not
-    dominated by their Pareto front) is scored on the remaining items in the same evaluation."""
+    whose estimate enters the top ``promote`` of the exact candidates is promoted: scored on the
+    remaining items in the same evaluation, raced against that cut (``race``; ``null``: all at
+    once); with ``pareto``, one whose estimates are not dominated by the exact candidates' Pareto
+    front is scored on every item too."""
 
     method: Literal["random", "anchor", "irt"] = "irt"
     size: int = Field(50, ge=2, le=1_000_000)
     warmup: int = Field(20, ge=2, le=MAX_BUDGET)
     refit: int = Field(10, ge=1, le=MAX_BUDGET)
     promote: int = Field(5, ge=1, le=MAX_ARCHIVE_SIZE)
-    pareto: bool = True
+    race: PromotionRace | None = PromotionRace()
+    pareto: bool = False
     error: float = Field(0.05, gt=0, lt=0.5)  # intervals: two-sided at 1 - error
 
 

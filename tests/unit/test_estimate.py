@@ -4,6 +4,7 @@ promotion rule."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -98,3 +99,65 @@ def test_a_subset_estimate_below_the_cut_stops_and_one_above_is_scored_on_every_
     assert not run_subset(plan(0.9, front=((0.6,),)), ["t"], [10], scorer(truth, [])).promoted
     warm = run_subset(plan(None), ["t"], [10], scorer(truth, []))
     assert warm.promoted and warm.stop_reason is None  # no cut yet: every item, nothing to report
+
+
+def race_plan(cut_scores: list[float], *, size: int = 30, seed: int = 0, error: float = 0.05,
+              test: str = "t") -> SubsetPlan:
+    n = len(cut_scores)
+    est = Estimator(method="random", total=n, items=tuple(int(i) for i in item_order("t", n, seed)[:size]))
+    return SubsetPlan(estimators={"t": est}, weights={"t": 1.0}, signs={"t": 1.0},
+                      promote_above=float(np.mean(cut_scores)), reference=7, reference_scores={"t": cut_scores},
+                      race_chunk=100, race_error=error, race_test=test, seed=seed)
+
+
+def test_a_promoted_estimate_below_the_cut_after_all_is_raced_out_with_a_difference_estimate() -> None:
+    n = 1000
+    order = item_order("t", n, 0)
+    ref = (np.arange(n) % 10 < 7).astype(float)  # the cut candidate: 0.7
+    truth = np.zeros(n)
+    truth[order[:30]] = 1.0  # a lucky subset: estimate 1.0 reaches the cut
+    truth[order[30:]] = (np.arange(n - 30) % 2 == 0)  # the rest at ~0.5
+    seen: list[list[int]] = []
+    out = run_subset(race_plan(ref.tolist()), ["t"], [n], scorer(truth.tolist(), seen))
+    assert not out.promoted and out.stop_reason.startswith("promotion raced out after")
+    scored = [i for chunk in seen for i in chunk]
+    assert len(scored) == len(set(scored)) == out.scored < n  # no item scored twice, most never
+    assert scored == order[:out.scored].tolist()  # the subset, then the run's item order in looks
+    assert out.scored % 100 == 0
+    prefix = order[:out.scored]
+    expect = ref.mean() + (truth[prefix] - ref[prefix]).mean()
+    assert out.objectives["t"] == pytest.approx(expect) and out.objectives["t"] < ref.mean()
+    lo, hi = out.intervals["t"]
+    assert lo < out.objectives["t"] < hi
+    unscored = [v for v in out.item_scores["t"] if math.isnan(v)]
+    assert len(unscored) == n - out.scored
+
+
+def test_a_promoted_estimate_that_does_reach_the_cut_is_scored_on_every_item() -> None:
+    n = 1000
+    ref = (np.arange(n) % 10 < 5).astype(float)  # 0.5
+    truth = (np.arange(n) % 10 < 8).astype(float)  # 0.8
+    seen: list[list[int]] = []
+    out = run_subset(race_plan(ref.tolist()), ["t"], [n], scorer(truth.tolist(), seen))
+    assert out.promoted and out.scored == n and out.objectives["t"] == pytest.approx(0.8)
+    assert sorted(i for chunk in seen for i in chunk) == list(range(n))
+    assert out.stop_reason.startswith("promoted after 30 subset items")
+
+
+def test_the_promotion_race_rarely_stops_a_candidate_that_reaches_the_cut() -> None:
+    """Candidates and references drawn alike (Bernoulli 0.6 items): among the trials whose
+    candidate's full mean does reach the reference's, the share raced out stays near ``error``."""
+    rng = np.random.default_rng(1)
+    n, error, stopped, reaching = 600, 0.1, 0, 0
+    for trial in range(300):
+        ref = (rng.random(n) < 0.6).astype(float)
+        cand = (rng.random(n) < 0.6).astype(float)
+        if cand.mean() < ref.mean():
+            continue
+        reaching += 1
+        # the entry cut below any estimate: every candidate races the reference's item scores
+        p = dataclasses.replace(race_plan(ref.tolist(), seed=trial, error=error), promote_above=-1.0)
+        out = run_subset(p, ["t"], [n], scorer(cand.tolist(), []))
+        stopped += not out.promoted
+    assert reaching > 100
+    assert stopped / reaching <= error + 0.03, (stopped, reaching)
