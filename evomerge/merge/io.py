@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +106,8 @@ class SafetensorsFile:
     def __init__(self, path: Path | str, *, max_header_bytes: int = MAX_HEADER_BYTES) -> None:
         self.path = Path(path)
         self._fh: BinaryIO | None = None
+        self._map: mmap.mmap | None = None  # the whole file, mapped by the first map()
+        self._mapped: tuple[int, int, int] = (0, 0, 0)  # its size, inode and mtime then
         self.bytes_read = 0
         fh, size = self._open_file()
         with fh:
@@ -206,6 +210,48 @@ class SafetensorsFile:
         if meta.dtype == torch.bool and bool((raw > 1).any()):
             raise self._bad(f"tensor {name!r}: BOOL data holds bytes other than 0 and 1")
         return raw.view(meta.dtype).reshape(meta.shape)
+
+    def map(self, name: str) -> torch.Tensor:
+        """A tensor over the file's own pages (``mmap``, copy-on-write): no private copy, so every
+        process that maps the same file shares one copy in the page cache. A write to the tensor
+        (merge ops never write their inputs) copies only the pages it touches, privately; the file
+        is never written. Falls back to :meth:`read` where a view cannot be made (an offset not
+        aligned to the dtype, BOOL data that must be checked). :meth:`verify` before use detects a
+        file changed or truncated since it was mapped."""
+        meta = self.meta(name)
+        begin, _end = self._offsets[name]
+        offset = self._data_start + begin
+        if meta.nbytes == 0 or meta.dtype == torch.bool or offset % _itemsize(meta.dtype):
+            return self.read(name)
+        if self._map is None:
+            fh, size = self._open_file()
+            try:
+                st = os.fstat(fh.fileno())
+                self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
+            finally:
+                fh.close()  # the mapping keeps the file's pages; the descriptor is not needed
+            self._mapped = (size, st.st_ino, st.st_mtime_ns)
+        if self._data_start + self._offsets[name][1] > self._mapped[0]:
+            raise self._bad(f"tensor {name!r} lies past the end of the mapped file (truncated since opening?)")
+        flat = torch.frombuffer(self._map, dtype=meta.dtype, count=math.prod(meta.shape), offset=offset)
+        return flat.reshape(meta.shape)
+
+    def verify(self) -> None:
+        """Refuse a mapped file that changed since it was mapped (truncated, rewritten in place or
+        replaced): reading a truncated mapping's lost pages would kill the process with SIGBUS."""
+        if self._map is None:
+            return
+        size, ino, mtime = self._mapped
+        try:
+            st = os.stat(self.path)
+        except OSError as err:
+            raise CorruptArtifactError(f"{self.path}: the model file is gone since the run mapped it ({err.strerror})",
+                                       hint="restore the file, or resume the run once the model is back") from None
+        if (st.st_size, st.st_ino, st.st_mtime_ns) != (size, ino, mtime):
+            what = "truncated" if st.st_ino == ino and st.st_size < size else "changed"
+            raise CorruptArtifactError(
+                f"{self.path}: the model file was {what} while a run had it mapped ({size} -> {st.st_size} bytes)",
+                hint="leave source models untouched during a search; restore the file and resume the run")
 
     def close(self) -> None:
         if self._fh is not None:
@@ -469,6 +515,16 @@ class ModelDir:
     def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
         self.meta(name)
         return self._files[self._where[name]].read(name, buffer)
+
+    def map(self, name: str) -> torch.Tensor:
+        """A read-only view of the tensor over its file's shared pages (:meth:`SafetensorsFile.map`)."""
+        self.meta(name)
+        return self._files[self._where[name]].map(name)
+
+    def verify(self) -> None:
+        """Refuse a mapped file of this model that changed since it was mapped."""
+        for f in self._files.values():
+            f.verify()
 
     @property
     def bytes_read(self) -> int:
