@@ -104,6 +104,7 @@ def main() -> None:
     ap.add_argument("--full-from", default=None, help="read full runs (strategy, seed) from this --out file")
     ap.add_argument("--audit", type=int, default=20, help="estimated candidates re-scored per run for rank errors")
     ap.add_argument("--out", default=None, help="also append every run's figures as JSON lines here")
+    ap.add_argument("--table", default=None, help="run nothing: print the table of these --out files (comma-separated)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -124,14 +125,16 @@ def main() -> None:
     methods = args.methods.split(",")
     results: dict[tuple[str, str], list[dict]] = {}
     full_runs: dict[tuple[str, int], list[dict]] = {}
-    if args.full_from:
-        for line in Path(args.full_from).read_text().splitlines():
+    for name in (args.table or args.full_from or "").split(","):
+        for line in (Path(name).read_text().splitlines() if name else []):
             row = json.loads(line)
-            if row["method"] == "full" and row.get("records") and row["budget"] == args.budget \
-                    and row["problem"] == args.problem:
+            if row["budget"] != args.budget or row["problem"] != args.problem or not row.get("records"):
+                continue
+            if row["method"] == "full":
                 full_runs[(row["strategy"], row["seed"])] = row["records"]
-                results.setdefault((row["strategy"], "full"), []).append(row)
-    for strat in args.strategies.split(","):
+            if row["method"] == "full" or args.table:
+                results.setdefault((row["strategy"], row.get("label", row["method"])), []).append(row)
+    for strat in ([] if args.table else args.strategies.split(",")):
         for method in methods:
             for seed in (int(s) for s in args.seeds.split(",")):
                 if method == "full" and (strat, seed) in full_runs:
@@ -148,8 +151,10 @@ def main() -> None:
                 exact = [r for r in recs if r["fitness"] is not None and r["fidelity"] == "exact"]
                 best = max(exact, key=lambda r: r["fitness"])
                 test = evaluator.evaluate(recipe_from_dict(best["recipe"]), heldout).objectives
+                subset = method in ("random", "anchor", "irt")
+                label = f"{method} (top {args.promote})" if subset else method
                 row = {"problem": args.problem, "budget": args.budget, "strategy": strat, "method": method,
-                       "seed": seed, "items": items, "seconds": wall,
+                       "label": label, "seed": seed, "items": items, "seconds": wall,
                        "best": best["fitness"] / k, "heldout": sum(test.values()) / k, "records": recs}
                 if method == "full":
                     full_runs[(strat, seed)] = recs
@@ -160,12 +165,11 @@ def main() -> None:
                         truth = evaluator.evaluate(recipe_from_dict(r["recipe"]), tasks).objectives
                         pairs.append((r["fitness"], sum(truth.values())))
                     row["rank_errors"] = rank_errors(pairs) if cheap else 0.0
-                results.setdefault((strat, method), []).append(row)
-                if args.out:  # each run as it ends, so a cut-short bench keeps what it measured
-                    with open(args.out, "a") as f:
-                        kept = {k2: v for k2, v in row.items() if k2 != "records"}
-                        if method == "full":
-                            kept["records"] = [{k2: v for k2, v in r.items() if k2 != "item_scores"} for r in recs]
+                results.setdefault((strat, label), []).append(row)
+                if args.out:  # each run as it ends (records without item scores), so a cut-short bench
+                    with open(args.out, "a") as f:  # keeps what it measured and --table can print it
+                        kept = {**row, "records": [{k2: v for k2, v in r.items() if k2 != "item_scores"}
+                                                   for r in recs]}
                         f.write(json.dumps(kept) + "\n")
                 print(f"{strat} {method} seed {seed}: {items} items, {wall:.0f} s, best {row['best']:.3f}, "
                       f"held-out {row['heldout']:.3f}", flush=True)
@@ -202,15 +206,16 @@ def main() -> None:
 
     print(f"\nProblem {args.problem}: {k} skills, {len(tasks[0].items)} dev items each, budget {args.budget}, "
           f"seeds {args.seeds}, subset size {args.size}, warm-up {args.warmup}; mean +- std over seeds.\n")
-    print("| strategy | method | items | vs full | items to 95% | s to 95% | seconds | best (dev) | held-out | "
+    print("| strategy | method | seeds | items | vs full | items to 95% | s to 95% | seconds | best (dev) | held-out | "
           "full @ items | rank errors |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for (strat, method), rows in results.items():
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for (strat, method), rows in sorted(results.items(), key=lambda kv: (kv[0][0], kv[0][1] != "full", kv[0][1])):
         full_items = statistics.mean(r["items"] for r in results[(strat, "full")]) if (strat, "full") in results \
             else None
         mean_items = statistics.mean(r["items"] for r in rows)
         ratio = f"{full_items / mean_items:.1f}x fewer" if full_items and method != "full" else "-"
-        print(f"| {strat} | {method} | {mean_items:.0f} | {ratio} | {ms([r.get('to95') for r in rows], '.0f')} | "
+        seeds = ",".join(str(r["seed"]) for r in rows)
+        print(f"| {strat} | {method} | {seeds} | {mean_items:.0f} | {ratio} | {ms([r.get('to95') for r in rows], '.0f')} | "
               f"{ms([r.get('s95') for r in rows], '.0f')} | {ms([r['seconds'] for r in rows], '.0f')} | {ms([r['best'] for r in rows])} | "
               f"{ms([r['heldout'] for r in rows])} | {ms([r.get('full_at_items') for r in rows])} | "
               f"{ms([r.get('rank_errors') for r in rows])} |", flush=True)
