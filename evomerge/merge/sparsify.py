@@ -30,6 +30,7 @@ from evomerge.merge import kernels, rank_index
 from evomerge.merge.kernels import magnitudes
 
 SAMPLE = 1 << 17  # largest strided sample
+_ZERO_MARGIN = 0.05  # the sample's nonzero share may exceed k / n by this and still be checked exactly
 SAMPLE_FACTOR = 5.0  # sample size ~ (SAMPLE_FACTOR * n)^(2/3), see rank_cut
 SUB_BRACKETS = 8  # the bracket pass splits its range; only the sub-bracket with rank k is gathered
 SMALL = 1 << 16  # below this many entries, select directly on the full magnitudes
@@ -175,6 +176,12 @@ def rank_cut(expert: Tensor, base: Tensor | None, k: int) -> RankCut:
     sample = magnitudes(e[::stride], b[::stride] if b is not None else None)
     m = sample.numel()
     p = k / n
+    if float(torch.count_nonzero(sample)) / m <= p + _ZERO_MARGIN and nonzero_count(e, b) <= k:
+        # at most k entries differ from the base: the k largest are all of them plus zeros, which
+        # add nothing kept or not (RankCut), so the cut takes everything. Sparse and all-zero task
+        # vectors (untouched modules, DARE-pruned experts) skip the selection among their zeros
+        # (~10x the cost of a dense cut; docs/benchmarks.md, issue 20).
+        return RankCut.everything()
     half = _BRACKET_SIGMAS * math.sqrt(m * p * (1 - p)) + 8
     hi_rank = min(m - 1, math.floor(p * m - half))  # 0-based ranks from the top; -1: no upper bound
     lo_rank = max(0, math.ceil(p * m + half))  # m: no lower bound
@@ -195,6 +202,11 @@ def rank_cut(expert: Tensor, base: Tensor | None, k: int) -> RankCut:
                                  torch.index_select(b, 0, positions) if b is not None else None)
             return _cut_among(values, positions, k - counts[j])
     return _cut_among(magnitudes(e, b), None, k)  # the bracket missed: select over everything
+
+
+def nonzero_count(expert: Tensor, base: Tensor | None) -> int:
+    """How many entries of ``expert`` differ from ``base`` (NaN entries count): one pass."""
+    return int(torch.count_nonzero(expert != base if base is not None else expert))
 
 
 def _edges(sample, hi_rank: int, lo_rank: int, parts: int) -> list[float]:  # type: ignore[no-untyped-def]

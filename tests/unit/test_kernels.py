@@ -110,6 +110,30 @@ def test_rank_cut_falls_back_to_a_full_selection_when_the_bracket_misses(monkeyp
         assert torch.equal(sparsify.in_cut(d.abs(), cut), ref_topk_mask(d, k / d.numel())), k
 
 
+@pytest.mark.parametrize("nonzero", [0.0, 0.002, 0.3, 0.55])
+def test_sparse_task_vectors_skip_the_cut_and_merge_exactly_as_the_reference(monkeypatch, nonzero: float) -> None:
+    """At most k entries differ from the base: the cut takes everything (the zeros add nothing),
+    without selecting among the zeros; TIES then equals the plain reference bit for bit, and the
+    same merge with the shortcut disabled (the selection among zeros) gives the same tensor."""
+    g = gen(11)
+    n = 300_000  # above SMALL: the sampled path
+    base = torch.randn(n, generator=g) * 0.02
+    experts = []
+    for i in range(3):
+        keep = torch.rand(n, generator=g) < (nonzero if i else 0.0)  # expert 0: an all-zero task vector
+        experts.append(torch.where(keep, base + torch.randn(n, generator=g) * 0.003, base))
+    k = sparsify.top_k_count(0.5, n)
+    for e in experts:
+        assert sparsify.rank_cut(e, base, k) == (sparsify.RankCut.everything() if nonzero <= 0.5
+                                                 else sparsify.rank_cut(e, base, k))
+    params = {"density": [0.5, 0.5, 0.5], "weight": [1.0, 0.7, -0.4]}
+    fast = get_op("ties")(experts, base=base, params=params)
+    monkeypatch.setattr(sparsify, "_ZERO_MARGIN", -2.0)  # never take the shortcut
+    slow = get_op("ties")(experts, base=base, params=params)
+    assert torch.equal(fast, slow)
+    assert torch.equal(fast, ref_ties(experts, base, params["weight"], params["density"]))
+
+
 def test_rank_cut_edges_and_nan() -> None:
     d = torch.tensor([3.0, -1.0, 2.0, float("nan"), 0.5])
     assert sparsify.rank_cut(d, None, 10) == sparsify.RankCut.everything()
