@@ -89,15 +89,17 @@ class HFEvaluator:
         self.device = device
         self.resident = ResidentSources()
         self.engine: HFEngine | None = None
-        self._model_key: tuple[str, int] | None = None
+        self._model_key: tuple[str, int, torch.dtype] | None = None
         self.build_seconds = 0.0  # model construction within the current evaluation (not merging)
 
     def load_sources(self, sources: dict[str, str]) -> None:
         for path in sources.values():
             self.resident.get(path)
 
-    def _engine_for(self, reference: str, num_layers: int) -> HFEngine:
-        key = (str(Path(reference).resolve()), num_layers)
+    def _engine_for(self, reference: str, num_layers: int, dtype: torch.dtype = torch.float32) -> HFEngine:
+        """The live model for candidates of ``reference``'s architecture at ``num_layers``, its
+        weights in ``dtype`` (the candidates' stored dtype: a bf16 checkpoint is evaluated in bf16)."""
+        key = (str(Path(reference).resolve()), num_layers, dtype)
         if self.engine is None or self._model_key != key:
             t0 = time.perf_counter()  # imports, config, tokenizer, the model object: not merging
             from transformers import AutoConfig, AutoModelForCausalLM
@@ -108,7 +110,7 @@ class HFEvaluator:
             cfg.num_hidden_layers = num_layers
             if getattr(cfg, "layer_types", None):
                 cfg.layer_types = [cfg.layer_types[0]] * num_layers
-            model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).to(self.device).eval()
+            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype).to(self.device).eval()
             self.engine = HFEngine(model, load_hf_tokenizer(reference), batch_size=self.batch_size)
             self._model_key = key
             self.build_seconds += time.perf_counter() - t0
@@ -117,7 +119,8 @@ class HFEvaluator:
     def write_weights(self, recipe: Recipe, *, seed: int = 0) -> HFEngine:
         """Materialize ``recipe`` straight into the live model's parameters."""
         plan = plan_merge(recipe, self.resident.for_recipe(recipe.source_names()))
-        engine = self._engine_for(plan.sources[plan.reference].path, plan.num_layers)
+        dtype = next((j.out.dtype for j in plan.jobs if j.out.dtype.is_floating_point), torch.float32)
+        engine = self._engine_for(plan.sources[plan.reference].path, plan.num_layers, dtype)
         with torch.no_grad():
             merge_into(plan, dict(engine.model.named_parameters()), seed=seed)
         return engine

@@ -25,7 +25,13 @@ from pydantic import ValidationError
 from evomerge.errors import ConfigError, EvomergeError, StaleLeaseError
 from evomerge.runner.driver import Driver, DriverOptions
 from evomerge.runner.options import ExecOptions
-from evomerge.space.schema import M2N2_DEFAULTS, RESTARTS_DEFAULT, SearchSpace, describe_validation_error
+from evomerge.space.schema import (
+    M2N2_DEFAULTS,
+    MERGE_DTYPE_DEFAULT,
+    RESTARTS_DEFAULT,
+    SearchSpace,
+    describe_validation_error,
+)
 from evomerge.store import Lease, RunInfo, Store
 
 if TYPE_CHECKING:
@@ -82,11 +88,13 @@ def run_space(config: dict[str, Any]) -> SearchSpace:
     """The search space a run was created with (its stored config). A run created before CMA-ES
     restarts existed has no ``restarts`` in it and goes on without them, as it started; an M2N2
     run created before the paper's attraction and archive fill goes on with the old ones; a
-    subset run created before promotion races scores a promoted candidate's rest all at once."""
+    subset run created before promotion races scores a promoted candidate's rest all at once; and
+    one created before ``merge_dtype`` merges 16-bit sources in their own dtype."""
     stored = dict(config["space"])
     old = {"restarts": "none"} | ({"attraction": "raw", "fill": "random"}
                                   if (stored.get("strategy") or {}).get("name") == "m2n2" else {})
     stored["strategy"] = old | {k: v for k, v in (stored.get("strategy") or {}).items() if v is not None}
+    stored["merge_dtype"] = stored.get("merge_dtype") or "source"  # before 16-bit sources merged in float32
     subset = (stored.get("fitness") or {}).get("subset")
     if subset is not None and "race" not in subset:
         stored["fitness"] = {**stored["fitness"], "subset": {**subset, "race": None}}
@@ -127,6 +135,7 @@ def create_run(store: Store, space: SearchSpace, space_text: str, *, name: str |
         raise ConfigError(f"two objectives have the same task name ({names})", hint="give each task spec its own name")
     stored = space.model_dump(mode="json")
     stored["strategy"]["restarts"] = space.strategy.restarts or RESTARTS_DEFAULT  # fixed with the run
+    stored["merge_dtype"] = space.merge_dtype or MERGE_DTYPE_DEFAULT
     if space.strategy.name == "m2n2":
         for key, default in M2N2_DEFAULTS.items():
             stored["strategy"][key] = getattr(space.strategy, key) or default

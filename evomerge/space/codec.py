@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+import torch
 
 from evomerge.merge.io import ModelDir, layer_index
 from evomerge.merge.registry import get_op
@@ -23,6 +24,7 @@ from evomerge.space.schema import SearchSpace
 if TYPE_CHECKING:
     from evomerge.space.dataflow import DFSCodec
 
+HALF = {torch.bfloat16: "bfloat16", torch.float16: "float16"}  # 16-bit source dtypes, as recipes spell them
 MODULES = ("self_attn", "mlp")  # tensor-name substrings of Llama/Qwen2/Mistral attention and MLP blocks
 
 
@@ -64,11 +66,16 @@ class PSCodec:
     def __init__(self, space: SearchSpace, num_layers: int | None = None) -> None:
         self.space = space
         self.non_layer_names: tuple[str, ...] = ()
-        if num_layers is None or space.non_layer:
+        self.dtypes: dict[str, str] = {}  # the recipes' dtype keys (16-bit sources merged in float32)
+        if num_layers is None or space.non_layer:  # (a given num_layers: genome-layout tests without files)
             with ModelDir(space.base) as base:
                 num_layers = base.num_layers if num_layers is None else num_layers
                 if space.non_layer:
                     self.non_layer_names = tuple(n for n in base.tensor_names if layer_index(n) is None)
+                stored = next((base.meta(n).dtype for n in base.tensor_names
+                               if base.meta(n).dtype.is_floating_point), None)
+            if space.merge_dtype != "source" and stored in HALF:
+                self.dtypes = {"dtype": "float32", "out_dtype": HALF[stored]}
         self.num_layers = num_layers
         self.groups = num_layers if space.layer_groups == 0 else min(space.layer_groups, num_layers)
         self.sets: tuple[str | None, ...] = MODULES if space.per_module else (*space.filters, None)
@@ -181,7 +188,7 @@ class PSCodec:
                   "parameters": parameters}
         if self.space.tokenizer_source is not None:
             recipe["tokenizer_source"] = self.space.tokenizer_source
-        return recipe_from_dict(recipe)
+        return recipe_from_dict(recipe | self.dtypes)
 
 
 def make_codec(space: SearchSpace, *, materialize: bool = True) -> PSCodec | DFSCodec:

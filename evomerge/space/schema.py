@@ -124,6 +124,7 @@ class Objective(_Strict):
         return LMEvalRef(**self.lm_eval.model_dump()).as_ref()
 
 
+MERGE_DTYPE_DEFAULT = "float32"  # what a new run's PS recipes do with 16-bit sources when the space leaves it out
 RESTARTS_DEFAULT = "ipop"  # what a new run's cmaes does when the space leaves `restarts` out
 M2N2_DEFAULTS = {"attraction": "normalized", "fill": "seeds"}  # what a new run's m2n2 does when the space leaves them out
 
@@ -281,6 +282,11 @@ class SearchSpace(_Strict):
     vary: dict[str, Varied] = Field(default_factory=dict)
     fixed: dict[str, Any] = Field(default_factory=dict)
     tokenizer_source: str | None = Field(None, min_length=1)  # ps: the recipes' `tokenizer_source` (base, union, a model)
+    # ps: the arithmetic of 16-bit sources. "float32" (a new run's default, MERGE_DTYPE_DEFAULT): merged in
+    # float32, each tensor rounded once to the sources' dtype (the recipes say `dtype: float32`, `out_dtype:
+    # bfloat16`, which mergekit builds the same way); "source": in their own dtype, rounding at every step
+    # (mergekit with no `dtype`; runs created before this option). 32-bit sources: the same either way.
+    merge_dtype: Literal["float32", "source"] | None = None
     dataflow: Dataflow | None = None
     objectives: tuple[Objective, ...] = Field(min_length=1)
     multi_objective: bool = False  # strategies that can (nevergrad) search the Pareto front directly
