@@ -152,7 +152,7 @@ def main() -> None:
                 best = max(exact, key=lambda r: r["fitness"])
                 test = evaluator.evaluate(recipe_from_dict(best["recipe"]), heldout).objectives
                 subset = method in ("random", "anchor", "irt")
-                label = f"{method} (top {args.promote})" if subset else method
+                label = f"{method} (top {args.promote}, {args.size}/task, warm-up {args.warmup})" if subset else method
                 row = {"problem": args.problem, "budget": args.budget, "strategy": strat, "method": method,
                        "label": label, "seed": seed, "items": items, "seconds": wall,
                        "best": best["fitness"] / k, "heldout": sum(test.values()) / k, "records": recs}
