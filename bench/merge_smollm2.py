@@ -1,7 +1,7 @@
 """``evomerge merge`` against ``mergekit-yaml`` on a real model: SmolLM2-135M-Instruct (issue 20).
 
     python -m bench.merge_smollm2 [--kinds dense,untouched,dare] [--methods task_arithmetic,ties,dare_ties]
-                                  [--dtypes float32,bfloat16] [--repeats 1]
+                                  [--dtypes float32,bfloat16] [--arithmetic source,float32] [--repeats 1]
 
 Base: SmolLM2-135M-Instruct (bench/smollm2.py), in float32 (538 MB) or bfloat16. Three experts per
 kind, written once under the cache, each the base plus seeded Gaussian noise (std 1e-3) on:
@@ -13,8 +13,11 @@ kind, written once under the cache, each the base plus seeded Gaussian noise (st
   as experts already pruned with DARE.
 
 Each tool merges the same mergekit YAML (base + 3 experts; TIES and DARE-TIES density 0.5 and
-weights 1.0 / 0.7 / 0.5, normalize; task arithmetic weights the same; no ``dtype``: each tool
-merges in the sources' dtype, as mergekit does) into a fresh directory: the command's wall time
+weights 1.0 / 0.7 / 0.5, normalize; task arithmetic weights the same) into a fresh directory,
+with no ``dtype`` (``--arithmetic source``: each tool merges in the sources' dtype, evomerge with
+mergekit's own 16-bit operation sequence for bfloat16) or with ``dtype: float32, out_dtype:
+bfloat16`` (``float32``: what an evomerge search over bfloat16 sources writes; both tools merge
+in float32 and round once): the command's wall time
 (start-up, imports and writing included: what a user waits for), the median of ``--repeats``,
 with the sources in the page cache. TIES and task arithmetic are deterministic: the outputs are
 compared entry by entry (max abs difference); DARE draws its masks differently in each tool, so
@@ -73,7 +76,9 @@ def expert_dirs(base: Path, kind: str, log=print) -> list[Path]:
     return out
 
 
-def write_config(path: Path, base: Path, experts: list[Path], method: str) -> None:
+def write_config(path: Path, base: Path, experts: list[Path], method: str, arithmetic: str = "source",
+                 stored: str = "float32") -> None:
+    """The mergekit YAML; ``arithmetic: float32`` adds ``dtype: float32, out_dtype: <stored>``."""
     import yaml
 
     models = []
@@ -81,8 +86,10 @@ def write_config(path: Path, base: Path, experts: list[Path], method: str) -> No
         params = {"weight": w} | ({"density": 0.5} if method != "task_arithmetic" else {})
         models.append({"model": str(e), "parameters": params})
     glob = {"normalize": True} if method == "ties" else {}
-    path.write_text(yaml.safe_dump({"merge_method": method, "base_model": str(base), "models": models,
-                                    "parameters": glob}, sort_keys=False))
+    cfg = {"merge_method": method, "base_model": str(base), "models": models, "parameters": glob}
+    if arithmetic == "float32":
+        cfg |= {"dtype": "float32", "out_dtype": stored}
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> float:
@@ -115,6 +122,9 @@ def main() -> None:
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--methods", default="task_arithmetic,ties,dare_ties")
     ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--arithmetic", default="source",
+                    help="source (no dtype: merged in the sources' dtype) and/or float32 (dtype: float32, out_dtype: "
+                         "the sources' dtype: what an evomerge search over 16-bit sources writes), comma-separated")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--venv", type=Path, default=None)
     args = ap.parse_args()
@@ -129,9 +139,12 @@ def main() -> None:
             base = ensure_smollm2(dtype)
             for kind in args.kinds.split(","):
                 experts = expert_dirs(base, kind)
-                for method in args.methods.split(","):
-                    cfg = tmp / f"{dtype}-{kind}-{method}.yaml"
-                    write_config(cfg, base, experts, method)
+                for method, arithmetic in ((m, a) for m in args.methods.split(",")
+                                           for a in args.arithmetic.split(",")):
+                    if arithmetic == "float32" and dtype == "float32":
+                        continue  # the same merge as "source"
+                    cfg = tmp / f"{dtype}-{kind}-{method}-{arithmetic}.yaml"
+                    write_config(cfg, base, experts, method, arithmetic, dtype)
                     mk_out, em_out = tmp / "mk", tmp / "em"
                     mk, em = [], []
                     for _ in range(args.repeats):
@@ -141,17 +154,18 @@ def main() -> None:
                         shutil.rmtree(em_out, ignore_errors=True)
                         em.append(timed([em_cli, "merge", str(cfg), "--out", str(em_out)], env))
                     worst, kept_mk, kept_em = compare(mk_out, em_out, base)
-                    row = (dtype, kind, method, statistics.median(mk), statistics.median(em), worst, kept_mk, kept_em)
+                    row = (dtype, arithmetic, kind, method, statistics.median(mk), statistics.median(em), worst,
+                           kept_mk, kept_em)
                     rows.append(row)
-                    print(f"{dtype} {kind} {method}: mergekit {row[3]:.1f} s, evomerge {row[4]:.1f} s "
-                          f"({row[3] / row[4]:.1f}x), max |diff| {worst:.2e}, kept {kept_mk:.3f} / {kept_em:.3f}",
+                    print(f"{dtype} ({arithmetic} arithmetic) {kind} {method}: mergekit {row[4]:.1f} s, evomerge {row[5]:.1f} s "
+                          f"({row[4] / row[5]:.1f}x), max |diff| {worst:.2e}, kept {kept_mk:.3f} / {kept_em:.3f}",
                           flush=True)
     print(f"\nSmolLM2-135M-Instruct, base + 3 experts, command wall time (median of {args.repeats}).\n")
-    print("| dtype | experts | method | mergekit-yaml (s) | evomerge merge (s) | speed-up | max abs diff | "
-          "task vector kept (mergekit / evomerge) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for dtype, kind, method, mk, em, worst, kmk, kem in rows:
-        print(f"| {dtype} | {kind} | {method} | {mk:.1f} | {em:.1f} | {mk / em:.1f}x | {worst:.1e} | "
+    print("| sources | arithmetic | experts | method | mergekit-yaml (s) | evomerge merge (s) | speed-up | "
+          "max abs diff | task vector kept (mergekit / evomerge) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for dtype, arithmetic, kind, method, mk, em, worst, kmk, kem in rows:
+        print(f"| {dtype} | {arithmetic} | {kind} | {method} | {mk:.1f} | {em:.1f} | {mk / em:.1f}x | {worst:.1e} | "
               f"{kmk:.3f} / {kem:.3f} |", flush=True)
 
 

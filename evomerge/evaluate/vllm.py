@@ -19,6 +19,7 @@ from evomerge.evaluate.base import Deadline, ItemPlan, TaskScores, guarded, run_
 from evomerge.evaluate.tasks import Task
 from evomerge.merge.compat import SHAPE_KEYS
 from evomerge.merge.io import ModelDir
+from evomerge.merge.plan import DTYPES
 from evomerge.recipe import Recipe
 from evomerge.result import EvalResult
 
@@ -81,12 +82,15 @@ class VLLMEvaluator:
     def load_sources(self, sources: dict[str, str]) -> None:
         """Sources load lazily inside the engine's worker on the first swap (kept resident)."""
 
-    def _engine_for(self, reference: str, config: dict, num_layers: int, recipe: Recipe) -> VLLMEngine:
-        """The running engine if it fits (same shape config and depth), else a new one.
+    def _engine_for(self, reference: str, config: dict, num_layers: int, recipe: Recipe,
+                    dtype: str = "float32") -> VLLMEngine:
+        """The running engine if it fits (same shape config, depth and weight dtype), else a new
+        one. Its weights are in ``dtype``, the checkpoint's own (a bf16 checkpoint runs in bf16;
+        vLLM's "auto" would run a float32 one in float16).
 
         Every weight is replaced per candidate, so any source of the same shape can seed it."""
         shape = json.dumps({k: config.get(k) for k in (*SHAPE_KEYS, "architectures")}, sort_keys=True)
-        key = (shape, num_layers)
+        key = (shape, num_layers, dtype)
         if self.engine is not None and self._key == key:
             return self.engine
         if self.engine is not None:
@@ -107,7 +111,7 @@ class VLLMEvaluator:
             merge_to_dir(recipe, reference)
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
         t0 = time.perf_counter()
-        args = dict(dtype="float32", enforce_eager=True, seed=0, max_num_seqs=self.max_num_seqs,
+        args = dict(dtype=dtype, enforce_eager=True, seed=0, max_num_seqs=self.max_num_seqs,
                     worker_extension_cls=EXTENSION)
         if self.max_model_len is not None:
             args["max_model_len"] = self.max_model_len
@@ -122,9 +126,12 @@ class VLLMEvaluator:
         reference = recipe.base_model or recipe.source_names()[0]
         with ModelDir(reference) as ref:  # headers only, once per candidate
             config, layers = ref.config, ref.num_layers
+            stored = next((ref.meta(n).dtype for n in ref.tensor_names if ref.meta(n).dtype.is_floating_point), None)
         if recipe.merge_method == "passthrough":
             layers = sum(s.num_layers for s in recipe.slices)
-        engine = self._engine_for(reference, config, layers, recipe)
+        names = {t: n for n, t in DTYPES.items()}
+        wanted = recipe.out_dtype or recipe.dtype or names.get(stored, "float32")  # the candidates' dtype
+        engine = self._engine_for(reference, config, layers, recipe, wanted)
         t0 = time.perf_counter()
         replies = engine.llm.collective_rpc("evomerge_apply", args=(recipe.canonical_json(), seed))
         reply = replies[0]

@@ -90,6 +90,53 @@ def test_swap_equals_fresh_engine_on_tied_embeddings(zoo_dir: Path, tmp_path: Pa
         assert n == m and a == pytest.approx(b, abs=1e-4)
 
 
+def test_a_bf16_candidate_runs_in_a_bf16_engine_and_equals_a_fresh_engine_of_its_export(zoo_dir: Path,
+                                                                                       tmp_path: Path) -> None:
+    """Issue 20: bf16 sources, merged in float32 and rounded once (the recipe's dtype keys), are
+    swapped into an engine whose weights are bf16 (not float32), and score as vLLM started fresh
+    from the candidate's bf16 export does."""
+    from safetensors.torch import save_file
+    from vllm import LLM
+
+    from evomerge.evaluate.vllm import VLLMEngine, VLLMEvaluator, shutdown_llm
+    from evomerge.merge.materialize import merge_to_dir
+
+    dirs = {}
+    for name in ("base", "expert_add", "expert_caesar"):
+        d = dirs[name] = tmp_path / name
+        shutil.copytree(zoo_dir / name, d, ignore=shutil.ignore_patterns("*.safetensors", "evomerge-manifest.json"))
+        with ModelDir(zoo_dir / name) as src:
+            save_file({n: src.read(n).to(torch.bfloat16) for n in src.tensor_names}, str(d / "model.safetensors"),
+                      metadata={"format": "pt"})
+    recipe = recipe_from_dict({"merge_method": "ties", "base_model": str(dirs["base"]), "dtype": "float32",
+                               "out_dtype": "bfloat16", "models": [
+                                   {"model": str(dirs["expert_add"]), "parameters": {"weight": 0.8, "density": 0.6}},
+                                   {"model": str(dirs["expert_caesar"]), "parameters": {"weight": 0.9, "density": 0.6}}]})
+    prompts, conts = ["rot:abcd=", "add:12+7="], ["defg", "19"]
+    ev = VLLMEvaluator()
+    try:
+        engine, _ = ev.swap(recipe)
+        weights = engine.llm.collective_rpc(lambda self: sorted({str(p.dtype) for p in
+                                                                 self.model_runner.get_model().parameters()}))[0]
+        swapped = engine.continuation_logprobs(prompts, conts)
+        swapped_gen = engine.generate(prompts, max_new_tokens=6, stop=[])
+    finally:
+        ev.close()
+        gc.collect()
+    assert weights == ["torch.bfloat16"]
+    merge_to_dir(recipe, tmp_path / "export")
+    llm = LLM(model=str(tmp_path / "export"), dtype="bfloat16", enforce_eager=True, seed=0)
+    try:
+        fresh_engine = VLLMEngine(llm, llm.get_tokenizer())
+        fresh = fresh_engine.continuation_logprobs(prompts, conts)
+        fresh_gen = fresh_engine.generate(prompts, max_new_tokens=6, stop=[])
+    finally:
+        shutdown_llm(llm)
+    assert swapped_gen == fresh_gen
+    for (a, n), (b, m) in zip(swapped, fresh, strict=True):
+        assert n == m and a == pytest.approx(b, abs=1e-3)
+
+
 def test_dataflow_candidate_runs_on_both_engines(zoo_dir: Path) -> None:
     """A 5-slot data-flow path: vLLM starts an engine of that depth and agrees with transformers."""
     from evomerge.evaluate.vllm import VLLMEvaluator
