@@ -313,11 +313,15 @@ def preflight(space: SearchSpace, *, workers: int = 1, build_zoo: bool = True,
     return {"tasks": names, "genes": codec.dim, "missing": []}
 
 
-def validate(space_path: str | Path) -> dict[str, Any]:
+def validate(space_path: str | Path, *, gpus_per_worker: float = 0.0,
+             device_memory: int | None = None) -> dict[str, Any]:
     """Check a search space without running anything: schema, bounds and sizes, each objective's
     task spec and data, and, when the models exist, their headers, the start recipe's plan and
     the strategy. Returns a summary (kind, experts, objectives, genes or None, missing, budget, hash;
-    ``zoo_unbuilt``: every missing model is in the built-in zoo, which the first search builds)."""
+    ``zoo_unbuilt``: every missing model is in the built-in zoo, which the first search builds).
+    With ``device_memory`` (bytes per GPU) and ``gpus_per_worker``: ``placement``, where a worker
+    keeps the sources and what it needs per GPU (:mod:`evomerge.runner.placement`; a ConfigError
+    when a candidate cannot fit)."""
     from evomerge.space.schema import load_space
     from evomerge.zoo import default_zoo_dir
 
@@ -326,10 +330,21 @@ def validate(space_path: str | Path) -> dict[str, Any]:
     zoo = str(default_zoo_dir())
     flow = space.flow
     what = space.merge_method if space.kind == "ps" else f"{flow.repeats} repeats, {flow.scales} scales"
+    where = None
+    if device_memory is not None and not checked["missing"]:
+        where = placement(space, gpus_per_worker, device_memory).summary
     return {"space": space, "kind": space.kind, "what": what, "experts": len(space.experts),
             "objectives": len(space.objectives), "genes": checked["genes"], "missing": checked["missing"],
             "zoo_unbuilt": bool(checked["missing"]) and all(p.startswith(zoo) for p in checked["missing"]),
-            "budget": space.budget, "hash": space.space_hash}
+            "budget": space.budget, "hash": space.space_hash, "placement": where}
+
+
+def placement(space: Any, gpus_per_worker: float, device_memory: int) -> Any:
+    """Where a GPU worker of this space keeps its sources (:func:`evomerge.runner.placement.plan`)."""
+    from evomerge.runner.placement import SourceSizes, plan
+
+    return plan(SourceSizes.of([space.base, *space.experts]), gpus_per_worker=gpus_per_worker,
+                device_bytes=device_memory)
 
 
 @dataclass(frozen=True)
@@ -422,6 +437,8 @@ def search(space_path: str | Path, options: SearchOptions | None = None, exec_op
                             strategy=o.strategy, optimizer=o.optimizer)
     text = space_text(Path(space_path))
     preflight(space, workers=x.workers, log=log)
+    if x.device_memory is not None:  # refused here, before any run is written, when it cannot fit
+        log(f"placement: {placement(space, x.gpus_per_worker, x.device_memory).summary}")
     _check_ray_address(x.backend, x.address)
     with open_store(db, workdir) as store:
         run = create_run(store, space, text, name=o.name, engine=o.engine,

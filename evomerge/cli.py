@@ -186,16 +186,22 @@ def eval_cmd(
 
 
 @app.command("validate")
-def validate(spaces: Annotated[list[Path], typer.Argument(help="search space YAML files")]) -> None:
+def validate(spaces: Annotated[list[Path], typer.Argument(help="search space YAML files")],
+             gpus_per_worker: Annotated[float, typer.Option(help="GPUs per worker (with --device-memory)")] = 0.0,
+             device_memory: Annotated[str | None, typer.Option(
+                 help="memory per GPU (80GiB, 141GB): print where a worker keeps the sources and refuse "
+                      "a run that cannot fit")] = None) -> None:
     """Check search spaces without running anything: schema, bounds and sizes, task specs and their
     data, and (when the models exist) source headers, the start recipe's plan and the strategy.
     Every file is checked; each bad one gets an `error:` line naming it; exit status 2 if any is bad."""
     from evomerge import api
+    from evomerge.runner.placement import parse_bytes
 
     bad = 0
     for path in spaces:
         try:
-            d = api.validate(path)
+            d = api.validate(path, gpus_per_worker=gpus_per_worker,
+                             device_memory=None if device_memory is None else parse_bytes(device_memory))
         except EvomergeError as err:
             bad += 1
             where = "" if err.message.startswith(str(path)) else f"{path}: "
@@ -213,6 +219,8 @@ def validate(spaces: Annotated[list[Path], typer.Argument(help="search space YAM
         console.print(f"{path}: ok ({d['kind']}, {d['what']}, {d['experts']} experts, "
                       f"{d['objectives']} objectives{genes}, budget {d['budget']}, hash {d['hash']})",
                       markup=False, highlight=False, soft_wrap=True)  # one line per file, whatever the width
+        if d["placement"]:
+            console.print(f"{path}: placement: {d['placement']}", markup=False, highlight=False, soft_wrap=True)
     if bad:
         raise typer.Exit(2)
 

@@ -44,12 +44,14 @@ class ProgressLine:
 
 
 def _exec_options(workers: int, backend: str, address: str | None, cpus: float, gpus: float, verbose: bool,
-                  grace: float) -> ExecOptions:
+                  grace: float, device_memory: str | None = None) -> ExecOptions:
     """The execution options of search and resume (checked when made: a bad one is an `error:` line)."""
     from evomerge.api import ExecOptions
+    from evomerge.runner.placement import parse_bytes
 
     return ExecOptions(workers=workers, backend=backend, address=address, cpus_per_worker=cpus,
-                       gpus_per_worker=gpus, verbose=verbose, grace_s=grace)
+                       gpus_per_worker=gpus, verbose=verbose, grace_s=grace,
+                       device_memory=None if device_memory is None else parse_bytes(device_memory))
 
 
 def _log(message: str) -> None:
@@ -102,6 +104,9 @@ def search(
     snapshot_every: Annotated[int, typer.Option(help="tells between strategy snapshots")] = 50,
     cpus_per_worker: Cpus = 1.0,
     gpus_per_worker: Gpus = 0.0,
+    device_memory: Annotated[str | None, typer.Option(
+        help="memory per GPU (80GiB, 141GB): plan where workers keep the sources; refuse a run that "
+             "cannot fit before it starts")] = None,
     grace: Grace = 60.0,
     verbose: Verbose = False,
     reference_sources: Annotated[bool, typer.Option(help="also score the base and each expert once, as they are "
@@ -114,7 +119,8 @@ def search(
     options = api.SearchOptions(budget=budget, seed=seed, strategy=strategy, optimizer=optimizer, engine=engine,
                                 deadline_s=deadline, max_attempts=max_attempts, snapshot_every=snapshot_every,
                                 name=name, reference_sources=reference_sources)  # checked first, then the execution options
-    execution = _exec_options(workers, backend, address, cpus_per_worker, gpus_per_worker, verbose, grace)
+    execution = _exec_options(workers, backend, address, cpus_per_worker, gpus_per_worker, verbose, grace,
+                              device_memory)
     outcome = api.search(space_path, options, execution, db=db, log=_log, progress=ProgressLine())
     _report(outcome, db)
 

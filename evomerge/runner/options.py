@@ -66,7 +66,11 @@ class ExecOptions:
     lease_ttl_s: float = 60.0
     grace_s: float = 60.0  # seconds a running candidate may go without a heartbeat before it is requeued
     heartbeat_s: float = 5.0  # seconds between a worker's heartbeats while it evaluates
+    device_memory: int | None = None  # bytes per GPU: plan where sources go, refuse what cannot fit (placement)
 
     def __post_init__(self) -> None:
         check_exec_options(workers=self.workers, backend=self.backend, cpus_per_worker=self.cpus_per_worker,
                            gpus_per_worker=self.gpus_per_worker, grace_s=self.grace_s, heartbeat_s=self.heartbeat_s)
+        if self.device_memory is not None and (self.device_memory <= 0 or self.gpus_per_worker <= 0):
+            raise ConfigError(f"--device-memory {self.device_memory} needs GPUs and a size above 0",
+                              hint="pass --gpus-per-worker 1 or more with --device-memory, e.g. 80GiB")
