@@ -397,7 +397,8 @@ class SearchSpace(_Strict):
         # fields added later are left out at their defaults, so a space that does not use them
         # hashes as it did before they existed
         later: dict[str, Any] = {k: True for k, default in (("fitness", None), ("non_layer", False), ("filters", ()),
-                                                            ("smooth", False), ("tokenizer_source", None))
+                                                            ("smooth", False), ("tokenizer_source", None),
+                                                            ("merge_dtype", None))
                                  if getattr(self, k) == default}
         strategy_later = {k for k, default in (("restarts", None), ("stall", 5), ("mate", "attraction"),
                                                 ("split_point", True), ("attraction", None), ("fill", None))
