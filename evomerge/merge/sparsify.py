@@ -31,6 +31,7 @@ from evomerge.merge.kernels import magnitudes
 
 SAMPLE = 1 << 17  # largest strided sample
 _ZERO_MARGIN = 0.05  # the sample's nonzero share may exceed k / n by this and still be checked exactly
+_ZERO_CHUNK = 1 << 20  # entries scanned at a time for the k-th zero
 SAMPLE_FACTOR = 5.0  # sample size ~ (SAMPLE_FACTOR * n)^(2/3), see rank_cut
 SUB_BRACKETS = 8  # the bracket pass splits its range; only the sub-bracket with rank k is gathered
 SMALL = 1 << 16  # below this many entries, select directly on the full magnitudes
@@ -176,12 +177,10 @@ def rank_cut(expert: Tensor, base: Tensor | None, k: int) -> RankCut:
     sample = magnitudes(e[::stride], b[::stride] if b is not None else None)
     m = sample.numel()
     p = k / n
-    if float(torch.count_nonzero(sample)) / m <= p + _ZERO_MARGIN and nonzero_count(e, b) <= k:
-        # at most k entries differ from the base: the k largest are all of them plus zeros, which
-        # add nothing kept or not (RankCut), so the cut takes everything. Sparse and all-zero task
-        # vectors (untouched modules, DARE-pruned experts) skip the selection among their zeros
-        # (~10x the cost of a dense cut; docs/benchmarks.md, issue 20).
-        return RankCut.everything()
+    if float(torch.count_nonzero(sample)) / m <= p + _ZERO_MARGIN:
+        zero_cut = _cut_at_zero(magnitudes(e, b), k)
+        if zero_cut is not None:
+            return zero_cut
     half = _BRACKET_SIGMAS * math.sqrt(m * p * (1 - p)) + 8
     hi_rank = min(m - 1, math.floor(p * m - half))  # 0-based ranks from the top; -1: no upper bound
     lo_rank = max(0, math.ceil(p * m + half))  # m: no lower bound
@@ -204,9 +203,28 @@ def rank_cut(expert: Tensor, base: Tensor | None, k: int) -> RankCut:
     return _cut_among(magnitudes(e, b), None, k)  # the bracket missed: select over everything
 
 
-def nonzero_count(expert: Tensor, base: Tensor | None) -> int:
-    """How many entries of ``expert`` differ from ``base`` (NaN entries count): one pass."""
-    return int(torch.count_nonzero(expert != base if base is not None else expert))
+def _cut_at_zero(mag: Tensor, k: int) -> RankCut | None:
+    """The cut of the ``k`` largest of ``mag`` when the k-th largest is 0 (fewer than k entries
+    differ from the base: sparse and all-zero task vectors, untouched modules, DARE-pruned
+    experts), found without selecting among the zeros (that selection over a tie group of
+    millions cost ~10x a dense cut; docs/benchmarks.md, issue 20): every positive entry, then the
+    zeros by lower index (the rule of :func:`_cut_among`; NaN ranks below them). None when the
+    k-th largest is not 0."""
+    positive = int(torch.count_nonzero(mag > 0))
+    if positive >= k:
+        return None
+    take = k - positive
+    seen = 0
+    for lo in range(0, mag.numel(), _ZERO_CHUNK):  # the take-th zero, a chunk at a time (no n-long index)
+        zeros = mag[lo:lo + _ZERO_CHUNK] == 0
+        here = int(torch.count_nonzero(zeros))
+        if seen + here >= take:
+            last = lo + int(zeros.nonzero()[take - seen - 1])
+            if seen + here == take and not bool((mag[last + 1:] == 0).any()):
+                return RankCut(0.0, kernels.ALL_TIES)  # the whole tie group of zeros is in
+            return RankCut(0.0, last + 1)  # zeros past it are out; at threshold 0 they need no fix-up list
+        seen += here
+    return None  # fewer zeros than needed: NaN entries are in the cut; the general path handles that
 
 
 def _edges(sample, hi_rank: int, lo_rank: int, parts: int) -> list[float]:  # type: ignore[no-untyped-def]

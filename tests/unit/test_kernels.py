@@ -112,9 +112,9 @@ def test_rank_cut_falls_back_to_a_full_selection_when_the_bracket_misses(monkeyp
 
 @pytest.mark.parametrize("nonzero", [0.0, 0.002, 0.3, 0.55])
 def test_sparse_task_vectors_skip_the_cut_and_merge_exactly_as_the_reference(monkeypatch, nonzero: float) -> None:
-    """At most k entries differ from the base: the cut takes everything (the zeros add nothing),
-    without selecting among the zeros; TIES then equals the plain reference bit for bit, and the
-    same merge with the shortcut disabled (the selection among zeros) gives the same tensor."""
+    """Fewer than k entries differ from the base: the cut (every nonzero entry, then zeros by
+    lower index) is found without selecting among the zeros, equals the cut of the selection
+    path, keeps exactly k, and TIES equals the plain reference and the selection path bit for bit."""
     g = gen(11)
     n = 300_000  # above SMALL: the sampled path
     base = torch.randn(n, generator=g) * 0.02
@@ -123,12 +123,14 @@ def test_sparse_task_vectors_skip_the_cut_and_merge_exactly_as_the_reference(mon
         keep = torch.rand(n, generator=g) < (nonzero if i else 0.0)  # expert 0: an all-zero task vector
         experts.append(torch.where(keep, base + torch.randn(n, generator=g) * 0.003, base))
     k = sparsify.top_k_count(0.5, n)
-    for e in experts:
-        assert sparsify.rank_cut(e, base, k) == (sparsify.RankCut.everything() if nonzero <= 0.5
-                                                 else sparsify.rank_cut(e, base, k))
+    cuts = [sparsify.rank_cut(e, base, k) for e in experts]
+    assert all(cut.threshold == 0.0 for cut in cuts) == (nonzero < 0.5)
+    for e, cut in zip(experts, cuts, strict=True):
+        assert int(sparsify.in_cut((e - base).abs(), cut).sum()) == k
     params = {"density": [0.5, 0.5, 0.5], "weight": [1.0, 0.7, -0.4]}
     fast = get_op("ties")(experts, base=base, params=params)
     monkeypatch.setattr(sparsify, "_ZERO_MARGIN", -2.0)  # never take the shortcut
+    assert [sparsify.rank_cut(e, base, k) for e in experts] == cuts
     slow = get_op("ties")(experts, base=base, params=params)
     assert torch.equal(fast, slow)
     assert torch.equal(fast, ref_ties(experts, base, params["weight"], params["density"]))
