@@ -42,6 +42,11 @@ class EvomergeWorkerExtension:
         self._evomerge_clear_kv()
         return {"status": "ok", "materialize": t1 - t0, "swap": time.perf_counter() - t1}
 
+    def evomerge_weight_dtypes(self) -> list[str]:
+        """The dtypes the engine's weights are held in (a bf16 checkpoint's engine: bf16 only)."""
+        model = self.model_runner.get_model()  # type: ignore[attr-defined]
+        return sorted({str(p.dtype) for p in model.parameters()})
+
     def _evomerge_clear_kv(self) -> None:
         """Zero the KV cache. A candidate whose activations overflow writes NaN into cache blocks
         that later sequences reuse; attention masks stale slots by weighting them 0, and 0 x NaN

@@ -116,8 +116,7 @@ def test_a_bf16_candidate_runs_in_a_bf16_engine_and_equals_a_fresh_engine_of_its
     ev = VLLMEvaluator()
     try:
         engine, _ = ev.swap(recipe)
-        weights = engine.llm.collective_rpc(lambda self: sorted({str(p.dtype) for p in
-                                                                 self.model_runner.get_model().parameters()}))[0]
+        weights = engine.llm.collective_rpc("evomerge_weight_dtypes")[0]
         swapped = engine.continuation_logprobs(prompts, conts)
         swapped_gen = engine.generate(prompts, max_new_tokens=6, stop=[])
     finally:
