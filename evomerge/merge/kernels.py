@@ -409,6 +409,19 @@ def run(v: Variant, out: Tensor, base: Tensor | None, experts: Sequence[Tensor],
     return 0 if math.isfinite(check) else 1
 
 
+def run_at(v: Variant, base: Tensor | None, experts: Sequence[Tensor], fp: list[list[float]],
+           ip: list[list[int]], glob: list[float], idx: Tensor) -> tuple[Tensor, int]:
+    """The merged values at flat indices ``idx`` alone (int64, any order): each entry is computed
+    by the exact rule at its own global index (its tie cut, its DARE bits), so any subset of the
+    entries, such as a tensor-parallel rank's shard, equals the full merge there. Returns (float32
+    values, 1 if a non-finite value was read or written else 0)."""
+    flat_b = base.reshape(-1) if base is not None else None
+    out = torch.empty(idx.numel(), dtype=torch.float32)
+    check = float(_body(v, out, flat_b[idx] if flat_b is not None else None,
+                        [e.reshape(-1)[idx] for e in experts], fp, ip, glob, idx))
+    return out, 0 if math.isfinite(check) else 1
+
+
 def bracket(codes: Tensor, expert: Tensor, base: Tensor | None, edges: list[float]) -> list[int]:
     """Fill ``codes`` (flat uint8, at least numel long) with each entry's sub-bracket of
     |expert - base| between ascending ``edges`` and return the counts of ``_bracket_body``: one

@@ -7,6 +7,7 @@ inputs. Stochastic ops (DARE) draw only from the ``torch.Generator`` they are gi
 
 from __future__ import annotations
 
+import contextvars
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
@@ -210,6 +211,7 @@ class _Rows:
         self.fp: list[list[float]] = []
         self.ip: list[list[int]] = []
         self.fixups: list[Tensor] = []  # tie entries a rank cut leaves out (see sparsify.RankCut)
+        self.at: Tensor | None = _SHARD.get()  # a shard's flat indices (Op.shard_into), None: every entry
 
     def add(self, tensor: Tensor, *, scale: float, weight: float, low: sparsify.RankCut | None = None,
             high: sparsify.RankCut | None = None, keep: int = 1 << 32, seed: int = 0) -> None:
@@ -222,21 +224,72 @@ class _Rows:
 
     def run(self, out: Tensor, base: Tensor | None, *, consensus: bool = False, normalize: bool = False,
             lam: float = 1.0, divisor: float = 1.0) -> int:
+        v, glob = self._variant(out, base, consensus, normalize, lam, divisor)
+        if self.at is not None:  # a shard: only these flat indices, each by its global rule
+            values, bad = kernels.run_at(v, base, self.tensors, self.fp, self.ip, glob, self.at)
+            out.view(-1).copy_(values)
+            return bad
+        return kernels.run(v, out, base, self.tensors, self.fp, self.ip, glob, self.fixups)
+
+    def _variant(self, out: Tensor, base: Tensor | None, consensus: bool, normalize: bool, lam: float,
+                 divisor: float) -> tuple[kernels.Variant, list[float]]:
         n = len(self.tensors)
         rank_low = any(f[2] != -1.0 for f in self.fp)
         rank_high = any(f[3] != math.inf for f in self.fp)
         random = any(i[2] != 1 << 32 for i in self.ip)
         tie_cuts = any(c != kernels.ALL_TIES for i in self.ip for c in i[:2])
-        wide = out.numel() > 0xFFFFFFFF
+        wide = (self.tensors[0].numel() if self.tensors else out.numel()) > 0xFFFFFFFF  # the whole tensor's
         if random and not wide:
             for row in self.ip:
                 row[3], row[4] = kernels.premixed_seed(row[3], row[4]), 0
         v = kernels.Variant(n, base is not None, rank_low, rank_high, random, consensus, normalize, tie_cuts, wide)
-        return kernels.run(v, out, base, self.tensors, self.fp, self.ip, [lam, divisor], self.fixups)
+        return v, [lam, divisor]
+
+
+_SHARD: contextvars.ContextVar[Tensor | None] = contextvars.ContextVar("evomerge_shard", default=None)
+
+
+def shard_indices(shape: Sequence[int], dim: int, rank: int, tp: int) -> Tensor:
+    """The flat (row-major) indices of rank ``rank``'s part of a tensor of ``shape`` split evenly
+    into ``tp`` parts along ``dim`` (as vLLM's column-parallel layers split dim 0 and its
+    row-parallel layers dim 1), in the part's own row-major order."""
+    size = shape[dim]
+    if size % tp:
+        raise ConfigError(f"a dimension of {size} does not split into {tp} equal shards",
+                          hint="choose a tensor-parallel degree that divides the model's dimensions")
+    part = size // tp
+    return torch.arange(math.prod(shape), dtype=torch.int64).view(*shape).narrow(dim, rank * part, part).reshape(-1)
 
 
 class _Op:
     spec: ClassVar[OpSpec]
+
+    def shard_into(self, out: Tensor, experts, *, base, params, dim: int, rank: int, tp: int,  # type: ignore[no-untyped-def]
+                   generator=None, resolved=False) -> int | None:
+        """Write rank ``rank``'s shard (``tp`` even parts along ``dim``) of the merge into ``out``
+        (the shard's shape): each entry computed at its global index with the whole tensors' cuts
+        and DARE bits, so the shards of every rank concatenate to the full merge, bit for bit
+        (tests/unit/test_shards.py). Kernel ops over float32 inputs compute only the shard's
+        entries; other ops and 16-bit inputs merge the whole tensor and keep the shard."""
+        p = self._prepare(experts, base, params, generator, resolved)
+        idx = shard_indices(tuple(experts[0].shape), dim, rank, tp)
+        shape = list(experts[0].shape)
+        shape[dim] //= tp
+        if tuple(out.shape) != tuple(shape) or not out.is_contiguous():
+            raise ConfigError(f"{self.spec.name}: shard output {tuple(out.shape)} is not the contiguous {tuple(shape)}",
+                              hint="allocate the shard as torch.empty(shape)")
+        kernel = (isinstance(self, Linear | TaskArithmetic | _Sparsified) and not narrow.is_narrow(experts[0])
+                  and not (isinstance(self, _Sparsified) and self.narrow_sparsify is not None and p.get("rescale")))
+        if not kernel:
+            full = torch.empty(experts[0].shape, dtype=out.dtype)
+            bad = self.compute_into(full, experts, base, p, generator)
+            out.view(-1).copy_(full.view(-1)[idx])
+            return bad
+        token = _SHARD.set(idx)
+        try:
+            return self.compute_into(out, experts, base, p, generator)
+        finally:
+            _SHARD.reset(token)
 
     def _prepare(self, experts, base, params, generator, resolved=False) -> dict[str, Any]:  # type: ignore[no-untyped-def]
         _check_inputs(self.spec, experts, base)
