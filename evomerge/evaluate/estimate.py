@@ -43,7 +43,7 @@ from typing import Literal
 
 import numpy as np
 
-from evomerge.evaluate.racing import gap_bound, item_order, looks
+from evomerge.evaluate.racing import Race, gap_bound, item_order, looks, run_race
 from evomerge.pareto import dominates
 
 Method = Literal["random", "anchor", "irt"]
@@ -206,13 +206,7 @@ class SubsetPlan:
     reference: int | None = None  # that candidate's index (for the record)
     front: tuple[tuple[float, ...], ...] = ()  # signed objective vectors of the exact Pareto front
     error: float = 0.05
-    # the promotion race: the reference's score on every item (None: a promoted candidate is scored
-    # on all its remaining items at once), items per task per look, its error and test, the run's seed
-    reference_scores: dict[str, list[float]] | None = None
-    race_chunk: int = 100
-    race_error: float = 0.05
-    race_test: Literal["hoeffding", "t"] = "t"
-    seed: int = 0
+    race: Race | None = None  # the promotion race against the cut (None: the rest is scored at once)
 
 
 @dataclass
@@ -246,7 +240,7 @@ def run_subset(plan: SubsetPlan, names: Sequence[str], sizes: Sequence[int],
     reaches_cut = plan.promote_above is None or fitness >= plan.promote_above
     on_front = bool(plan.front) and not any(dominates(np.asarray(f), signed) for f in plan.front)
     subset_items = sum(len(plan.estimators[n].items) for n in names)
-    if reaches_cut and not on_front and plan.promote_above is not None and plan.reference_scores is not None:
+    if reaches_cut and not on_front and plan.promote_above is not None and plan.race is not None:
         raced = _promotion_race(plan, names, sizes, scores, score, check, fitness, subset_items)
         if raced is not None:
             return raced
@@ -279,44 +273,25 @@ def run_subset(plan: SubsetPlan, names: Sequence[str], sizes: Sequence[int],
 def _promotion_race(plan: SubsetPlan, names: Sequence[str], sizes: Sequence[int], scores: list[np.ndarray],
                     score: Callable[[int, np.ndarray], list[float]], check: Callable[[str], None],
                     fitness: float, subset_items: int) -> SubsetOutcome | None:
-    """Score the remaining items in looks over the run's item order, stopping once the paired test
-    rejects reaching the reference (module docstring): the estimated outcome then, else None
-    (every item is scored in ``scores``: the candidate is promoted)."""
-    assert plan.reference_scores is not None and plan.promote_above is not None
-    for name, n in zip(names, sizes, strict=True):
-        ref = plan.reference_scores.get(name)
-        if ref is None or len(ref) != n:
-            raise ValueError(f"subset: the reference has no scores for all {n} items of task {name!r}")
-    refs = [np.asarray(plan.reference_scores[name], dtype=float) for name in names]
-    orders = [item_order(name, n, plan.seed) for name, n in zip(names, sizes, strict=True)]
-    total_looks = looks(sizes, plan.race_chunk)
-    level = plan.race_error / total_looks
-    for look in range(total_looks):
-        prefixes = [order[:(look + 1) * plan.race_chunk] for order in orders]
-        for k, prefix in enumerate(prefixes):
-            todo = prefix[np.isnan(scores[k][prefix])]
-            if len(todo):
-                scores[k][todo] = score(k, todo)
-        check(f"promotion look {look + 1} of {total_looks}")
-        if look == total_looks - 1:
-            break
-        diffs = {name: scores[k][prefixes[k]] - refs[k][prefixes[k]] for k, name in enumerate(names)}
-        by_name = dict(zip(names, sizes, strict=True))
-        gap, upper = gap_bound(diffs, by_name, plan.weights, level=level, test=plan.race_test)
-        if upper >= 0.0:
-            continue
-        objectives, intervals = {}, {}
-        for k, name in enumerate(names):
-            ref_mean = float(refs[k].mean())
-            mid, top = gap_bound({name: diffs[name]}, {name: sizes[k]}, {name: 1.0}, level=level / 2,
-                                 test=plan.race_test)
-            objectives[name] = ref_mean + mid
-            intervals[name] = (max(0.0, ref_mean + 2 * mid - top), min(1.0, ref_mean + top))
-        scored = sum(int(np.count_nonzero(~np.isnan(s))) for s in scores)
-        reason = (f"promotion raced out after {scored} of {sum(sizes)} items: estimated fitness {fitness:.4f} from "
-                  f"{subset_items} subset items reached the top-k cut {plan.promote_above:.4f} (candidate "
-                  f"{plan.reference}); the paired gap to it is {gap:+.4f}, at most {upper:+.4f} "
-                  f"({plan.race_test}, error {plan.race_error:g})")
-        return SubsetOutcome({n: s.tolist() for n, s in zip(names, scores, strict=True)}, objectives, scored,
-                             False, intervals, reason)
-    return None
+    """Race the candidate against the cut on its remaining items (:func:`~evomerge.evaluate.racing.run_race`
+    over the items the subset left unscored): the estimated outcome when the test stops it (module
+    docstring), else None (every item is scored in ``scores``: the candidate is promoted)."""
+    race = plan.race
+    assert race is not None and plan.promote_above is not None
+    out = run_race(race, names, sizes, score, check, scores=scores)
+    if not out.raced_out:
+        return None
+    level = race.error / looks(sizes, race.chunk) / 2
+    objectives, intervals = {}, {}
+    for k, name in enumerate(names):
+        ref = np.asarray(race.reference_scores[name], dtype=float)
+        prefix = out.tested[name]
+        mid, top = gap_bound({name: scores[k][prefix] - ref[prefix]}, {name: sizes[k]}, {name: 1.0}, level=level,
+                             test=race.test)
+        objectives[name] = float(ref.mean()) + mid
+        intervals[name] = (max(0.0, float(ref.mean()) + 2 * mid - top), min(1.0, float(ref.mean()) + top))
+    reason = (f"promotion raced out after {out.scored} of {sum(sizes)} items: estimated fitness {fitness:.4f} from "
+              f"{subset_items} subset items reached the top-k cut {plan.promote_above:.4f} (candidate "
+              f"{plan.reference}); the paired gap to it is {out.gap:+.4f}, at most {out.upper:+.4f} "
+              f"({race.test}, error {race.error:g})")
+    return SubsetOutcome(out.item_scores, objectives, out.scored, False, intervals, reason)

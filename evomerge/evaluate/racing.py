@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Literal
 
@@ -115,26 +115,32 @@ class RaceOutcome:
     raced_out: bool
     stop_reason: str | None
     intervals: dict[str, tuple[float, float]]  # per task, for a raced-out candidate
+    tested: dict[str, np.ndarray] = field(default_factory=dict)  # raced out: each task's tested prefix of the order
+    gap: float = 0.0  # raced out: the estimated fitness gap to the reference, and its upper bound
+    upper: float = 0.0
 
 
 def run_race(race: Race, names: Sequence[str], sizes: Sequence[int],
              score: Callable[[int, np.ndarray], list[float]],
-             check: Callable[[str], None] = lambda where: None) -> RaceOutcome:
+             check: Callable[[str], None] = lambda where: None,
+             scores: list[np.ndarray] | None = None) -> RaceOutcome:
     """Score task ``k`` (``names[k]``, ``sizes[k]`` items) through ``score(k, item_indices)`` in
     looks of ``race.chunk`` items per task, stopping once the test rejects reaching the
-    reference; ``check(where)`` runs between looks (the deadline)."""
+    reference; ``check(where)`` runs between looks (the deadline). ``scores``: items already
+    scored (NaN elsewhere; filled in place), which the looks do not score again."""
     for name, n in zip(names, sizes, strict=True):
         ref = race.reference_scores.get(name)
         if ref is None or len(ref) != n:
             raise ValueError(f"racing: the reference has no scores for all {n} items of task {name!r}")
     orders = [item_order(name, n, race.seed) for name, n in zip(names, sizes, strict=True)]
-    scores = [np.full(n, np.nan) for n in sizes]
+    scores = scores if scores is not None else [np.full(n, np.nan) for n in sizes]
     total_looks = looks(sizes, race.chunk)
     level = race.error / total_looks
     refs = {name: np.asarray(race.reference_scores[name], dtype=float) for name in names}
     for look in range(total_looks):
         for k in range(len(names)):
             idx = orders[k][look * race.chunk:(look + 1) * race.chunk]
+            idx = idx[np.isnan(scores[k][idx])]
             if len(idx):
                 scores[k][idx] = score(k, idx)
         check(f"look {look + 1} of {total_looks}")
@@ -144,12 +150,12 @@ def run_race(race: Race, names: Sequence[str], sizes: Sequence[int],
         diffs = {name: scores[k][done[name]] - refs[name][done[name]] for k, name in enumerate(names)}
         est, upper = gap_bound(diffs, dict(zip(names, sizes, strict=True)), race.weights, level=level, test=race.test)
         if upper < 0.0:
-            scored = sum(len(v) for v in done.values())
+            scored = sum(int(np.count_nonzero(~np.isnan(s))) for s in scores)
             intervals = {name: mean_interval(scores[k][done[name]], sizes[k], level=level / 2, test=race.test)
                          for k, name in enumerate(names)}
             reason = (f"raced out after {scored} of {sum(sizes)} items: the fitness gap to candidate "
                       f"{race.reference} is {est:+.4f}, at most {upper:+.4f} ({race.test}, error {race.error:g})")
-            return RaceOutcome(_by_name(names, scores), scored, True, reason, intervals)
+            return RaceOutcome(_by_name(names, scores), scored, True, reason, intervals, done, est, upper)
     return RaceOutcome(_by_name(names, scores), sum(sizes), False, None, {})
 
 

@@ -43,7 +43,7 @@ from evomerge.recipe import recipe_from_dict
 from evomerge.result import EvalResult, Fidelity, Status
 from evomerge.runner.backend import Backend, Job, Outcome
 from evomerge.runner.race_reference import TopExact
-from evomerge.space.schema import SearchSpace
+from evomerge.space.schema import PromotionRace, Racing, SearchSpace
 from evomerge.store import CandidateRow, Lease, NewCandidate, Store
 from evomerge.strategies.base import Evaluated, Replayable, stack_scores
 from evomerge.strategies.registry import strategy_from_state
@@ -279,10 +279,7 @@ class Driver:
         """How few items a candidate is scored on: its race, its subset, or None (every item)."""
         ref = self.race_ref.get(index)
         if self.racing is not None:
-            if ref is None:
-                return None
-            return Race(reference=ref, reference_scores=self.rows[ref].item_scores, weights=self.weights,
-                        chunk=self.racing.chunk, error=self.racing.error, test=self.racing.test, seed=self.space.seed)
+            return None if ref is None else self._race(ref, self.racing)
         m = None if self.subset is None else self._fit_size(self.exact_at_ask[index])
         if m is None:
             return None
@@ -290,9 +287,12 @@ class Driver:
         return SubsetPlan(estimators=self._estimators(m), weights=self.weights, signs=self.signs,
                           promote_above=None if ref is None else self.rows[ref].fitness, reference=ref,
                           front=self._front(index) if self.subset.pareto else (), error=self.subset.error,
-                          reference_scores=None if ref is None or race is None else self.rows[ref].item_scores,
-                          race_chunk=race.chunk if race else 100, race_error=race.error if race else 0.05,
-                          race_test=race.test if race else "t", seed=self.space.seed)
+                          race=None if ref is None or race is None else self._race(ref, race))
+
+    def _race(self, ref: int, settings: Racing | PromotionRace) -> Race:
+        """A race against candidate ``ref`` (``settings``: the space's racing, or a subset's promotion race)."""
+        return Race(reference=ref, reference_scores=self.rows[ref].item_scores, weights=self.weights,
+                    chunk=settings.chunk, error=settings.error, test=settings.test, seed=self.space.seed)
 
     # ------------------------------------------------------------------ item subsets (fitness: subset)
     def _fit_size(self, n: int) -> int | None:

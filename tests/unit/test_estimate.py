@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from evomerge.evaluate.estimate import Estimator, SubsetPlan, _sigmoid, ability, anchors, fit, run_subset
-from evomerge.evaluate.racing import item_order
+from evomerge.evaluate.racing import Race, item_order
 
 
 def two_pl(m: int, n: int, seed: int) -> np.ndarray:
@@ -106,8 +106,9 @@ def race_plan(cut_scores: list[float], *, size: int = 30, seed: int = 0, error: 
     n = len(cut_scores)
     est = Estimator(method="random", total=n, items=tuple(int(i) for i in item_order("t", n, seed)[:size]))
     return SubsetPlan(estimators={"t": est}, weights={"t": 1.0}, signs={"t": 1.0},
-                      promote_above=float(np.mean(cut_scores)), reference=7, reference_scores={"t": cut_scores},
-                      race_chunk=100, race_error=error, race_test=test, seed=seed)
+                      promote_above=float(np.mean(cut_scores)), reference=7,
+                      race=Race(reference=7, reference_scores={"t": cut_scores}, weights={"t": 1.0}, chunk=100,
+                                error=error, test=test, seed=seed))
 
 
 def test_a_promoted_estimate_below_the_cut_after_all_is_raced_out_with_a_difference_estimate() -> None:
