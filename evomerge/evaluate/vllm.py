@@ -19,7 +19,7 @@ from evomerge.evaluate.base import Deadline, ItemPlan, TaskScores, guarded, run_
 from evomerge.evaluate.tasks import Task
 from evomerge.merge.compat import SHAPE_KEYS
 from evomerge.merge.io import ModelDir
-from evomerge.merge.plan import DTYPES
+from evomerge.merge.plan import DTYPE_NAMES
 from evomerge.recipe import Recipe
 from evomerge.result import EvalResult
 
@@ -125,12 +125,10 @@ class VLLMEvaluator:
     def swap(self, recipe: Recipe, *, seed: int = 0) -> tuple[VLLMEngine, dict[str, float]]:
         reference = recipe.base_model or recipe.source_names()[0]
         with ModelDir(reference) as ref:  # headers only, once per candidate
-            config, layers = ref.config, ref.num_layers
-            stored = next((ref.meta(n).dtype for n in ref.tensor_names if ref.meta(n).dtype.is_floating_point), None)
+            config, layers, stored = ref.config, ref.num_layers, ref.float_dtype
         if recipe.merge_method == "passthrough":
             layers = sum(s.num_layers for s in recipe.slices)
-        names = {t: n for n, t in DTYPES.items()}
-        wanted = recipe.out_dtype or recipe.dtype or names.get(stored, "float32")  # the candidates' dtype
+        wanted = recipe.out_dtype or recipe.dtype or DTYPE_NAMES.get(stored, "float32")  # the candidates' dtype
         engine = self._engine_for(reference, config, layers, recipe, wanted)
         t0 = time.perf_counter()
         replies = engine.llm.collective_rpc("evomerge_apply", args=(recipe.canonical_json(), seed))

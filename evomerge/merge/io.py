@@ -516,8 +516,13 @@ class ModelDir:
         self.meta(name)
         return self._files[self._where[name]].read(name, buffer)
 
+    @property
+    def float_dtype(self) -> torch.dtype | None:
+        """The dtype the model stores its weights in: its first floating-point tensor's (None: none)."""
+        return next((m.dtype for m in map(self.meta, self.tensor_names) if m.dtype.is_floating_point), None)
+
     def map(self, name: str) -> torch.Tensor:
-        """A read-only view of the tensor over its file's shared pages (:meth:`SafetensorsFile.map`)."""
+        """A copy-on-write view of the tensor over its file's shared pages (:meth:`SafetensorsFile.map`)."""
         self.meta(name)
         return self._files[self._where[name]].map(name)
 

@@ -25,6 +25,7 @@ from evomerge.merge.tokenizer import TokenizerChoice, choose_tokenizer
 from evomerge.recipe import OUTPUT_PROJECTIONS, Recipe, Slice, is_output_projection
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPE_NAMES = {t: n for n, t in DTYPES.items()}  # torch dtype -> the name recipes use
 _LAYER_RE = re.compile(r"(^|\.)layers\.(\d+)\.")
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from evomerge.merge.io import ModelDir, layer_index
+from evomerge.merge.plan import DTYPE_NAMES
 from evomerge.merge.registry import get_op
 from evomerge.recipe import Recipe, recipe_from_dict
 from evomerge.space.schema import SearchSpace
@@ -24,7 +25,6 @@ from evomerge.space.schema import SearchSpace
 if TYPE_CHECKING:
     from evomerge.space.dataflow import DFSCodec
 
-HALF = {torch.bfloat16: "bfloat16", torch.float16: "float16"}  # 16-bit source dtypes, as recipes spell them
 MODULES = ("self_attn", "mlp")  # tensor-name substrings of Llama/Qwen2/Mistral attention and MLP blocks
 
 
@@ -72,10 +72,9 @@ class PSCodec:
                 num_layers = base.num_layers if num_layers is None else num_layers
                 if space.non_layer:
                     self.non_layer_names = tuple(n for n in base.tensor_names if layer_index(n) is None)
-                stored = next((base.meta(n).dtype for n in base.tensor_names
-                               if base.meta(n).dtype.is_floating_point), None)
-            if space.merge_dtype != "source" and stored in HALF:
-                self.dtypes = {"dtype": "float32", "out_dtype": HALF[stored]}
+                stored = base.float_dtype
+            if space.merge_dtype != "source" and stored in (torch.bfloat16, torch.float16):
+                self.dtypes = {"dtype": "float32", "out_dtype": DTYPE_NAMES[stored]}
         self.num_layers = num_layers
         self.groups = num_layers if space.layer_groups == 0 else min(space.layer_groups, num_layers)
         self.sets: tuple[str | None, ...] = MODULES if space.per_module else (*space.filters, None)
