@@ -2,9 +2,9 @@
 
     python -m bench.source_memory [--workers 2] [--candidates 5] [--experts 3]
 
-SmolLM2-135M-Instruct (bench/smollm2.py, float32, 538 MB) as the base and ``--experts`` experts
-(the base plus seeded Gaussian noise of 1e-3 on every tensor: dense task vectors; their content
-does not matter for memory), written once under the cache. For each mode, ``--workers`` worker
+SmolLM2-135M-Instruct (bench/smollm2.py, float32, 538 MB) as the base and up to 3 experts
+(bench/merge_smollm2.py's ``dense`` experts: seeded noise on every tensor but the embeddings;
+their content does not matter for memory: each file is as large as the base's). For each mode, ``--workers`` worker
 processes (spawned, as Ray starts its workers: separate address spaces on one node) each hold the
 sources resident (evomerge.evaluate.resident) and write ``--candidates`` task-arithmetic
 candidates into one live transformers model (HFEvaluator.write_weights, the search path's merge).
@@ -25,33 +25,6 @@ import os
 import statistics
 import time
 from pathlib import Path
-
-
-def experts(base: Path, n: int, log=print) -> list[Path]:
-    """``n`` noisy copies of ``base`` beside it in the cache (written once)."""
-    import shutil
-
-    import torch
-    from safetensors.torch import save_file
-
-    from evomerge.merge.io import ModelDir
-
-    out = []
-    for i in range(n):
-        d = base.parent / f"{base.name}-noise{i}"
-        if not (d / "model.safetensors").is_file():
-            log(f"writing {d}")
-            tmp = d.with_name(d.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(base, tmp, ignore=shutil.ignore_patterns("*.safetensors"))
-            gen = torch.Generator().manual_seed(100 + i)
-            with ModelDir(base) as src:
-                tensors = {k: src.read(k) + 1e-3 * torch.randn(src.meta(k).shape, generator=gen)
-                           for k in src.tensor_names}
-            save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-            os.replace(tmp, d)
-        out.append(d)
-    return out
 
 
 def memory() -> tuple[int, int]:
@@ -111,10 +84,11 @@ def main() -> None:
     ap.add_argument("--experts", type=int, default=3)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from bench.merge_smollm2 import expert_dirs as dense_experts
     from bench.smollm2 import ensure_smollm2
 
     base = ensure_smollm2()
-    expert_dirs = experts(base, args.experts)
+    expert_dirs = dense_experts(base, "dense")[:args.experts]
     size = sum(f.stat().st_size for d in [base, *expert_dirs] for f in d.glob("*.safetensors"))
     ctx = mp.get_context("spawn")
     rows = {}

@@ -27,6 +27,26 @@ def one_model(path: Path):
     return recipe_from_dict({"merge_method": "linear", "models": [{"model": str(path), "parameters": {"weight": 1.0}}]})
 
 
+def assert_fresh_engine_agrees(model: Path, dtype: str, prompts: list[str], conts: list[str],
+                               swapped: list, swapped_gen: list[str], *, abs_tol: float) -> None:
+    """A vLLM engine started fresh from ``model`` generates ``swapped_gen`` and scores the
+    continuations as ``swapped`` (from a swapped engine) within ``abs_tol``."""
+    from vllm import LLM
+
+    from evomerge.evaluate.vllm import VLLMEngine, shutdown_llm
+
+    llm = LLM(model=str(model), dtype=dtype, enforce_eager=True, seed=0)
+    try:
+        fresh_engine = VLLMEngine(llm, llm.get_tokenizer())
+        fresh = fresh_engine.continuation_logprobs(prompts, conts)
+        fresh_gen = fresh_engine.generate(prompts, max_new_tokens=6, stop=[])
+    finally:
+        shutdown_llm(llm)
+    assert swapped_gen == fresh_gen
+    for (a, n), (b, m) in zip(swapped, fresh, strict=True):
+        assert n == m and a == pytest.approx(b, abs=abs_tol)
+
+
 def test_vllm_matches_transformers_and_swaps_in_place(zoo_dir: Path) -> None:
     from evomerge.evaluate.vllm import VLLMEvaluator
 
@@ -54,9 +74,8 @@ def test_vllm_matches_transformers_and_swaps_in_place(zoo_dir: Path) -> None:
 def test_swap_equals_fresh_engine_on_tied_embeddings(zoo_dir: Path, tmp_path: Path) -> None:
     """With tied embeddings the CPU LM head must be repacked after a swap (else logprobs drift)."""
     from safetensors.torch import save_file
-    from vllm import LLM
 
-    from evomerge.evaluate.vllm import VLLMEngine, VLLMEvaluator, shutdown_llm
+    from evomerge.evaluate.vllm import VLLMEvaluator
 
     tied = zoo_dir / "variants" / "tied"
     other = tmp_path / "tied_other"
@@ -78,16 +97,7 @@ def test_swap_equals_fresh_engine_on_tied_embeddings(zoo_dir: Path, tmp_path: Pa
     finally:
         swapped_ev.close()
         gc.collect()
-    llm = LLM(model=str(other), dtype="float32", enforce_eager=True, seed=0)
-    try:
-        fresh_engine = VLLMEngine(llm, llm.get_tokenizer())
-        fresh = fresh_engine.continuation_logprobs(prompts, conts)
-        fresh_gen = fresh_engine.generate(prompts, max_new_tokens=6, stop=[])
-    finally:
-        shutdown_llm(llm)
-    assert swapped_gen == fresh_gen
-    for (a, n), (b, m) in zip(swapped, fresh, strict=True):
-        assert n == m and a == pytest.approx(b, abs=1e-4)
+    assert_fresh_engine_agrees(other, "float32", prompts, conts, swapped, swapped_gen, abs_tol=1e-4)
 
 
 def test_a_bf16_candidate_runs_in_a_bf16_engine_and_equals_a_fresh_engine_of_its_export(zoo_dir: Path,
@@ -96,9 +106,8 @@ def test_a_bf16_candidate_runs_in_a_bf16_engine_and_equals_a_fresh_engine_of_its
     swapped into an engine whose weights are bf16 (not float32), and score as vLLM started fresh
     from the candidate's bf16 export does."""
     from safetensors.torch import save_file
-    from vllm import LLM
 
-    from evomerge.evaluate.vllm import VLLMEngine, VLLMEvaluator, shutdown_llm
+    from evomerge.evaluate.vllm import VLLMEvaluator
     from evomerge.merge.materialize import merge_to_dir
 
     dirs = {}
@@ -124,16 +133,7 @@ def test_a_bf16_candidate_runs_in_a_bf16_engine_and_equals_a_fresh_engine_of_its
         gc.collect()
     assert weights == ["torch.bfloat16"]
     merge_to_dir(recipe, tmp_path / "export")
-    llm = LLM(model=str(tmp_path / "export"), dtype="bfloat16", enforce_eager=True, seed=0)
-    try:
-        fresh_engine = VLLMEngine(llm, llm.get_tokenizer())
-        fresh = fresh_engine.continuation_logprobs(prompts, conts)
-        fresh_gen = fresh_engine.generate(prompts, max_new_tokens=6, stop=[])
-    finally:
-        shutdown_llm(llm)
-    assert swapped_gen == fresh_gen
-    for (a, n), (b, m) in zip(swapped, fresh, strict=True):
-        assert n == m and a == pytest.approx(b, abs=1e-3)
+    assert_fresh_engine_agrees(tmp_path / "export", "bfloat16", prompts, conts, swapped, swapped_gen, abs_tol=1e-3)
 
 
 def test_dataflow_candidate_runs_on_both_engines(zoo_dir: Path) -> None:
