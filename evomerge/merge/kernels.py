@@ -400,26 +400,34 @@ def run(v: Variant, out: Tensor, base: Tensor | None, experts: Sequence[Tensor],
                                  [x[s:e_] for x in flat_e], fp, ip, glob, s))
     if v.tie_cuts and fixups:
         idx = torch.unique(torch.cat(list(fixups)))  # sorted, distinct
-        fixed = torch.empty(idx.numel(), dtype=flat_out.dtype)
-        check += float(_body(v, fixed, flat_b[idx] if flat_b is not None else None,
-                             [x[idx] for x in flat_e], fp, ip, glob, idx))
+        fixed, fixed_check = _at(v, flat_b, flat_e, fp, ip, glob, idx, flat_out.dtype)
+        check += fixed_check
         flat_out.index_copy_(0, idx, fixed)
     if flat_out.data_ptr() != out.data_ptr():
         out.copy_(flat_out.view(out.shape))
     return 0 if math.isfinite(check) else 1
 
 
+def _at(v: Variant, flat_b: Tensor | None, flat_e: Sequence[Tensor], fp, ip, glob, idx: Tensor,  # type: ignore[no-untyped-def]
+        dtype: torch.dtype) -> tuple[Tensor, float]:
+    """The merged values at flat indices ``idx`` (in ``dtype``) and the NaN check of ``_body``."""
+    out = torch.empty(idx.numel(), dtype=dtype)
+    check = float(_body(v, out, flat_b[idx] if flat_b is not None else None, [x[idx] for x in flat_e],
+                        fp, ip, glob, idx))
+    return out, check
+
+
 def run_at(v: Variant, base: Tensor | None, experts: Sequence[Tensor], fp: list[list[float]],
-           ip: list[list[int]], glob: list[float], idx: Tensor) -> tuple[Tensor, int]:
+           ip: list[list[int]], glob: list[float], idx: Tensor, dtype: torch.dtype = torch.float32
+           ) -> tuple[Tensor, int]:
     """The merged values at flat indices ``idx`` alone (int64, any order): each entry is computed
     by the exact rule at its own global index (its tie cut, its DARE bits), so any subset of the
-    entries, such as a tensor-parallel rank's shard, equals the full merge there. Returns (float32
-    values, 1 if a non-finite value was read or written else 0)."""
-    flat_b = base.reshape(-1) if base is not None else None
-    out = torch.empty(idx.numel(), dtype=torch.float32)
-    check = float(_body(v, out, flat_b[idx] if flat_b is not None else None,
-                        [e.reshape(-1)[idx] for e in experts], fp, ip, glob, idx))
-    return out, 0 if math.isfinite(check) else 1
+    entries, such as a tensor-parallel rank's shard, equals the full merge there (the rule
+    ``run`` applies to its tie fix-ups). Returns (values in ``dtype``, 1 if a non-finite value was
+    read or written else 0)."""
+    values, check = _at(v, base.reshape(-1) if base is not None else None, [e.reshape(-1) for e in experts],
+                        fp, ip, glob, idx, dtype)
+    return values, 0 if math.isfinite(check) else 1
 
 
 def bracket(codes: Tensor, expert: Tensor, base: Tensor | None, edges: list[float]) -> list[int]:

@@ -226,7 +226,7 @@ class _Rows:
             lam: float = 1.0, divisor: float = 1.0) -> int:
         v, glob = self._variant(out, base, consensus, normalize, lam, divisor)
         if self.at is not None:  # a shard: only these flat indices, each by its global rule
-            values, bad = kernels.run_at(v, base, self.tensors, self.fp, self.ip, glob, self.at)
+            values, bad = kernels.run_at(v, base, self.tensors, self.fp, self.ip, glob, self.at, out.dtype)
             out.view(-1).copy_(values)
             return bad
         return kernels.run(v, out, base, self.tensors, self.fp, self.ip, glob, self.fixups)
