@@ -3,7 +3,7 @@
     python -m bench.strategy_comparison [--problem zoo|qwen2] [--space search_spaces/demo.yaml]
                                         [--seeds 0,1,2] [--checkpoints 25,50,100,200]
                                         [--strategies cmaes,nevergrad,m2n2,random[,bare]]
-                                        [--m2n2-ablation]
+                                        [--m2n2-ablation] [--out F] [--table F1,F2,...]
 
 Every strategy searches the same space with the same evaluator (transformers, in place, 200 dev
 items per skill). Rows: mean +- standard deviation over seeds of the best dev fitness (mean
@@ -28,6 +28,11 @@ quality shows beside its ``cmaes`` row. A sanity line first scores one genome bo
 ``--m2n2-ablation`` adds M2N2 without each of its mechanisms (Abrantes et al. 2025, "Competition
 and Attraction Improve Model Fusion"): competition (alpha 0), attraction (parent 2 drawn
 uniformly, and drawn by fitness as the paper's reference code ablates it) and the split point.
+
+``--out F`` appends one JSON line per run as it ends (the label, seed, best dev fitness after
+every evaluation, the held-out accuracy of the final best, seconds) and one with the fixed rows,
+so the runs of one table can be spread over processes (one per core); ``--table F1,F2,...`` runs
+nothing and prints the table of those files' lines.
 """
 
 from __future__ import annotations
@@ -272,7 +277,15 @@ def main() -> None:
                     help="any of cmaes, nevergrad, m2n2, random and bare (the bare pycma loop)")
     ap.add_argument("--m2n2-ablation", action="store_true",
                     help="add M2N2 without competition, without attraction and without the split point")
+    ap.add_argument("--ablation-only", action="store_true", help="with --m2n2-ablation: only the ablation rows")
+    ap.add_argument("--no-fixed", action="store_true", help="leave the fixed rows (experts, recipes) out")
+    ap.add_argument("--out", default=None, help="also append every run's figures as JSON lines here")
+    ap.add_argument("--table", default=None, help="run nothing: print the table of these --out files (comma-separated)")
     args = ap.parse_args()
+    if args.table:
+        print_table([json.loads(line) for f in args.table.split(",") for line in Path(f).read_text().splitlines()
+                     if line.strip()], [int(c) for c in args.checkpoints.split(",")])
+        return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     strategies = args.strategies.split(",")
     unknown = set(strategies) - {*SETTINGS, "bare"}
@@ -301,66 +314,103 @@ def main() -> None:
         heldout = [load_task(o.task, split="heldout") for o in base_space.objectives]
         k = len(tasks)
         evaluator = HFEvaluator()
-        runs = [(s, SETTINGS[s]) for s in strategies if s != "bare"]
+        runs = [] if args.ablation_only else [(s, SETTINGS[s]) for s in strategies if s != "bare"]
         if args.m2n2_ablation:
             runs += list(ABLATIONS.items())
-        rows: dict[str, dict[int, list[float]]] = {}
-        final_test: dict[str, list[float]] = {}
-        seconds: dict[str, float] = {}
+        records: list[dict[str, Any]] = []
+
+        def keep(record: dict[str, Any]) -> None:
+            record = {"problem": problem.name, **record}
+            records.append(record)
+            if args.out:
+                with open(args.out, "a") as f:  # kept as it ends, so --table can combine processes
+                    f.write(json.dumps(record) + "\n")
+
         for label, setting in runs:
-            rows[label] = {c: [] for c in checkpoints}
-            final_test[label] = []
-            t0 = time.perf_counter()
             for seed in seeds:
+                t0 = time.perf_counter()
                 spec = base_space.strategy.model_copy(update=setting)
                 space = base_space.model_copy(update={"strategy": spec, "seed": seed, "budget": budget})
                 res = run_search(space, evaluator=evaluator, log=lambda _m: None)
-                best_so_far, best = float("-inf"), None
-                for i, r in enumerate(res.records, start=1):
+                best_so_far, best, curve = float("-inf"), None, []
+                for r in res.records:
                     if r["fitness"] is not None and r["fitness"] > best_so_far:
                         best_so_far, best = r["fitness"], r
-                    if i in rows[label]:
-                        rows[label][i].append(best_so_far / k)
+                    curve.append(best_so_far / k)
                 assert best is not None
                 test = evaluator.evaluate(recipe_from_dict(best["recipe"]), heldout).objectives
-                final_test[label].append(sum(test.values()) / k)
-                print(f"{label} seed {seed}: best dev {best_so_far / k:.3f} (candidate {best['index']}), "
-                      f"held-out {final_test[label][-1]:.3f}", flush=True)
-            seconds[label] = (time.perf_counter() - t0) / len(seeds)
+                keep({"kind": "run", "label": label, "seed": seed, "curve": curve, "best_index": best["index"],
+                      "heldout": sum(test.values()) / k, "seconds": time.perf_counter() - t0})
+                print(f"{label} seed {seed}: best dev {curve[-1]:.3f} (candidate {best['index']}), "
+                      f"held-out {records[-1]['heldout']:.3f}", flush=True)
         if "bare" in strategies:
-            run_bare(problem, base_space, tasks, heldout, evaluator, seeds, checkpoints, rows, final_test, seconds)
-        baselines = fixed_baselines(problem, evaluator, tasks, heldout)
+            for record in run_bare(problem, base_space, tasks, heldout, evaluator, seeds, budget):
+                keep(record)
+        if not args.no_fixed:
+            for label, (dev, test) in fixed_baselines(problem, evaluator, tasks, heldout).items():
+                keep({"kind": "fixed", "label": label, "dev": dev, "heldout": test})
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    print()
+    print_table(records, checkpoints)
+    os._exit(0)  # nevergrad's NGOpt can leave a scipy thread that blocks interpreter exit
+
+
+def print_table(records: list[dict[str, Any]], checkpoints: list[int]) -> None:
+    """The strategy table of ``records`` (runs and fixed rows of one problem), then the issue-21
+    checks: each strategy's mean held-out against the bare loop's, every CMA-ES seed against the
+    best fixed recipe (held-out), M2N2 against random search at every N (mean best dev fitness)."""
+    problems = {r["problem"] for r in records}
+    if len(problems) != 1:
+        raise SystemExit(f"--table: one problem per table, these lines hold {sorted(problems)}")
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if r["kind"] == "run":
+            runs.setdefault(r["label"], []).append(r)
+    fixed = {r["label"]: r for r in records if r["kind"] == "fixed"}
 
     def ms(v: list[float]) -> str:
         return f"{statistics.mean(v):.3f} +- {statistics.stdev(v):.3f}" if len(v) > 1 else f"{v[0]:.3f}"
 
-    name = problem.space.name if problem.name == "zoo" else f"{problem.space.name} (Qwen2 zoo, written by the bench)"
-    print(f"\nBest dev fitness (mean accuracy over {k} skills, 200 items each) after N evaluations; "
-          f"{len(seeds)} seeds, mean +- std. Space: {name}.\n")
-    head = "| strategy | " + " | ".join(f"N={c}" for c in checkpoints) + " | held-out (final best) | s/run |"
-    print(head)
-    print("|" + "---|" * (len(checkpoints) + 3))
-    for strat, by_n in rows.items():
-        print(f"| {strat} | " + " | ".join(ms(by_n[c]) for c in checkpoints)
-              + f" | {ms(final_test[strat])} | {seconds[strat]:.0f} |")
-    for label, (dev, test) in baselines.items():
-        print(f"| {label} | " + " | ".join(f"{dev:.3f}" for _ in checkpoints) + f" | {test:.3f} | - |")
-    if problem.name != "zoo":  # the zoo problem prints what it printed before --problem existed
-        alone = {n: v for n, v in baselines.items() if n.startswith("expert ")}
-        fixed = {n: v for n, v in baselines.items() if not n.startswith("expert ")}
-        for what, group in (("best expert", alone), ("best fixed recipe", fixed)):
-            top = max(group, key=lambda n: group[n][0])
-            print(f"\n{what} (by dev): {top}, dev {group[top][0]:.3f}, held-out {group[top][1]:.3f}", end="")
-        print()
-    os._exit(0)  # nevergrad's NGOpt can leave a scipy thread that blocks interpreter exit
+    def at(runs_: list[dict[str, Any]], c: int) -> list[float]:
+        return [r["curve"][min(c, len(r["curve"])) - 1] for r in runs_]
+
+    print(f"Problem {problems.pop()}: best dev fitness (mean accuracy over the skills) after N evaluations, "
+          "mean +- std over seeds; held-out accuracy of each run's final best.\n")
+    print("| strategy | seeds | " + " | ".join(f"N={c}" for c in checkpoints) + " | held-out (final best) | s/run |")
+    print("|" + "---|" + "---:|" * (len(checkpoints) + 3))
+    for label, rs in runs.items():
+        print(f"| {label} | {len(rs)} | " + " | ".join(ms(at(rs, c)) for c in checkpoints)
+              + f" | {ms([r['heldout'] for r in rs])} | {statistics.mean(r['seconds'] for r in rs):.0f} |")
+    for label, r in fixed.items():
+        print(f"| {label} | - | " + " | ".join(f"{r['dev']:.3f}" for _ in checkpoints) + f" | {r['heldout']:.3f} | - |")
+    if not fixed or "bare" not in runs:
+        return
+    alone = {n: r for n, r in fixed.items() if n.startswith("expert ")}
+    recipes = {n: r for n, r in fixed.items() if not n.startswith("expert ")}
+    print()
+    for what, group in (("best expert", alone), ("best fixed recipe", recipes)):
+        top = max(group, key=lambda n: group[n]["heldout"])
+        print(f"{what} (held-out): {top}, dev {group[top]['dev']:.3f}, held-out {group[top]['heldout']:.3f}")
+    bare = statistics.mean(r["heldout"] for r in runs["bare"])
+    best_fixed = max(r["heldout"] for r in recipes.values())
+    for label, rs in runs.items():
+        if label != "bare" and not label.startswith("m2n2 no"):
+            mean = statistics.mean(r["heldout"] for r in rs)
+            print(f"{label}: mean held-out {mean:.3f} {'>=' if mean >= bare else '<'} bare loop {bare:.3f}")
+    for label in ("cmaes", "m2n2"):
+        low = min((r["heldout"] for r in runs.get(label, [])), default=None)
+        if low is not None:
+            print(f"{label}: lowest seed held-out {low:.3f} {'>=' if low >= best_fixed else '<'} "
+                  f"best fixed recipe {best_fixed:.3f}")
+    if "m2n2" in runs and "random" in runs:
+        wins = [statistics.mean(at(runs["m2n2"], c)) > statistics.mean(at(runs["random"], c)) for c in checkpoints]
+        print("m2n2 above random at N = " + ", ".join(f"{c}: {'yes' if w else 'no'}" for c, w in zip(checkpoints, wins, strict=True)))
 
 
-def run_bare(problem: Problem, space, tasks, heldout, evaluator, seeds: list[int], checkpoints: list[int],
-             rows: dict, final_test: dict, seconds: dict) -> None:
-    """The ``bare`` row, after a sanity line: the space's start genome scored by the bare merge
-    and by evomerge's evaluator must agree."""
+def run_bare(problem: Problem, space, tasks, heldout, evaluator, seeds: list[int], budget: int) -> list[dict[str, Any]]:
+    """The ``bare`` runs, one record per seed, after a sanity line: two genomes scored by the bare
+    merge and by evomerge's evaluator must agree."""
     import numpy as np
 
     from evomerge.space.codec import PSCodec
@@ -384,18 +434,15 @@ def run_bare(problem: Problem, space, tasks, heldout, evaluator, seeds: list[int
         bare = bare_fitness(merge, probe, inputs["low"], inputs["high"], dev)
         print(f"sanity: genome {np.round(probe, 3).tolist()}: dev accuracy bare {bare:.4f}, "
               f"evomerge {sum(ours.values()) / len(ours):.4f}", flush=True)
-    rows["bare"] = {c: [] for c in checkpoints}
-    final_test["bare"] = []
-    t0 = time.perf_counter()
+    out = []
     for seed in seeds:
+        t0 = time.perf_counter()
         curve, held = bare_cmaes(merge, low=inputs["low"], high=inputs["high"], init=inputs["init"],
-                                 sigma=inputs["sigma"], budget=max(checkpoints), seed=seed, dev=dev, test=test)
-        for c in checkpoints:
-            rows["bare"][c].append(curve[c - 1])
-        final_test["bare"].append(held)
+                                 sigma=inputs["sigma"], budget=budget, seed=seed, dev=dev, test=test)
+        out.append({"kind": "run", "label": "bare", "seed": seed, "curve": curve, "heldout": held,
+                    "seconds": time.perf_counter() - t0})
         print(f"bare seed {seed}: best dev {curve[-1]:.3f}, held-out {held:.3f}", flush=True)
-    seconds["bare"] = (time.perf_counter() - t0) / len(seeds)
-
+    return out
 
 if __name__ == "__main__":
     main()
