@@ -30,7 +30,8 @@ and Attraction Improve Model Fusion"): competition (alpha 0), attraction (parent
 uniformly, and drawn by fitness as the paper's reference code ablates it) and the split point.
 
 ``--out F`` appends one JSON line per run as it ends (the label, seed, best dev fitness after
-every evaluation, the held-out accuracy of the final best, seconds) and one with the fixed rows,
+every evaluation, the held-out accuracy of the final best, seconds) and one with the fixed rows
+(runs already in F are not run again: a stopped invocation goes on where it stopped),
 so the runs of one table can be spread over processes (one per core); ``--table F1,F2,...`` runs
 nothing and prints the table of those files' lines.
 """
@@ -326,8 +327,14 @@ def main() -> None:
                 with open(args.out, "a") as f:  # kept as it ends, so --table can combine processes
                     f.write(json.dumps(record) + "\n")
 
+        done = set()
+        if args.out and Path(args.out).is_file():  # a rerun with the same --out goes on where one stopped
+            done = {(r["label"], r["seed"]) for r in map(json.loads, Path(args.out).read_text().splitlines())
+                    if r.get("kind") == "run" and r.get("problem") == problem.name}
         for label, setting in runs:
             for seed in seeds:
+                if (label, seed) in done:
+                    continue
                 t0 = time.perf_counter()
                 spec = base_space.strategy.model_copy(update=setting)
                 space = base_space.model_copy(update={"strategy": spec, "seed": seed, "budget": budget})
