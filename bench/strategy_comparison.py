@@ -350,8 +350,9 @@ def main() -> None:
                       "heldout": sum(test.values()) / k, "seconds": time.perf_counter() - t0})
                 print(f"{label} seed {seed}: best dev {curve[-1]:.3f} (candidate {best['index']}), "
                       f"held-out {records[-1]['heldout']:.3f}", flush=True)
-        if "bare" in strategies:
-            for record in run_bare(problem, base_space, tasks, heldout, evaluator, seeds, budget):
+        bare_seeds = [s for s in seeds if ("bare", s) not in done]
+        if "bare" in strategies and bare_seeds:
+            for record in run_bare(problem, base_space, tasks, heldout, evaluator, bare_seeds, budget):
                 keep(record)
         if not args.no_fixed:
             for label, (dev, test) in fixed_baselines(problem, evaluator, tasks, heldout).items():
