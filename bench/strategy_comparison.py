@@ -25,6 +25,8 @@ transformers only: the same genome decoded as evomerge decodes it, merged with p
 scored by greedy exact match on the same items, so the framework's own cost (or gain) in
 quality shows beside its ``cmaes`` row. A sanity line first scores one genome both ways.
 
+``--m2n2-mutation`` adds M2N2 with Gaussian mutation of each child (std 0.05 and 0.1 of the box,
+the reference code's from-scratch setting; the paper fuses trained models without it).
 ``--m2n2-ablation`` adds M2N2 without each of its mechanisms (Abrantes et al. 2025, "Competition
 and Attraction Improve Model Fusion"): competition (alpha 0), attraction (parent 2 drawn
 uniformly, and drawn by fitness as the paper's reference code ablates it) and the split point.
@@ -63,6 +65,8 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "m2n2 no attraction (mate by fitness)": {**M2N2, "mate": "fitness"},
     "m2n2 no split point": {**M2N2, "split_point": False},
 }
+MUTATIONS: dict[str, dict[str, Any]] = {  # M2N2 with Gaussian mutation of each child (box units)
+    f"m2n2 mutation {m}": {**M2N2, "mutation": m} for m in (0.05, 0.1)}
 
 
 @dataclass(frozen=True)
@@ -278,7 +282,9 @@ def main() -> None:
                     help="any of cmaes, nevergrad, m2n2, random and bare (the bare pycma loop)")
     ap.add_argument("--m2n2-ablation", action="store_true",
                     help="add M2N2 without competition, without attraction and without the split point")
-    ap.add_argument("--ablation-only", action="store_true", help="with --m2n2-ablation: only the ablation rows")
+    ap.add_argument("--m2n2-mutation", action="store_true", help="add M2N2 with mutation 0.05 and 0.1")
+    ap.add_argument("--ablation-only", action="store_true",
+                    help="with --m2n2-ablation / --m2n2-mutation: only those rows")
     ap.add_argument("--no-fixed", action="store_true", help="leave the fixed rows (experts, recipes) out")
     ap.add_argument("--out", default=None, help="also append every run's figures as JSON lines here")
     ap.add_argument("--table", default=None, help="run nothing: print the table of these --out files (comma-separated)")
@@ -318,6 +324,8 @@ def main() -> None:
         runs = [] if args.ablation_only else [(s, SETTINGS[s]) for s in strategies if s != "bare"]
         if args.m2n2_ablation:
             runs += list(ABLATIONS.items())
+        if args.m2n2_mutation:
+            runs += list(MUTATIONS.items())
         records: list[dict[str, Any]] = []
 
         def keep(record: dict[str, Any]) -> None:
@@ -403,7 +411,7 @@ def print_table(records: list[dict[str, Any]], checkpoints: list[int]) -> None:
     bare = statistics.mean(r["heldout"] for r in runs["bare"])
     best_fixed = max(r["heldout"] for r in recipes.values())
     for label, rs in runs.items():
-        if label != "bare" and not label.startswith("m2n2 no"):
+        if label in SETTINGS:
             mean = statistics.mean(r["heldout"] for r in rs)
             print(f"{label}: mean held-out {mean:.3f} {'>=' if mean >= bare else '<'} bare loop {bare:.3f}")
     for label in ("cmaes", "m2n2"):

@@ -91,7 +91,7 @@ def run_space(config: dict[str, Any]) -> SearchSpace:
     subset run created before promotion races scores a promoted candidate's rest all at once; and
     one created before ``merge_dtype`` merges 16-bit sources in their own dtype."""
     stored = dict(config["space"])
-    old = {"restarts": "none"} | ({"attraction": "raw", "fill": "random"}
+    old = {"restarts": "none"} | ({"attraction": "raw", "fill": "random", "mutation": 0.0}
                                   if (stored.get("strategy") or {}).get("name") == "m2n2" else {})
     stored["strategy"] = old | {k: v for k, v in (stored.get("strategy") or {}).items() if v is not None}
     stored["merge_dtype"] = stored.get("merge_dtype") or "source"  # before 16-bit sources merged in float32
@@ -138,7 +138,8 @@ def create_run(store: Store, space: SearchSpace, space_text: str, *, name: str |
     stored["merge_dtype"] = space.merge_dtype or MERGE_DTYPE_DEFAULT
     if space.strategy.name == "m2n2":
         for key, default in M2N2_DEFAULTS.items():
-            stored["strategy"][key] = getattr(space.strategy, key) or default
+            value = getattr(space.strategy, key)
+            stored["strategy"][key] = default if value is None else value
     config = {"space": stored, "objective_names": names, "engine": engine, "lag": lag,
               "max_attempts": max_attempts, "deadline_s": deadline_s, "deadline_slack_s": deadline_slack_s,
               "snapshot_every": snapshot_every,

@@ -33,6 +33,7 @@ def strategy_config(space: SearchSpace, codec: Codec, *, workers: int = 1) -> St
                           known_genomes=known, popsize=s.popsize, sigma=s.sigma, optimizer=s.optimizer,
                           archive_size=s.archive_size, alpha=s.alpha, mate=s.mate, split_point=s.split_point,
                           attraction=s.attraction or M2N2_DEFAULTS["attraction"], fill=s.fill or M2N2_DEFAULTS["fill"],
+                          mutation=M2N2_DEFAULTS["mutation"] if s.mutation is None else s.mutation,
                           options=dict(s.options),
                           budget=space.budget, multi_objective=space.multi_objective, workers=workers,
                           restarts=s.restarts or RESTARTS_DEFAULT, stall=s.stall)

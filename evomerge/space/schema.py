@@ -126,7 +126,7 @@ class Objective(_Strict):
 
 MERGE_DTYPE_DEFAULT = "float32"  # what a new run's PS recipes do with 16-bit sources when the space leaves it out
 RESTARTS_DEFAULT = "ipop"  # what a new run's cmaes does when the space leaves `restarts` out
-M2N2_DEFAULTS = {"attraction": "normalized", "fill": "seeds"}  # what a new run's m2n2 does when the space leaves them out
+M2N2_DEFAULTS = {"attraction": "normalized", "fill": "seeds", "mutation": 0.0}  # what a new run's m2n2 does when the space leaves them out
 
 
 class StrategySpec(_Strict):
@@ -147,6 +147,9 @@ class StrategySpec(_Strict):
     # them go on with "raw" and "random"
     attraction: Literal["normalized", "raw"] | None = None
     fill: Literal["seeds", "random"] | None = None
+    # m2n2: std of the Gaussian added to each child's genes (box units, clipped to the box); None:
+    # M2N2_DEFAULTS for a new run, 0 (none, the paper's setting for trained sources) for one created before
+    mutation: float | None = Field(None, ge=0, le=1)
     restarts: Literal["ipop", "none"] | None = None  # cmaes; None: ipop for a new run (RESTARTS_DEFAULT)
     stall: int = Field(5, ge=1, le=1000)  # cmaes: generations without a better best before a restart
     options: dict[str, Any] = Field(default_factory=dict)
@@ -154,7 +157,7 @@ class StrategySpec(_Strict):
     @model_validator(mode="after")
     def _m2n2_only(self) -> StrategySpec:
         set_here = [k for k, default in (("mate", "attraction"), ("split_point", True), ("attraction", None),
-                                         ("fill", None)) if getattr(self, k) != default]
+                                         ("fill", None), ("mutation", None)) if getattr(self, k) != default]
         if set_here and self.name != "m2n2":
             raise ValueError(f"{', '.join(set_here)} are M2N2 settings; strategy {self.name} would ignore them")
         return self
@@ -401,7 +404,8 @@ class SearchSpace(_Strict):
                                                             ("merge_dtype", None))
                                  if getattr(self, k) == default}
         strategy_later = {k for k, default in (("restarts", None), ("stall", 5), ("mate", "attraction"),
-                                                ("split_point", True), ("attraction", None), ("fill", None))
+                                                ("split_point", True), ("attraction", None), ("fill", None),
+                                                ("mutation", None))
                           if getattr(self.strategy, k) == default}
         if strategy_later:
             later["strategy"] = strategy_later

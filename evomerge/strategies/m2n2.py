@@ -111,7 +111,7 @@ class M2N2(Replayable):
 
     def __init__(self, dim: int, seeds: Sequence[np.ndarray | Sequence[float]], *, archive_size: int = 20,
                  alpha: float = 1.0, seed: int = 0, mate: Mate = "attraction", split_point: bool = True,
-                 attraction: str = "raw", fill: str = "random") -> None:
+                 attraction: str = "raw", fill: str = "random", mutation: float = 0.0) -> None:
         if mate not in MATES:
             raise ValueError(f"mate must be one of {', '.join(MATES)}, got {mate!r}")
         if attraction not in ("normalized", "raw") or fill not in ("seeds", "random"):
@@ -122,6 +122,7 @@ class M2N2(Replayable):
         # normalized scores and an archive seeded with the given recipes only (breeding starts once
         # two are scored); "raw" / "random" are how runs created before them go on
         self.attraction, self.fill = attraction, fill
+        self.mutation = float(mutation)
         self.told_count = 0
         self._seeds = [np.clip(np.asarray(s, dtype=float), 0, 1) for s in seeds]
         self.asked = 0
@@ -141,6 +142,8 @@ class M2N2(Replayable):
             config["attraction"] = self.attraction
         if self.fill != "random":
             config["fill"] = self.fill
+        if self.mutation:
+            config["mutation"] = self.mutation
         return config
 
     def _rng(self, index: int) -> np.random.Generator:
@@ -166,6 +169,8 @@ class M2N2(Replayable):
                 split = int(rng.integers(0, self.dim)) if self.split_point else 0
                 w = float(rng.random())
                 x = crossover(self.members[p1][1], self.members[p2][1], split, w)
+                if self.mutation:  # drawn after split and w, so a run without mutation asks what it did before
+                    x = np.clip(x + rng.normal(0.0, self.mutation, self.dim), 0.0, 1.0)
                 out.append(Genome(i, x, generation=i - filled + 1,
                                   parents=(self.members[p1][0], self.members[p2][0])))
             else:

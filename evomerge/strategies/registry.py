@@ -46,6 +46,7 @@ class StrategyConfig:
     split_point: bool = True  # m2n2: false mixes whole genomes with one weight
     attraction: str = "raw"  # m2n2: "normalized" (the paper's) or "raw" (runs created before it)
     fill: str = "random"  # m2n2: "seeds" (the paper's) or "random" (runs created before it)
+    mutation: float = 0.0  # m2n2: std of the Gaussian added to a child's genes (box units)
     options: dict[str, Any] = field(default_factory=dict)
     budget: int = 64
     multi_objective: bool = False
@@ -76,7 +77,8 @@ def build_strategy(config: StrategyConfig) -> Replayable:
 
         return M2N2(c.dim, [x0, *(np.asarray(g, dtype=float) for g in c.known_genomes)],
                     archive_size=c.archive_size, alpha=c.alpha, seed=c.seed, mate=c.mate,
-                    split_point=c.split_point, attraction=c.attraction, fill=c.fill)
+                    split_point=c.split_point, attraction=c.attraction, fill=c.fill,
+                    mutation=c.mutation)
     if c.name == "nevergrad":
         from evomerge.strategies.nevergrad import Nevergrad
 

@@ -179,3 +179,48 @@ def test_stored_m2n2_runs_keep_the_mechanics_they_started_with() -> None:
     new = run_space({"space": {**space, "strategy": {"name": "m2n2", "attraction": "normalized", "fill": "seeds"}}})
     assert (new.strategy.attraction, new.strategy.fill) == ("normalized", "seeds")
     assert run_space({"space": {**space, "strategy": {"name": "cmaes"}}}).strategy.attraction is None
+
+
+def test_mutation_moves_children_off_the_seeds_hull_and_replays() -> None:
+    """``mutation`` adds N(0, mutation^2) to each child's genes (clipped to the box) after the
+    crossover's draws: without it every child stays inside the box spanned by its seeds (here
+    gene 0 never leaves [0, 0.2]); with it the children leave that hull, and a replay from the
+    stored state asks the same genomes."""
+    seeds = [np.full(4, 0.2), np.zeros(4)]
+
+    def run(mutation: float) -> tuple[M2N2, list]:
+        m = M2N2(4, seeds, archive_size=6, seed=2, attraction="normalized", fill="seeds", mutation=mutation)
+        rng = np.random.default_rng(1)
+        asked = []
+        for _ in range(12):
+            for g in m.ask(1):
+                asked.append(g)
+                m.tell([Evaluated(g, 0.5, {"t": rng.random(6).round().tolist()})])
+        return m, asked
+
+    plain, plain_asked = run(0.0)
+    mutated, mutated_asked = run(0.1)
+    assert "mutation" not in plain.config() and mutated.config()["mutation"] == 0.1
+    assert all(0.0 <= g.x[0] <= 0.2 + 1e-12 for g in plain_asked)
+    assert any(g.x[0] > 0.2 for g in mutated_asked)
+    assert all(((g.x >= 0) & (g.x <= 1)).all() for g in mutated_asked)
+    again = strategy_from_state(mutated.state_dict(), mutated.state_arrays())
+    assert [g.x.tolist() for g in again.ask(3)] == [g.x.tolist() for g in mutated.ask(3)]
+    # the same parents and crossover draws: mutation only adds to what the plain run asked
+    assert [g.parents for g in mutated_asked[:3]] == [g.parents for g in plain_asked[:3]]
+
+
+def test_mutation_is_an_m2n2_setting_stored_with_the_run() -> None:
+    from evomerge.runner.service import run_space
+
+    with pytest.raises(ValidationError, match="M2N2 settings"):
+        StrategySpec(name="cmaes", mutation=0.1)
+    with pytest.raises(ValidationError):
+        StrategySpec(name="m2n2", mutation=-0.1)
+    space = {"name": "x", "base": "/b", "experts": ["/e"], "vary": {"weight": {"low": 0, "high": 1}},
+             "objectives": [{"task": "/t.yaml"}], "strategy": {"name": "m2n2"}}
+    assert run_space({"space": space}).strategy.mutation == 0.0  # stored before mutation existed: none
+    assert run_space({"space": {**space, "strategy": {"name": "m2n2", "mutation": 0.05}}}).strategy.mutation == 0.05
+    hashed = SearchSpace.model_validate(space).space_hash
+    assert hashed == SearchSpace.model_validate({**space, "strategy": {"name": "m2n2", "mutation": None}}).space_hash
+    assert hashed != SearchSpace.model_validate({**space, "strategy": {"name": "m2n2", "mutation": 0.05}}).space_hash
