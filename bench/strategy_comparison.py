@@ -283,15 +283,21 @@ def main() -> None:
     ap.add_argument("--m2n2-ablation", action="store_true",
                     help="add M2N2 without competition, without attraction and without the split point")
     ap.add_argument("--m2n2-mutation", action="store_true", help="add M2N2 with mutation 0.05 and 0.1")
+    ap.add_argument("--extra", action="append", default=[], metavar="LABEL=JSON",
+                    help='another row: a strategy setting, e.g. \'m2n2 fill random={"name": "m2n2", "fill": "random"}\'')
     ap.add_argument("--ablation-only", action="store_true",
-                    help="with --m2n2-ablation / --m2n2-mutation: only those rows")
+                    help="with --m2n2-ablation / --m2n2-mutation / --extra: only those rows")
     ap.add_argument("--no-fixed", action="store_true", help="leave the fixed rows (experts, recipes) out")
     ap.add_argument("--out", default=None, help="also append every run's figures as JSON lines here")
     ap.add_argument("--table", default=None, help="run nothing: print the table of these --out files (comma-separated)")
+    ap.add_argument("--relabel", action="append", default=[], metavar="OLD=NEW",
+                    help="with --table: show runs labelled OLD as NEW (e.g. rows measured before a default changed)")
     args = ap.parse_args()
     if args.table:
-        print_table([json.loads(line) for f in args.table.split(",") for line in Path(f).read_text().splitlines()
-                     if line.strip()], [int(c) for c in args.checkpoints.split(",")])
+        names = dict(r.split("=", 1) for r in args.relabel)
+        lines = [json.loads(line) for f in args.table.split(",") for line in Path(f).read_text().splitlines() if line.strip()]
+        print_table([r | {"label": names.get(r["label"], r["label"])} for r in lines],
+                    [int(c) for c in args.checkpoints.split(",")])
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     strategies = args.strategies.split(",")
@@ -326,6 +332,7 @@ def main() -> None:
             runs += list(ABLATIONS.items())
         if args.m2n2_mutation:
             runs += list(MUTATIONS.items())
+        runs += [(label, json.loads(setting)) for label, setting in (e.split("=", 1) for e in args.extra)]
         records: list[dict[str, Any]] = []
 
         def keep(record: dict[str, Any]) -> None:
