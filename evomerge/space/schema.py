@@ -126,7 +126,7 @@ class Objective(_Strict):
 
 MERGE_DTYPE_DEFAULT = "float32"  # what a new run's PS recipes do with 16-bit sources when the space leaves it out
 RESTARTS_DEFAULT = "ipop"  # what a new run's cmaes does when the space leaves `restarts` out
-M2N2_DEFAULTS = {"attraction": "normalized", "fill": "seeds", "mutation": 0.0}  # what a new run's m2n2 does when the space leaves them out
+M2N2_DEFAULTS = {"attraction": "normalized", "fill": "seeds", "mutation": 0.1}  # what a new run's m2n2 does when the space leaves them out
 
 
 class StrategySpec(_Strict):

@@ -14,8 +14,12 @@ ALGORITHMS.md). Children are recipes: crossover mixes genomes whose genes are or
   before that fill all ``archive_size`` slots first (random points after the recipes).
 - Crossover: split s ~ U{0..d-1}, weight w ~ U(0, 1): child = w x1 + (1-w) x2 before s and
   (1-w) x1 + w x2 from s on.
+- Mutation (``mutation``, std in box units; 0.1 for a new run, 0 for runs created before it):
+  N(0, mutation^2) added to each of a child's genes, clipped to the box. The paper fuses trained
+  models without it (sec. 3; its reference code mutates only models evolved from scratch); here
+  the seeds are a few recipes, and without mutation no child leaves the box they span.
 - Each scored child joins the archive and the member with the lowest fitness leaves (possibly
-  the child). No mutation: the sources are trained models (paper, sec. 3).
+  the child).
 Randomness for child ``i`` comes from ``SeedSequence([seed, i])``, so asks do not depend on
 how a run was interrupted.
 
