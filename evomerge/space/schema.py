@@ -151,7 +151,10 @@ class StrategySpec(_Strict):
     # M2N2_DEFAULTS for a new run, 0 (none, the paper's setting for trained sources) for one created before
     mutation: float | None = Field(None, ge=0, le=1)
     restarts: Literal["ipop", "none"] | None = None  # cmaes; None: ipop for a new run (RESTARTS_DEFAULT)
-    stall: int = Field(5, ge=1, le=1000)  # cmaes: generations without a better best before a restart
+    # cmaes: restart when the best has not improved for this many generations; None (a new run's
+    # default): restart only when pycma's step-size or covariance criteria fire (a best-so-far rule of
+    # 5 generations restarted runs that were still improving: docs/benchmarks.md, session 13)
+    stall: int | None = Field(None, ge=1, le=1000)
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -403,7 +406,7 @@ class SearchSpace(_Strict):
                                                             ("smooth", False), ("tokenizer_source", None),
                                                             ("merge_dtype", None))
                                  if getattr(self, k) == default}
-        strategy_later = {k for k, default in (("restarts", None), ("stall", 5), ("mate", "attraction"),
+        strategy_later = {k for k, default in (("restarts", None), ("stall", None), ("mate", "attraction"),
                                                 ("split_point", True), ("attraction", None), ("fill", None),
                                                 ("mutation", None))
                           if getattr(self.strategy, k) == default}

@@ -10,7 +10,8 @@ it by replaying the recorded tells, which reproduces the same asks because pycma
 Defaults: pycma's population 4 + floor(3 ln d) for d genes (Hansen 2016, Table 1) and a step
 size of 0.25 box units (a quarter of every parameter's range, so the start +- 2 sigma spans
 the box). With ``restarts="ipop"`` (the default of new runs) a run that stalls restarts with
-twice the population (:meth:`CMAES._maybe_restart`).
+twice the population (:meth:`CMAES._maybe_restart`): a new run's stall is pycma's own step-size and
+covariance criteria; ``stall`` adds a best-so-far rule (runs created before session 13 have 5).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class CMAES(Replayable):
 
     def __init__(self, dim: int, x0: np.ndarray | Sequence[float], *, seed: int = 0, sigma: float = 0.25,
                  popsize: int | None = None, options: dict[str, Any] | None = None,
-                 inject: Sequence[Sequence[float]] | None = None, restarts: str = "none", stall: int = 5) -> None:
+                 inject: Sequence[Sequence[float]] | None = None, restarts: str = "none", stall: int | None = 5) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             import cma
@@ -75,8 +76,8 @@ class CMAES(Replayable):
     def _maybe_restart(self, losses: list[float]) -> None:
         """IPOP-CMA-ES (Auger & Hansen 2005, "A Restart CMA Evolution Strategy With Increasing
         Population Size", CEC): when pycma's step-size or covariance criteria fire, or the run's best has
-        not improved for ``stall`` generations, start again from a uniformly random point of the
-        box with twice the population and the initial step size. A function of the told results
+        not improved for ``stall`` generations (``stall`` None: pycma's criteria only), start again
+        from a uniformly random point of the box with twice the population and the initial step size. A function of the told results
         and the seed only, so a replay restarts at the same generation to the same point."""
         best = min(losses)
         if best < self._run_best:
@@ -84,7 +85,7 @@ class CMAES(Replayable):
         if self.restarts != "ipop":
             return
         stopped = {k: v for k, v in self.es.stop().items() if k not in IGNORED_STOPS}
-        if not stopped and self.generation - self._run_best_at < self.stall:
+        if not stopped and (self.stall is None or self.generation - self._run_best_at < self.stall):
             return
         self.restart += 1
         start = np.random.default_rng([self.seed, self.restart]).random(self.dim)

@@ -52,7 +52,7 @@ class StrategyConfig:
     multi_objective: bool = False
     workers: int = 1
     restarts: str = "none"  # cmaes: "ipop" restarts a stalled run with twice the population
-    stall: int = 5  # cmaes: generations without a better best that count as stalled
+    stall: int | None = 5  # cmaes: generations without a better best that count as stalled (None: no such rule)
 
 
 def _classes() -> dict[str, type[Replayable]]:

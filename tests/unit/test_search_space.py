@@ -9,7 +9,7 @@ import pytest
 
 from evomerge.errors import ConfigError
 from evomerge.space.codec import PSCodec
-from evomerge.space.schema import SearchSpace, load_space
+from evomerge.space.schema import SearchSpace, StrategySpec, load_space
 from evomerge.strategies.base import Evaluated, penalty
 from evomerge.strategies.cmaes import CMAES
 from evomerge.strategies.random import RandomSearch
@@ -296,3 +296,27 @@ def test_ipop_restarts_a_stalled_cmaes_with_twice_the_population_and_replays() -
     assert rebuilt.restart == ipop.restart and rebuilt.events == ipop.events
     nxt, again = ipop.ask(1)[0], rebuilt.ask(1)[0]
     assert np.array_equal(nxt.x, again.x)
+
+
+def test_a_new_cmaes_run_restarts_on_pycmas_criteria_only_and_old_runs_keep_their_stall_rule() -> None:
+    """Session 13: the best-so-far rule (5 generations) restarted zoo runs that were still
+    improving, so a new run leaves ``stall`` unset: a fitness with a slight slope (1e-6 x the sum
+    of the genes) and a step up every sixth generation never restarts it; with ``stall: 2`` it does. A run stored with
+    ``stall: 5`` (before the change) resumes with it."""
+    from evomerge.runner.service import run_space
+
+    def run(stall: int | None) -> CMAES:
+        s = CMAES(4, np.full(4, 0.5), seed=2, popsize=6, restarts="ipop", stall=stall)
+        while s.asked < 90:
+            got = s.ask(100)
+            s.tell([Evaluated(g, 0.25 + 1e-3 * (g.index // 36) + 1e-6 * float(g.x.sum())) for g in got])
+        return s
+
+    assert run(None).restart == 0 and run(2).restart >= 1
+    assert StrategySpec(name="cmaes").stall is None
+    stored = {"name": "x", "base": "/b", "experts": ["/e"], "vary": {"weight": {"low": 0, "high": 1}},
+              "objectives": [{"task": "/t.yaml"}], "strategy": {"name": "cmaes", "restarts": "ipop", "stall": 5}}
+    assert run_space({"space": stored}).strategy.stall == 5
+    fresh = {**stored, "strategy": {"name": "cmaes"}}
+    assert SearchSpace.model_validate(fresh).space_hash == SearchSpace.model_validate(
+        {**stored, "strategy": {"name": "cmaes", "stall": None}}).space_hash
