@@ -131,7 +131,6 @@ def measure(log=print) -> dict[str, float]:
             merges.append(res.phases["materialize"])
             evals.append(res.phases["evaluate"])
             tokens.append(res.tokens)
-    ev.close()
     merge_s = statistics.median(merges)
     out |= {"model_bytes": model_bytes, "params": params, "merge_s": merge_s,
             "merge_gbps": (SOURCES + 1) * model_bytes / merge_s / GB,
