@@ -295,7 +295,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.table:
         names = dict(r.split("=", 1) for r in args.relabel)
-        lines = [json.loads(line) for f in args.table.split(",") for line in Path(f).read_text().splitlines() if line.strip()]
+        lines = [r for f in args.table.split(",") for r in read_records(Path(f))]
         print_table([r | {"label": names.get(r["label"], r["label"])} for r in lines],
                     [int(c) for c in args.checkpoints.split(",")])
         return
@@ -344,8 +344,8 @@ def main() -> None:
 
         done = set()
         if args.out and Path(args.out).is_file():  # a rerun with the same --out goes on where one stopped
-            done = {(r["label"], r["seed"]) for r in map(json.loads, Path(args.out).read_text().splitlines())
-                    if r.get("kind") == "run" and r.get("problem") == problem.name}
+            done = {(r["label"], r["seed"]) for r in read_records(Path(args.out))
+                    if r["kind"] == "run" and r["problem"] == problem.name}
         for label, setting in runs:
             for seed in seeds:
                 if (label, seed) in done:
@@ -377,6 +377,11 @@ def main() -> None:
     print()
     print_table(records, checkpoints)
     os._exit(0)  # nevergrad's NGOpt can leave a scipy thread that blocks interpreter exit
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The runs and fixed rows an ``--out`` file holds (one JSON object per line)."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def print_table(records: list[dict[str, Any]], checkpoints: list[int]) -> None:

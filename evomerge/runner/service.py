@@ -26,7 +26,6 @@ from evomerge.errors import ConfigError, EvomergeError, StaleLeaseError
 from evomerge.runner.driver import Driver, DriverOptions
 from evomerge.runner.options import ExecOptions
 from evomerge.space.schema import (
-    M2N2_DEFAULTS,
     MERGE_DTYPE_DEFAULT,
     RESTARTS_DEFAULT,
     SearchSpace,
@@ -137,9 +136,7 @@ def create_run(store: Store, space: SearchSpace, space_text: str, *, name: str |
     stored["strategy"]["restarts"] = space.strategy.restarts or RESTARTS_DEFAULT  # fixed with the run
     stored["merge_dtype"] = space.merge_dtype or MERGE_DTYPE_DEFAULT
     if space.strategy.name == "m2n2":
-        for key, default in M2N2_DEFAULTS.items():
-            value = getattr(space.strategy, key)
-            stored["strategy"][key] = default if value is None else value
+        stored["strategy"].update(space.strategy.m2n2_settings())
     config = {"space": stored, "objective_names": names, "engine": engine, "lag": lag,
               "max_attempts": max_attempts, "deadline_s": deadline_s, "deadline_slack_s": deadline_slack_s,
               "snapshot_every": snapshot_every,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from evomerge.space.schema import M2N2_DEFAULTS, RESTARTS_DEFAULT, SearchSpace
+from evomerge.space.schema import RESTARTS_DEFAULT, SearchSpace
 from evomerge.strategies.base import Replayable
 from evomerge.strategies.registry import StrategyConfig, build_strategy, check_config
 
@@ -32,8 +32,7 @@ def strategy_config(space: SearchSpace, codec: Codec, *, workers: int = 1) -> St
     return StrategyConfig(dim=codec.dim, x0=_plain(codec.initial()), name=s.name, seed=space.seed,
                           known_genomes=known, popsize=s.popsize, sigma=s.sigma, optimizer=s.optimizer,
                           archive_size=s.archive_size, alpha=s.alpha, mate=s.mate, split_point=s.split_point,
-                          attraction=s.attraction or M2N2_DEFAULTS["attraction"], fill=s.fill or M2N2_DEFAULTS["fill"],
-                          mutation=M2N2_DEFAULTS["mutation"] if s.mutation is None else s.mutation,
+                          **s.m2n2_settings(),
                           options=dict(s.options),
                           budget=space.budget, multi_objective=space.multi_objective, workers=workers,
                           restarts=s.restarts or RESTARTS_DEFAULT, stall=s.stall)

@@ -157,6 +157,10 @@ class StrategySpec(_Strict):
     stall: int | None = Field(None, ge=1, le=1000)
     options: dict[str, Any] = Field(default_factory=dict)
 
+    def m2n2_settings(self) -> dict[str, Any]:
+        """attraction, fill and mutation as a new run uses them: the space's, else M2N2_DEFAULTS."""
+        return {k: default if getattr(self, k) is None else getattr(self, k) for k, default in M2N2_DEFAULTS.items()}
+
     @model_validator(mode="after")
     def _m2n2_only(self) -> StrategySpec:
         set_here = [k for k, default in (("mate", "attraction"), ("split_point", True), ("attraction", None),

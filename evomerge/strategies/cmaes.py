@@ -77,8 +77,9 @@ class CMAES(Replayable):
         """IPOP-CMA-ES (Auger & Hansen 2005, "A Restart CMA Evolution Strategy With Increasing
         Population Size", CEC): when pycma's step-size or covariance criteria fire, or the run's best has
         not improved for ``stall`` generations (``stall`` None: pycma's criteria only), start again
-        from a uniformly random point of the box with twice the population and the initial step size. A function of the told results
-        and the seed only, so a replay restarts at the same generation to the same point."""
+        from a uniformly random point of the box with twice the population and the initial step
+        size. A function of the told results and the seed only, so a replay restarts at the same
+        generation to the same point."""
         best = min(losses)
         if best < self._run_best:
             self._run_best, self._run_best_at = best, self.generation

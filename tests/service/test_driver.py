@@ -100,3 +100,25 @@ def test_a_new_cmaes_run_restarts_ipop_and_a_run_from_before_restarts_goes_on_wi
     old = {**config, "space": {**config["space"], "strategy": {
         k: v for k, v in config["space"]["strategy"].items() if k not in ("restarts", "stall")}}}
     assert run_space(old).strategy.restarts == "none"
+
+
+def test_a_new_m2n2_run_stores_the_papers_mechanics_and_mutation(tiny_sources: Path, tmp_path: Path) -> None:
+    """Issue 21: a new M2N2 run fixes attraction, fill and mutation (M2N2_DEFAULTS) in its stored
+    space when the space leaves them out, and keeps a value the space sets (mutation 0 included)."""
+    from evomerge.runner.service import run_space
+    from evomerge.space.schema import M2N2_DEFAULTS
+    from evomerge.store import Store
+
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    space = write_space(tmp_path, tiny_sources, strategy="m2n2", budget=6)
+    api.search(space, db=db, engine="synthetic", backend="local", name="new", log=quiet)
+    text = space.read_text().replace("strategy: {name: m2n2", "strategy: {name: m2n2, mutation: 0.0")
+    assert "mutation: 0.0" in text
+    zero = tmp_path / "zero.yaml"
+    zero.write_text(text)
+    api.search(zero, db=db, engine="synthetic", backend="local", name="zero", log=quiet)
+    with Store.open(db) as store:
+        new, kept = store.get_run("new").config, store.get_run("zero").config
+    assert {k: new["space"]["strategy"][k] for k in M2N2_DEFAULTS} == M2N2_DEFAULTS
+    assert M2N2_DEFAULTS["mutation"] == 0.1 and kept["space"]["strategy"]["mutation"] == 0.0
+    assert run_space(new).strategy.mutation == 0.1 and run_space(kept).strategy.mutation == 0.0
