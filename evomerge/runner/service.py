@@ -217,7 +217,8 @@ def execute(store: Store, run: RunInfo, opts: ExecOptions, *, log: Callable[[str
         faults = json.loads(os.environ.get("EVOMERGE_FAULTS", "{}"))  # failure tests only
         spec = WorkerSpec(engine=cfg["engine"], tasks=tuple(o.ref for o in space.objectives), sources=tuple(sources),
                           store_url=store.url, run_id=run.id, heartbeat_s=opts.heartbeat_s,
-                          engine_options=cfg.get("engine_options") or {},
+                          engine_options=engine_options(cfg["engine"], cfg.get("engine_options") or {},
+                                                        opts.gpus_per_worker),
                           threads=max(1, int(opts.cpus_per_worker)) if opts.backend == "ray" else None, faults=faults,
                           code=code_fingerprint())
         if merges_weights(cfg["engine"]) and opts.backend == "ray":
@@ -271,6 +272,15 @@ def execute(store: Store, run: RunInfo, opts: ExecOptions, *, log: Callable[[str
     finally:
         if backend is not None:
             backend.shutdown()
+
+
+def engine_options(engine: str, options: dict[str, Any], gpus_per_worker: float) -> dict[str, Any]:
+    """A run's engine options as a worker gets them: a vLLM worker given two or more GPUs runs one
+    engine tensor-parallel over them (each rank merging its own part of every tensor), unless the
+    run's options say how."""
+    if engine == "vllm" and gpus_per_worker >= 2 and "tensor_parallel" not in options:
+        return {**options, "tensor_parallel": int(gpus_per_worker)}
+    return dict(options)
 
 
 def default_lag(workers: int) -> int:

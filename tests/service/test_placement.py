@@ -81,3 +81,12 @@ def test_validate_prints_the_plan_and_search_refuses_a_run_that_cannot_fit(tiny_
     assert tiny.returncode != 0 and "a candidate does not fit its GPUs" in tiny.stderr, tiny.stderr
     assert "Traceback" not in tiny.stderr
     assert not db.exists() or api.runs(f"sqlite:///{db}") == []  # nothing written
+
+
+def test_a_vllm_worker_with_several_gpus_runs_one_tensor_parallel_engine_over_them() -> None:
+    from evomerge.runner.service import engine_options
+
+    assert engine_options("vllm", {}, 4.0) == {"tensor_parallel": 4}
+    assert engine_options("vllm", {"tensor_parallel": 2, "kv_cache_gib": 4}, 4.0) == {"tensor_parallel": 2, "kv_cache_gib": 4}
+    assert engine_options("vllm", {}, 1.0) == {}  # one GPU: one rank
+    assert engine_options("hf", {}, 4.0) == {}  # transformers has no tensor-parallel engine here

@@ -67,3 +67,75 @@ def test_shard_indices_and_uneven_splits() -> None:
 
     with pytest.raises(ConfigError, match="does not split into 4 equal shards"):
         shard_indices((6, 4), 0, 0, 4)
+
+
+# ----------------------------------------------------------------------------- a vLLM rank's parts
+
+LLAMA = {"architectures": ["LlamaForCausalLM"], "num_attention_heads": 4, "num_key_value_heads": 2,
+         "hidden_size": 128, "head_dim": 32, "vocab_size": 46}
+
+
+def test_rank_parts_follow_vllm_loaders() -> None:
+    """Column-parallel rows, row-parallel columns, key/value heads shared by ranks when fewer than
+    them, the padded vocabulary's short last part; norms whole (left out)."""
+    from evomerge.evaluate.vllm_shards import Part, rank_parts
+
+    tensors = [("model.layers.0.self_attn.q_proj.weight", (128, 128)),
+               ("model.layers.0.self_attn.k_proj.weight", (64, 128)),
+               ("model.layers.0.self_attn.v_proj.bias", (64,)),
+               ("model.layers.0.self_attn.o_proj.weight", (128, 128)),
+               ("model.layers.0.mlp.up_proj.weight", (384, 128)),
+               ("model.layers.0.mlp.down_proj.weight", (128, 384)),
+               ("model.layers.0.input_layernorm.weight", (128,)),
+               ("model.embed_tokens.weight", (46, 128)),
+               ("lm_head.weight", (46, 128))]
+    p = rank_parts(LLAMA, tensors, 1, 2)
+    assert p["model.layers.0.self_attn.q_proj.weight"] == Part(0, 64, 64)
+    assert p["model.layers.0.self_attn.k_proj.weight"] == Part(0, 32, 32)  # 2 kv heads, 2 ranks: one each
+    assert p["model.layers.0.self_attn.o_proj.weight"] == Part(1, 64, 64)
+    assert p["model.layers.0.mlp.up_proj.weight"] == Part(0, 192, 192)
+    assert p["model.layers.0.mlp.down_proj.weight"] == Part(1, 192, 192)
+    assert p["model.embed_tokens.weight"] == Part(0, 32, 14)  # vocab 46 padded to 64: rows 32..45
+    assert "model.layers.0.input_layernorm.weight" not in p
+    four = [rank_parts(LLAMA, tensors, r, 4) for r in range(4)]
+    assert [q["model.layers.0.self_attn.k_proj.weight"] for q in four] == [Part(0, 0, 32), Part(0, 0, 32),
+                                                                          Part(0, 32, 32), Part(0, 32, 32)]
+    assert [q["model.layers.0.self_attn.v_proj.bias"] for q in four][2] == Part(0, 32, 32)
+    assert [q["lm_head.weight"] for q in four] == [Part(0, 0, 16), Part(0, 16, 16), Part(0, 32, 14), Part(0, 46, 0)]
+    assert rank_parts(LLAMA, tensors, 0, 1) == {}
+    assert rank_parts({**LLAMA, "architectures": ["GPT2LMHeadModel"]}, tensors, 0, 2) == {}  # rules unknown: whole
+    odd = rank_parts(LLAMA, [("model.layers.0.self_attn.q_proj.weight", (100, 128))], 0, 2)
+    assert odd == {}  # not the shape the rule expects: merged whole, the loader slices it
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "dare_ties"])
+def test_merge_into_parts_of_every_rank_assemble_the_whole_merge(zoo_dir, method: str) -> None:  # type: ignore[no-untyped-def]
+    """Each rank merges only its parts into a buffer (the rest stays as it was: NaN here), and the
+    parts every rank merged, with the whole tensors of the rest, are the whole merge bit for bit."""
+    from evomerge.evaluate.vllm_shards import rank_parts
+    from evomerge.merge.materialize import merge_into
+    from evomerge.merge.plan import plan_merge
+    from evomerge.recipe import recipe_from_dict
+
+    params = {"weight": 0.8} if method == "task_arithmetic" else {"weight": 0.8, "density": 0.4}
+    recipe = recipe_from_dict({"merge_method": method, "base_model": str(zoo_dir / "base"), "models": [
+        {"model": str(zoo_dir / f"expert_{s}"), "parameters": params} for s in ("add", "caesar", "length")]})
+    with plan_merge(recipe) as plan:
+        whole = {m.name: torch.empty(m.shape, dtype=m.dtype) for m in plan.metas}
+        merge_into(plan, whole, seed=5)
+        tp = 2
+        assembled = {m.name: torch.full(m.shape, float("nan"), dtype=m.dtype) for m in plan.metas}
+        merged_entries = []
+        for rank in range(tp):
+            parts = rank_parts(plan.config, ((m.name, tuple(m.shape)) for m in plan.metas), rank, tp)
+            assert parts, "the zoo is a Llama: its projections and embeddings have parts"
+            mine = {m.name: torch.full(m.shape, float("nan"), dtype=m.dtype) for m in plan.metas}
+            merge_into(plan, mine, seed=5, parts=parts)
+            for name, t in mine.items():
+                done = ~torch.isnan(t)
+                assembled[name][done] = t[done]
+            merged_entries.append(sum(int((~torch.isnan(t)).sum()) for t in mine.values()))
+    for name, t in whole.items():
+        assert torch.equal(assembled[name], t), name
+    total = sum(t.numel() for t in whole.values())
+    assert all(n < 0.55 * total for n in merged_entries), merged_entries  # norms are whole on both ranks
