@@ -185,9 +185,13 @@ class BareMerge:
                 p.copy_(self.base[name] + acc)
 
     def accuracy(self, items: list[tuple[str, str]]) -> float:
+        return sum(self.correct(items)) / len(items)
+
+    def correct(self, items: list[tuple[str, str]]) -> list[float]:
+        """1.0 for each item the live model answers exactly (after stripping), else 0.0."""
         torch = self.torch
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
-        right = 0
+        right: list[float] = []
         with torch.no_grad():
             for i in range(0, len(items), self.batch_size):
                 chunk = items[i : i + self.batch_size]
@@ -201,8 +205,8 @@ class BareMerge:
                 gen = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=MAX_NEW_TOKENS,
                                           do_sample=False, pad_token_id=pad, eos_token_id=self.tok.eos_token_id)
                 for row, (_, answer) in zip(gen[:, width:].tolist(), chunk, strict=True):
-                    right += self.tok.decode(row, skip_special_tokens=True).strip() == answer.strip()
-        return right / len(items)
+                    right.append(float(self.tok.decode(row, skip_special_tokens=True).strip() == answer.strip()))
+        return right
 
 
 def bare_decode(x, layers: int, experts: int, low: float, high: float):

@@ -164,23 +164,27 @@ class M2N2(Replayable):
                 x = self._seeds[i] if i < len(self._seeds) else self._rng(i).random(self.dim)
                 out.append(Genome(i, x, generation=0))
             elif len(self.members) >= 2:
-                rng = self._rng(i)
-                scores = np.stack([m[2] for m in self.members])
-                p1 = _pick(rng, shared_fitness(scores, self.alpha))
-                p2 = _pick(rng, mate_weights(scores, p1, self.mate, self.alpha,
-                                             normalized=self.attraction == "normalized"), exclude=p1)
-                # split 0: the tail is the whole genome, one mixing weight for every gene
-                split = int(rng.integers(0, self.dim)) if self.split_point else 0
-                w = float(rng.random())
-                x = crossover(self.members[p1][1], self.members[p2][1], split, w)
-                if self.mutation:  # drawn after split and w, so a run without mutation asks what it did before
-                    x = np.clip(x + rng.normal(0.0, self.mutation, self.dim), 0.0, 1.0)
+                x, p1, p2 = self._breed(self._rng(i))
                 out.append(Genome(i, x, generation=i - filled + 1,
                                   parents=(self.members[p1][0], self.members[p2][0])))
             else:
                 break  # children need two scored members
             self.asked += 1
         return out
+
+    def _breed(self, rng: np.random.Generator) -> tuple[np.ndarray, int, int]:
+        """One child from the archive: (genome, parent 1's and parent 2's member positions)."""
+        scores = np.stack([m[2] for m in self.members])
+        p1 = _pick(rng, shared_fitness(scores, self.alpha))
+        p2 = _pick(rng, mate_weights(scores, p1, self.mate, self.alpha,
+                                     normalized=self.attraction == "normalized"), exclude=p1)
+        # split 0: the tail is the whole genome, one mixing weight for every gene
+        split = int(rng.integers(0, self.dim)) if self.split_point else 0
+        w = float(rng.random())
+        x = crossover(self.members[p1][1], self.members[p2][1], split, w)
+        if self.mutation:  # drawn after split and w, so a run without mutation asks what it did before
+            x = np.clip(x + rng.normal(0.0, self.mutation, self.dim), 0.0, 1.0)
+        return x, p1, p2
 
     def _tell(self, results: Sequence[Evaluated]) -> None:
         self.told_count += len(results)

@@ -1,0 +1,174 @@
+"""M2N2 variants, fast: the strategy's ask/tell loop in process over the bare merge (issue 21).
+
+    python -m bench.m2n2_variants [--problem zoo|qwen2] [--seeds 0,1,2] [--budget 200]
+                                  --variants m2n2,m2n2:alpha=0.5,de:F=0.5:floor=0.02 [--out F]
+    python -m bench.m2n2_variants --table F1,F2
+
+Each run asks evomerge's M2N2 (or a variant of it) one child at a time, as a one-worker search
+does, and scores each genome with bench.strategy_comparison's bare merge (per-layer task
+arithmetic written into one live transformers model, greedy exact match on the same 200 dev
+items per skill): no service, no archive, about twice as fast as ``bench.strategy_comparison``.
+The same seed gives the same candidates and scores as the search does (checked: ``m2n2`` seed 0
+on the zoo reproduces the strategy table's curve and held-out accuracy exactly). Rows: the best
+dev fitness after N evaluations and the held-out accuracy of each run's best
+(bench.strategy_comparison's table).
+
+Variants (``name:key=value:...``; every key also sets an M2N2 setting such as ``alpha``,
+``archive_size`` or ``mutation``):
+- ``m2n2``: M2N2 as a new evomerge run builds it (M2N2_DEFAULTS: normalized attraction, the
+  archive seeded with the start and the experts, mutation 0.1).
+- ``de:F=..:floor=..``: the child moves by F times the difference of two other random members
+  (differential evolution's mutation, Storn & Price 1997) plus N(0, floor^2).
+- ``spread:c=..:floor=..``: Gaussian mutation per gene with std max(floor, c x the archive's std
+  of that gene) (shrinks as the archive converges).
+- ``anneal:m0=..:m1=..``: Gaussian mutation whose std falls geometrically from m0 to m1 over the
+  budget.
+- ``blx:a=..:m=..``: the crossover's mixing weight drawn from U(-a, 1 + a) (BLX-alpha, Eshelman &
+  Schaffer 1993: children may leave the segment between their parents) plus mutation std m.
+- ``pbest:p=..``: parent 1 is the member with the best mean score with probability p (else as
+  M2N2 draws it).
+- ``immigrant:every=..``: every ``every``-th child is a uniform random point instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.strategy_comparison import ITEMS, BareMerge, bare_decode, print_table, read_records
+from evomerge.space.schema import M2N2_DEFAULTS
+from evomerge.strategies.base import Evaluated
+from evomerge.strategies.m2n2 import M2N2, _pick, crossover, mate_weights, shared_fitness
+
+LOW, HIGH, INIT = 0.0, 1.5, 1.0  # both problems' weight bounds and start (bench.strategy_comparison)
+
+
+class Variant(M2N2):
+    """M2N2 with one breeding rule changed (``kind``); the settings are attributes."""
+
+    kind = "m2n2"
+    budget = 200
+    F, floor, c, m0, m1, a, m, p, every = 0.5, 0.02, 0.5, 0.3, 0.03, 0.25, 0.05, 0.25, 5
+
+    def _breed(self, rng: np.random.Generator) -> tuple[np.ndarray, int, int]:
+        if self.kind == "m2n2":
+            return super()._breed(rng)
+        scores = np.stack([m[2] for m in self.members])
+        if self.kind == "immigrant" and self.asked % int(self.every) == 0:
+            return rng.random(self.dim), 0, 1
+        p1 = _pick(rng, shared_fitness(scores, self.alpha))
+        if self.kind == "pbest" and rng.random() < self.p:
+            p1 = int(np.argmax(scores.mean(axis=1)))
+        p2 = _pick(rng, mate_weights(scores, p1, self.mate, self.alpha, normalized=True), exclude=p1)
+        split, w = int(rng.integers(0, self.dim)), float(rng.random())
+        x1, x2 = self.members[p1][1], self.members[p2][1]
+        if self.kind == "blx":
+            w = -self.a + w * (1 + 2 * self.a)
+            x = np.concatenate([w * x1[:split] + (1 - w) * x2[:split], (1 - w) * x1[split:] + w * x2[split:]])
+            return np.clip(x + rng.normal(0.0, self.m, self.dim), 0.0, 1.0), p1, p2
+        x = crossover(x1, x2, split, w)
+        members = np.stack([m[1] for m in self.members])
+        if self.kind == "de":
+            i, j = rng.choice(len(members), 2, replace=False)
+            x = x + self.F * (members[i] - members[j]) + rng.normal(0.0, self.floor, self.dim)
+        elif self.kind == "spread":
+            x = x + rng.normal(0.0, 1.0, self.dim) * np.maximum(self.floor, self.c * members.std(axis=0))
+        elif self.kind == "anneal":
+            x = x + rng.normal(0.0, self.m0 * (self.m1 / self.m0) ** min(1.0, self.asked / self.budget), self.dim)
+        else:  # pbest, immigrant: M2N2's own mutation
+            x = x + rng.normal(0.0, self.mutation, self.dim)
+        return np.clip(x, 0.0, 1.0), p1, p2
+
+
+def make(label: str, dim: int, seeds: list[np.ndarray], seed: int, budget: int) -> M2N2:
+    kind, *pairs = label.split(":")
+    settings = {k: float(v) for k, v in (pair.split("=", 1) for pair in pairs)}
+    own = {k: settings.pop(k) for k in ("alpha", "mutation", "archive_size") if k in settings}
+    if "archive_size" in own:
+        own["archive_size"] = int(own["archive_size"])
+    strategy = Variant(dim, seeds, seed=seed, **{**M2N2_DEFAULTS, **own})
+    strategy.kind, strategy.budget = kind, budget
+    for key, value in settings.items():
+        if not hasattr(Variant, key):
+            raise SystemExit(f"unknown setting {key!r} in {label!r}")
+        setattr(strategy, key, value)
+    if kind not in ("m2n2", "de", "spread", "anneal", "blx", "pbest", "immigrant"):
+        raise SystemExit(f"unknown variant {kind!r}")
+    return strategy
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--problem", choices=["zoo", "qwen2"], default="zoo")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--budget", type=int, default=200)
+    ap.add_argument("--variants", default="m2n2")
+    ap.add_argument("--out", default=None, help="append each run as a JSON line (bench.strategy_comparison's records)")
+    ap.add_argument("--table", default=None, help="run nothing: print the table of these --out files")
+    ap.add_argument("--checkpoints", default="25,50,100,200")
+    args = ap.parse_args()
+    checkpoints = [int(c) for c in args.checkpoints.split(",")]
+    if args.table:
+        print_table([r for f in args.table.split(",") for r in read_records(Path(f))], checkpoints)
+        return
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from evomerge.zoo import QWEN2_SPEC, ZooSpec, ensure_zoo, skill_items
+
+    spec = QWEN2_SPEC if args.problem == "qwen2" else ZooSpec()
+    zoo = ensure_zoo(spec=spec, log=print)
+    merge = BareMerge(str(zoo / "base"), [str(zoo / f"expert_{s}") for s in spec.experts])
+    layers, experts = merge.layers, merge.experts
+    dim = layers * experts
+    dev = {s: skill_items(s, ITEMS, split="dev") for s in spec.experts}
+    test = {s: skill_items(s, ITEMS, split="test") for s in spec.experts}
+    start = np.full(dim, (INIT - LOW) / (HIGH - LOW))
+    alone = []  # each expert alone (weight 1, the others 0), as the PS codec's expert_genomes
+    for e in range(experts):
+        g = np.zeros(dim)
+        g[e::experts] = (1.0 - LOW) / (HIGH - LOW)
+        alone.append(g)
+
+    def scores(x: np.ndarray, items: dict[str, list[tuple[str, str]]]) -> dict[str, list[float]]:
+        merge.load(bare_decode(x, layers, experts, LOW, HIGH))
+        return {s: merge.correct(v) for s, v in items.items()}
+
+    done = set()
+    if args.out and Path(args.out).is_file():
+        done = {(r["label"], r["seed"]) for r in read_records(Path(args.out)) if r["problem"] == args.problem}
+    records: list[dict[str, Any]] = []
+    for label in args.variants.split(","):
+        for seed in (int(s) for s in args.seeds.split(",")):
+            if (label, seed) in done:
+                continue
+            t0 = time.perf_counter()
+            strategy = make(label, dim, [start, *alone], seed, args.budget)
+            best, best_x, curve = -1.0, None, []
+            while len(curve) < args.budget:
+                (genome,) = strategy.ask(1)
+                s = scores(genome.x, dev)
+                fitness = float(np.mean([np.mean(v) for v in s.values()]))
+                if fitness > best:
+                    best, best_x = fitness, np.asarray(genome.x)
+                curve.append(best)
+                strategy.tell([Evaluated(genome=genome, fitness=fitness, item_scores=s)])
+            held = float(np.mean([np.mean(v) for v in scores(best_x, test).values()]))
+            record = {"problem": args.problem, "kind": "run", "label": label, "seed": seed, "curve": curve,
+                      "heldout": held, "seconds": time.perf_counter() - t0}
+            records.append(record)
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            print(f"{label} seed {seed}: " + ", ".join(f"N={c} {curve[c - 1]:.3f}" for c in checkpoints if c <= len(curve))
+                  + f", held-out {held:.3f} ({record['seconds']:.0f} s)", flush=True)
+    print()
+    print_table(records, checkpoints)
+
+
+if __name__ == "__main__":
+    main()
