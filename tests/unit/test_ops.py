@@ -449,3 +449,17 @@ def test_non_contiguous_inputs_give_the_contiguous_result(name) -> None:
     out = op(strided, base=base.t().contiguous().t(), params=STRIDED_PARAMS[name], generator=gen(2))
     assert out.shape == base.shape
     assert torch.equal(out, dense)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_all_finite_reads_the_exponent_bits(dtype) -> None:  # type: ignore[no-untyped-def]
+    from evomerge.merge.materialize import all_finite
+
+    t = (torch.randn(1000) * 100).to(dtype)
+    assert all_finite(t) and all_finite(t[::2])  # contiguous (bits) and strided (isfinite)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        u = t.clone()
+        u[417] = bad
+        assert not all_finite(u) and not all_finite(u[1::2])
+    big = torch.tensor([torch.finfo(dtype).max, -torch.finfo(dtype).max, torch.finfo(dtype).tiny, 0.0, -0.0], dtype=dtype)
+    assert all_finite(big)  # the largest finite values and zeros are finite

@@ -139,3 +139,4 @@ def test_merge_into_parts_of_every_rank_assemble_the_whole_merge(zoo_dir, method
         assert torch.equal(assembled[name], t), name
     total = sum(t.numel() for t in whole.values())
     assert all(n < 0.55 * total for n in merged_entries), merged_entries  # norms are whole on both ranks
+
