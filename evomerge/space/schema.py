@@ -126,7 +126,7 @@ class Objective(_Strict):
 
 MERGE_DTYPE_DEFAULT = "float32"  # what a new run's PS recipes do with 16-bit sources when the space leaves it out
 RESTARTS_DEFAULT = "ipop"  # what a new run's cmaes does when the space leaves `restarts` out
-M2N2_DEFAULTS = {"attraction": "normalized", "fill": "seeds", "mutation": 0.1}  # what a new run's m2n2 does when the space leaves them out
+M2N2_DEFAULTS = {"attraction": "normalized", "fill": "seeds", "mutation": 0.1, "exploit": 0.5}  # what a new run's m2n2 does when the space leaves them out
 
 
 class StrategySpec(_Strict):
@@ -150,6 +150,9 @@ class StrategySpec(_Strict):
     # m2n2: std of the Gaussian added to each child's genes (box units, clipped to the box); None:
     # M2N2_DEFAULTS for a new run, 0 (none, the paper's setting for trained sources) for one created before
     mutation: float | None = Field(None, ge=0, le=1)
+    # m2n2: share of children whose first parent is the member with the best mean score (its mate
+    # still drawn by attraction); None: M2N2_DEFAULTS for a new run, 0 for one created before it
+    exploit: float | None = Field(None, ge=0, le=1)
     restarts: Literal["ipop", "none"] | None = None  # cmaes; None: ipop for a new run (RESTARTS_DEFAULT)
     # cmaes: restart when the best has not improved for this many generations; None (a new run's
     # default): restart only when pycma's step-size or covariance criteria fire (a best-so-far rule of
@@ -158,13 +161,14 @@ class StrategySpec(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
     def m2n2_settings(self) -> dict[str, Any]:
-        """attraction, fill and mutation as a new run uses them: the space's, else M2N2_DEFAULTS."""
+        """attraction, fill, mutation and exploit as a new run uses them: the space's, else M2N2_DEFAULTS."""
         return {k: default if getattr(self, k) is None else getattr(self, k) for k, default in M2N2_DEFAULTS.items()}
 
     @model_validator(mode="after")
     def _m2n2_only(self) -> StrategySpec:
         set_here = [k for k, default in (("mate", "attraction"), ("split_point", True), ("attraction", None),
-                                         ("fill", None), ("mutation", None)) if getattr(self, k) != default]
+                                         ("fill", None), ("mutation", None), ("exploit", None))
+                    if getattr(self, k) != default]
         if set_here and self.name != "m2n2":
             raise ValueError(f"{', '.join(set_here)} are M2N2 settings; strategy {self.name} would ignore them")
         return self
@@ -412,7 +416,7 @@ class SearchSpace(_Strict):
                                  if getattr(self, k) == default}
         strategy_later = {k for k, default in (("restarts", None), ("stall", None), ("mate", "attraction"),
                                                 ("split_point", True), ("attraction", None), ("fill", None),
-                                                ("mutation", None))
+                                                ("mutation", None), ("exploit", None))
                           if getattr(self.strategy, k) == default}
         if strategy_later:
             later["strategy"] = strategy_later

@@ -18,6 +18,11 @@ ALGORITHMS.md). Children are recipes: crossover mixes genomes whose genes are or
   N(0, mutation^2) added to each of a child's genes, clipped to the box. The paper fuses trained
   models without it (sec. 3; its reference code mutates only models evolved from scratch); here
   the seeds are a few recipes, and without mutation no child leaves the box they span.
+- Exploitation (``exploit``, a share; 0.5 for a new run, 0 for runs created before
+  it): with this probability parent 1 is the member with the best mean score instead of the
+  fitness draw (its mate is still drawn by attraction: the member strong where the best is
+  weak). Competition keeps specialists in the archive and draws them as parents in proportion
+  to their shared fitness; without it the best merge found is refined only by chance.
 - Each scored child joins the archive and the member with the lowest fitness leaves (possibly
   the child).
 Randomness for child ``i`` comes from ``SeedSequence([seed, i])``, so asks do not depend on
@@ -115,7 +120,8 @@ class M2N2(Replayable):
 
     def __init__(self, dim: int, seeds: Sequence[np.ndarray | Sequence[float]], *, archive_size: int = 20,
                  alpha: float = 1.0, seed: int = 0, mate: Mate = "attraction", split_point: bool = True,
-                 attraction: str = "raw", fill: str = "random", mutation: float = 0.0) -> None:
+                 attraction: str = "raw", fill: str = "random", mutation: float = 0.0,
+                 exploit: float = 0.0) -> None:
         if mate not in MATES:
             raise ValueError(f"mate must be one of {', '.join(MATES)}, got {mate!r}")
         if attraction not in ("normalized", "raw") or fill not in ("seeds", "random"):
@@ -127,6 +133,9 @@ class M2N2(Replayable):
         # two are scored); "raw" / "random" are how runs created before them go on
         self.attraction, self.fill = attraction, fill
         self.mutation = float(mutation)
+        if not 0.0 <= float(exploit) <= 1.0:
+            raise ValueError(f"exploit must be a share in [0, 1], got {exploit!r}")
+        self.exploit = float(exploit)
         self.told_count = 0
         self._seeds = [np.clip(np.asarray(s, dtype=float), 0, 1) for s in seeds]
         self.asked = 0
@@ -148,6 +157,8 @@ class M2N2(Replayable):
             config["fill"] = self.fill
         if self.mutation:
             config["mutation"] = self.mutation
+        if self.exploit:
+            config["exploit"] = self.exploit
         return config
 
     def _rng(self, index: int) -> np.random.Generator:
@@ -176,6 +187,8 @@ class M2N2(Replayable):
         """One child from the archive: (genome, parent 1's and parent 2's member positions)."""
         scores = np.stack([m[2] for m in self.members])
         p1 = _pick(rng, shared_fitness(scores, self.alpha))
+        if self.exploit and rng.random() < self.exploit:  # drawn only when set: runs without it ask as before
+            p1 = int(np.argmax(scores.mean(axis=1)))
         p2 = _pick(rng, mate_weights(scores, p1, self.mate, self.alpha,
                                      normalized=self.attraction == "normalized"), exclude=p1)
         # split 0: the tail is the whole genome, one mixing weight for every gene

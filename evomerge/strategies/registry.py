@@ -47,6 +47,7 @@ class StrategyConfig:
     attraction: str = "raw"  # m2n2: "normalized" (the paper's) or "raw" (runs created before it)
     fill: str = "random"  # m2n2: "seeds" (the paper's) or "random" (runs created before it)
     mutation: float = 0.0  # m2n2: std of the Gaussian added to a child's genes (box units)
+    exploit: float = 0.0  # m2n2: share of children whose first parent is the best member
     options: dict[str, Any] = field(default_factory=dict)
     budget: int = 64
     multi_objective: bool = False
@@ -78,7 +79,7 @@ def build_strategy(config: StrategyConfig) -> Replayable:
         return M2N2(c.dim, [x0, *(np.asarray(g, dtype=float) for g in c.known_genomes)],
                     archive_size=c.archive_size, alpha=c.alpha, seed=c.seed, mate=c.mate,
                     split_point=c.split_point, attraction=c.attraction, fill=c.fill,
-                    mutation=c.mutation)
+                    mutation=c.mutation, exploit=c.exploit)
     if c.name == "nevergrad":
         from evomerge.strategies.nevergrad import Nevergrad
 

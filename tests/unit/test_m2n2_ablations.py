@@ -224,3 +224,58 @@ def test_mutation_is_an_m2n2_setting_stored_with_the_run() -> None:
     hashed = SearchSpace.model_validate(space).space_hash
     assert hashed == SearchSpace.model_validate({**space, "strategy": {"name": "m2n2", "mutation": None}}).space_hash
     assert hashed != SearchSpace.model_validate({**space, "strategy": {"name": "m2n2", "mutation": 0.05}}).space_hash
+
+
+def test_exploit_breeds_from_the_best_member_and_replays() -> None:
+    """``exploit`` p: with probability p a child's first parent is the member with the best mean
+    score (its mate still drawn by attraction). exploit 1: every child has the best member as a
+    parent; exploit 0 asks exactly what a run without the setting asked (no extra draw); a replay
+    from the stored state asks the same genomes."""
+    seeds = [np.full(5, 0.5), np.zeros(5), np.ones(5)]
+    quality = {0: 0.9, 1: 0.2, 2: 0.4}  # seed 0 is the best member; children score below it
+
+    def run(exploit: float) -> tuple[M2N2, list, list]:
+        m = M2N2(5, seeds, archive_size=8, seed=4, attraction="normalized", fill="seeds", mutation=0.1,
+                 exploit=exploit)
+        rng = np.random.default_rng(3)
+        asked, best = [], []  # best: the index of the member with the best mean score at each ask
+        for _ in range(20):
+            best.append(m.members[int(np.argmax([row.mean() for _, _, row in m.members]))][0] if m.members else None)
+            for g in m.ask(1):
+                asked.append(g)
+                q = quality.get(g.index, 0.3)
+                m.tell([Evaluated(g, q, {"t": (rng.random(10) < q).astype(float).tolist()})])
+        return m, asked, best
+
+    plain, plain_asked, plain_best = run(0.0)
+    always, always_asked, always_best = run(1.0)
+    assert "exploit" not in plain.config() and always.config()["exploit"] == 1.0
+    children = [(g, b) for g, b in zip(always_asked, always_best, strict=True) if g.parents]
+    assert len(children) == 17 and all(g.parents[0] == b for g, b in children)
+    assert any(g.parents[0] != b for g, b in zip(plain_asked, plain_best, strict=True) if g.parents)
+    legacy = M2N2(5, seeds, archive_size=8, seed=4, attraction="normalized", fill="seeds", mutation=0.1)
+    rng = np.random.default_rng(3)
+    for g0 in plain_asked:
+        (g,) = legacy.ask(1)
+        assert g.x.tolist() == g0.x.tolist() and g.parents == g0.parents
+        q = quality.get(g.index, 0.3)
+        legacy.tell([Evaluated(g, q, {"t": (rng.random(10) < q).astype(float).tolist()})])
+    again = strategy_from_state(always.state_dict(), always.state_arrays())
+    assert [g.x.tolist() for g in again.ask(3)] == [g.x.tolist() for g in always.ask(3)]
+
+
+def test_exploit_is_an_m2n2_setting_new_runs_get_and_old_runs_do_not() -> None:
+    from evomerge.runner.service import run_space
+    from evomerge.space.schema import M2N2_DEFAULTS
+
+    with pytest.raises(ValidationError, match="M2N2 settings"):
+        StrategySpec(name="cmaes", exploit=0.5)
+    with pytest.raises(ValidationError):
+        StrategySpec(name="m2n2", exploit=1.5)
+    assert StrategySpec(name="m2n2").m2n2_settings()["exploit"] == M2N2_DEFAULTS["exploit"] > 0
+    space = {"name": "x", "base": "/b", "experts": ["/e"], "vary": {"weight": {"low": 0, "high": 1}},
+             "objectives": [{"task": "/t.yaml"}], "strategy": {"name": "m2n2", "mutation": 0.1}}
+    assert run_space({"space": space}).strategy.exploit == 0.0  # stored before exploit existed: none
+    hashed = SearchSpace.model_validate(space).space_hash
+    assert hashed == SearchSpace.model_validate({**space, "strategy": {**space["strategy"], "exploit": None}}).space_hash
+    assert hashed != SearchSpace.model_validate({**space, "strategy": {**space["strategy"], "exploit": 0.5}}).space_hash
