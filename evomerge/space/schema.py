@@ -127,6 +127,12 @@ class Objective(_Strict):
 MERGE_DTYPE_DEFAULT = "float32"  # what a new run's PS recipes do with 16-bit sources when the space leaves it out
 RESTARTS_DEFAULT = "ipop"  # what a new run's cmaes does when the space leaves `restarts` out
 M2N2_DEFAULTS = {"attraction": "normalized", "fill": "seeds", "mutation": 0.1, "exploit": 0.5}  # what a new run's m2n2 does when the space leaves them out
+# M2N2's settings at their unset values (the ablations' and those added later): any other value is refused for
+# another strategy
+M2N2_UNSET = {"mate": "attraction", "split_point": True, "attraction": None, "fill": None, "mutation": None,
+              "exploit": None}
+# strategy settings added after the first runs, at their unset values: a space that leaves them so hashes as before
+STRATEGY_LATER_UNSET = {"restarts": None, "stall": None, **M2N2_UNSET}
 
 
 class StrategySpec(_Strict):
@@ -166,9 +172,7 @@ class StrategySpec(_Strict):
 
     @model_validator(mode="after")
     def _m2n2_only(self) -> StrategySpec:
-        set_here = [k for k, default in (("mate", "attraction"), ("split_point", True), ("attraction", None),
-                                         ("fill", None), ("mutation", None), ("exploit", None))
-                    if getattr(self, k) != default]
+        set_here = [k for k, unset in M2N2_UNSET.items() if getattr(self, k) != unset]
         if set_here and self.name != "m2n2":
             raise ValueError(f"{', '.join(set_here)} are M2N2 settings; strategy {self.name} would ignore them")
         return self
@@ -414,10 +418,7 @@ class SearchSpace(_Strict):
                                                             ("smooth", False), ("tokenizer_source", None),
                                                             ("merge_dtype", None))
                                  if getattr(self, k) == default}
-        strategy_later = {k for k, default in (("restarts", None), ("stall", None), ("mate", "attraction"),
-                                                ("split_point", True), ("attraction", None), ("fill", None),
-                                                ("mutation", None), ("exploit", None))
-                          if getattr(self.strategy, k) == default}
+        strategy_later = {k for k, unset in STRATEGY_LATER_UNSET.items() if getattr(self.strategy, k) == unset}
         if strategy_later:
             later["strategy"] = strategy_later
         if all(o.lm_eval is None for o in self.objectives):
