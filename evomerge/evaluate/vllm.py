@@ -124,8 +124,9 @@ class VLLMEvaluator:
         if self.tensor_parallel > 1:
             check_tensor_parallel(config, self.tensor_parallel)
             args |= {"tensor_parallel_size": self.tensor_parallel, "distributed_executor_backend": "mp"}
-        with cpu_rank_binding(int((args | self.extra).get("tensor_parallel_size", 1))):
-            llm = LLM(model=str(Path(reference).resolve()), **(args | self.extra))
+        args |= self.extra
+        with cpu_rank_binding(int(args.get("tensor_parallel_size", 1))):
+            llm = LLM(model=str(Path(reference).resolve()), **args)
         self.start_seconds = time.perf_counter() - t0
         log.info("vLLM engine started in %.1f s (%d layers, %s)", self.start_seconds, num_layers, reference)
         self.engine = VLLMEngine(llm, llm.get_tokenizer())

@@ -253,12 +253,15 @@ def shard_indices(shape: Sequence[int], dim: int, rank: int, tp: int) -> Tensor:
     """The flat (row-major) indices of rank ``rank``'s part of a tensor of ``shape`` split evenly
     into ``tp`` parts along ``dim`` (as vLLM's column-parallel layers split dim 0 and its
     row-parallel layers dim 1), in the part's own row-major order."""
-    size = shape[dim]
+    return part_indices(shape, dim, *even_shard(shape[dim], rank, tp))
+
+
+def even_shard(size: int, rank: int, tp: int) -> tuple[int, int]:
+    """(start, length) of rank ``rank``'s part of a dimension of ``size`` split into ``tp`` equal parts."""
     if size % tp:
         raise ConfigError(f"a dimension of {size} does not split into {tp} equal shards",
                           hint="choose a tensor-parallel degree that divides the model's dimensions")
-    part = size // tp
-    return part_indices(shape, dim, rank * part, part)
+    return rank * (size // tp), size // tp
 
 
 def part_indices(shape: Sequence[int], dim: int, start: int, length: int) -> Tensor:
@@ -280,12 +283,9 @@ class _Op:
         and DARE bits, so the shards of every rank concatenate to the full merge, bit for bit
         (tests/unit/test_shards.py). Kernel ops over float32 inputs compute only the shard's
         entries; other ops and 16-bit inputs merge the whole tensor and keep the shard."""
-        size = experts[0].shape[dim]
-        if size % tp:
-            raise ConfigError(f"a dimension of {size} does not split into {tp} equal shards",
-                              hint="choose a tensor-parallel degree that divides the model's dimensions")
-        return self.part_into(out, experts, base=base, params=params, dim=dim, start=rank * (size // tp),
-                              length=size // tp, generator=generator, resolved=resolved)
+        start, length = even_shard(experts[0].shape[dim], rank, tp)
+        return self.part_into(out, experts, base=base, params=params, dim=dim, start=start, length=length,
+                              generator=generator, resolved=resolved)
 
     def part_into(self, out: Tensor, experts, *, base, params, dim: int, start: int, length: int,  # type: ignore[no-untyped-def]
                   generator=None, resolved=False) -> int | None:
