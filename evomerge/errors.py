@@ -54,3 +54,12 @@ class StaleLeaseError(EvomergeError):
 
 class SchemaError(EvomergeError):
     """The archive's schema is older than (or unknown to) this version of evomerge."""
+
+
+class SearchInterrupted(EvomergeError):
+    """A search in this process (``run_search``) was stopped by a signal before its budget; its
+    archive was temporary, so ``result`` holds the records so far and there is nothing to resume."""
+
+    def __init__(self, message: str, *, result: object, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.result = result

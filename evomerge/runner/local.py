@@ -40,7 +40,13 @@ class SearchResult:
 def run_search(space: SearchSpace, *, evaluator: Any = None, out: Path | None = None,
                log: Callable[[str], None] = print, lag: int = 1) -> SearchResult:
     """Drive ``space`` to its budget with ``evaluator`` (default: transformers, in place) in this
-    process; ``out`` also writes the records as JSON lines."""
+    process; ``out`` also writes the records as JSON lines.
+
+    SIGTERM or SIGINT stops the run cleanly after the running candidate and raises
+    :class:`~evomerge.errors.SearchInterrupted` (its ``result`` holds the records so far, also
+    written to ``out``): the archive is temporary, so a partial result is never returned as if
+    the budget had been spent."""
+    from evomerge.errors import SearchInterrupted
     from evomerge.runner.backend import LocalBackend
     from evomerge.runner.service import ExecOptions, create_run, execute
     from evomerge.runner.worker import WorkerSpec
@@ -54,7 +60,7 @@ def run_search(space: SearchSpace, *, evaluator: Any = None, out: Path | None = 
             def backend(spec: WorkerSpec) -> LocalBackend:
                 return LocalBackend(spec, evaluator=evaluator)
 
-            execute(store, run, ExecOptions(backend="local"), log=log, backend_factory=backend)
+            outcome = execute(store, run, ExecOptions(backend="local"), log=log, backend_factory=backend)
             rows = store.candidates(run.id, with_scores=True)
             names = [o["name"] for o in run.objectives]
     result = SearchResult(objective_names=names, directions=[o.direction for o in space.objectives])
@@ -68,4 +74,11 @@ def run_search(space: SearchSpace, *, evaluator: Any = None, out: Path | None = 
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text("".join(json.dumps(rec) + "\n" for rec in result.records), encoding="utf-8")
+    if outcome.stopped_by is not None:
+        import signal
+
+        raise SearchInterrupted(
+            f"the local search was stopped by {signal.Signals(outcome.stopped_by).name} after "
+            f"{sum(r['status'] != 'PENDING' for r in result.records)} of {space.budget} candidates", result=result,
+            hint="its archive was temporary: run it again (or use `evomerge search`, which can resume)")
     return result

@@ -75,8 +75,9 @@ def test_dataflow_searches_run_and_paths_are_fixed_depth(zoo_dir: Path, tmp_path
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EVOMERGE_CACHE", str(tmp_path / "cache"))
     space = zoo_space(name, zoo_dir, tmp_path, budget=8)
-    result = run_search(space, log=lambda _m: None)
-    assert len(result.records) == 8 and all(r["status"] == "COMPLETE" for r in result.records)
+    messages: list[str] = []
+    result = run_search(space, log=messages.append)
+    assert len(result.records) == 8 and all(r["status"] == "COMPLETE" for r in result.records), messages
     # every path has its T slots between two empty slices naming the first source's ends
     depths = {len(r["recipe"]["slices"]) - 2 for r in result.records}
     assert depths == {8 * space.flow.repeats}  # excluded slots are identity layers: one engine serves all
@@ -90,6 +91,32 @@ def test_dataflow_searches_run_and_paths_are_fixed_depth(zoo_dir: Path, tmp_path
         assert len(merged) == 1 and first[0]["sources"][0]["model"] == str(merged[0])
         # the merge alone scores like the per-layer task arithmetic it is (the zoo's fixed PS recipe)
         assert sum(result.records[0]["objectives"].values()) / 3 > 0.5
+
+
+def test_a_signal_stops_a_local_search_with_an_error_not_a_short_result(zoo_dir: Path, tmp_path: Path) -> None:
+    """SIGTERM during a candidate: the run stops after it and run_search raises with the records so
+    far (its archive is temporary) rather than returning them as if the budget had been spent."""
+    import signal
+
+    from evomerge.errors import SearchInterrupted
+    from evomerge.evaluate.synthetic import SyntheticEvaluator
+
+    class SignalledOnce(SyntheticEvaluator):  # the real synthetic scorer; SIGTERM arrives during candidate 1
+        calls = 0
+
+        def evaluate(self, *args, **kwargs):
+            SignalledOnce.calls += 1
+            if SignalledOnce.calls == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().evaluate(*args, **kwargs)
+
+    out = tmp_path / "records.jsonl"
+    space = zoo_space("demo", zoo_dir, tmp_path, budget=6)
+    with pytest.raises(SearchInterrupted, match="stopped by SIGTERM after 2 of 6 candidates") as got:
+        run_search(space, evaluator=SignalledOnce(), out=out, log=lambda _m: None)
+    assert [r["status"] for r in got.value.result.records] == ["COMPLETE", "COMPLETE"]
+    assert len(out.read_text().splitlines()) == 2
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler was put back
 
 
 def test_multi_objective_nevergrad_search_keeps_a_front(zoo_dir: Path, tmp_path: Path) -> None:
