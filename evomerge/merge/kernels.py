@@ -417,6 +417,59 @@ def _at(v: Variant, flat_b: Tensor | None, flat_e: Sequence[Tensor], fp, ip, glo
     return out, check
 
 
+@dataclass(frozen=True)
+class Strided:
+    """A part of a flat tensor: entries ``first + o * stride + [0, block)`` for o in [0, outer),
+    in that order (a slice along one dimension of a row-major tensor: see ``strided``)."""
+
+    outer: int
+    block: int
+    stride: int
+    first: int
+
+    @property
+    def numel(self) -> int:
+        return self.outer * self.block
+
+    def indices(self) -> Tensor:
+        """The part's flat indices, in its order (int64)."""
+        rows = torch.arange(self.outer, dtype=torch.int64) * self.stride + self.first
+        return (rows[:, None] + torch.arange(self.block, dtype=torch.int64)[None, :]).reshape(-1)
+
+
+def strided(shape: Sequence[int], dim: int, start: int, length: int) -> Strided:
+    """The slice ``start:start + length`` along ``dim`` of a row-major tensor of ``shape``."""
+    inner = math.prod(shape[dim + 1:])
+    return Strided(math.prod(shape[:dim]), length * inner, shape[dim] * inner, start * inner)
+
+
+def run_part(v: Variant, out: Tensor, base: Tensor | None, experts: Sequence[Tensor], fp: list[list[float]],
+             ip: list[list[int]], glob: list[float], part: Strided, fixups: Sequence[Tensor] = ()) -> int:
+    """``run`` for the entries of ``part`` alone, written contiguously into ``out`` (``part.numel``
+    entries) or, when ``out`` has the sources' size, at their own places in it (the rest of
+    ``out`` untouched): each entry by the exact rule at its global index (its tie cut, its DARE
+    bits), so a tensor-parallel rank's part equals the full merge there. The C++ kernel reads
+    and writes the part's blocks in place; otherwise the entries are gathered (``run_at``).
+    Returns 1 if a non-finite value was read or written in the part, else 0."""
+    flat_b = base.reshape(-1) if base is not None else None
+    flat_e = [e.reshape(-1) for e in experts]
+    mod = native_for(out, *flat_e, flat_b) if not v.wide and out.is_contiguous() else None
+    if mod is not None:
+        flags = (NATIVE_BASE * v.base + NATIVE_LOW * v.rank_low + NATIVE_HIGH * v.rank_high + NATIVE_RANDOM * v.random
+                 + NATIVE_CONSENSUS * v.consensus + NATIVE_NORMALIZE * v.normalize)
+        bad = mod.merge_part(out.view(-1), flat_b, flat_e, [x for row in fp for x in row], [x for row in ip for x in row],
+                             glob[0], glob[1], flags, _threads(part.numel), list(fixups) if v.tie_cuts else [],
+                             part.outer, part.block, part.stride, part.first)
+        return 1 if bad else 0
+    idx = part.indices()
+    values, bad = run_at(v, base, experts, fp, ip, glob, idx, out.dtype)
+    if out.numel() == part.numel:
+        out.view(-1).copy_(values)
+    else:
+        out.view(-1).index_copy_(0, idx, values)
+    return bad
+
+
 def run_at(v: Variant, base: Tensor | None, experts: Sequence[Tensor], fp: list[list[float]],
            ip: list[list[int]], glob: list[float], idx: Tensor, dtype: torch.dtype = torch.float32
            ) -> tuple[Tensor, int]:

@@ -93,12 +93,9 @@ def _merge_job(op: Any, plan: MergePlan, job: TensorJob, out: torch.Tensor, seed
         gen = torch.Generator().manual_seed(tensor_seed(seed, job.out.name))
     if part is None:
         bad = op.into(out, experts, base=base, params=job.params, generator=gen, resolved=True)
-    else:  # a dim-0 slice of a contiguous tensor is contiguous: written in place, else through a scratch
-        scratch = target if target.is_contiguous() else torch.empty(target.shape, dtype=target.dtype)
-        bad = op.part_into(scratch, experts, base=base, params=job.params, dim=dim, start=start, length=length,
+    else:  # the part's entries written at their places in out (no scratch, no copy)
+        bad = op.part_into(out, experts, base=base, params=job.params, dim=dim, start=start, length=length,
                            generator=gen, resolved=True)
-        if scratch is not target:
-            target.copy_(scratch)
     if bad is None:
         bad = 0 if all_finite(target) else 1
     if bad:

@@ -381,13 +381,13 @@ inline void prefetch_range(const void* base, Kind kind, int64_t start, int64_t l
   }
 }
 
-inline void prefetch_ahead(const Job& job, int64_t s, int64_t end) {
+inline void prefetch_ahead(const Job& job, int64_t s, int64_t end, int64_t shift) {
   const int64_t at = s + PREFETCH_BLOCKS * BLOCK;
   if (at >= end) return;
   const int64_t len = std::min(BLOCK, end - at);
   if (job.has_base) prefetch_range(job.base.ptr, job.base.kind, at, len, false);
   for (const Expert& e : job.experts) prefetch_range(e.src.ptr, e.src.kind, at, len, false);
-  if (!job.stream) prefetch_range(job.out, job.out_kind, at, len, true);
+  if (!job.stream) prefetch_range(job.out, job.out_kind, at - shift, len, true);
 }
 
 // The TIES election of two experts, float32 throughout, in one loop per block: both task
@@ -463,7 +463,9 @@ PairFn pick_pair(const Job& job) {
   return pick_pair_rand<false, false>(rand, norm);
 }
 
-bool run_range(const Job& job, int64_t begin, int64_t end) {
+// Entries [begin, end) by their global indices (DARE bits, rank cuts), each written to the
+// output at index - shift (0 for a whole tensor; a part's row lands at its place in the part).
+bool run_range(const Job& job, int64_t begin, int64_t end, int64_t shift) {
   alignas(64) float b[BLOCK], conv[BLOCK], out[BLOCK];
   Acc acc;
   const bool consensus = job.flags & CONSENSUS, normalize = job.flags & NORMALIZE;
@@ -482,17 +484,17 @@ bool run_range(const Job& job, int64_t begin, int64_t end) {
     float* dst = static_cast<float*>(job.out);
     for (int64_t s = begin; s < end; s += BLOCK) {
       const int64_t len = std::min(BLOCK, end - s);
-      prefetch_ahead(job, s, end);
-      bad |= pair(job.experts[0], job.experts[1], e0 + s, e1 + s, bp + s, job.stream ? out : dst + s, len,
+      prefetch_ahead(job, s, end, shift);
+      bad |= pair(job.experts[0], job.experts[1], e0 + s, e1 + s, bp + s, job.stream ? out : dst + (s - shift), len,
                   static_cast<uint32_t>(s), job.lam);
-      if (job.stream) stream_f32(dst + s, out, len);
+      if (job.stream) stream_f32(dst + (s - shift), out, len);
     }
     if (job.stream) stream_fence();
     return bad != 0;
   }
   for (int64_t s = begin; s < end; s += BLOCK) {
     const int64_t len = std::min(BLOCK, end - s);
-    prefetch_ahead(job, s, end);
+    prefetch_ahead(job, s, end, shift);
     const float* bp = nullptr;
     if (job.has_base) {
       if (job.base.kind == Kind::F32) {
@@ -534,14 +536,14 @@ bool run_range(const Job& job, int64_t begin, int64_t end) {
     }
     if (job.has_base && job.out_kind == Kind::F32) {  // straight into the output
       const float lam = job.lam;
-      float* __restrict dst = job.stream ? conv : static_cast<float*>(job.out) + s;  // (conv: free by now)
+      float* __restrict dst = job.stream ? conv : static_cast<float*>(job.out) + (s - shift);  // (conv: free by now)
       uint32_t flag = 0;
       for (int64_t j = 0; j < len; ++j) {
         dst[j] = bp[j] + lam * merged[j];
         flag |= non_finite(dst[j]);
       }
       bad |= flag;
-      if (job.stream) stream_f32(static_cast<float*>(job.out) + s, conv, len);
+      if (job.stream) stream_f32(static_cast<float*>(job.out) + (s - shift), conv, len);
       continue;
     }
     if (job.has_base) {
@@ -553,10 +555,10 @@ bool run_range(const Job& job, int64_t begin, int64_t end) {
       uint32_t flag = 0;
       for (int64_t j = 0; j < len; ++j) flag |= non_finite(merged[j]);
       bad |= flag;
-      stream_f32(static_cast<float*>(job.out) + s, merged, len);
+      stream_f32(static_cast<float*>(job.out) + (s - shift), merged, len);
       continue;
     }
-    bad |= static_cast<uint32_t>(store(job.out, job.out_kind, s, len, merged));
+    bad |= static_cast<uint32_t>(store(job.out, job.out_kind, s - shift, len, merged));
   }
   if (job.stream) stream_fence();
   return bad != 0;
@@ -567,7 +569,7 @@ bool run_range(const Job& job, int64_t begin, int64_t end) {
 // the same order as the block loops. The main pass keeps whole tie groups; the entries of split
 // groups (tie fix-ups) are rewritten with this. Returns true when a value read or written is
 // NaN or inf.
-bool fix_entry(const Job& job, int64_t j) {
+bool fix_entry(const Job& job, int64_t j, int64_t at) {
   const bool masked = job.flags & (RANK_LOW | RANK_HIGH | RANDOM);
   const bool low = job.flags & RANK_LOW, high = job.flags & RANK_HIGH, rand = job.flags & RANDOM;
   float bv = 0.0f;
@@ -613,20 +615,17 @@ bool fix_entry(const Job& job, int64_t j) {
     merged = merged / job.divisor;
   }
   const float r = job.has_base ? bv + job.lam * merged : merged;
-  return (bad != 0) | store(job.out, job.out_kind, j, 1, &r);
+  return (bad != 0) | store(job.out, job.out_kind, at, 1, &r);
 }
 
 }  // namespace
 
-// out, base (undefined: none) and experts are flat and contiguous; fp: 4 values per expert (scale,
-// weight, low threshold, high threshold; rounded to float32), ip: 5 per expert (low cut, high
-// cut, keep, seed lo, seed hi); threads <= 1 runs on the caller's thread. The pass over all entries keeps whole tie
-// groups at the rank cuts' thresholds; ``fixups`` (int64 flat indices) are the entries of split
-// groups, rewritten afterwards with the exact rule (cut index bounds).
-bool merge(torch::Tensor out, c10::optional<torch::Tensor> base, std::vector<torch::Tensor> experts,
-           std::vector<double> fp, std::vector<int64_t> ip, double lam, double divisor, int64_t flags,
-           int64_t threads, std::vector<torch::Tensor> fixups) {
-  const int64_t n = out.numel();
+namespace {
+
+// The job of one merge call: ``n`` is the sources' entry count (the output's too, but for a part).
+Job make_job(const torch::Tensor& out, const c10::optional<torch::Tensor>& base, const std::vector<torch::Tensor>& experts,
+             const std::vector<double>& fp, const std::vector<int64_t>& ip, double lam, double divisor, int64_t flags,
+             int64_t n) {
   TORCH_CHECK(out.is_contiguous() && out.device().is_cpu(), "out must be contiguous on the CPU");
   TORCH_CHECK(n < (int64_t(1) << 32), "tensors of 2**32 entries or more take the Python kernels");
   TORCH_CHECK(fp.size() == 4 * experts.size() && ip.size() == 5 * experts.size(), "fp/ip: 4 and 5 values per expert");
@@ -636,7 +635,7 @@ bool merge(torch::Tensor out, c10::optional<torch::Tensor> base, std::vector<tor
   const int64_t* ir = ip.data();
   for (size_t i = 0; i < experts.size(); ++i) {
     const auto& e = experts[i];
-    TORCH_CHECK(e.is_contiguous() && e.numel() == n && e.device().is_cpu(), "experts must be flat, contiguous, out's size, on the CPU");
+    TORCH_CHECK(e.is_contiguous() && e.numel() == n && e.device().is_cpu(), "experts must be flat, contiguous, of one size, on the CPU");
     Expert x;
     x.src = Src{e.data_ptr(), kind_of(e)};
     x.scale = static_cast<float>(fr[4 * i]);  // float32 rows, as the torch kernels take them
@@ -656,31 +655,119 @@ bool merge(torch::Tensor out, c10::optional<torch::Tensor> base, std::vector<tor
   job.divisor = static_cast<float>(divisor);
   job.out = out.data_ptr();
   job.out_kind = kind_of(out);
-  job.stream = job.out_kind == Kind::F32 && n >= STREAM_NUMEL;
-  const int64_t blocks = (n + BLOCK - 1) / BLOCK;
-  const int64_t t = std::max<int64_t>(1, std::min<int64_t>(threads, blocks / 64));
+  job.stream = job.out_kind == Kind::F32 && out.numel() >= STREAM_NUMEL;
+  return job;
+}
+
+void check_fixups(const std::vector<torch::Tensor>& fixups, int64_t n) {
   for (const auto& f : fixups) {
     TORCH_CHECK(f.scalar_type() == torch::kInt64 && f.is_contiguous() && f.dim() == 1 && f.device().is_cpu(),
                 "fixups: flat int64 indices on the CPU");
     const int64_t* idx = f.data_ptr<int64_t>();
     for (int64_t q = 0; q < f.numel(); ++q) TORCH_CHECK(idx[q] >= 0 && idx[q] < n, "fixups: index out of range");
   }
+}
+
+}  // namespace
+
+// out, base (undefined: none) and experts are flat and contiguous; fp: 4 values per expert (scale,
+// weight, low threshold, high threshold; rounded to float32), ip: 5 per expert (low cut, high
+// cut, keep, seed lo, seed hi); threads <= 1 runs on the caller's thread. The pass over all entries keeps whole tie
+// groups at the rank cuts' thresholds; ``fixups`` (int64 flat indices) are the entries of split
+// groups, rewritten afterwards with the exact rule (cut index bounds).
+bool merge(torch::Tensor out, c10::optional<torch::Tensor> base, std::vector<torch::Tensor> experts,
+           std::vector<double> fp, std::vector<int64_t> ip, double lam, double divisor, int64_t flags,
+           int64_t threads, std::vector<torch::Tensor> fixups) {
+  const int64_t n = out.numel();
+  const Job job = make_job(out, base, experts, fp, ip, lam, divisor, flags, n);
+  const int64_t blocks = (n + BLOCK - 1) / BLOCK;
+  const int64_t t = std::max<int64_t>(1, std::min<int64_t>(threads, blocks / 64));
+  check_fixups(fixups, n);
   std::atomic<bool> bad{false};
   {
     pybind11::gil_scoped_release release;
     if (t == 1) {
-      bad = run_range(job, 0, n);
+      bad = run_range(job, 0, n, 0);
     } else {
       const int64_t per = (blocks + t - 1) / t;
       Pool::get().run(static_cast<int>(t), [&](int w) {
         const int64_t lo = std::min(n, w * per * BLOCK), hi = std::min(n, (w + 1) * per * BLOCK);
-        if (lo < hi && run_range(job, lo, hi)) bad = true;
+        if (lo < hi && run_range(job, lo, hi, 0)) bad = true;
       });
     }
     bool fix_bad = false;
     for (const auto& f : fixups) {
       const int64_t* idx = f.data_ptr<int64_t>();
-      for (int64_t q = 0; q < f.numel(); ++q) fix_bad |= fix_entry(job, idx[q]);
+      for (int64_t q = 0; q < f.numel(); ++q) fix_bad |= fix_entry(job, idx[q], idx[q]);
+    }
+    if (fix_bad) bad = true;
+  }
+  return bad.load();
+}
+
+// A part of the merge (a tensor-parallel rank's slice): the sources' entries first + o * stride
+// + [0, block) for o in [0, outer), each computed by its global index (the whole tensor's DARE
+// bits and rank cuts), written either contiguously into out (outer * block entries) or, when
+// out has the sources' size, in place (the rest of out untouched). ``fixups`` are the whole
+// tensor's; those inside the part are rewritten at their place.
+bool merge_part(torch::Tensor out, c10::optional<torch::Tensor> base, std::vector<torch::Tensor> experts,
+                std::vector<double> fp, std::vector<int64_t> ip, double lam, double divisor, int64_t flags,
+                int64_t threads, std::vector<torch::Tensor> fixups, int64_t outer, int64_t block, int64_t stride,
+                int64_t first) {
+  TORCH_CHECK(!experts.empty() || base.has_value(), "merge_part needs a source");
+  const int64_t n = experts.empty() ? base->numel() : experts[0].numel();
+  TORCH_CHECK(outer >= 0 && block >= 0 && stride >= block && first >= 0 &&
+              (outer == 0 || first + (outer - 1) * stride + block <= n), "merge_part: the part lies outside the sources");
+  const bool in_place = out.numel() == n;
+  TORCH_CHECK(in_place || out.numel() == outer * block, "merge_part: out must hold outer * block entries or all n");
+  const Job job = make_job(out, base, experts, fp, ip, lam, divisor, flags, n);
+  check_fixups(fixups, n);
+  const int64_t t = std::max<int64_t>(1, std::min<int64_t>(threads, (outer * block / BLOCK) / 64));
+  std::atomic<bool> bad{false};
+  {
+    pybind11::gil_scoped_release release;
+    // run_range prefetches only inside its range: the rows of a column part are short and apart,
+    // so the row ``ahead`` rows on is prefetched at each row's start (about PREFETCH_BLOCKS blocks
+    // of entries ahead, as inside a range)
+    const int64_t ahead = std::max<int64_t>(1, PREFETCH_BLOCKS * BLOCK / std::max<int64_t>(1, block));
+    const int64_t pf_len = std::min(block, PREFETCH_BLOCKS * BLOCK);
+    auto rows = [&](int64_t lo, int64_t hi) {  // rows o in [lo, hi)
+      bool b = false;
+      for (int64_t o = lo; o < hi; ++o) {
+        const int64_t begin = first + o * stride;
+        if (o + ahead < hi) {
+          const int64_t at = begin + ahead * stride;
+          if (job.has_base) prefetch_range(job.base.ptr, job.base.kind, at, pf_len, false);
+          for (const Expert& e : job.experts) prefetch_range(e.src.ptr, e.src.kind, at, pf_len, false);
+          if (!job.stream) prefetch_range(job.out, job.out_kind, in_place ? at : (o + ahead) * block, pf_len, true);
+        }
+        b |= run_range(job, begin, begin + block, in_place ? 0 : begin - o * block);
+      }
+      return b;
+    };
+    if (outer == 1 && t > 1) {  // one contiguous row (a row part): split it among the threads
+      const int64_t blocks = (block + BLOCK - 1) / BLOCK, per = (blocks + t - 1) / t;
+      Pool::get().run(static_cast<int>(t), [&](int w) {
+        const int64_t lo = std::min(block, w * per * BLOCK), hi = std::min(block, (w + 1) * per * BLOCK);
+        if (lo < hi && run_range(job, first + lo, first + hi, in_place ? 0 : first)) bad = true;
+      });
+    } else if (t > 1) {
+      const int64_t per = (outer + t - 1) / t;
+      Pool::get().run(static_cast<int>(t), [&](int w) {
+        const int64_t lo = std::min(outer, w * per), hi = std::min(outer, (w + 1) * per);
+        if (lo < hi && rows(lo, hi)) bad = true;
+      });
+    } else {
+      bad = rows(0, outer);
+    }
+    bool fix_bad = false;
+    for (const auto& f : fixups) {
+      const int64_t* idx = f.data_ptr<int64_t>();
+      for (int64_t q = 0; q < f.numel(); ++q) {
+        const int64_t r = idx[q] - first;
+        if (r < 0 || r / stride >= outer || r % stride >= block) continue;
+        fix_bad |= fix_entry(job, idx[q], in_place ? idx[q] : (r / stride) * block + r % stride);
+      }
     }
     if (fix_bad) bad = true;
   }
@@ -894,6 +981,7 @@ torch::Tensor rank_order(torch::Tensor expert, c10::optional<torch::Tensor> base
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("merge", &merge, "evomerge fused task-vector merge (see kernels._body)");
+  m.def("merge_part", &merge_part, "the fused merge of a strided part only (see kernels.run_part)");
   m.def("rank_order", &rank_order, "rank-index order: ascending magnitude, ties by descending index (see rank_index.build)");
   m.def("cut_sorted", &cut_sorted, "exact rank cut read from a rank order (see sparsify.rank_cut)");
   m.def("bracket", &bracket, "magnitude sub-bracket codes and counts (see kernels._bracket_body)");

@@ -211,7 +211,7 @@ class _Rows:
         self.fp: list[list[float]] = []
         self.ip: list[list[int]] = []
         self.fixups: list[Tensor] = []  # tie entries a rank cut leaves out (see sparsify.RankCut)
-        self.at: Tensor | None = _SHARD.get()  # a shard's flat indices (Op.shard_into), None: every entry
+        self.part: kernels.Strided | None = _PART.get()  # the part to merge (Op.part_into), None: every entry
 
     def add(self, tensor: Tensor, *, scale: float, weight: float, low: sparsify.RankCut | None = None,
             high: sparsify.RankCut | None = None, keep: int = 1 << 32, seed: int = 0) -> None:
@@ -225,10 +225,8 @@ class _Rows:
     def run(self, out: Tensor, base: Tensor | None, *, consensus: bool = False, normalize: bool = False,
             lam: float = 1.0, divisor: float = 1.0) -> int:
         v, glob = self._variant(out, base, consensus, normalize, lam, divisor)
-        if self.at is not None:  # a shard: only these flat indices, each by its global rule
-            values, bad = kernels.run_at(v, base, self.tensors, self.fp, self.ip, glob, self.at, out.dtype)
-            out.view(-1).copy_(values)
-            return bad
+        if self.part is not None:  # only the part's entries, each by its global rule
+            return kernels.run_part(v, out, base, self.tensors, self.fp, self.ip, glob, self.part, self.fixups)
         return kernels.run(v, out, base, self.tensors, self.fp, self.ip, glob, self.fixups)
 
     def _variant(self, out: Tensor, base: Tensor | None, consensus: bool, normalize: bool, lam: float,
@@ -246,14 +244,16 @@ class _Rows:
         return v, [lam, divisor]
 
 
-_SHARD: contextvars.ContextVar[Tensor | None] = contextvars.ContextVar("evomerge_shard", default=None)
+_PART: contextvars.ContextVar[kernels.Strided | None] = contextvars.ContextVar("evomerge_part", default=None)
 
 
 def shard_indices(shape: Sequence[int], dim: int, rank: int, tp: int) -> Tensor:
     """The flat (row-major) indices of rank ``rank``'s part of a tensor of ``shape`` split evenly
     into ``tp`` parts along ``dim`` (as vLLM's column-parallel layers split dim 0 and its
     row-parallel layers dim 1), in the part's own row-major order."""
-    return part_indices(shape, dim, *even_shard(shape[dim], rank, tp))
+    start, length = even_shard(shape[dim], rank, tp)
+    check_part(shape, dim, start, length)
+    return kernels.strided(shape, dim, start, length).indices()
 
 
 def even_shard(size: int, rank: int, tp: int) -> tuple[int, int]:
@@ -264,13 +264,11 @@ def even_shard(size: int, rank: int, tp: int) -> tuple[int, int]:
     return rank * (size // tp), size // tp
 
 
-def part_indices(shape: Sequence[int], dim: int, start: int, length: int) -> Tensor:
-    """The flat (row-major) indices of the slice ``start:start + length`` of a tensor of
-    ``shape`` along ``dim``, in the slice's own row-major order."""
-    if not (0 <= start and length >= 0 and start + length <= shape[dim]):
+def check_part(shape: Sequence[int], dim: int, start: int, length: int) -> None:
+    """A ConfigError unless ``start:start + length`` lies inside dimension ``dim`` of ``shape``."""
+    if not (0 <= dim < len(shape) and 0 <= start and length >= 0 and start + length <= shape[dim]):
         raise ConfigError(f"part {start}:{start + length} of dimension {dim} is outside shape {tuple(shape)}",
                           hint="the part must lie inside the tensor")
-    return torch.arange(math.prod(shape), dtype=torch.int64).view(*shape).narrow(dim, start, length).reshape(-1)
 
 
 class _Op:
@@ -289,29 +287,32 @@ class _Op:
 
     def part_into(self, out: Tensor, experts, *, base, params, dim: int, start: int, length: int,  # type: ignore[no-untyped-def]
                   generator=None, resolved=False) -> int | None:
-        """Write the slice ``start:start + length`` along ``dim`` of the merge into ``out`` (the
-        slice's shape, contiguous), each entry as the full merge computes it (see
-        ``shard_into``: a tensor-parallel rank's part, even or not, such as a padded vocabulary's
-        last shard or the key/value heads a rank shares with others)."""
+        """Write the slice ``start:start + length`` along ``dim`` of the merge, each entry as the
+        full merge computes it (see ``shard_into``: a tensor-parallel rank's part, even or not,
+        such as a padded vocabulary's last shard or the key/value heads a rank shares with
+        others), into ``out``: contiguous, either of the slice's shape or of the inputs' shape
+        (then written in place, the rest of ``out`` left as it is: an engine's staging buffer)."""
         p = self._prepare(experts, base, params, generator, resolved)
-        idx = part_indices(tuple(experts[0].shape), dim, start, length)
-        shape = list(experts[0].shape)
+        full_shape = tuple(experts[0].shape)
+        check_part(full_shape, dim, start, length)
+        shape = list(full_shape)
         shape[dim] = length
-        if tuple(out.shape) != tuple(shape) or not out.is_contiguous():
-            raise ConfigError(f"{self.spec.name}: part output {tuple(out.shape)} is not the contiguous {tuple(shape)}",
-                              hint="allocate the part as torch.empty(shape)")
+        if tuple(out.shape) not in (tuple(shape), full_shape) or not out.is_contiguous():
+            raise ConfigError(f"{self.spec.name}: part output {tuple(out.shape)} is neither the contiguous "
+                              f"{tuple(shape)} nor {full_shape}", hint="allocate the part as torch.empty(shape)")
+        target = out if tuple(out.shape) == tuple(shape) else out.narrow(dim, start, length)
         kernel = (isinstance(self, Linear | TaskArithmetic | _Sparsified) and not narrow.is_narrow(experts[0])
                   and not (isinstance(self, _Sparsified) and self.narrow_sparsify is not None and p.get("rescale")))
         if not kernel:
-            full = torch.empty(experts[0].shape, dtype=out.dtype)
+            full = torch.empty(full_shape, dtype=out.dtype)
             bad = self.compute_into(full, experts, base, p, generator)
-            out.view(-1).copy_(full.view(-1)[idx])
+            target.copy_(full.narrow(dim, start, length))
             return bad
-        token = _SHARD.set(idx)
+        token = _PART.set(kernels.strided(full_shape, dim, start, length))
         try:
             return self.compute_into(out, experts, base, p, generator)
         finally:
-            _SHARD.reset(token)
+            _PART.reset(token)
 
     def _prepare(self, experts, base, params, generator, resolved=False) -> dict[str, Any]:  # type: ignore[no-untyped-def]
         _check_inputs(self.spec, experts, base)

@@ -51,6 +51,38 @@ def test_shards_of_every_rank_concatenate_to_the_full_merge(method: str, shape: 
             assert torch.equal(torch.cat(parts, dim=dim), full), (method, dim, tp)
 
 
+@pytest.mark.parametrize("mode", ["native", "torch"])
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "breadcrumbs_ties"])
+def test_large_parts_with_split_tie_groups_equal_the_full_merge(method: str, mode: str,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parts big enough for the C++ kernel's helper threads (one row block split among them, and
+    many column blocks), task vectors on a coarse grid so the rank cuts split tie groups (the tie
+    fix-ups a part must apply at its own places), in the C++ kernel and in the torch kernels."""
+    monkeypatch.setenv("EVOMERGE_NATIVE", "1" if mode == "native" else "0")
+    shape = (1536, 768)  # 1.2M entries: parts of 2 ranks still run threaded
+    g = torch.Generator().manual_seed(11)
+    base = torch.randn(shape, generator=g) * 0.02
+    experts = [base + torch.round(torch.randn(shape, generator=g) * 4) / 1000 for _ in range(3)]
+    op = get_op(method)
+    gen = (lambda: torch.Generator().manual_seed(7)) if op.spec.stochastic else (lambda: None)
+    full = op(experts, base=base, params=PARAMS[method], generator=gen())
+    for dim, tp, starts in ((0, 2, (0, 768)), (1, 3, (0, 256, 512)), (1, 2, (0, 384))):
+        pieces, in_place = [], torch.full(shape, float("nan"))
+        for start in starts:
+            part_shape = list(shape)
+            part_shape[dim] //= tp
+            out = torch.empty(part_shape)
+            op.part_into(out, experts, base=base, params=PARAMS[method], generator=gen(), dim=dim, start=start,
+                         length=part_shape[dim])
+            pieces.append(out)
+            # the same part written at its place in a buffer of the whole shape (an engine's staging buffer)
+            op.part_into(in_place, experts, base=base, params=PARAMS[method], generator=gen(), dim=dim,
+                         start=start, length=part_shape[dim])
+            assert torch.equal(in_place.narrow(dim, start, part_shape[dim]), out)
+        assert torch.equal(torch.cat(pieces, dim=dim), full), (method, mode, dim, tp)
+        assert torch.equal(in_place, full), (method, mode, dim, tp)  # every part landed at its own place
+
+
 def test_16_bit_sources_shard_the_full_merge() -> None:
     base, experts = sources((64, 48), seed=3, dtype=torch.bfloat16)
     op = get_op("ties")
