@@ -9,6 +9,7 @@ on, so peak memory stays near one tensor per source. The same merge feeds an exp
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 from collections.abc import Iterator, Mapping
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 
 from evomerge.errors import MergeError
-from evomerge.merge import kernels
+from evomerge.merge import kernels, narrow
 from evomerge.merge.io import ModelDir
 from evomerge.merge.plan import DTYPES, MergePlan, TensorJob, plan_merge
 from evomerge.merge.registry import get_op
@@ -67,6 +68,15 @@ def all_finite(t: torch.Tensor) -> bool:
     return bool(((t.view(view) & mask) != mask).all())
 
 
+def _run_op(op: Any, job: TensorJob, out: torch.Tensor, experts: list[torch.Tensor], base: torch.Tensor | None,
+            gen: torch.Generator | None, part: tuple[int, int, int] | None) -> int | None:
+    if part is None:
+        return op.into(out, experts, base=base, params=job.params, generator=gen, resolved=True)
+    dim, start, length = part  # the part's entries written at their places in out (no scratch, no copy)
+    return op.part_into(out, experts, base=base, params=job.params, dim=dim, start=start, length=length,
+                        generator=gen, resolved=True)
+
+
 def _merge_job(op: Any, plan: MergePlan, job: TensorJob, out: torch.Tensor, seed: int, reads: _ReadBuffers,
                part: tuple[int, int, int] | None = None) -> None:
     """Merge one tensor straight into ``out`` (with ``part`` = (dim, start, length): only that
@@ -84,18 +94,20 @@ def _merge_job(op: Any, plan: MergePlan, job: TensorJob, out: torch.Tensor, seed
         target.copy_(experts[0] if part is None else experts[0].narrow(dim, start, length))  # integer buffers (rare)
         return
     base = reads.read(plan.sources[job.base[0]], job.base[1], -1) if job.base else None
+    widen = False  # 16-bit sources merged in float32 by the kernels as they read them (no converted copies)
     if plan.recipe.dtype is not None:  # mergekit gathers its inputs in the recipe's dtype, then merges
         want = DTYPES[plan.recipe.dtype]
-        experts = [x.to(want) for x in experts]
-        base = base.to(want) if base is not None else None
+        fused = getattr(op, "fused", None)
+        widen = (want == torch.float32 and fused is not None and fused(job.params)
+                 and all(narrow.is_narrow(x) for x in [*experts, *([base] if base is not None else [])]))
+        if not widen:
+            experts = [x.to(want) for x in experts]
+            base = base.to(want) if base is not None else None
     gen = None
     if op.spec.stochastic:
         gen = torch.Generator().manual_seed(tensor_seed(seed, job.out.name))
-    if part is None:
-        bad = op.into(out, experts, base=base, params=job.params, generator=gen, resolved=True)
-    else:  # the part's entries written at their places in out (no scratch, no copy)
-        bad = op.part_into(out, experts, base=base, params=job.params, dim=dim, start=start, length=length,
-                           generator=gen, resolved=True)
+    with narrow.float32_arithmetic() if widen else contextlib.nullcontext():
+        bad = _run_op(op, job, out, experts, base, gen, part)
     if bad is None:
         bad = 0 if all_finite(target) else 1
     if bad:

@@ -10,7 +10,9 @@ for bit; float32 (and float64) merges stay on the fused kernels.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -18,9 +20,26 @@ from torch import Tensor
 
 NARROW = (torch.float16, torch.bfloat16)
 
+_FLOAT32 = contextvars.ContextVar("evomerge_float32_arithmetic", default=False)
+
 
 def is_narrow(t: Tensor) -> bool:
-    return t.dtype in NARROW
+    """Whether ``t`` takes mergekit's 16-bit arithmetic: a 16-bit tensor, unless the merge was
+    asked for float32 arithmetic (``float32_arithmetic``)."""
+    return t.dtype in NARROW and not _FLOAT32.get()
+
+
+@contextlib.contextmanager
+def float32_arithmetic() -> Iterator[None]:
+    """Within the block, 16-bit inputs of the fused-kernel ops are merged in float32: the kernels
+    widen each block of entries as they read it (exactly: every 16-bit value is a float32 value),
+    so the result is the merge of the inputs converted to float32, without converting them (a
+    recipe's ``dtype: float32`` over 16-bit sources: merge arithmetic in float32 per block)."""
+    token = _FLOAT32.set(True)
+    try:
+        yield
+    finally:
+        _FLOAT32.reset(token)
 
 
 def linear(experts: Sequence[Tensor], p: dict[str, Any]) -> Tensor:

@@ -301,9 +301,7 @@ class _Op:
             raise ConfigError(f"{self.spec.name}: part output {tuple(out.shape)} is neither the contiguous "
                               f"{tuple(shape)} nor {full_shape}", hint="allocate the part as torch.empty(shape)")
         target = out if tuple(out.shape) == tuple(shape) else out.narrow(dim, start, length)
-        kernel = (isinstance(self, Linear | TaskArithmetic | _Sparsified) and not narrow.is_narrow(experts[0])
-                  and not (isinstance(self, _Sparsified) and self.narrow_sparsify is not None and p.get("rescale")))
-        if not kernel:
+        if not (self.fused(p) and not narrow.is_narrow(experts[0])):
             full = torch.empty(full_shape, dtype=out.dtype)
             bad = self.compute_into(full, experts, base, p, generator)
             target.copy_(full.narrow(dim, start, length))
@@ -313,6 +311,12 @@ class _Op:
             return self.compute_into(out, experts, base, p, generator)
         finally:
             _PART.reset(token)
+
+    def fused(self, p: dict[str, Any]) -> bool:
+        """Whether the op computes with the fused kernels (``kernels``) under resolved params
+        ``p`` for float32 inputs, entry by entry in float32, so that 16-bit inputs can be read as
+        they are (``narrow.float32_arithmetic``) and any part computed alone (``part_into``)."""
+        return False
 
     def _prepare(self, experts, base, params, generator, resolved=False) -> dict[str, Any]:  # type: ignore[no-untyped-def]
         _check_inputs(self.spec, experts, base)
@@ -353,6 +357,9 @@ class Linear(_Op):
                   max_experts=None, stochastic=False,
                   paper="Wortsman et al. 2022, Model soups: averaging weights of multiple fine-tuned models")
 
+    def fused(self, p: dict[str, Any]) -> bool:
+        return True
+
     def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]
         if narrow.is_narrow(experts[0]):  # 16-bit inputs: mergekit's arithmetic, bit for bit
             out.copy_(narrow.linear(experts, p))
@@ -373,6 +380,9 @@ class TaskArithmetic(_Op):
                   params=(WEIGHT, LAMBDA, _normalize(False), _rescale(False), INT8_MASK), requires_base=True,
                   min_experts=1, max_experts=None, stochastic=False,
                   paper="Ilharco et al. 2023, Editing Models with Task Arithmetic")
+
+    def fused(self, p: dict[str, Any]) -> bool:
+        return True
 
     def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]
         if narrow.is_narrow(base):  # 16-bit inputs: mergekit's arithmetic, bit for bit
@@ -395,6 +405,9 @@ class _Sparsified(_Op):
     def add_expert(self, rows: _Rows, e: Tensor, base: Tensor, i: int, w: float, p: dict[str, Any],
                    seed: int) -> None:
         raise NotImplementedError
+
+    def fused(self, p: dict[str, Any]) -> bool:
+        return not (self.narrow_sparsify is not None and p.get("rescale"))  # (mergekit's L1 rescale: gta)
 
     def compute_into(self, out, experts, base, p, generator):  # type: ignore[no-untyped-def]
         # 16-bit inputs, or an L1 rescale after a deterministic mask: mergekit's arithmetic, bit for bit

@@ -463,3 +463,53 @@ def test_all_finite_reads_the_exponent_bits(dtype) -> None:  # type: ignore[no-u
         assert not all_finite(u) and not all_finite(u[1::2])
     big = torch.tensor([torch.finfo(dtype).max, -torch.finfo(dtype).max, torch.finfo(dtype).tiny, 0.0, -0.0], dtype=dtype)
     assert all_finite(big)  # the largest finite values and zeros are finite
+
+
+FUSED_PARAMS = {
+    "linear": {"weight": [0.5, 0.3, 0.2]},
+    "task_arithmetic": {"weight": [1.0, 0.7, 0.5]},
+    "ties": {"weight": [1.0, 0.7, 0.5], "density": [0.5, 0.3, 0.8]},
+    "dare_ties": {"weight": [1.0, 0.7, 0.5], "density": [0.5, 0.3, 0.8]},
+    "dare_linear": {"weight": [1.0, 0.7, 0.5], "density": [0.5, 0.3, 0.8]},
+    "breadcrumbs_ties": {"weight": [1.0, 0.7, 0.5], "density": [0.5, 0.3, 0.8], "gamma": 0.01},
+}
+
+
+@pytest.mark.parametrize("mode", ["native", "torch"])
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("method", sorted(FUSED_PARAMS))
+def test_float32_arithmetic_over_16_bit_inputs_equals_merging_their_float32_copies(
+        method: str, half: torch.dtype, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recipe's ``dtype: float32`` over 16-bit sources: the fused kernels read the 16-bit
+    values as they are and widen them per block; the merge equals the merge of float32 copies bit
+    for bit (whole and a part of it), in the C++ kernel and in the torch kernels."""
+    from evomerge.merge import narrow
+
+    monkeypatch.setenv("EVOMERGE_NATIVE", "1" if mode == "native" else "0")
+    g = torch.Generator().manual_seed(5)
+    shape = (96, 80)
+    base = (torch.randn(shape, generator=g) * 0.02).to(half)
+    experts = [(base.float() + torch.randn(shape, generator=g) * 0.003).to(half) for _ in range(3)]
+    op = get_op(method)
+    assert op.fused(resolve_params(op.spec, FUSED_PARAMS[method], 3))
+    kw = {"base": None if method == "linear" else base, "params": FUSED_PARAMS[method]}
+    kw32 = {**kw, "base": None if method == "linear" else base.float()}
+
+    def gen():  # type: ignore[no-untyped-def]
+        return torch.Generator().manual_seed(7) if op.spec.stochastic else None
+
+    want = op([e.float() for e in experts], generator=gen(), **kw32)
+    out = torch.empty(shape)
+    with narrow.float32_arithmetic():
+        op.into(out, experts, generator=gen(), **kw)
+        part = torch.empty(shape[0], 40)
+        op.part_into(part, experts, generator=gen(), dim=1, start=40, length=40, **kw)
+    assert torch.equal(out, want) and torch.equal(part, want[:, 40:])
+    rounded = torch.empty(shape, dtype=half)  # the live bf16 model's write: rounded once
+    with narrow.float32_arithmetic():
+        op.into(rounded, experts, generator=gen(), **kw)
+    assert torch.equal(rounded, want.to(half))
+    outside = torch.empty(shape)  # without the context 16-bit inputs keep mergekit's 16-bit arithmetic
+    op.into(outside, experts, generator=gen(), **kw)
+    if method in ("linear", "task_arithmetic", "ties", "breadcrumbs_ties"):
+        assert not torch.equal(outside, want)
