@@ -13,8 +13,8 @@ on the zoo reproduces the strategy table's curve and held-out accuracy exactly).
 dev fitness after N evaluations and the held-out accuracy of each run's best
 (bench.strategy_comparison's table).
 
-Variants (``name:key=value:...``; the keys ``alpha``, ``archive_size``, ``mutation`` and
-``exploit`` set M2N2's own settings, e.g. ``m2n2:exploit=0`` is the default before it existed):
+Variants (``name:key=value:...``; the keys ``alpha``, ``archive_size``, ``mutation``, ``exploit``
+and ``refine`` set M2N2's own settings, e.g. ``m2n2:exploit=0`` is the default before it existed):
 - ``m2n2``: M2N2 as a new evomerge run builds it (M2N2_DEFAULTS: normalized attraction, the
   archive seeded with the start and the experts, mutation 0.1, exploit 0.5).
 - ``de:F=..:floor=..``: the child moves by F times the difference of two other random members
@@ -89,7 +89,7 @@ class Variant(M2N2):
 def make(label: str, dim: int, seeds: list[np.ndarray], seed: int, budget: int) -> M2N2:
     kind, *pairs = label.split(":")
     settings = {k: float(v) for k, v in (pair.split("=", 1) for pair in pairs)}
-    own = {k: settings.pop(k) for k in ("alpha", "mutation", "archive_size", "exploit") if k in settings}
+    own = {k: settings.pop(k) for k in ("alpha", "mutation", "archive_size", "exploit", "refine") if k in settings}
     if "archive_size" in own:
         own["archive_size"] = int(own["archive_size"])
     strategy = Variant(dim, seeds, seed=seed, **{**M2N2_DEFAULTS, **own})

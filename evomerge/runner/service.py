@@ -90,7 +90,8 @@ def run_space(config: dict[str, Any]) -> SearchSpace:
     subset run created before promotion races scores a promoted candidate's rest all at once; and
     one created before ``merge_dtype`` merges 16-bit sources in their own dtype."""
     stored = dict(config["space"])
-    old = {"restarts": "none"} | ({"attraction": "raw", "fill": "random", "mutation": 0.0, "exploit": 0.0}
+    old = {"restarts": "none"} | ({"attraction": "raw", "fill": "random", "mutation": 0.0, "exploit": 0.0,
+                                   "refine": 0.0}
                                   if (stored.get("strategy") or {}).get("name") == "m2n2" else {})
     stored["strategy"] = old | {k: v for k, v in (stored.get("strategy") or {}).items() if v is not None}
     stored["merge_dtype"] = stored.get("merge_dtype") or "source"  # before 16-bit sources merged in float32

@@ -23,6 +23,11 @@ ALGORITHMS.md). Children are recipes: crossover mixes genomes whose genes are or
   fitness draw (its mate is still drawn by attraction: the member strong where the best is
   weak). Competition keeps specialists in the archive and draws them as parents in proportion
   to their shared fitness; without it the best merge found is refined only by chance.
+- Refinement (``refine``, a share; 0 unless set): with this
+  probability the child is no crossover at all but the member with the best mean score plus the
+  mutation noise (a (1+1)-ES step from the best, Rechenberg 1973); the other children are bred
+  as above. Crossover mixes parents between their genomes, so without it the search steps beyond
+  the best only by mutation on top of a mixing weight drawn anew each time.
 - Each scored child joins the archive and the member with the lowest fitness leaves (possibly
   the child).
 Randomness for child ``i`` comes from ``SeedSequence([seed, i])``, so asks do not depend on
@@ -121,7 +126,7 @@ class M2N2(Replayable):
     def __init__(self, dim: int, seeds: Sequence[np.ndarray | Sequence[float]], *, archive_size: int = 20,
                  alpha: float = 1.0, seed: int = 0, mate: Mate = "attraction", split_point: bool = True,
                  attraction: str = "raw", fill: str = "random", mutation: float = 0.0,
-                 exploit: float = 0.0) -> None:
+                 exploit: float = 0.0, refine: float = 0.0) -> None:
         if mate not in MATES:
             raise ValueError(f"mate must be one of {', '.join(MATES)}, got {mate!r}")
         if attraction not in ("normalized", "raw") or fill not in ("seeds", "random"):
@@ -136,6 +141,11 @@ class M2N2(Replayable):
         if not 0.0 <= float(exploit) <= 1.0:
             raise ValueError(f"exploit must be a share in [0, 1], got {exploit!r}")
         self.exploit = float(exploit)
+        if not 0.0 <= float(refine) <= 1.0:
+            raise ValueError(f"refine must be a share in [0, 1], got {refine!r}")
+        if refine and not mutation:
+            raise ValueError("refine steps from the best member by the mutation noise: it needs mutation above 0")
+        self.refine = float(refine)
         self.told_count = 0
         self._seeds = [np.clip(np.asarray(s, dtype=float), 0, 1) for s in seeds]
         self.asked = 0
@@ -159,6 +169,8 @@ class M2N2(Replayable):
             config["mutation"] = self.mutation
         if self.exploit:
             config["exploit"] = self.exploit
+        if self.refine:
+            config["refine"] = self.refine
         return config
 
     def _rng(self, index: int) -> np.random.Generator:
@@ -186,6 +198,10 @@ class M2N2(Replayable):
     def _breed(self, rng: np.random.Generator) -> tuple[np.ndarray, int, int]:
         """One child from the archive: (genome, parent 1's and parent 2's member positions)."""
         scores = np.stack([m[2] for m in self.members])
+        if self.refine and rng.random() < self.refine:  # drawn only when set: runs without it ask as before
+            best = int(np.argmax(scores.mean(axis=1)))
+            x = np.clip(self.members[best][1] + rng.normal(0.0, self.mutation, self.dim), 0.0, 1.0)
+            return x, best, best
         p1 = _pick(rng, shared_fitness(scores, self.alpha))
         if self.exploit and rng.random() < self.exploit:  # drawn only when set: runs without it ask as before
             p1 = int(np.argmax(scores.mean(axis=1)))

@@ -279,3 +279,63 @@ def test_exploit_is_an_m2n2_setting_new_runs_get_and_old_runs_do_not() -> None:
     hashed = SearchSpace.model_validate(space).space_hash
     assert hashed == SearchSpace.model_validate({**space, "strategy": {**space["strategy"], "exploit": None}}).space_hash
     assert hashed != SearchSpace.model_validate({**space, "strategy": {**space["strategy"], "exploit": 0.5}}).space_hash
+
+
+def test_refine_steps_from_the_best_member_and_replays() -> None:
+    """``refine`` p: with probability p a child is the member with the best mean score plus the
+    mutation noise (no crossover: both parents are that member). refine 0 asks exactly what a run
+    without the setting asked (no extra draw); it needs mutation; a replay asks the same genomes."""
+    seeds = [np.full(5, 0.5), np.zeros(5), np.ones(5)]
+    quality = {0: 0.9, 1: 0.2, 2: 0.4}
+
+    def run(refine: float) -> tuple[M2N2, list, list]:
+        m = M2N2(5, seeds, archive_size=8, seed=4, attraction="normalized", fill="seeds", mutation=0.1,
+                 refine=refine)
+        rng = np.random.default_rng(3)
+        asked, best = [], []
+        for _ in range(20):
+            best.append(m.members[int(np.argmax([row.mean() for _, _, row in m.members]))] if m.members else None)
+            for g in m.ask(1):
+                asked.append(g)
+                q = quality.get(g.index, 0.3)
+                m.tell([Evaluated(g, q, {"t": (rng.random(10) < q).astype(float).tolist()})])
+        return m, asked, best
+
+    plain, plain_asked, _ = run(0.0)
+    always, always_asked, always_best = run(1.0)
+    assert "refine" not in plain.config() and always.config()["refine"] == 1.0
+    children = [(g, b) for g, b in zip(always_asked, always_best, strict=True) if g.parents]
+    assert len(children) == 17
+    for g, (index, x, _row) in children:  # the best member, moved by the mutation noise only
+        assert g.parents == (index, index)
+        step = np.asarray(g.x) - x
+        assert 0 < np.abs(step).max() < 0.6 and np.all((np.asarray(g.x) >= 0) & (np.asarray(g.x) <= 1))
+    legacy = M2N2(5, seeds, archive_size=8, seed=4, attraction="normalized", fill="seeds", mutation=0.1)
+    rng = np.random.default_rng(3)
+    for g0 in plain_asked:
+        (g,) = legacy.ask(1)
+        assert g.x.tolist() == g0.x.tolist() and g.parents == g0.parents
+        q = quality.get(g.index, 0.3)
+        legacy.tell([Evaluated(g, q, {"t": (rng.random(10) < q).astype(float).tolist()})])
+    again = strategy_from_state(always.state_dict(), always.state_arrays())
+    assert [g.x.tolist() for g in again.ask(3)] == [g.x.tolist() for g in always.ask(3)]
+    with pytest.raises(ValueError, match="needs mutation"):
+        M2N2(5, seeds, mutation=0.0, refine=0.5)
+
+
+def test_refine_is_an_opt_in_m2n2_setting_and_old_runs_go_on_without_it() -> None:
+    from evomerge.runner.service import run_space
+    from evomerge.space.schema import M2N2_DEFAULTS
+
+    with pytest.raises(ValidationError, match="M2N2 settings"):
+        StrategySpec(name="cmaes", refine=0.5)
+    with pytest.raises(ValidationError):
+        StrategySpec(name="m2n2", refine=-0.1)
+    assert StrategySpec(name="m2n2").m2n2_settings()["refine"] == M2N2_DEFAULTS["refine"] == 0.0
+    assert StrategySpec(name="m2n2", refine=0.5).m2n2_settings()["refine"] == 0.5
+    space = {"name": "x", "base": "/b", "experts": ["/e"], "vary": {"weight": {"low": 0, "high": 1}},
+             "objectives": [{"task": "/t.yaml"}], "strategy": {"name": "m2n2", "mutation": 0.1, "exploit": 0.5}}
+    assert run_space({"space": space}).strategy.refine == 0.0  # stored before refine existed: none
+    hashed = SearchSpace.model_validate(space).space_hash
+    assert hashed == SearchSpace.model_validate({**space, "strategy": {**space["strategy"], "refine": None}}).space_hash
+    assert hashed != SearchSpace.model_validate({**space, "strategy": {**space["strategy"], "refine": 0.5}}).space_hash
