@@ -226,40 +226,48 @@ def test_mutation_is_an_m2n2_setting_stored_with_the_run() -> None:
     assert hashed != SearchSpace.model_validate({**space, "strategy": {"name": "m2n2", "mutation": 0.05}}).space_hash
 
 
+SCORED_SEEDS = [np.full(5, 0.5), np.zeros(5), np.ones(5)]
+SCORED_QUALITY = {0: 0.9, 1: 0.2, 2: 0.4}  # seed 0 is the best member; children score below it
+
+
+def run_scored(**settings: float) -> tuple[M2N2, list, list]:
+    """20 asks of a small M2N2 (mutation 0.1 plus ``settings``), each candidate told a score row
+    drawn from its quality; also the member with the best mean score at each ask (None before any)."""
+    m = M2N2(5, SCORED_SEEDS, archive_size=8, seed=4, attraction="normalized", fill="seeds", mutation=0.1, **settings)
+    rng = np.random.default_rng(3)
+    asked, best = [], []
+    for _ in range(20):
+        best.append(m.members[int(np.argmax([row.mean() for _, _, row in m.members]))] if m.members else None)
+        for g in m.ask(1):
+            asked.append(g)
+            q = SCORED_QUALITY.get(g.index, 0.3)
+            m.tell([Evaluated(g, q, {"t": (rng.random(10) < q).astype(float).tolist()})])
+    return m, asked, best
+
+
+def assert_asks_as_without_settings(asked: list) -> None:
+    """A run without the later settings, told the same scores, asks exactly ``asked``."""
+    legacy = M2N2(5, SCORED_SEEDS, archive_size=8, seed=4, attraction="normalized", fill="seeds", mutation=0.1)
+    rng = np.random.default_rng(3)
+    for g0 in asked:
+        (g,) = legacy.ask(1)
+        assert g.x.tolist() == g0.x.tolist() and g.parents == g0.parents
+        q = SCORED_QUALITY.get(g.index, 0.3)
+        legacy.tell([Evaluated(g, q, {"t": (rng.random(10) < q).astype(float).tolist()})])
+
+
 def test_exploit_breeds_from_the_best_member_and_replays() -> None:
     """``exploit`` p: with probability p a child's first parent is the member with the best mean
     score (its mate still drawn by attraction). exploit 1: every child has the best member as a
     parent; exploit 0 asks exactly what a run without the setting asked (no extra draw); a replay
     from the stored state asks the same genomes."""
-    seeds = [np.full(5, 0.5), np.zeros(5), np.ones(5)]
-    quality = {0: 0.9, 1: 0.2, 2: 0.4}  # seed 0 is the best member; children score below it
-
-    def run(exploit: float) -> tuple[M2N2, list, list]:
-        m = M2N2(5, seeds, archive_size=8, seed=4, attraction="normalized", fill="seeds", mutation=0.1,
-                 exploit=exploit)
-        rng = np.random.default_rng(3)
-        asked, best = [], []  # best: the index of the member with the best mean score at each ask
-        for _ in range(20):
-            best.append(m.members[int(np.argmax([row.mean() for _, _, row in m.members]))][0] if m.members else None)
-            for g in m.ask(1):
-                asked.append(g)
-                q = quality.get(g.index, 0.3)
-                m.tell([Evaluated(g, q, {"t": (rng.random(10) < q).astype(float).tolist()})])
-        return m, asked, best
-
-    plain, plain_asked, plain_best = run(0.0)
-    always, always_asked, always_best = run(1.0)
+    plain, plain_asked, plain_best = run_scored(exploit=0.0)
+    always, always_asked, always_best = run_scored(exploit=1.0)
     assert "exploit" not in plain.config() and always.config()["exploit"] == 1.0
-    children = [(g, b) for g, b in zip(always_asked, always_best, strict=True) if g.parents]
+    children = [(g, b[0]) for g, b in zip(always_asked, always_best, strict=True) if g.parents]
     assert len(children) == 17 and all(g.parents[0] == b for g, b in children)
-    assert any(g.parents[0] != b for g, b in zip(plain_asked, plain_best, strict=True) if g.parents)
-    legacy = M2N2(5, seeds, archive_size=8, seed=4, attraction="normalized", fill="seeds", mutation=0.1)
-    rng = np.random.default_rng(3)
-    for g0 in plain_asked:
-        (g,) = legacy.ask(1)
-        assert g.x.tolist() == g0.x.tolist() and g.parents == g0.parents
-        q = quality.get(g.index, 0.3)
-        legacy.tell([Evaluated(g, q, {"t": (rng.random(10) < q).astype(float).tolist()})])
+    assert any(g.parents[0] != b[0] for g, b in zip(plain_asked, plain_best, strict=True) if g.parents)
+    assert_asks_as_without_settings(plain_asked)
     again = strategy_from_state(always.state_dict(), always.state_arrays())
     assert [g.x.tolist() for g in again.ask(3)] == [g.x.tolist() for g in always.ask(3)]
 
@@ -285,24 +293,8 @@ def test_refine_steps_from_the_best_member_and_replays() -> None:
     """``refine`` p: with probability p a child is the member with the best mean score plus the
     mutation noise (no crossover: both parents are that member). refine 0 asks exactly what a run
     without the setting asked (no extra draw); it needs mutation; a replay asks the same genomes."""
-    seeds = [np.full(5, 0.5), np.zeros(5), np.ones(5)]
-    quality = {0: 0.9, 1: 0.2, 2: 0.4}
-
-    def run(refine: float) -> tuple[M2N2, list, list]:
-        m = M2N2(5, seeds, archive_size=8, seed=4, attraction="normalized", fill="seeds", mutation=0.1,
-                 refine=refine)
-        rng = np.random.default_rng(3)
-        asked, best = [], []
-        for _ in range(20):
-            best.append(m.members[int(np.argmax([row.mean() for _, _, row in m.members]))] if m.members else None)
-            for g in m.ask(1):
-                asked.append(g)
-                q = quality.get(g.index, 0.3)
-                m.tell([Evaluated(g, q, {"t": (rng.random(10) < q).astype(float).tolist()})])
-        return m, asked, best
-
-    plain, plain_asked, _ = run(0.0)
-    always, always_asked, always_best = run(1.0)
+    plain, plain_asked, _ = run_scored(refine=0.0)
+    always, always_asked, always_best = run_scored(refine=1.0)
     assert "refine" not in plain.config() and always.config()["refine"] == 1.0
     children = [(g, b) for g, b in zip(always_asked, always_best, strict=True) if g.parents]
     assert len(children) == 17
@@ -310,17 +302,11 @@ def test_refine_steps_from_the_best_member_and_replays() -> None:
         assert g.parents == (index, index)
         step = np.asarray(g.x) - x
         assert 0 < np.abs(step).max() < 0.6 and np.all((np.asarray(g.x) >= 0) & (np.asarray(g.x) <= 1))
-    legacy = M2N2(5, seeds, archive_size=8, seed=4, attraction="normalized", fill="seeds", mutation=0.1)
-    rng = np.random.default_rng(3)
-    for g0 in plain_asked:
-        (g,) = legacy.ask(1)
-        assert g.x.tolist() == g0.x.tolist() and g.parents == g0.parents
-        q = quality.get(g.index, 0.3)
-        legacy.tell([Evaluated(g, q, {"t": (rng.random(10) < q).astype(float).tolist()})])
+    assert_asks_as_without_settings(plain_asked)
     again = strategy_from_state(always.state_dict(), always.state_arrays())
     assert [g.x.tolist() for g in again.ask(3)] == [g.x.tolist() for g in always.ask(3)]
     with pytest.raises(ValueError, match="needs mutation"):
-        M2N2(5, seeds, mutation=0.0, refine=0.5)
+        M2N2(5, SCORED_SEEDS, mutation=0.0, refine=0.5)
 
 
 def test_refine_is_an_opt_in_m2n2_setting_and_old_runs_go_on_without_it() -> None:
