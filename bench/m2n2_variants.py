@@ -44,7 +44,7 @@ import numpy as np
 from bench.strategy_comparison import ITEMS, BareMerge, bare_decode, print_table, read_records
 from evomerge.space.schema import M2N2_DEFAULTS
 from evomerge.strategies.base import Evaluated
-from evomerge.strategies.m2n2 import M2N2, _pick, crossover, mate_weights, shared_fitness
+from evomerge.strategies.m2n2 import M2N2, _best, _pick, crossover, mate_weights, shared_fitness
 
 LOW, HIGH, INIT = 0.0, 1.5, 1.0  # both problems' weight bounds and start (bench.strategy_comparison)
 
@@ -64,7 +64,7 @@ class Variant(M2N2):
             return rng.random(self.dim), 0, 1
         p1 = _pick(rng, shared_fitness(scores, self.alpha))
         if self.kind == "pbest" and rng.random() < self.p:
-            p1 = int(np.argmax(scores.mean(axis=1)))
+            p1 = _best(scores)
         p2 = _pick(rng, mate_weights(scores, p1, self.mate, self.alpha, normalized=True), exclude=p1)
         split, w = int(rng.integers(0, self.dim)), float(rng.random())
         x1, x2 = self.members[p1][1], self.members[p2][1]

@@ -1,6 +1,6 @@
 """Merge work per tensor-parallel rank on a real model: SmolLM2-135M-Instruct (issue 20).
 
-    python -m bench.tp_merge [--tp 1,3,9] [--methods task_arithmetic,ties,dare_ties] [--repeats 5]
+    python -m bench.tp_merge [--tp 3] [--methods task_arithmetic,ties,dare_ties] [--repeats 5]
 
 Under tensor parallelism each vLLM rank merges only its own part of every tensor
 (evomerge/evaluate/vllm_shards.py: q/k/v and gate/up rows, o/down columns, shared key/value
@@ -8,8 +8,9 @@ heads, the padded vocabulary's rows; norms whole). This measures what that saves
 process, with the search path a vLLM worker runs (``ResidentSources``, ``plan_merge``,
 ``merge_into`` into staging buffers that are reused across candidates): base + 3 dense experts
 (bench/merge_smollm2.py), float32, every rank of each degree in turn on the same CPU threads. No
-vLLM engine is started, so degrees the machine's CPUs could not host (SmolLM2 has 9 query heads
-and 3 key/value heads: TP 3 and 9) are measured too. Per degree: the median over ``--repeats``
+vLLM engine is started, so a degree the machine's CPUs could not host is measured too (SmolLM2:
+9 query heads, 3 key/value heads, MLP 1536: TP 3 is the one degree above 1 that divides them
+all; TP 1, the whole merge, is always measured first). Per degree: the median over ``--repeats``
 of each rank's merge (after one warm-up merge that builds the rank indexes), the slowest rank
 (what a TP step waits for), the share of entries merged per rank and the speed-up of the slowest
 rank over the whole merge (the ideal is the degree).
@@ -26,7 +27,7 @@ import time
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tp", default="1,3,9")
+    ap.add_argument("--tp", default="3")
     ap.add_argument("--methods", default="task_arithmetic,ties,dare_ties")
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
@@ -76,6 +77,7 @@ def main() -> None:
             slowest = max(per_rank)
             print(f"| {method} | {tp} | {whole:.3f} | {statistics.mean(per_rank):.3f} | {slowest:.3f} | "
                   f"{min(shares):.3f}-{max(shares):.3f} | {whole / slowest:.2f}x | {tp}x |", flush=True)
+
 
 if __name__ == "__main__":
     main()

@@ -335,11 +335,15 @@ def _run_native(v: Variant, out: Tensor, base: Tensor | None, experts: list[Tens
     mod = native_for(out, *experts, base)
     if mod is None:
         return None
-    flags = (NATIVE_BASE * v.base + NATIVE_LOW * v.rank_low + NATIVE_HIGH * v.rank_high + NATIVE_RANDOM * v.random
-             + NATIVE_CONSENSUS * v.consensus + NATIVE_NORMALIZE * v.normalize)
     bad = mod.merge(out, base, experts, [x for row in fp for x in row], [x for row in ip for x in row], glob[0],
-                    glob[1], flags, _threads(out.numel()), list(fixups) if v.tie_cuts else [])
+                    glob[1], _native_flags(v), _threads(out.numel()), list(fixups) if v.tie_cuts else [])
     return math.nan if bad else 0.0
+
+
+def _native_flags(v: Variant) -> int:
+    """The C++ kernel's flag word for variant ``v``."""
+    return (NATIVE_BASE * v.base + NATIVE_LOW * v.rank_low + NATIVE_HIGH * v.rank_high + NATIVE_RANDOM * v.random
+            + NATIVE_CONSENSUS * v.consensus + NATIVE_NORMALIZE * v.normalize)
 
 
 def native_ok(*tensors: Tensor | None) -> bool:
@@ -455,10 +459,8 @@ def run_part(v: Variant, out: Tensor, base: Tensor | None, experts: Sequence[Ten
     flat_e = [e.reshape(-1) for e in experts]
     mod = native_for(out, *flat_e, flat_b) if not v.wide and out.is_contiguous() else None
     if mod is not None:
-        flags = (NATIVE_BASE * v.base + NATIVE_LOW * v.rank_low + NATIVE_HIGH * v.rank_high + NATIVE_RANDOM * v.random
-                 + NATIVE_CONSENSUS * v.consensus + NATIVE_NORMALIZE * v.normalize)
         bad = mod.merge_part(out.view(-1), flat_b, flat_e, [x for row in fp for x in row], [x for row in ip for x in row],
-                             glob[0], glob[1], flags, _threads(part.numel), list(fixups) if v.tie_cuts else [],
+                             glob[0], glob[1], _native_flags(v), _threads(part.numel), list(fixups) if v.tie_cuts else [],
                              part.outer, part.block, part.stride, part.first)
         return 1 if bad else 0
     idx = part.indices()

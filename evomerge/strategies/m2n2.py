@@ -110,6 +110,11 @@ def mate_weights(scores: np.ndarray, parent: int, mate: Mate, alpha: float, *, n
     return np.ones(len(scores))
 
 
+def _best(scores: np.ndarray) -> int:
+    """The member (row) with the best mean score (the first of equals)."""
+    return int(np.argmax(scores.mean(axis=1)))
+
+
 def _pick(rng: np.random.Generator, weights: np.ndarray, exclude: int | None = None) -> int:
     w = np.maximum(np.asarray(weights, dtype=float), 0.0)
     if exclude is not None:
@@ -199,12 +204,12 @@ class M2N2(Replayable):
         """One child from the archive: (genome, parent 1's and parent 2's member positions)."""
         scores = np.stack([m[2] for m in self.members])
         if self.refine and rng.random() < self.refine:  # drawn only when set: runs without it ask as before
-            best = int(np.argmax(scores.mean(axis=1)))
+            best = _best(scores)
             x = np.clip(self.members[best][1] + rng.normal(0.0, self.mutation, self.dim), 0.0, 1.0)
             return x, best, best
         p1 = _pick(rng, shared_fitness(scores, self.alpha))
         if self.exploit and rng.random() < self.exploit:  # drawn only when set: runs without it ask as before
-            p1 = int(np.argmax(scores.mean(axis=1)))
+            p1 = _best(scores)
         p2 = _pick(rng, mate_weights(scores, p1, self.mate, self.alpha,
                                      normalized=self.attraction == "normalized"), exclude=p1)
         # split 0: the tail is the whole genome, one mixing weight for every gene
