@@ -453,7 +453,8 @@ def run_part(v: Variant, out: Tensor, base: Tensor | None, experts: Sequence[Ten
     entries) or, when ``out`` has the sources' size, at their own places in it (the rest of
     ``out`` untouched): each entry by the exact rule at its global index (its tie cut, its DARE
     bits), so a tensor-parallel rank's part equals the full merge there. The C++ kernel reads
-    and writes the part's blocks in place; otherwise the entries are gathered (``run_at``).
+    and writes the part's blocks in place; otherwise the entries are gathered and merged as ``run``
+    merges the whole (compiled where it compiles, ``_compiled_part``; else eagerly, ``run_at``).
     Returns 1 if a non-finite value was read or written in the part, else 0."""
     flat_b = base.reshape(-1) if base is not None else None
     flat_e = [e.reshape(-1) for e in experts]
@@ -464,12 +465,45 @@ def run_part(v: Variant, out: Tensor, base: Tensor | None, experts: Sequence[Ten
                              part.outer, part.block, part.stride, part.first)
         return 1 if bad else 0
     idx = part.indices()
-    values, bad = run_at(v, base, experts, fp, ip, glob, idx, out.dtype)
+    values, bad = _compiled_part(v, flat_b, flat_e, fp, ip, glob, idx, out.dtype, fixups)
+    if values is None:
+        values, bad = run_at(v, base, experts, fp, ip, glob, idx, out.dtype)
     if out.numel() == part.numel:
         out.view(-1).copy_(values)
     else:
         out.view(-1).index_copy_(0, idx, values)
     return bad
+
+
+def _compiled_part(v: Variant, flat_b: Tensor | None, flat_e: Sequence[Tensor], fp: list[list[float]],
+                   ip: list[list[int]], glob: list[float], idx: Tensor, dtype: torch.dtype,
+                   fixups: Sequence[Tensor]) -> tuple[Tensor | None, int]:
+    """The part at ``idx`` as ``run`` computes it where ``run`` would compile the whole tensor:
+    the same compiled body over the gathered entries (each at its global index), then the tie
+    fix-ups that fall in the part by the exact rule eagerly, as ``run`` does; so a part is the
+    whole merge there bit for bit in every kernel mode. (None, 0) where ``run`` would not
+    compile (the part is then merged eagerly, as the whole is) or compiling is unavailable."""
+    if not idx.numel() or not use_compiled(flat_e[0].numel()):
+        return None, 0
+    main = dataclasses.replace(v, tie_cuts=False)
+    values = torch.empty(idx.numel(), dtype=dtype)
+
+    def body(out_, base_, experts_, fp_, ip_, glob_, offset_):  # type: ignore[no-untyped-def]
+        return _body(main, out_, base_, experts_, fp_, ip_, glob_, offset_)
+
+    got = _try_compiled(main, body, values, flat_b[idx] if flat_b is not None else None, [x[idx] for x in flat_e],
+                        torch.tensor(fp, dtype=torch.float32), torch.tensor(ip, dtype=torch.int64),
+                        torch.tensor(glob, dtype=torch.float32), idx)
+    if got is None:
+        return None, 0
+    check = float(got)
+    if v.tie_cuts and fixups:
+        at = torch.isin(idx, torch.cat(list(fixups))).nonzero().view(-1)
+        if at.numel():
+            fixed, fixed_check = _at(v, flat_b, flat_e, fp, ip, glob, idx[at], dtype)
+            check += fixed_check
+            values[at] = fixed
+    return values, 0 if math.isfinite(check) else 1
 
 
 def run_at(v: Variant, base: Tensor | None, experts: Sequence[Tensor], fp: list[list[float]],

@@ -51,14 +51,15 @@ def test_shards_of_every_rank_concatenate_to_the_full_merge(method: str, shape: 
             assert torch.equal(torch.cat(parts, dim=dim), full), (method, dim, tp)
 
 
-@pytest.mark.parametrize("mode", ["native", "torch"])
+@pytest.mark.parametrize("mode", ["native", "compiled", "eager"])
 @pytest.mark.parametrize("method", ["ties", "dare_ties", "breadcrumbs_ties"])
 def test_large_parts_with_split_tie_groups_equal_the_full_merge(method: str, mode: str,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Parts big enough for the C++ kernel's helper threads (one row block split among them, and
     many column blocks), task vectors on a coarse grid so the rank cuts split tie groups (the tie
-    fix-ups a part must apply at its own places), in the C++ kernel and in the torch kernels."""
+    fix-ups a part must apply at its own places), in the C++ kernel, compiled and eagerly."""
     monkeypatch.setenv("EVOMERGE_NATIVE", "1" if mode == "native" else "0")
+    monkeypatch.setenv("EVOMERGE_COMPILE", "0" if mode == "eager" else "auto")  # 1.2M entries compile
     shape = (1536, 768)  # 1.2M entries: parts of 2 ranks still run threaded
     g = torch.Generator().manual_seed(11)
     base = torch.randn(shape, generator=g) * 0.02
