@@ -367,6 +367,15 @@ def fused_bracket(n: int, expert: Tensor, base: Tensor | None) -> bool:
     return native_for(expert, base) is not None or use_compiled(n)
 
 
+def _bound_body(v: Variant) -> Callable[..., Tensor]:
+    """``_body`` for variant ``v`` (what ``_try_compiled`` compiles once per variant: the whole
+    tensor's pass in ``run`` and a gathered part's in ``_compiled_part`` share it)."""
+    def body(out_, base_, experts_, fp_, ip_, glob_, offset_):  # type: ignore[no-untyped-def]
+        return _body(v, out_, base_, experts_, fp_, ip_, glob_, offset_)
+
+    return body
+
+
 def _threads(numel: int) -> int:
     return torch.get_num_threads() if numel >= NATIVE_THREADED_NUMEL else 1
 
@@ -389,10 +398,7 @@ def run(v: Variant, out: Tensor, base: Tensor | None, experts: Sequence[Tensor],
             fixups = ()  # rewritten by the C++ kernel
     main = dataclasses.replace(v, tie_cuts=False) if v.tie_cuts and check is None else v
     if check is None and n and use_compiled(n):
-        def body(out_, base_, experts_, fp_, ip_, glob_, offset_):  # type: ignore[no-untyped-def]
-            return _body(main, out_, base_, experts_, fp_, ip_, glob_, offset_)
-
-        got = _try_compiled(main, body, flat_out, flat_b, flat_e, torch.tensor(fp, dtype=torch.float32),
+        got = _try_compiled(main, _bound_body(main), flat_out, flat_b, flat_e, torch.tensor(fp, dtype=torch.float32),
                             torch.tensor(ip, dtype=torch.int64), torch.tensor(glob, dtype=torch.float32),
                             torch.zeros((), dtype=torch.int64))
         check = float(got) if got is not None else None
@@ -487,11 +493,7 @@ def _compiled_part(v: Variant, flat_b: Tensor | None, flat_e: Sequence[Tensor], 
         return None, 0
     main = dataclasses.replace(v, tie_cuts=False)
     values = torch.empty(idx.numel(), dtype=dtype)
-
-    def body(out_, base_, experts_, fp_, ip_, glob_, offset_):  # type: ignore[no-untyped-def]
-        return _body(main, out_, base_, experts_, fp_, ip_, glob_, offset_)
-
-    got = _try_compiled(main, body, values, flat_b[idx] if flat_b is not None else None, [x[idx] for x in flat_e],
+    got = _try_compiled(main, _bound_body(main), values, flat_b[idx] if flat_b is not None else None, [x[idx] for x in flat_e],
                         torch.tensor(fp, dtype=torch.float32), torch.tensor(ip, dtype=torch.int64),
                         torch.tensor(glob, dtype=torch.float32), idx)
     if got is None:
