@@ -319,6 +319,14 @@ def _compiled_fn(key: object, body: Callable[..., Tensor]) -> Callable[..., Tens
         return fn
 
 
+def _compile_key(v: Variant, where: str, out: Tensor, base: Tensor | None, experts: Sequence[Tensor]) -> object:
+    """What one compiled kernel (one code object) serves: a variant, over a whole tensor or a
+    gathered part (offset vs per-entry indices), and its dtypes. Dynamo recompiles a code object
+    on every new dtype or offset kind and fails hard (fullgraph) after 8 graphs, after which
+    every merge of the process runs eagerly; one code object per combination never gets near."""
+    return (v, where, out.dtype, None if base is None else base.dtype, tuple(e.dtype for e in experts))
+
+
 def _try_compiled(key: object, body: Callable[..., Tensor], *args: object) -> Tensor | None:
     try:
         return _compiled_fn(key, body)(*args)
@@ -368,7 +376,7 @@ def fused_bracket(n: int, expert: Tensor, base: Tensor | None) -> bool:
 
 
 def _bound_body(v: Variant) -> Callable[..., Tensor]:
-    """``_body`` for variant ``v`` (what ``_try_compiled`` compiles once per variant: the whole
+    """``_body`` for variant ``v`` (what ``_try_compiled`` compiles once per ``_compile_key``: the whole
     tensor's pass in ``run`` and a gathered part's in ``_compiled_part`` share it)."""
     def body(out_, base_, experts_, fp_, ip_, glob_, offset_):  # type: ignore[no-untyped-def]
         return _body(v, out_, base_, experts_, fp_, ip_, glob_, offset_)
@@ -398,7 +406,7 @@ def run(v: Variant, out: Tensor, base: Tensor | None, experts: Sequence[Tensor],
             fixups = ()  # rewritten by the C++ kernel
     main = dataclasses.replace(v, tie_cuts=False) if v.tie_cuts and check is None else v
     if check is None and n and use_compiled(n):
-        got = _try_compiled(main, _bound_body(main), flat_out, flat_b, flat_e, torch.tensor(fp, dtype=torch.float32),
+        got = _try_compiled(_compile_key(main, "whole", flat_out, flat_b, flat_e), _bound_body(main), flat_out, flat_b, flat_e, torch.tensor(fp, dtype=torch.float32),
                             torch.tensor(ip, dtype=torch.int64), torch.tensor(glob, dtype=torch.float32),
                             torch.zeros((), dtype=torch.int64))
         check = float(got) if got is not None else None
@@ -493,7 +501,7 @@ def _compiled_part(v: Variant, flat_b: Tensor | None, flat_e: Sequence[Tensor], 
         return None, 0
     main = dataclasses.replace(v, tie_cuts=False)
     values = torch.empty(idx.numel(), dtype=dtype)
-    got = _try_compiled(main, _bound_body(main), values, flat_b[idx] if flat_b is not None else None, [x[idx] for x in flat_e],
+    got = _try_compiled(_compile_key(main, "part", values, flat_b, flat_e), _bound_body(main), values, flat_b[idx] if flat_b is not None else None, [x[idx] for x in flat_e],
                         torch.tensor(fp, dtype=torch.float32), torch.tensor(ip, dtype=torch.int64),
                         torch.tensor(glob, dtype=torch.float32), idx)
     if got is None:
@@ -531,7 +539,7 @@ def bracket(codes: Tensor, expert: Tensor, base: Tensor | None, edges: list[floa
     if mod is not None:
         return [int(c) for c in mod.bracket(codes, expert, base, edge_t, _threads(n))]
     if n and use_compiled(n):
-        got = _try_compiled(("bracket", base is None, len(edges)), _bracket_body, codes[:n], expert, base, edge_t)
+        got = _try_compiled(("bracket", expert.dtype, None if base is None else base.dtype, len(edges)), _bracket_body, codes[:n], expert, base, edge_t)
         if got is not None:
             return [int(c) for c in got]
     total = torch.zeros(len(edges), dtype=torch.int64)

@@ -180,6 +180,30 @@ def test_native_compiled_and_chunked_eager_agree(name: str, monkeypatch) -> None
             assert torch.equal(out[mode] != base, out["eager"] != base), mode
 
 
+def test_one_variant_over_every_dtype_whole_and_part_stays_compiled(monkeypatch) -> None:
+    """Dynamo gives one code object 8 compiled graphs, then fails hard (fullgraph) and every later
+    merge of the process runs eagerly. One TIES variant over float32, bfloat16 and float16 sources,
+    written to float32 and to the sources' dtype, whole and as a tensor-parallel part: 10 kinds of
+    call, each its own compiled kernel, none of them broken, every part the whole merge there."""
+    from evomerge.merge import narrow
+
+    use(monkeypatch, "compiled")
+    monkeypatch.setattr(kernels, "_compile_broken", [])
+    op = get_op("ties")
+    params = {"weight": [1.0, 0.7, 0.5], "density": [0.5, 0.3, 0.8]}
+    shape = (96, 80)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        base, experts = sources(shape[0] * shape[1], dtype=dtype, seed=4)
+        base, experts = base.view(shape), [e.view(shape) for e in experts]
+        for out_dtype in dict.fromkeys((torch.float32, dtype)):
+            whole, part = torch.empty(shape, dtype=out_dtype), torch.empty(shape[0], 40, dtype=out_dtype)
+            with narrow.float32_arithmetic():
+                op.into(whole, experts, base=base, params=params)
+                op.part_into(part, experts, base=base, params=params, dim=1, start=40, length=40)
+            assert not kernels._compile_broken, (dtype, out_dtype)
+            assert torch.equal(part, whole[:, 40:]), (dtype, out_dtype)
+
+
 def test_ties_equals_the_plain_reference_with_and_without_normalize(monkeypatch) -> None:
     base, experts = sources(120_000)
     for mode in MODES:
