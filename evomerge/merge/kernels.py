@@ -319,17 +319,25 @@ def _compiled_fn(key: object, body: Callable[..., Tensor]) -> Callable[..., Tens
         return fn
 
 
-def _compile_key(v: Variant, where: str, out: Tensor, base: Tensor | None, experts: Sequence[Tensor]) -> object:
-    """What one compiled kernel (one code object) serves: a variant, over a whole tensor or a
-    gathered part (offset vs per-entry indices), and its dtypes. Dynamo recompiles a code object
-    on every new dtype or offset kind and fails hard (fullgraph) after 8 graphs, after which
-    every merge of the process runs eagerly; one code object per combination never gets near."""
-    return (v, where, out.dtype, None if base is None else base.dtype, tuple(e.dtype for e in experts))
+def _signature(arg: object) -> object:
+    """What dynamo specializes a graph on besides sizes (compiled with ``dynamic=True``): each
+    tensor argument's dtype and rank (an offset scalar vs a part's per-entry indices), lists
+    item by item, and which arguments are absent."""
+    if isinstance(arg, Tensor):
+        return arg.dtype, arg.dim()
+    if isinstance(arg, (list, tuple)):
+        return tuple(_signature(a) for a in arg)
+    return arg is None
 
 
 def _try_compiled(key: object, body: Callable[..., Tensor], *args: object) -> Tensor | None:
+    """``body(*args)`` compiled, one compiled kernel (one code object) per ``key`` and argument
+    signature (``_signature``): dynamo recompiles a code object for every new dtype or rank and
+    fails hard (fullgraph) after 8 graphs, after which every merge of the process would run
+    eagerly; a process merging several dtypes, whole tensors and parts never gets near that.
+    None when compiling is unavailable (then for the rest of the process)."""
     try:
-        return _compiled_fn(key, body)(*args)
+        return _compiled_fn((key, _signature(args)), body)(*args)
     except Exception as exc:  # no C++ compiler, unsupported platform: eager from now on
         _compile_broken.append(repr(exc))
         log.warning("torch.compile unavailable (%s); merging eagerly (slower)", str(exc).splitlines()[0][:200])
@@ -376,8 +384,8 @@ def fused_bracket(n: int, expert: Tensor, base: Tensor | None) -> bool:
 
 
 def _bound_body(v: Variant) -> Callable[..., Tensor]:
-    """``_body`` for variant ``v`` (what ``_try_compiled`` compiles once per ``_compile_key``: the whole
-    tensor's pass in ``run`` and a gathered part's in ``_compiled_part`` share it)."""
+    """``_body`` for variant ``v``: the whole tensor's compiled pass in ``run`` and a gathered
+    part's in ``_compiled_part`` (``_try_compiled`` compiles each signature once)."""
     def body(out_, base_, experts_, fp_, ip_, glob_, offset_):  # type: ignore[no-untyped-def]
         return _body(v, out_, base_, experts_, fp_, ip_, glob_, offset_)
 
@@ -406,7 +414,7 @@ def run(v: Variant, out: Tensor, base: Tensor | None, experts: Sequence[Tensor],
             fixups = ()  # rewritten by the C++ kernel
     main = dataclasses.replace(v, tie_cuts=False) if v.tie_cuts and check is None else v
     if check is None and n and use_compiled(n):
-        got = _try_compiled(_compile_key(main, "whole", flat_out, flat_b, flat_e), _bound_body(main), flat_out, flat_b, flat_e, torch.tensor(fp, dtype=torch.float32),
+        got = _try_compiled(main, _bound_body(main), flat_out, flat_b, flat_e, torch.tensor(fp, dtype=torch.float32),
                             torch.tensor(ip, dtype=torch.int64), torch.tensor(glob, dtype=torch.float32),
                             torch.zeros((), dtype=torch.int64))
         check = float(got) if got is not None else None
@@ -501,9 +509,9 @@ def _compiled_part(v: Variant, flat_b: Tensor | None, flat_e: Sequence[Tensor], 
         return None, 0
     main = dataclasses.replace(v, tie_cuts=False)
     values = torch.empty(idx.numel(), dtype=dtype)
-    got = _try_compiled(_compile_key(main, "part", values, flat_b, flat_e), _bound_body(main), values, flat_b[idx] if flat_b is not None else None, [x[idx] for x in flat_e],
-                        torch.tensor(fp, dtype=torch.float32), torch.tensor(ip, dtype=torch.int64),
-                        torch.tensor(glob, dtype=torch.float32), idx)
+    got = _try_compiled(main, _bound_body(main), values, flat_b[idx] if flat_b is not None else None,
+                        [x[idx] for x in flat_e], torch.tensor(fp, dtype=torch.float32),
+                        torch.tensor(ip, dtype=torch.int64), torch.tensor(glob, dtype=torch.float32), idx)
     if got is None:
         return None, 0
     check = float(got)
@@ -539,7 +547,7 @@ def bracket(codes: Tensor, expert: Tensor, base: Tensor | None, edges: list[floa
     if mod is not None:
         return [int(c) for c in mod.bracket(codes, expert, base, edge_t, _threads(n))]
     if n and use_compiled(n):
-        got = _try_compiled(("bracket", expert.dtype, None if base is None else base.dtype, len(edges)), _bracket_body, codes[:n], expert, base, edge_t)
+        got = _try_compiled(("bracket", len(edges)), _bracket_body, codes[:n], expert, base, edge_t)
         if got is not None:
             return [int(c) for c in got]
     total = torch.zeros(len(edges), dtype=torch.int64)
