@@ -248,6 +248,18 @@ def test_dare_linear_is_unbiased_in_expectation(densities) -> None:
 # ---------------------------------------------------------------- every op
 
 
+def della_epsilon(d: float) -> float:
+    """An epsilon DELLA accepts for density ``d``: half the distance to the nearer end of (0, 1),
+    halved again while d +- epsilon rounds onto an end in floating point (d within an ulp of 1:
+    d + (1 - d) / 2 can round to 1.0)."""
+    if not 0 < d < 1:
+        return 0.1
+    eps = 0.5 * min(d, 1 - d)
+    while d + eps >= 1 or d - eps <= 0:
+        eps /= 2
+    return eps
+
+
 def params_for(name: str, data, n: int, density_choice) -> dict:
     spec = OPS[name].spec
     params: dict = {}
@@ -263,7 +275,7 @@ def params_for(name: str, data, n: int, density_choice) -> dict:
         elif p.name in ("lambda", "scale"):
             params[p.name] = data.draw(st.sampled_from([0.0, 0.5, 1.0, 2.0]))
         elif p.name == "epsilon":  # DELLA: density +- epsilon inside (0, 1)
-            params[p.name] = [0.5 * min(d, 1 - d) if 0 < d < 1 else 0.1 for d in params["density"]]
+            params[p.name] = [della_epsilon(d) for d in params["density"]]
         elif p.name == "select_topk":
             params[p.name] = data.draw(st.sampled_from([0.0, 0.3, 1.0]))
         elif p.kind == "bool":
