@@ -28,6 +28,22 @@ and ``refine`` set M2N2's own settings, e.g. ``m2n2:exploit=0`` is the default b
 - ``pbest:p=..``: parent 1 is the member with the best mean score with probability p (else as
   M2N2 draws it): what became M2N2's ``exploit`` (``pbest:p=0.5`` asks what ``m2n2`` asks).
 - ``immigrant:every=..``: every ``every``-th child is a uniform random point instead.
+- ``stall:K=..`` (with ``refine``): M2N2 as configured, except that ``refine`` pauses while the
+  best mean score has not improved over the last K children told (the (1+1)-ES steps around a
+  best member stuck near a corner of the box then give way to crossover until a better best is
+  found; a stall rule on the refinement only, nothing restarts).
+- ``centroid:k=..`` (with ``refine``): a refine child steps from the mean genome of the k members
+  with the best mean scores instead of from the best one (CMA-ES's recombination of its mu best,
+  Hansen 2016, "The CMA Evolution Strategy: A Tutorial", eq. 9: an average of good points is less
+  exposed to one member's luck on the dev items).
+- ``fifth`` (with ``refine``): the refine step's std adapts by Rechenberg's 1/5 success rule
+  (Rechenberg 1973; Auger & Hansen 2011's form: times exp(1/3) on a success, exp(-1/12) on a
+  failure, so it holds still at one success in five), starting at ``mutation``, within [0.005, 0.5];
+  a success is a refine child whose mean score beats the best member's when it was asked.
+- ``debest:F=..:floor=..`` (with ``refine``): a refine child is the best member plus F times the
+  difference of two other random members plus N(0, floor^2) (differential evolution's
+  "DE/best/1" mutation, Storn & Price 1997: the archive's own spread sets the step's size and
+  direction, as CMA-ES's covariance does).
 """
 
 from __future__ import annotations
@@ -44,7 +60,7 @@ import numpy as np
 from bench.strategy_comparison import ITEMS, BareMerge, bare_decode, print_table, read_records
 from evomerge.space.schema import M2N2_DEFAULTS
 from evomerge.strategies.base import Evaluated
-from evomerge.strategies.m2n2 import M2N2, _best, _pick, crossover, mate_weights, shared_fitness
+from evomerge.strategies.m2n2 import M2N2, _best, _pick, crossover, item_row, mate_weights, shared_fitness
 
 LOW, HIGH, INIT = 0.0, 1.5, 1.0  # both problems' weight bounds and start (bench.strategy_comparison)
 
@@ -54,11 +70,61 @@ class Variant(M2N2):
 
     kind = "m2n2"
     budget = 200
-    F, floor, c, m0, m1, a, m, p, every = 0.5, 0.02, 0.5, 0.3, 0.03, 0.25, 0.05, 0.25, 5
+    F, floor, c, m0, m1, a, m, p, every, K = 0.5, 0.02, 0.5, 0.3, 0.03, 0.25, 0.05, 0.25, 5, 40
+    k = 5
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.best_mean, self.improved_at = -1.0, 0  # stall: the best mean score told, told_count when it rose
+        self.step: float | None = None  # fifth: the refine step's std
+        self.refine_bar: dict[int, float] = {}  # fifth: each refine child's bar (the best mean score when asked)
+
+    def _tell(self, results: list[Evaluated]) -> None:  # type: ignore[override]
+        if self.kind == "fifth":
+            for r in results:
+                bar = self.refine_bar.pop(r.genome.index, None)
+                if bar is not None and r.item_scores and self.step is not None:
+                    won = float(item_row(r.item_scores).mean()) > bar
+                    self.step = float(np.clip(self.step * np.exp(1 / 3 if won else -1 / 12), 0.005, 0.5))
+        super()._tell(results)
+        if self.members:
+            best = max(float(m[2].mean()) for m in self.members)
+            if best > self.best_mean:
+                self.best_mean, self.improved_at = best, self.told_count
+
+    def _crossover_child(self, rng: np.random.Generator) -> tuple[np.ndarray, int, int]:
+        """A child bred as M2N2 breeds one with refine off (no refine draw)."""
+        refine, self.refine = self.refine, 0.0
+        try:
+            return super()._breed(rng)
+        finally:
+            self.refine = refine
 
     def _breed(self, rng: np.random.Generator) -> tuple[np.ndarray, int, int]:
+        if self.kind == "stall":
+            stalled = self.told_count - self.improved_at >= int(self.K)
+            return self._crossover_child(rng) if stalled else super()._breed(rng)
         if self.kind == "m2n2":
             return super()._breed(rng)
+        if self.kind in ("centroid", "fifth", "debest"):
+            scores = np.stack([m[2] for m in self.members])
+            if self.refine and rng.random() < self.refine:
+                best = _best(scores)
+                if self.kind == "centroid":
+                    top = np.argsort(-scores.mean(axis=1), kind="stable")[: int(self.k)]
+                    base = np.mean([self.members[t][1] for t in top], axis=0)
+                    std = self.mutation
+                elif self.kind == "debest":
+                    others = [i for i in range(len(self.members)) if i != best]
+                    i, j = rng.choice(others, 2, replace=False) if len(others) >= 2 else (best, best)
+                    base = self.members[best][1] + self.F * (self.members[i][1] - self.members[j][1])
+                    std = self.floor
+                else:
+                    self.step = self.mutation if self.step is None else self.step
+                    self.refine_bar[self.asked] = float(scores[best].mean())
+                    base, std = self.members[best][1], self.step
+                return np.clip(base + rng.normal(0.0, std, self.dim), 0.0, 1.0), best, best
+            return self._crossover_child(rng)  # the refine draw above was this child's
         scores = np.stack([m[2] for m in self.members])
         if self.kind == "immigrant" and self.asked % int(self.every) == 0:
             return rng.random(self.dim), 0, 1
@@ -98,7 +164,8 @@ def make(label: str, dim: int, seeds: list[np.ndarray], seed: int, budget: int) 
         if not hasattr(Variant, key):
             raise SystemExit(f"unknown setting {key!r} in {label!r}")
         setattr(strategy, key, value)
-    if kind not in ("m2n2", "de", "spread", "anneal", "blx", "pbest", "immigrant"):
+    if kind not in ("m2n2", "de", "spread", "anneal", "blx", "pbest", "immigrant", "stall", "centroid", "fifth",
+                    "debest"):
         raise SystemExit(f"unknown variant {kind!r}")
     return strategy
 
