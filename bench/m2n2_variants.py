@@ -44,6 +44,10 @@ and ``refine`` set M2N2's own settings, e.g. ``m2n2:exploit=0`` is the default b
   difference of two other random members plus N(0, floor^2) (differential evolution's
   "DE/best/1" mutation, Storn & Price 1997: the archive's own spread sets the step's size and
   direction, as CMA-ES's covariance does).
+- ``around:n=..:s=..``: M2N2 as configured, its archive seeded with n more points drawn from
+  N(start, s^2) per gene (clipped to the box) after the start and the experts alone, as CMA-ES's
+  first generation samples around the start recipe (the good merges of both problems lie near
+  task arithmetic; the start alone scores low and leaves the archive early).
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ class Variant(M2N2):
 
     kind = "m2n2"
     budget = 200
-    F, floor, c, m0, m1, a, m, p, every, K = 0.5, 0.02, 0.5, 0.3, 0.03, 0.25, 0.05, 0.25, 5, 40
+    F, floor, c, m0, m1, a, m, p, every, K, n, s = 0.5, 0.02, 0.5, 0.3, 0.03, 0.25, 0.05, 0.25, 5, 40, 8, 0.25
     k = 5
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -104,7 +108,7 @@ class Variant(M2N2):
         if self.kind == "stall":
             stalled = self.told_count - self.improved_at >= int(self.K)
             return self._crossover_child(rng) if stalled else super()._breed(rng)
-        if self.kind == "m2n2":
+        if self.kind in ("m2n2", "around"):
             return super()._breed(rng)
         if self.kind in ("centroid", "fifth", "debest"):
             scores = np.stack([m[2] for m in self.members])
@@ -158,6 +162,10 @@ def make(label: str, dim: int, seeds: list[np.ndarray], seed: int, budget: int) 
     own = {k: settings.pop(k) for k in ("alpha", "mutation", "archive_size", "exploit", "refine") if k in settings}
     if "archive_size" in own:
         own["archive_size"] = int(own["archive_size"])
+    if kind == "around":  # the extra seeds are drawn before the strategy exists: its config holds them
+        draw = np.random.default_rng(np.random.SeedSequence([seed, 7919]))
+        n, spread = int(settings.pop("n", Variant.n)), float(settings.pop("s", Variant.s))
+        seeds = [*seeds, *(np.clip(seeds[0] + draw.normal(0.0, spread, dim), 0.0, 1.0) for _ in range(n))]
     strategy = Variant(dim, seeds, seed=seed, **{**M2N2_DEFAULTS, **own})
     strategy.kind, strategy.budget = kind, budget
     for key, value in settings.items():
@@ -165,7 +173,7 @@ def make(label: str, dim: int, seeds: list[np.ndarray], seed: int, budget: int) 
             raise SystemExit(f"unknown setting {key!r} in {label!r}")
         setattr(strategy, key, value)
     if kind not in ("m2n2", "de", "spread", "anneal", "blx", "pbest", "immigrant", "stall", "centroid", "fifth",
-                    "debest"):
+                    "debest", "around"):
         raise SystemExit(f"unknown variant {kind!r}")
     return strategy
 
