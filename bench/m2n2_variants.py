@@ -80,18 +80,18 @@ class Variant(M2N2):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.best_mean, self.improved_at = -1.0, 0  # stall: the best mean score told, told_count when it rose
-        self.step: float | None = None  # fifth: the refine step's std
+        self.step = self.mutation  # fifth: the refine step's std
         self.refine_bar: dict[int, float] = {}  # fifth: each refine child's bar (the best mean score when asked)
 
     def _tell(self, results: list[Evaluated]) -> None:  # type: ignore[override]
         if self.kind == "fifth":
             for r in results:
                 bar = self.refine_bar.pop(r.genome.index, None)
-                if bar is not None and r.item_scores and self.step is not None:
+                if bar is not None and r.item_scores:
                     won = float(item_row(r.item_scores).mean()) > bar
                     self.step = float(np.clip(self.step * np.exp(1 / 3 if won else -1 / 12), 0.005, 0.5))
         super()._tell(results)
-        if self.members:
+        if self.kind == "stall" and self.members:
             best = max(float(m[2].mean()) for m in self.members)
             if best > self.best_mean:
                 self.best_mean, self.improved_at = best, self.told_count
@@ -124,7 +124,6 @@ class Variant(M2N2):
                     base = self.members[best][1] + self.F * (self.members[i][1] - self.members[j][1])
                     std = self.floor
                 else:
-                    self.step = self.mutation if self.step is None else self.step
                     self.refine_bar[self.asked] = float(scores[best].mean())
                     base, std = self.members[best][1], self.step
                 return np.clip(base + rng.normal(0.0, std, self.dim), 0.0, 1.0), best, best
