@@ -64,7 +64,16 @@ import numpy as np
 from bench.strategy_comparison import ITEMS, BareMerge, bare_decode, print_table, read_records
 from evomerge.space.schema import M2N2_DEFAULTS
 from evomerge.strategies.base import Evaluated
-from evomerge.strategies.m2n2 import M2N2, _best, _pick, crossover, item_row, mate_weights, shared_fitness
+from evomerge.strategies.m2n2 import (
+    M2N2,
+    _best,
+    _pick,
+    crossover,
+    item_row,
+    mate_weights,
+    mix,
+    shared_fitness,
+)
 
 LOW, HIGH, INIT = 0.0, 1.5, 1.0  # both problems' weight bounds and start (bench.strategy_comparison)
 
@@ -104,12 +113,31 @@ class Variant(M2N2):
         finally:
             self.refine = refine
 
+    def _add_child(self, rng: np.random.Generator) -> tuple[np.ndarray, int, int]:
+        """M2N2's child (refine, exploit, attraction, split point, mutation as configured), except
+        that with probability p its two mixing weights are drawn independently, a x1 + b x2 before
+        the split and b x1 + a x2 from it with a, b ~ U(0, 1), instead of w and 1 - w."""
+        scores = np.stack([m[2] for m in self.members])
+        if self.refine and rng.random() < self.refine:
+            best = _best(scores)
+            return np.clip(self.members[best][1] + rng.normal(0.0, self.mutation, self.dim), 0.0, 1.0), best, best
+        p1 = _pick(rng, shared_fitness(scores, self.alpha))
+        if self.exploit and rng.random() < self.exploit:
+            p1 = _best(scores)
+        p2 = _pick(rng, mate_weights(scores, p1, self.mate, self.alpha, normalized=True), exclude=p1)
+        split, a = int(rng.integers(0, self.dim)), float(rng.random())
+        b = float(rng.random()) if rng.random() < self.p else 1.0 - a
+        x = mix(self.members[p1][1], self.members[p2][1], split, a, b)
+        return np.clip(x + rng.normal(0.0, self.mutation, self.dim), 0.0, 1.0), p1, p2
+
     def _breed(self, rng: np.random.Generator) -> tuple[np.ndarray, int, int]:
         if self.kind == "stall":
             stalled = self.told_count - self.improved_at >= int(self.K)
             return self._crossover_child(rng) if stalled else super()._breed(rng)
         if self.kind in ("m2n2", "around"):
             return super()._breed(rng)
+        if self.kind == "add":
+            return self._add_child(rng)
         if self.kind in ("centroid", "fifth", "debest"):
             scores = np.stack([m[2] for m in self.members])
             if self.refine and rng.random() < self.refine:
@@ -172,7 +200,7 @@ def make(label: str, dim: int, seeds: list[np.ndarray], seed: int, budget: int) 
             raise SystemExit(f"unknown setting {key!r} in {label!r}")
         setattr(strategy, key, value)
     if kind not in ("m2n2", "de", "spread", "anneal", "blx", "pbest", "immigrant", "stall", "centroid", "fifth",
-                    "debest", "around"):
+                    "debest", "around", "add"):
         raise SystemExit(f"unknown variant {kind!r}")
     return strategy
 

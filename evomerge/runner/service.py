@@ -91,7 +91,7 @@ def run_space(config: dict[str, Any]) -> SearchSpace:
     one created before ``merge_dtype`` merges 16-bit sources in their own dtype."""
     stored = dict(config["space"])
     old = {"restarts": "none"} | ({"attraction": "raw", "fill": "random", "mutation": 0.0, "exploit": 0.0,
-                                   "refine": 0.0}
+                                   "refine": 0.0, "additive": 0.0}
                                   if (stored.get("strategy") or {}).get("name") == "m2n2" else {})
     stored["strategy"] = old | {k: v for k, v in (stored.get("strategy") or {}).items() if v is not None}
     stored["merge_dtype"] = stored.get("merge_dtype") or "source"  # before 16-bit sources merged in float32

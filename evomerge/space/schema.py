@@ -126,11 +126,12 @@ class Objective(_Strict):
 
 MERGE_DTYPE_DEFAULT = "float32"  # what a new run's PS recipes do with 16-bit sources when the space leaves it out
 RESTARTS_DEFAULT = "ipop"  # what a new run's cmaes does when the space leaves `restarts` out
-M2N2_DEFAULTS = {"attraction": "normalized", "fill": "seeds", "mutation": 0.1, "exploit": 0.5, "refine": 0.0}  # what a new run's m2n2 does when the space leaves them out
+M2N2_DEFAULTS = {"attraction": "normalized", "fill": "seeds", "mutation": 0.1, "exploit": 0.5, "refine": 0.0,
+                 "additive": 0.0}  # what a new run's m2n2 does when the space leaves them out
 # M2N2's settings at their unset values (the ablations' and those added later): any other value is refused for
 # another strategy
 M2N2_UNSET = {"mate": "attraction", "split_point": True, "attraction": None, "fill": None, "mutation": None,
-              "exploit": None, "refine": None}
+              "exploit": None, "refine": None, "additive": None}
 # strategy settings added after the first runs, at their unset values: a space that leaves them so hashes as before
 STRATEGY_LATER_UNSET = {"restarts": None, "stall": None, **M2N2_UNSET}
 
@@ -162,6 +163,9 @@ class StrategySpec(_Strict):
     # m2n2: share of children that are the best member plus the mutation noise, no crossover (opt-in:
     # M2N2_DEFAULTS has 0; docs/benchmarks.md, session 15)
     refine: float | None = Field(None, ge=0, le=1)
+    # m2n2: share of crossovers whose two mixing weights are drawn independently (task arithmetic of
+    # the parents, not an interpolation); None: M2N2_DEFAULTS for a new run, 0 for one created before it
+    additive: float | None = Field(None, ge=0, le=1)
     restarts: Literal["ipop", "none"] | None = None  # cmaes; None: ipop for a new run (RESTARTS_DEFAULT)
     # cmaes: restart when the best has not improved for this many generations; None (a new run's
     # default): restart only when pycma's step-size or covariance criteria fire (a best-so-far rule of
@@ -170,7 +174,7 @@ class StrategySpec(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
     def m2n2_settings(self) -> dict[str, Any]:
-        """attraction, fill, mutation, exploit and refine as a new run uses them: the space's, else M2N2_DEFAULTS."""
+        """attraction, fill, mutation, exploit, refine and additive as a new run uses them: the space's, else M2N2_DEFAULTS."""
         return {k: default if getattr(self, k) is None else getattr(self, k) for k, default in M2N2_DEFAULTS.items()}
 
     @model_validator(mode="after")

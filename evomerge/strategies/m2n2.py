@@ -28,6 +28,15 @@ ALGORITHMS.md). Children are recipes: crossover mixes genomes whose genes are or
   mutation noise (a (1+1)-ES step from the best, Rechenberg 1973); the other children are bred
   as above. Crossover mixes parents between their genomes, so without it the search steps beyond
   the best only by mutation on top of a mixing weight drawn anew each time.
+- Additive crossover (``additive``, a share; 0 unless set): with this probability a crossover
+  draws its two mixing weights independently, child = a x1 + b x2 before s and b x1 + a x2 from
+  s on with a, b ~ U(0, 1), instead of w and 1 - w. On a task-arithmetic weight (low bound 0,
+  genes proportional to the weight) the child is task arithmetic over the parents' merges,
+  B + a (M1 - B) + b (M2 - B) (Ilharco et al. 2023, "Editing Models with Task Arithmetic"): it
+  can hold both parents' task vectors at full strength, where an interpolation (a + b = 1) trades
+  one parent's weights for the other's and never leaves the segment between them. The good merges
+  of both benchmark problems sum the experts' weights to more than any interpolation of the seeds
+  reaches (docs/benchmarks.md, session 18).
 - Each scored child joins the archive and the member with the lowest fitness leaves (possibly
   the child).
 Randomness for child ``i`` comes from ``SeedSequence([seed, i])``, so asks do not depend on
@@ -90,10 +99,14 @@ def attraction(scores: np.ndarray, parent: int, alpha: float = 1.0, *, normalize
     return gain
 
 
+def mix(x1: np.ndarray, x2: np.ndarray, split: int, a: float, b: float) -> np.ndarray:
+    """a x1 + b x2 before ``split`` and b x1 + a x2 from it (not clipped)."""
+    return np.concatenate([a * x1[:split] + b * x2[:split], b * x1[split:] + a * x2[split:]])
+
+
 def crossover(x1: np.ndarray, x2: np.ndarray, split: int, w: float) -> np.ndarray:
-    head = w * x1[:split] + (1 - w) * x2[:split]
-    tail = (1 - w) * x1[split:] + w * x2[split:]
-    return np.clip(np.concatenate([head, tail]), 0.0, 1.0)
+    """The paper's split-point interpolation, mix(w, 1 - w), clipped to the box."""
+    return np.clip(mix(x1, x2, split, w, 1 - w), 0.0, 1.0)
 
 
 MATES = ("attraction", "fitness", "uniform")
@@ -131,7 +144,7 @@ class M2N2(Replayable):
     def __init__(self, dim: int, seeds: Sequence[np.ndarray | Sequence[float]], *, archive_size: int = 20,
                  alpha: float = 1.0, seed: int = 0, mate: Mate = "attraction", split_point: bool = True,
                  attraction: str = "raw", fill: str = "random", mutation: float = 0.0,
-                 exploit: float = 0.0, refine: float = 0.0) -> None:
+                 exploit: float = 0.0, refine: float = 0.0, additive: float = 0.0) -> None:
         if mate not in MATES:
             raise ValueError(f"mate must be one of {', '.join(MATES)}, got {mate!r}")
         if attraction not in ("normalized", "raw") or fill not in ("seeds", "random"):
@@ -151,6 +164,9 @@ class M2N2(Replayable):
         if refine and not mutation:
             raise ValueError("refine steps from the best member by the mutation noise: it needs mutation above 0")
         self.refine = float(refine)
+        if not 0.0 <= float(additive) <= 1.0:
+            raise ValueError(f"additive must be a share in [0, 1], got {additive!r}")
+        self.additive = float(additive)
         self.told_count = 0
         self._seeds = [np.clip(np.asarray(s, dtype=float), 0, 1) for s in seeds]
         self.asked = 0
@@ -176,6 +192,8 @@ class M2N2(Replayable):
             config["exploit"] = self.exploit
         if self.refine:
             config["refine"] = self.refine
+        if self.additive:
+            config["additive"] = self.additive
         return config
 
     def _rng(self, index: int) -> np.random.Generator:
@@ -215,10 +233,14 @@ class M2N2(Replayable):
         # split 0: the tail is the whole genome, one mixing weight for every gene
         split = int(rng.integers(0, self.dim)) if self.split_point else 0
         w = float(rng.random())
-        x = crossover(self.members[p1][1], self.members[p2][1], split, w)
+        x1, x2 = self.members[p1][1], self.members[p2][1]
+        if self.additive and rng.random() < self.additive:  # drawn only when set: runs without it ask as before
+            x = mix(x1, x2, split, w, float(rng.random()))  # clipped below, after the mutation
+        else:
+            x = crossover(x1, x2, split, w)
         if self.mutation:  # drawn after split and w, so a run without mutation asks what it did before
-            x = np.clip(x + rng.normal(0.0, self.mutation, self.dim), 0.0, 1.0)
-        return x, p1, p2
+            x = x + rng.normal(0.0, self.mutation, self.dim)
+        return np.clip(x, 0.0, 1.0), p1, p2
 
     def _tell(self, results: Sequence[Evaluated]) -> None:
         self.told_count += len(results)

@@ -49,6 +49,7 @@ class StrategyConfig:
     mutation: float = 0.0  # m2n2: std of the Gaussian added to a child's genes (box units)
     exploit: float = 0.0  # m2n2: share of children whose first parent is the best member
     refine: float = 0.0  # m2n2: share of children that are the best member plus mutation noise (no crossover)
+    additive: float = 0.0  # m2n2: share of crossovers with independent mixing weights (task arithmetic of the parents)
     options: dict[str, Any] = field(default_factory=dict)
     budget: int = 64
     multi_objective: bool = False
@@ -80,7 +81,8 @@ def build_strategy(config: StrategyConfig) -> Replayable:
         return M2N2(c.dim, [x0, *(np.asarray(g, dtype=float) for g in c.known_genomes)],
                     archive_size=c.archive_size, alpha=c.alpha, seed=c.seed, mate=c.mate,
                     split_point=c.split_point, attraction=c.attraction, fill=c.fill,
-                    mutation=c.mutation, exploit=c.exploit, refine=c.refine)
+                    mutation=c.mutation, exploit=c.exploit, refine=c.refine,
+                    additive=c.additive)
     if c.name == "nevergrad":
         from evomerge.strategies.nevergrad import Nevergrad
 

@@ -325,3 +325,69 @@ def test_refine_is_an_opt_in_m2n2_setting_and_old_runs_go_on_without_it() -> Non
     hashed = SearchSpace.model_validate(space).space_hash
     assert hashed == SearchSpace.model_validate({**space, "strategy": {**space["strategy"], "refine": None}}).space_hash
     assert hashed != SearchSpace.model_validate({**space, "strategy": {**space["strategy"], "refine": 0.5}}).space_hash
+
+
+def _disjoint_children(additive: float, n: int = 300) -> np.ndarray:
+    """n children of two members on disjoint genes, A = (0.6, 0) solving item 0 and B = (0, 0.6)
+    solving item 1, no mutation: every child is bred from A and B."""
+    m = M2N2(2, [np.array([0.6, 0.0]), np.array([0.0, 0.6])], archive_size=2, seed=5, attraction="normalized",
+             fill="seeds", additive=additive)
+    m.tell([Evaluated(g, 0.5, {"t": row}) for g, row in zip(m.ask(2), ([1.0, 0.0], [0.0, 1.0]), strict=True)])
+    children = m.ask(n)  # no tells: all drawn from the same two members
+    assert len(children) == n and all(set(g.parents) == {0, 1} for g in children)
+    return np.array([g.x for g in children])
+
+
+def test_additive_crossover_sums_the_parents_instead_of_interpolating() -> None:
+    """``additive`` p: with probability p a crossover's mixing weights a, b are drawn independently
+    (a x1 + b x2 before the split, b x1 + a x2 from it). Two parents on disjoint genes show which:
+    a split at gene 1 gives (0.6 w, 0.6 w) either way; a child of the whole genomes (split 0) is
+    (0.6 b, 0.6 a), whose genes sum to 0.6 under interpolation (b = 1 - a) and anywhere in
+    [0, 1.2] under the additive crossover."""
+    interpolated = _disjoint_children(0.0)
+    whole = ~np.isclose(interpolated[:, 0], interpolated[:, 1])
+    assert whole.sum() > 100 and np.allclose(interpolated[whole].sum(axis=1), 0.6)
+    added = _disjoint_children(1.0)
+    whole = ~np.isclose(added[:, 0], added[:, 1])
+    sums = added[whole].sum(axis=1)
+    assert whole.sum() > 100 and added.min() >= 0 and added.max() <= 0.6
+    # 0.6 (a + b), a + b triangular on [0, 2]: each tail beyond 0.6 +- 0.2 holds 2/9 of the children
+    assert (sums > 0.8).mean() > 0.12 and (sums < 0.4).mean() > 0.12
+    assert (np.abs(sums - 0.6) > 0.01).mean() > 0.9
+    half = _disjoint_children(0.5)
+    whole = ~np.isclose(half[:, 0], half[:, 1])
+    on_segment = np.isclose(half[whole].sum(axis=1), 0.6).mean()
+    assert 0.3 < on_segment < 0.7
+
+
+def test_additive_is_an_m2n2_setting_that_replays_and_old_runs_go_on_without_it() -> None:
+    """additive 0 asks exactly what a run without the setting asked (no extra draw) and is not
+    stored; a set share is stored, replays, is refused for another strategy and out of [0, 1]; a
+    run stored before it goes on without it; an unset space hashes as before."""
+    from evomerge.runner.service import run_space
+    from evomerge.space.schema import M2N2_DEFAULTS
+
+    plain, plain_asked, _ = run_scored(additive=0.0)
+    assert "additive" not in plain.config()
+    assert_asks_as_without_settings(plain_asked)
+    some, some_asked, _ = run_scored(additive=0.5)
+    assert some.config()["additive"] == 0.5
+    assert [g.x.tolist() for g in some_asked] != [g.x.tolist() for g in plain_asked]
+    again = strategy_from_state(some.state_dict(), some.state_arrays())
+    assert [g.x.tolist() for g in again.ask(3)] == [g.x.tolist() for g in some.ask(3)]
+    with pytest.raises(ValueError, match="additive must be a share"):
+        M2N2(5, SCORED_SEEDS, additive=1.5)
+    with pytest.raises(ValidationError, match="M2N2 settings"):
+        StrategySpec(name="cmaes", additive=0.5)
+    with pytest.raises(ValidationError):
+        StrategySpec(name="m2n2", additive=-0.1)
+    assert StrategySpec(name="m2n2").m2n2_settings()["additive"] == M2N2_DEFAULTS["additive"]
+    assert StrategySpec(name="m2n2", additive=0.25).m2n2_settings()["additive"] == 0.25
+    space = {"name": "x", "base": "/b", "experts": ["/e"], "vary": {"weight": {"low": 0, "high": 1}},
+             "objectives": [{"task": "/t.yaml"}], "strategy": {"name": "m2n2", "mutation": 0.1, "exploit": 0.5}}
+    assert run_space({"space": space}).strategy.additive == 0.0  # stored before additive existed: none
+    built = build_strategy(StrategyConfig(dim=2, x0=(0.5, 0.5), name="m2n2", additive=0.5))
+    assert built.config()["additive"] == 0.5
+    hashed = SearchSpace.model_validate(space).space_hash
+    assert hashed == SearchSpace.model_validate({**space, "strategy": {**space["strategy"], "additive": None}}).space_hash
+    assert hashed != SearchSpace.model_validate({**space, "strategy": {**space["strategy"], "additive": 0.5}}).space_hash
