@@ -13,8 +13,8 @@ on the zoo reproduces the strategy table's curve and held-out accuracy exactly).
 dev fitness after N evaluations and the held-out accuracy of each run's best
 (bench.strategy_comparison's table).
 
-Variants (``name:key=value:...``; the keys ``alpha``, ``archive_size``, ``mutation``, ``exploit``
-and ``refine`` set M2N2's own settings, e.g. ``m2n2:exploit=0`` is the default before it existed):
+Variants (``name:key=value:...``; the keys ``alpha``, ``archive_size``, ``mutation``, ``exploit``,
+``refine`` and ``additive`` set M2N2's own settings, e.g. ``m2n2:exploit=0`` is the default before it existed):
 - ``m2n2``: M2N2 as a new evomerge run builds it (M2N2_DEFAULTS: normalized attraction, the
   archive seeded with the start and the experts, mutation 0.1, exploit 0.5).
 - ``de:F=..:floor=..``: the child moves by F times the difference of two other random members
@@ -48,6 +48,10 @@ and ``refine`` set M2N2's own settings, e.g. ``m2n2:exploit=0`` is the default b
   N(start, s^2) per gene (clipped to the box) after the start and the experts alone, as CMA-ES's
   first generation samples around the start recipe (the good merges of both problems lie near
   task arithmetic; the start alone scores low and leaves the archive early).
+- ``add:p=..`` (with ``refine`` or without): M2N2 as configured, except that with probability p a
+  crossover draws its two mixing weights independently (a x1 + b x2 before the split, b x1 + a x2
+  from it; a, b ~ U(0, 1)): what became M2N2's ``additive`` (``add:p=0.5:refine=0.5`` asks what
+  ``m2n2:refine=0.5:additive=0.5`` asks).
 """
 
 from __future__ import annotations
@@ -186,7 +190,8 @@ class Variant(M2N2):
 def make(label: str, dim: int, seeds: list[np.ndarray], seed: int, budget: int) -> M2N2:
     kind, *pairs = label.split(":")
     settings = {k: float(v) for k, v in (pair.split("=", 1) for pair in pairs)}
-    own = {k: settings.pop(k) for k in ("alpha", "mutation", "archive_size", "exploit", "refine") if k in settings}
+    own = {k: settings.pop(k) for k in ("alpha", "mutation", "archive_size", "exploit", "refine", "additive")
+           if k in settings}
     if "archive_size" in own:
         own["archive_size"] = int(own["archive_size"])
     if kind == "around":  # the extra seeds are drawn before the strategy exists: its config holds them
