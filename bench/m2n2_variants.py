@@ -51,7 +51,9 @@ Variants (``name:key=value:...``; the keys ``alpha``, ``archive_size``, ``mutati
 - ``add:p=..`` (with ``refine`` or without): M2N2 as configured, except that with probability p a
   crossover draws its two mixing weights independently (a x1 + b x2 before the split, b x1 + a x2
   from it; a, b ~ U(0, 1)): what became M2N2's ``additive`` (``add:p=0.5:refine=0.5`` asks what
-  ``m2n2:refine=0.5:additive=0.5`` asks).
+  ``m2n2:refine=0.5:additive=0.5`` asks); ``warm=1``: no refine child until the archive holds
+  ``archive_size`` members (the first children are all crossovers, which leave the experts-alone
+  plateau faster than steps around its best member).
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ class Variant(M2N2):
     budget = 200
     F, floor, c, m0, m1, a, m, p, every, K, n, s = 0.5, 0.02, 0.5, 0.3, 0.03, 0.25, 0.05, 0.25, 5, 40, 8, 0.25
     k = 5
+    warm = 0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -122,7 +125,8 @@ class Variant(M2N2):
         that with probability p its two mixing weights are drawn independently, a x1 + b x2 before
         the split and b x1 + a x2 from it with a, b ~ U(0, 1), instead of w and 1 - w."""
         scores = np.stack([m[2] for m in self.members])
-        if self.refine and rng.random() < self.refine:
+        warming = self.warm and len(self.members) < self.archive_size  # warm: no refine until the archive is full
+        if self.refine and not warming and rng.random() < self.refine:
             best = _best(scores)
             return np.clip(self.members[best][1] + rng.normal(0.0, self.mutation, self.dim), 0.0, 1.0), best, best
         p1 = _pick(rng, shared_fitness(scores, self.alpha))

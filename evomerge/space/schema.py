@@ -126,8 +126,8 @@ class Objective(_Strict):
 
 MERGE_DTYPE_DEFAULT = "float32"  # what a new run's PS recipes do with 16-bit sources when the space leaves it out
 RESTARTS_DEFAULT = "ipop"  # what a new run's cmaes does when the space leaves `restarts` out
-M2N2_DEFAULTS = {"attraction": "normalized", "fill": "seeds", "mutation": 0.1, "exploit": 0.5, "refine": 0.0,
-                 "additive": 0.0}  # what a new run's m2n2 does when the space leaves them out
+M2N2_DEFAULTS = {"attraction": "normalized", "fill": "seeds", "mutation": 0.1, "exploit": 0.5, "refine": 0.5,
+                 "additive": 0.5}  # what a new run's m2n2 does when the space leaves them out (refine: 0 when mutation is 0)
 # M2N2's settings at their unset values (the ablations' and those added later): any other value is refused for
 # another strategy
 M2N2_UNSET = {"mate": "attraction", "split_point": True, "attraction": None, "fill": None, "mutation": None,
@@ -160,8 +160,9 @@ class StrategySpec(_Strict):
     # m2n2: share of children whose first parent is the member with the best mean score (its mate
     # still drawn by attraction); None: M2N2_DEFAULTS for a new run, 0 for one created before it
     exploit: float | None = Field(None, ge=0, le=1)
-    # m2n2: share of children that are the best member plus the mutation noise, no crossover (opt-in:
-    # M2N2_DEFAULTS has 0; docs/benchmarks.md, session 15)
+    # m2n2: share of children that are the best member plus the mutation noise, no crossover; None:
+    # M2N2_DEFAULTS for a new run (0 when its mutation is 0: refine steps by the mutation noise), 0 for
+    # one created before it (docs/benchmarks.md, sessions 15-18)
     refine: float | None = Field(None, ge=0, le=1)
     # m2n2: share of crossovers whose two mixing weights are drawn independently (task arithmetic of
     # the parents, not an interpolation); None: M2N2_DEFAULTS for a new run, 0 for one created before it
@@ -175,7 +176,10 @@ class StrategySpec(_Strict):
 
     def m2n2_settings(self) -> dict[str, Any]:
         """attraction, fill, mutation, exploit, refine and additive as a new run uses them: the space's, else M2N2_DEFAULTS."""
-        return {k: default if getattr(self, k) is None else getattr(self, k) for k, default in M2N2_DEFAULTS.items()}
+        settings = {k: default if getattr(self, k) is None else getattr(self, k) for k, default in M2N2_DEFAULTS.items()}
+        if self.refine is None and not settings["mutation"]:
+            settings["refine"] = 0.0  # refine steps by the mutation noise: none without it
+        return settings
 
     @model_validator(mode="after")
     def _m2n2_only(self) -> StrategySpec:

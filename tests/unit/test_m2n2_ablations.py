@@ -309,7 +309,7 @@ def test_refine_steps_from_the_best_member_and_replays() -> None:
         M2N2(5, SCORED_SEEDS, mutation=0.0, refine=0.5)
 
 
-def test_refine_is_an_opt_in_m2n2_setting_and_old_runs_go_on_without_it() -> None:
+def test_refine_is_a_new_run_default_with_mutation_and_old_runs_go_on_without_it() -> None:
     from evomerge.runner.service import run_space
     from evomerge.space.schema import M2N2_DEFAULTS
 
@@ -317,7 +317,10 @@ def test_refine_is_an_opt_in_m2n2_setting_and_old_runs_go_on_without_it() -> Non
         StrategySpec(name="cmaes", refine=0.5)
     with pytest.raises(ValidationError):
         StrategySpec(name="m2n2", refine=-0.1)
-    assert StrategySpec(name="m2n2").m2n2_settings()["refine"] == M2N2_DEFAULTS["refine"] == 0.0
+    assert StrategySpec(name="m2n2").m2n2_settings()["refine"] == M2N2_DEFAULTS["refine"] == 0.5
+    # refine steps by the mutation noise: a space without mutation gets none unless it sets both
+    assert StrategySpec(name="m2n2", mutation=0.0).m2n2_settings()["refine"] == 0.0
+    assert StrategySpec(name="m2n2", mutation=0.2, refine=0.25).m2n2_settings()["refine"] == 0.25
     assert StrategySpec(name="m2n2", refine=0.5).m2n2_settings()["refine"] == 0.5
     space = {"name": "x", "base": "/b", "experts": ["/e"], "vary": {"weight": {"low": 0, "high": 1}},
              "objectives": [{"task": "/t.yaml"}], "strategy": {"name": "m2n2", "mutation": 0.1, "exploit": 0.5}}
