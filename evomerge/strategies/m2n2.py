@@ -23,24 +23,23 @@ ALGORITHMS.md). Children are recipes: crossover mixes genomes whose genes are or
   fitness draw (its mate is still drawn by attraction: the member strong where the best is
   weak). Competition keeps specialists in the archive and draws them as parents in proportion
   to their shared fitness; without it the best merge found is refined only by chance.
-- Refinement (``refine``, a share; 0.5 for a new run with mutation, 0 for runs created before
-  session 18): with this
-  probability the child is no crossover at all but the member with the best mean score plus the
-  mutation noise (a (1+1)-ES step from the best, Rechenberg 1973); the other children are bred
-  as above. Crossover mixes parents between their genomes, so without it the search steps beyond
-  the best only by mutation on top of a mixing weight drawn anew each time.
+- Refinement (``refine``, a share; 0.5 for a new run with mutation, else 0 unless set; runs
+  created before it became a default keep what they stored): with this probability the child is
+  no crossover at all but the member with the best mean score plus the mutation noise (a
+  (1+1)-ES step from the best, Rechenberg 1973); the other children are bred as above. Crossover
+  mixes parents between their genomes, so without it the search steps beyond the best only by
+  mutation on top of a mixing weight drawn anew each time.
 - Additive crossover (``additive``, a share; 0.5 for a new run, 0 for runs created before it):
-  with this probability a crossover
-  draws its two mixing weights independently, child = a x1 + b x2 before s and b x1 + a x2 from
-  s on with a, b ~ U(0, 1), instead of w and 1 - w. On a task-arithmetic weight (low bound 0,
-  genes proportional to the weight) the child is task arithmetic over the parents' merges,
-  B + a (M1 - B) + b (M2 - B) (Ilharco et al. 2023, "Editing Models with Task Arithmetic"): it
-  can hold both parents' task vectors at full strength, where an interpolation (a + b = 1) trades
-  one parent's weights for the other's and never leaves the segment between them. The good merges
-  of both benchmark problems sum the experts' weights to more than any interpolation of the seeds
-  reaches. Refinement and the additive crossover together are what lifted M2N2 to the bare pycma
-  loop on both benchmark problems over twenty seeds; neither alone did (docs/benchmarks.md,
-  sessions 15-18).
+  with this probability a crossover draws its two mixing weights independently, child = a x1 + b
+  x2 before s and b x1 + a x2 from s on with a, b ~ U(0, 1), instead of w and 1 - w. On a
+  task-arithmetic weight (low bound 0, genes proportional to the weight) the child is task
+  arithmetic over the parents' merges, B + a (M1 - B) + b (M2 - B) (Ilharco et al. 2023,
+  "Editing Models with Task Arithmetic"): it can hold both parents' task vectors at full
+  strength, where an interpolation (a + b = 1) trades one parent's weights for the other's and
+  never leaves the segment between them. The good merges of both benchmark problems sum the
+  experts' weights to more than any interpolation of the seeds reaches. Refinement and the
+  additive crossover together are what lifted M2N2 to the bare pycma loop on both benchmark
+  problems over twenty seeds; neither alone did (docs/benchmarks.md, sessions 15-18).
 - Each scored child joins the archive and the member with the lowest fitness leaves (possibly
   the child).
 Randomness for child ``i`` comes from ``SeedSequence([seed, i])``, so asks do not depend on
