@@ -14,7 +14,7 @@ dev fitness after N evaluations and the held-out accuracy of each run's best
 (bench.strategy_comparison's table).
 
 Variants (``name:key=value:...``; the keys ``alpha``, ``archive_size``, ``mutation``, ``exploit``,
-``refine`` and ``additive`` set M2N2's own settings, e.g. ``m2n2:exploit=0`` is the default before it existed):
+``refine``, ``additive``, ``mate`` (uniform, fitness) and ``split_point`` (0) set M2N2's own settings, e.g. ``m2n2:exploit=0`` is the default before it existed):
 - ``m2n2``: M2N2 as a new evomerge run builds it (M2N2_DEFAULTS: normalized attraction, the
   archive seeded with the start and the experts, mutation 0.1, exploit 0.5).
 - ``de:F=..:floor=..``: the child moves by F times the difference of two other random members
@@ -193,9 +193,15 @@ class Variant(M2N2):
 
 def make(label: str, dim: int, seeds: list[np.ndarray], seed: int, budget: int) -> M2N2:
     kind, *pairs = label.split(":")
-    settings = {k: float(v) for k, v in (pair.split("=", 1) for pair in pairs)}
-    own = {k: settings.pop(k) for k in ("alpha", "mutation", "archive_size", "exploit", "refine", "additive")
-           if k in settings}
+    text = dict(pair.split("=", 1) for pair in pairs)
+    own: dict[str, Any] = {}
+    if "mate" in text:  # the ablation without attraction: mate=uniform or mate=fitness
+        own["mate"] = text.pop("mate")
+    if "split_point" in text:  # split_point=0: the ablation without the split point
+        own["split_point"] = bool(int(text.pop("split_point")))
+    settings = {k: float(v) for k, v in text.items()}
+    own |= {k: settings.pop(k) for k in ("alpha", "mutation", "archive_size", "exploit", "refine", "additive")
+            if k in settings}
     if "archive_size" in own:
         own["archive_size"] = int(own["archive_size"])
     if kind == "around":  # the extra seeds are drawn before the strategy exists: its config holds them
