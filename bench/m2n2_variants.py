@@ -16,7 +16,10 @@ dev fitness after N evaluations and the held-out accuracy of each run's best
 Variants (``name:key=value:...``; the keys ``alpha``, ``archive_size``, ``mutation``, ``exploit``,
 ``refine``, ``additive``, ``mate`` (uniform, fitness) and ``split_point`` (0) set M2N2's own settings, e.g. ``m2n2:exploit=0`` is the default before it existed):
 - ``m2n2``: M2N2 as a new evomerge run builds it (M2N2_DEFAULTS: normalized attraction, the
-  archive seeded with the start and the experts, mutation 0.1, exploit 0.5).
+  archive seeded with the start and the experts, mutation 0.1, exploit 0.5; since session 18
+  refine 0.5 and additive 0.5, so records labelled ``m2n2`` or ``m2n2:...`` before it are
+  ``m2n2:refine=0:additive=0...`` now). Every other variant starts from the settings of sessions
+  14-17 (refine 0, additive 0: VARIANT_BASE), so its recorded labels still ask what they asked.
 - ``de:F=..:floor=..``: the child moves by F times the difference of two other random members
   (differential evolution's mutation, Storn & Price 1997) plus N(0, floor^2).
 - ``spread:c=..:floor=..``: Gaussian mutation per gene with std max(floor, c x the archive's std
@@ -77,11 +80,13 @@ from evomerge.strategies.m2n2 import (
     crossover,
     item_row,
     mate_weights,
-    mix,
     shared_fitness,
 )
 
 LOW, HIGH, INIT = 0.0, 1.5, 1.0  # both problems' weight bounds and start (bench.strategy_comparison)
+# every variant but ``m2n2`` starts from M2N2's settings as they were when the variants were
+# measured (sessions 14-18): a new default must not change what a recorded label asks
+VARIANT_BASE = {**M2N2_DEFAULTS, "refine": 0.0, "additive": 0.0}
 
 
 class Variant(M2N2):
@@ -120,32 +125,16 @@ class Variant(M2N2):
         finally:
             self.refine = refine
 
-    def _add_child(self, rng: np.random.Generator) -> tuple[np.ndarray, int, int]:
-        """M2N2's child (refine, exploit, attraction, split point, mutation as configured), except
-        that with probability p its two mixing weights are drawn independently, a x1 + b x2 before
-        the split and b x1 + a x2 from it with a, b ~ U(0, 1), instead of w and 1 - w."""
-        scores = np.stack([m[2] for m in self.members])
-        warming = self.warm and len(self.members) < self.archive_size  # warm: no refine until the archive is full
-        if self.refine and not warming and rng.random() < self.refine:
-            best = _best(scores)
-            return np.clip(self.members[best][1] + rng.normal(0.0, self.mutation, self.dim), 0.0, 1.0), best, best
-        p1 = _pick(rng, shared_fitness(scores, self.alpha))
-        if self.exploit and rng.random() < self.exploit:
-            p1 = _best(scores)
-        p2 = _pick(rng, mate_weights(scores, p1, self.mate, self.alpha, normalized=True), exclude=p1)
-        split, a = int(rng.integers(0, self.dim)), float(rng.random())
-        b = float(rng.random()) if rng.random() < self.p else 1.0 - a
-        x = mix(self.members[p1][1], self.members[p2][1], split, a, b)
-        return np.clip(x + rng.normal(0.0, self.mutation, self.dim), 0.0, 1.0), p1, p2
-
     def _breed(self, rng: np.random.Generator) -> tuple[np.ndarray, int, int]:
         if self.kind == "stall":
             stalled = self.told_count - self.improved_at >= int(self.K)
             return self._crossover_child(rng) if stalled else super()._breed(rng)
         if self.kind in ("m2n2", "around"):
             return super()._breed(rng)
-        if self.kind == "add":
-            return self._add_child(rng)
+        if self.kind == "add":  # M2N2's own additive crossover with share p; warm: no refine until the archive is full
+            self.additive = float(self.p)
+            warming = self.warm and len(self.members) < self.archive_size
+            return self._crossover_child(rng) if warming else super()._breed(rng)
         if self.kind in ("centroid", "fifth", "debest"):
             scores = np.stack([m[2] for m in self.members])
             if self.refine and rng.random() < self.refine:
@@ -208,7 +197,7 @@ def make(label: str, dim: int, seeds: list[np.ndarray], seed: int, budget: int) 
         draw = np.random.default_rng(np.random.SeedSequence([seed, 7919]))
         n, spread = int(settings.pop("n", Variant.n)), float(settings.pop("s", Variant.s))
         seeds = [*seeds, *(np.clip(seeds[0] + draw.normal(0.0, spread, dim), 0.0, 1.0) for _ in range(n))]
-    strategy = Variant(dim, seeds, seed=seed, **{**M2N2_DEFAULTS, **own})
+    strategy = Variant(dim, seeds, seed=seed, **{**(M2N2_DEFAULTS if kind == "m2n2" else VARIANT_BASE), **own})
     strategy.kind, strategy.budget = kind, budget
     for key, value in settings.items():
         if not hasattr(Variant, key):
