@@ -85,12 +85,14 @@ def take_lease(store: Store, run_id: str, ttl_s: float, log: Callable[[str], Non
 
 def run_space(config: dict[str, Any]) -> SearchSpace:
     """The search space a run was created with (its stored config). A run created before CMA-ES
-    restarts existed has no ``restarts`` in it and goes on without them, as it started; an M2N2
+    restarts existed has no ``restarts`` in it and goes on without them, as it started; one created
+    before the default best-so-far rule (``stall`` stored as null) restarts on pycma's criteria
+    only; an M2N2
     run created before the paper's attraction and archive fill goes on with the old ones; a
     subset run created before promotion races scores a promoted candidate's rest all at once; and
     one created before ``merge_dtype`` merges 16-bit sources in their own dtype."""
     stored = dict(config["space"])
-    old = {"restarts": "none"} | ({"attraction": "raw", "fill": "random", "mutation": 0.0, "exploit": 0.0,
+    old = {"restarts": "none", "stall": 0} | ({"attraction": "raw", "fill": "random", "mutation": 0.0, "exploit": 0.0,
                                    "refine": 0.0, "additive": 0.0}
                                   if (stored.get("strategy") or {}).get("name") == "m2n2" else {})
     stored["strategy"] = old | {k: v for k, v in (stored.get("strategy") or {}).items() if v is not None}
@@ -135,6 +137,8 @@ def create_run(store: Store, space: SearchSpace, space_text: str, *, name: str |
         raise ConfigError(f"two objectives have the same task name ({names})", hint="give each task spec its own name")
     stored = space.model_dump(mode="json")
     stored["strategy"]["restarts"] = space.strategy.restarts or RESTARTS_DEFAULT  # fixed with the run
+    if space.strategy.name == "cmaes":
+        stored["strategy"]["stall"] = space.strategy.cmaes_stall() or 0  # fixed with the run; 0: no such rule
     stored["merge_dtype"] = space.merge_dtype or MERGE_DTYPE_DEFAULT
     if space.strategy.name == "m2n2":
         stored["strategy"].update(space.strategy.m2n2_settings())

@@ -126,6 +126,9 @@ class Objective(_Strict):
 
 MERGE_DTYPE_DEFAULT = "float32"  # what a new run's PS recipes do with 16-bit sources when the space leaves it out
 RESTARTS_DEFAULT = "ipop"  # what a new run's cmaes does when the space leaves `restarts` out
+# what a new run's cmaes restarts on when the space leaves `stall` out: 12 generations without a better
+# best (docs/benchmarks.md, session 19: 5 restarted runs still adapting, none left a run stalled for 20)
+STALL_DEFAULT = 12
 M2N2_DEFAULTS = {"attraction": "normalized", "fill": "seeds", "mutation": 0.1, "exploit": 0.5, "refine": 0.5,
                  "additive": 0.5}  # what a new run's m2n2 does when the space leaves them out (refine: 0 when mutation is 0)
 # M2N2's settings at their unset values (the ablations' and those added later): any other value is refused for
@@ -168,10 +171,9 @@ class StrategySpec(_Strict):
     # the parents, not an interpolation); None: M2N2_DEFAULTS for a new run, 0 for one created before it
     additive: float | None = Field(None, ge=0, le=1)
     restarts: Literal["ipop", "none"] | None = None  # cmaes; None: ipop for a new run (RESTARTS_DEFAULT)
-    # cmaes: restart when the best has not improved for this many generations; None (a new run's
-    # default): restart only when pycma's step-size or covariance criteria fire (a best-so-far rule of
-    # 5 generations restarted runs that were still improving: docs/benchmarks.md, session 13)
-    stall: int | None = Field(None, ge=1, le=1000)
+    # cmaes: also restart when the best has not improved for this many generations (besides pycma's
+    # step-size and covariance criteria); 0: pycma's criteria only; None: STALL_DEFAULT for a new run
+    stall: int | None = Field(None, ge=0, le=1000)
     options: dict[str, Any] = Field(default_factory=dict)
 
     def m2n2_settings(self) -> dict[str, Any]:
@@ -180,6 +182,11 @@ class StrategySpec(_Strict):
         if self.refine is None and not settings["mutation"]:
             settings["refine"] = 0.0  # refine steps by the mutation noise: none without it
         return settings
+
+    def cmaes_stall(self) -> int | None:
+        """The best-so-far rule's window in generations as a new run uses it (the space's, else
+        STALL_DEFAULT), None for no such rule (``stall: 0``)."""
+        return STALL_DEFAULT if self.stall is None else (self.stall or None)
 
     @model_validator(mode="after")
     def _m2n2_only(self) -> StrategySpec:

@@ -10,8 +10,10 @@ it by replaying the recorded tells, which reproduces the same asks because pycma
 Defaults: pycma's population 4 + floor(3 ln d) for d genes (Hansen 2016, Table 1) and a step
 size of 0.25 box units (a quarter of every parameter's range, so the start +- 2 sigma spans
 the box). With ``restarts="ipop"`` (the default of new runs) a run that stalls restarts with
-twice the population (:meth:`CMAES._maybe_restart`): a new run's stall is pycma's own step-size and
-covariance criteria; ``stall`` adds a best-so-far rule (runs created before session 13 have 5).
+twice the population (:meth:`CMAES._maybe_restart`) when pycma's own step-size or covariance
+criteria fire or, with ``stall``, when the best has not improved for that many generations (a new
+run's window: evomerge.space.schema.STALL_DEFAULT, 12; runs created before session 13 have 5,
+those of sessions 13-18 none).
 """
 
 from __future__ import annotations

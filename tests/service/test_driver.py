@@ -85,8 +85,9 @@ def test_queries_and_candidate_references(tiny_sources: Path, tmp_path: Path) ->
 
 def test_a_new_cmaes_run_restarts_ipop_and_a_run_from_before_restarts_goes_on_without(tiny_sources: Path,
                                                                                       tmp_path: Path) -> None:
-    """Issue 21: the default (IPOP) is fixed in the run when it is created; a run stored before
-    restarts existed (no ``restarts`` in its space) resumes with none, as it started."""
+    """Issue 21: the defaults (IPOP, a 12-generation stall window) are fixed in the run when it is
+    created, and ``stall: 0`` (pycma's criteria only) is kept; a run stored before restarts existed
+    (no ``restarts`` in its space) resumes with none, as it started."""
     from evomerge.runner.service import run_space
     from evomerge.store import Store
 
@@ -95,11 +96,20 @@ def test_a_new_cmaes_run_restarts_ipop_and_a_run_from_before_restarts_goes_on_wi
     api.search(space, db=db, engine="synthetic", backend="local", name="new", log=quiet)
     with Store.open(db) as store:
         config = store.get_run("new").config
-    assert config["space"]["strategy"]["restarts"] == "ipop"
-    assert run_space(config).strategy.restarts == "ipop"
+    assert config["space"]["strategy"]["restarts"] == "ipop" and config["space"]["strategy"]["stall"] == 12
+    assert run_space(config).strategy.restarts == "ipop" and run_space(config).strategy.cmaes_stall() == 12
     old = {**config, "space": {**config["space"], "strategy": {
         k: v for k, v in config["space"]["strategy"].items() if k not in ("restarts", "stall")}}}
     assert run_space(old).strategy.restarts == "none"
+    # a run from sessions 13-18 stored stall null: pycma's criteria only, as it started
+    between = {**config, "space": {**config["space"], "strategy": {**config["space"]["strategy"], "stall": None}}}
+    assert run_space(between).strategy.cmaes_stall() is None
+    off = write_space(tmp_path, tiny_sources, strategy="cmaes", budget=8, name="nostall")
+    off.write_text(off.read_text().replace("{name: cmaes,", "{name: cmaes, stall: 0,", 1))
+    api.search(off, db=db, engine="synthetic", backend="local", name="off", log=quiet)
+    with Store.open(db) as store:
+        stored_off = store.get_run("off").config
+    assert stored_off["space"]["strategy"]["stall"] == 0 and run_space(stored_off).strategy.cmaes_stall() is None
 
 
 def test_a_new_m2n2_run_stores_the_papers_mechanics_and_mutation(tiny_sources: Path, tmp_path: Path) -> None:

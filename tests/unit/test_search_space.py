@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -298,25 +300,40 @@ def test_ipop_restarts_a_stalled_cmaes_with_twice_the_population_and_replays() -
     assert np.array_equal(nxt.x, again.x)
 
 
-def test_a_new_cmaes_run_restarts_on_pycmas_criteria_only_and_old_runs_keep_their_stall_rule() -> None:
-    """Session 13: the best-so-far rule (5 generations) restarted zoo runs that were still
-    improving, so a new run leaves ``stall`` unset: a fitness with a slight slope (1e-6 x the sum
-    of the genes) and a step up every sixth generation never restarts it; with ``stall: 2`` it does. A run stored with
-    ``stall: 5`` (before the change) resumes with it."""
+def test_a_new_cmaes_run_restarts_after_twelve_flat_generations_and_old_runs_keep_their_rule() -> None:
+    """Sessions 13 and 19: a best-so-far rule of 5 generations restarted zoo runs that were still
+    adapting, none left one stalled for twenty; a new run's window is STALL_DEFAULT (12). A fitness
+    with a slight slope (1e-6 x the sum of the genes) and a step every sixth generation never
+    restarts it, with ``stall: 2`` it does; a flat fitness restarts it after 12 generations without
+    a better best (the thirteenth generation is asked at twice the population), not with pycma's
+    criteria only (``stall: 0``). A run stored with ``stall: 5`` (before session 13) resumes with
+    it, one stored with ``stall: null`` (sessions 13-18) with pycma's criteria only."""
     from evomerge.runner.service import run_space
+    from evomerge.space.schema import STALL_DEFAULT
 
-    def run(stall: int | None) -> CMAES:
+    def run(stall: int | None, fitness: Callable[[Any], float], asks: int = 90) -> CMAES:
         s = CMAES(4, np.full(4, 0.5), seed=2, popsize=6, restarts="ipop", stall=stall)
-        while s.asked < 90:
+        while s.asked < asks:
             got = s.ask(100)
-            s.tell([Evaluated(g, 0.25 + 1e-3 * (g.index // 36) + 1e-6 * float(g.x.sum())) for g in got])
+            s.tell([Evaluated(g, fitness(g)) for g in got])
         return s
 
-    assert run(None).restart == 0 and run(2).restart >= 1
-    assert StrategySpec(name="cmaes").stall is None
+    def slope(g: Any) -> float:
+        return 0.25 + 1e-3 * (g.index // 36) + 1e-6 * float(g.x.sum())
+
+    assert STALL_DEFAULT == 12 and StrategySpec(name="cmaes").cmaes_stall() == 12
+    assert StrategySpec(name="cmaes", stall=0).cmaes_stall() is None
+    assert run(12, slope).restart == 0 and run(None, slope).restart == 0 and run(2, slope).restart >= 1
+    flat = run(12, lambda g: 0.25, asks=84)
+    sizes = [len(ev[2]) for ev in flat.events if ev[0] == "ask" and ev[2]]
+    assert flat.restart == 1 and flat.es.popsize == 12 and sizes[:13] == [6] * 13
+    assert run(None, lambda g: 0.25, asks=84).restart == 0
     stored = {"name": "x", "base": "/b", "experts": ["/e"], "vary": {"weight": {"low": 0, "high": 1}},
               "objectives": [{"task": "/t.yaml"}], "strategy": {"name": "cmaes", "restarts": "ipop", "stall": 5}}
-    assert run_space({"space": stored}).strategy.stall == 5
+    assert run_space({"space": stored}).strategy.cmaes_stall() == 5
+    between = {**stored, "strategy": {"name": "cmaes", "restarts": "ipop", "stall": None}}
+    assert run_space({"space": between}).strategy.cmaes_stall() is None
     fresh = {**stored, "strategy": {"name": "cmaes"}}
+    assert SearchSpace.model_validate(fresh).strategy.cmaes_stall() == 12
     assert SearchSpace.model_validate(fresh).space_hash == SearchSpace.model_validate(
         {**stored, "strategy": {"name": "cmaes", "stall": None}}).space_hash
