@@ -127,7 +127,8 @@ class Objective(_Strict):
 MERGE_DTYPE_DEFAULT = "float32"  # what a new run's PS recipes do with 16-bit sources when the space leaves it out
 RESTARTS_DEFAULT = "ipop"  # what a new run's cmaes does when the space leaves `restarts` out
 # what a new run's cmaes restarts on when the space leaves `stall` out: 12 generations without a better
-# best (docs/benchmarks.md, session 19: 5 restarted runs still adapting, none left a run stalled for 20)
+# best (docs/benchmarks.md, session 19: a window of 5 restarted runs still adapting; pycma's criteria
+# alone left a run stalled for 20 generations)
 STALL_DEFAULT = 12
 M2N2_DEFAULTS = {"attraction": "normalized", "fill": "seeds", "mutation": 0.1, "exploit": 0.5, "refine": 0.5,
                  "additive": 0.5}  # what a new run's m2n2 does when the space leaves them out (refine: 0 when mutation is 0)
