@@ -92,10 +92,14 @@ def run_space(config: dict[str, Any]) -> SearchSpace:
     subset run created before promotion races scores a promoted candidate's rest all at once; and
     one created before ``merge_dtype`` merges 16-bit sources in their own dtype."""
     stored = dict(config["space"])
-    old = {"restarts": "none", "stall": 0} | ({"attraction": "raw", "fill": "random", "mutation": 0.0, "exploit": 0.0,
-                                   "refine": 0.0, "additive": 0.0}
-                                  if (stored.get("strategy") or {}).get("name") == "m2n2" else {})
-    stored["strategy"] = old | {k: v for k, v in (stored.get("strategy") or {}).items() if v is not None}
+    strategy = dict(stored.get("strategy") or {})
+    name = strategy.get("name", "cmaes")
+    if name != "cmaes":  # runs created before session 19 stored restarts for every strategy
+        strategy = {k: v for k, v in strategy.items() if k not in ("restarts", "stall")}
+    old = ({"restarts": "none", "stall": 0} if name == "cmaes" else {}) | (
+        {"attraction": "raw", "fill": "random", "mutation": 0.0, "exploit": 0.0, "refine": 0.0, "additive": 0.0}
+        if name == "m2n2" else {})
+    stored["strategy"] = old | {k: v for k, v in strategy.items() if v is not None}
     stored["merge_dtype"] = stored.get("merge_dtype") or "source"  # before 16-bit sources merged in float32
     subset = (stored.get("fitness") or {}).get("subset")
     if subset is not None and "race" not in subset:
@@ -136,9 +140,9 @@ def create_run(store: Store, space: SearchSpace, space_text: str, *, name: str |
     if len(set(names)) != len(names):
         raise ConfigError(f"two objectives have the same task name ({names})", hint="give each task spec its own name")
     stored = space.model_dump(mode="json")
-    stored["strategy"]["restarts"] = space.strategy.restarts or RESTARTS_DEFAULT  # fixed with the run
-    if space.strategy.name == "cmaes":
-        stored["strategy"]["stall"] = space.strategy.cmaes_stall() or 0  # fixed with the run; 0: no such rule
+    if space.strategy.name == "cmaes":  # fixed with the run; stall 0: no best-so-far rule
+        stored["strategy"]["restarts"] = space.strategy.restarts or RESTARTS_DEFAULT
+        stored["strategy"]["stall"] = space.strategy.cmaes_stall() or 0
     stored["merge_dtype"] = space.merge_dtype or MERGE_DTYPE_DEFAULT
     if space.strategy.name == "m2n2":
         stored["strategy"].update(space.strategy.m2n2_settings())

@@ -197,6 +197,13 @@ class StrategySpec(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _cmaes_only(self) -> StrategySpec:
+        set_here = [k for k in ("restarts", "stall") if getattr(self, k) is not None]
+        if set_here and self.name != "cmaes":
+            raise ValueError(f"{', '.join(set_here)} are CMA-ES settings; strategy {self.name} would ignore them")
+        return self
+
+    @model_validator(mode="after")
     def _options(self) -> StrategySpec:
         if self.options and self.name != "cmaes":
             raise ValueError(f"options are pycma options for cmaes; strategy {self.name} would ignore "

@@ -132,3 +132,8 @@ def test_a_new_m2n2_run_stores_the_papers_mechanics_and_mutation(tiny_sources: P
     assert {k: new["space"]["strategy"][k] for k in M2N2_DEFAULTS} == M2N2_DEFAULTS
     assert M2N2_DEFAULTS["mutation"] == 0.1 and kept["space"]["strategy"]["mutation"] == 0.0
     assert run_space(new).strategy.mutation == 0.1 and run_space(kept).strategy.mutation == 0.0
+    # CMA-ES settings are not stored for another strategy; a run stored before session 19 (restarts
+    # written for every strategy) still resumes
+    assert new["space"]["strategy"]["restarts"] is None and new["space"]["strategy"]["stall"] is None
+    before = {**new, "space": {**new["space"], "strategy": {**new["space"]["strategy"], "restarts": "ipop", "stall": None}}}
+    assert run_space(before).strategy.restarts is None and run_space(before).strategy.m2n2_settings() == M2N2_DEFAULTS
