@@ -131,8 +131,7 @@ class Variant(M2N2):
             return self._crossover_child(rng) if stalled else super()._breed(rng)
         if self.kind in ("m2n2", "around"):
             return super()._breed(rng)
-        if self.kind == "add":  # M2N2's own additive crossover with share p; warm: no refine until the archive is full
-            self.additive = float(self.p)
+        if self.kind == "add":  # M2N2's own additive crossover (share p, set in make); warm: no refine until the archive is full
             warming = self.warm and len(self.members) < self.archive_size
             return self._crossover_child(rng) if warming else super()._breed(rng)
         if self.kind in ("centroid", "fifth", "debest"):
@@ -203,6 +202,8 @@ def make(label: str, dim: int, seeds: list[np.ndarray], seed: int, budget: int) 
         if not hasattr(Variant, key):
             raise SystemExit(f"unknown setting {key!r} in {label!r}")
         setattr(strategy, key, value)
+    if kind == "add":
+        strategy.additive = float(strategy.p)
     if kind not in ("m2n2", "de", "spread", "anneal", "blx", "pbest", "immigrant", "stall", "centroid", "fifth",
                     "debest", "around", "add"):
         raise SystemExit(f"unknown variant {kind!r}")

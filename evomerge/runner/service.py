@@ -26,6 +26,7 @@ from evomerge.errors import ConfigError, EvomergeError, StaleLeaseError
 from evomerge.runner.driver import Driver, DriverOptions
 from evomerge.runner.options import ExecOptions
 from evomerge.space.schema import (
+    CMAES_UNSET,
     MERGE_DTYPE_DEFAULT,
     RESTARTS_DEFAULT,
     SearchSpace,
@@ -95,7 +96,7 @@ def run_space(config: dict[str, Any]) -> SearchSpace:
     strategy = dict(stored.get("strategy") or {})
     name = strategy.get("name", "cmaes")
     if name != "cmaes":  # runs created before session 19 stored restarts for every strategy
-        strategy = {k: v for k, v in strategy.items() if k not in ("restarts", "stall")}
+        strategy = {k: v for k, v in strategy.items() if k not in CMAES_UNSET}
     old = ({"restarts": "none", "stall": 0} if name == "cmaes" else {}) | (
         {"attraction": "raw", "fill": "random", "mutation": 0.0, "exploit": 0.0, "refine": 0.0, "additive": 0.0}
         if name == "m2n2" else {})

@@ -137,7 +137,10 @@ M2N2_DEFAULTS = {"attraction": "normalized", "fill": "seeds", "mutation": 0.1, "
 M2N2_UNSET = {"mate": "attraction", "split_point": True, "attraction": None, "fill": None, "mutation": None,
               "exploit": None, "refine": None, "additive": None}
 # strategy settings added after the first runs, at their unset values: a space that leaves them so hashes as before
-STRATEGY_LATER_UNSET = {"restarts": None, "stall": None, **M2N2_UNSET}
+CMAES_UNSET = {"restarts": None, "stall": None}  # CMA-ES's settings at their unset values: refused for another strategy
+# each strategy's own settings (its name in errors, the settings at their unset values)
+STRATEGY_OWN = {"m2n2": ("M2N2", M2N2_UNSET), "cmaes": ("CMA-ES", CMAES_UNSET)}
+STRATEGY_LATER_UNSET = {**CMAES_UNSET, **M2N2_UNSET}
 
 
 class StrategySpec(_Strict):
@@ -190,17 +193,11 @@ class StrategySpec(_Strict):
         return STALL_DEFAULT if self.stall is None else (self.stall or None)
 
     @model_validator(mode="after")
-    def _m2n2_only(self) -> StrategySpec:
-        set_here = [k for k, unset in M2N2_UNSET.items() if getattr(self, k) != unset]
-        if set_here and self.name != "m2n2":
-            raise ValueError(f"{', '.join(set_here)} are M2N2 settings; strategy {self.name} would ignore them")
-        return self
-
-    @model_validator(mode="after")
-    def _cmaes_only(self) -> StrategySpec:
-        set_here = [k for k in ("restarts", "stall") if getattr(self, k) is not None]
-        if set_here and self.name != "cmaes":
-            raise ValueError(f"{', '.join(set_here)} are CMA-ES settings; strategy {self.name} would ignore them")
+    def _own_settings_only(self) -> StrategySpec:
+        for owner, (title, unset_values) in STRATEGY_OWN.items():
+            set_here = [k for k, unset in unset_values.items() if getattr(self, k) != unset]
+            if set_here and self.name != owner:
+                raise ValueError(f"{', '.join(set_here)} are {title} settings; strategy {self.name} would ignore them")
         return self
 
     @model_validator(mode="after")

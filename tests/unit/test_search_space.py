@@ -306,7 +306,8 @@ def test_ipop_restarts_a_stalled_cmaes_with_twice_the_population_and_replays() -
 
 def test_a_new_cmaes_run_restarts_after_twelve_flat_generations_and_old_runs_keep_their_rule() -> None:
     """Sessions 13 and 19: a best-so-far rule of 5 generations restarted zoo runs that were still
-    adapting, none left one stalled for twenty; a new run's window is STALL_DEFAULT (12). A fitness
+    adapting, pycma's criteria alone left one stalled for twenty; a new run's window is
+    STALL_DEFAULT (12). A fitness
     with a slight slope (1e-6 x the sum of the genes) and a step every sixth generation never
     restarts it, with ``stall: 2`` it does; a flat fitness restarts it after 12 generations without
     a better best (the thirteenth generation is asked at twice the population), not with pycma's
