@@ -26,9 +26,9 @@ from evomerge.errors import ConfigError, EvomergeError, StaleLeaseError
 from evomerge.runner.driver import Driver, DriverOptions
 from evomerge.runner.options import ExecOptions
 from evomerge.space.schema import (
-    CMAES_UNSET,
     MERGE_DTYPE_DEFAULT,
     RESTARTS_DEFAULT,
+    SETTING_OWNERS,
     SearchSpace,
     describe_validation_error,
 )
@@ -88,16 +88,16 @@ def run_space(config: dict[str, Any]) -> SearchSpace:
     """The search space a run was created with (its stored config). A run created before CMA-ES
     restarts existed has no ``restarts`` in it and goes on without them, as it started; one created
     before the default best-so-far rule (``stall`` stored as null) restarts on pycma's criteria
-    only; an M2N2
+    only, and a nevergrad run created before its stall rule goes on with one optimizer; an M2N2
     run created before the paper's attraction and archive fill goes on with the old ones; a
     subset run created before promotion races scores a promoted candidate's rest all at once; and
     one created before ``merge_dtype`` merges 16-bit sources in their own dtype."""
     stored = dict(config["space"])
     strategy = dict(stored.get("strategy") or {})
     name = strategy.get("name", "cmaes")
-    if name != "cmaes":  # runs created before session 19 stored restarts for every strategy
-        strategy = {k: v for k, v in strategy.items() if k not in CMAES_UNSET}
-    old = ({"restarts": "none", "stall": 0} if name == "cmaes" else {}) | (
+    # runs created before session 19 stored restarts (and stall, null) for every strategy
+    strategy = {k: v for k, v in strategy.items() if name in SETTING_OWNERS.get(k, (name,))}
+    old = ({"restarts": "none", "stall": 0} if name == "cmaes" else {"stall": 0} if name == "nevergrad" else {}) | (
         {"attraction": "raw", "fill": "random", "mutation": 0.0, "exploit": 0.0, "refine": 0.0, "additive": 0.0}
         if name == "m2n2" else {})
     stored["strategy"] = old | {k: v for k, v in strategy.items() if v is not None}
@@ -141,9 +141,10 @@ def create_run(store: Store, space: SearchSpace, space_text: str, *, name: str |
     if len(set(names)) != len(names):
         raise ConfigError(f"two objectives have the same task name ({names})", hint="give each task spec its own name")
     stored = space.model_dump(mode="json")
-    if space.strategy.name == "cmaes":  # fixed with the run; stall 0: no best-so-far rule
+    if space.strategy.name == "cmaes":  # fixed with the run
         stored["strategy"]["restarts"] = space.strategy.restarts or RESTARTS_DEFAULT
-        stored["strategy"]["stall"] = space.strategy.cmaes_stall() or 0
+    if space.strategy.name in SETTING_OWNERS["stall"]:  # fixed with the run; stall 0: no best-so-far rule
+        stored["strategy"]["stall"] = space.strategy.stall_window(multi_objective=space.multi_objective) or 0
     stored["merge_dtype"] = space.merge_dtype or MERGE_DTYPE_DEFAULT
     if space.strategy.name == "m2n2":
         stored["strategy"].update(space.strategy.m2n2_settings())

@@ -35,7 +35,7 @@ def strategy_config(space: SearchSpace, codec: Codec, *, workers: int = 1) -> St
                           **s.m2n2_settings(),
                           options=dict(s.options),
                           budget=space.budget, multi_objective=space.multi_objective, workers=workers,
-                          restarts=s.restarts or RESTARTS_DEFAULT, stall=s.cmaes_stall())
+                          restarts=s.restarts or RESTARTS_DEFAULT, stall=s.stall_window(multi_objective=space.multi_objective))
 
 
 def make_strategy(space: SearchSpace, codec: Codec, *, workers: int = 1) -> Replayable:

@@ -126,10 +126,14 @@ class Objective(_Strict):
 
 MERGE_DTYPE_DEFAULT = "float32"  # what a new run's PS recipes do with 16-bit sources when the space leaves it out
 RESTARTS_DEFAULT = "ipop"  # what a new run's cmaes does when the space leaves `restarts` out
-# what a new run's cmaes restarts on when the space leaves `stall` out: 12 generations without a better
-# best (docs/benchmarks.md, session 19: a window of 5 restarted runs still adapting; pycma's criteria
-# alone left a run stalled for 20 generations)
-STALL_DEFAULT = 12
+# what a new run restarts on when the space leaves `stall` out (single-objective runs):
+# - cmaes: 12 generations without a better best (docs/benchmarks.md, session 19: a window of 5 restarted
+#   runs still adapting; pycma's criteria alone left a run stalled for 20 generations)
+# - nevergrad: 100 evaluations without a better best of the current optimizer (docs/benchmarks.md, session 20:
+#   NGOpt's COBYLA held a zoo seed at one point from candidate 28 to 200, while runs that went on to improve had
+#   flat stretches of up to 92; a window of 60 cut two of those short)
+NEVERGRAD_STALL = 100
+STALL_DEFAULTS = {"cmaes": 12, "nevergrad": NEVERGRAD_STALL}
 M2N2_DEFAULTS = {"attraction": "normalized", "fill": "seeds", "mutation": 0.1, "exploit": 0.5, "refine": 0.5,
                  "additive": 0.5}  # what a new run's m2n2 does when the space leaves them out (refine: 0 when mutation is 0)
 # M2N2's settings at their unset values (the ablations' and those added later): any other value is refused for
@@ -137,10 +141,10 @@ M2N2_DEFAULTS = {"attraction": "normalized", "fill": "seeds", "mutation": 0.1, "
 M2N2_UNSET = {"mate": "attraction", "split_point": True, "attraction": None, "fill": None, "mutation": None,
               "exploit": None, "refine": None, "additive": None}
 # strategy settings added after the first runs, at their unset values: a space that leaves them so hashes as before
-CMAES_UNSET = {"restarts": None, "stall": None}  # CMA-ES's settings at their unset values: refused for another strategy
-# each strategy's own settings (its name in errors, the settings at their unset values)
-STRATEGY_OWN = {"m2n2": ("M2N2", M2N2_UNSET), "cmaes": ("CMA-ES", CMAES_UNSET)}
-STRATEGY_LATER_UNSET = {**CMAES_UNSET, **M2N2_UNSET}
+STRATEGY_LATER_UNSET = {"restarts": None, "stall": None, **M2N2_UNSET}
+# which strategies each of those settings belongs to: set for another strategy, it is refused
+SETTING_OWNERS = {"restarts": ("cmaes",), "stall": ("cmaes", "nevergrad")} | {k: ("m2n2",) for k in M2N2_UNSET}
+STRATEGY_TITLES = {"cmaes": "CMA-ES", "nevergrad": "nevergrad", "m2n2": "M2N2", "random": "random search"}
 
 
 class StrategySpec(_Strict):
@@ -176,8 +180,10 @@ class StrategySpec(_Strict):
     additive: float | None = Field(None, ge=0, le=1)
     restarts: Literal["ipop", "none"] | None = None  # cmaes; None: ipop for a new run (RESTARTS_DEFAULT)
     # cmaes: also restart when the best has not improved for this many generations (besides pycma's
-    # step-size and covariance criteria); 0: pycma's criteria only; None: STALL_DEFAULT for a new run
-    stall: int | None = Field(None, ge=0, le=1000)
+    # step-size and covariance criteria); nevergrad: start a fresh optimizer from a random point when the
+    # current one's best has not improved for this many evaluations; 0: no such rule; None: STALL_DEFAULTS
+    # for a new single-objective run
+    stall: int | None = Field(None, ge=0, le=10000)
     options: dict[str, Any] = Field(default_factory=dict)
 
     def m2n2_settings(self) -> dict[str, Any]:
@@ -187,17 +193,25 @@ class StrategySpec(_Strict):
             settings["refine"] = 0.0  # refine steps by the mutation noise: none without it
         return settings
 
-    def cmaes_stall(self) -> int | None:
-        """The best-so-far rule's window in generations as a new run uses it (the space's, else
-        STALL_DEFAULT), None for no such rule (``stall: 0``)."""
-        return STALL_DEFAULT if self.stall is None else (self.stall or None)
+    def stall_window(self, *, multi_objective: bool = False) -> int | None:
+        """The best-so-far rule's window as a new run uses it (generations for cmaes, evaluations for
+        nevergrad): the space's, else STALL_DEFAULTS; None for no such rule (``stall: 0``, another
+        strategy, or a multi-objective run left at the default)."""
+        if self.stall is None:
+            return None if multi_objective else STALL_DEFAULTS.get(self.name)
+        return self.stall or None
 
     @model_validator(mode="after")
     def _own_settings_only(self) -> StrategySpec:
-        for owner, (title, unset_values) in STRATEGY_OWN.items():
-            set_here = [k for k, unset in unset_values.items() if getattr(self, k) != unset]
-            if set_here and self.name != owner:
-                raise ValueError(f"{', '.join(set_here)} are {title} settings; strategy {self.name} would ignore them")
+        foreign: dict[tuple[str, ...], list[str]] = {}
+        for k, unset in STRATEGY_LATER_UNSET.items():
+            if getattr(self, k) != unset and self.name not in SETTING_OWNERS[k]:
+                foreign.setdefault(SETTING_OWNERS[k], []).append(k)
+        if foreign:
+            said = [f"{', '.join(keys)} {'is' if len(keys) == 1 else 'are'} for "
+                    f"{' and '.join(STRATEGY_TITLES[o] for o in owners)} only" for owners, keys in foreign.items()]
+            many = len(foreign) > 1 or len(next(iter(foreign.values()))) > 1
+            raise ValueError(f"{', '.join(said)}; strategy {self.name} would ignore {'them' if many else 'it'}")
         return self
 
     @model_validator(mode="after")
@@ -377,6 +391,9 @@ class SearchSpace(_Strict):
                              "front is reported either way")
         if self.multi_objective and len(self.objectives) < 2:
             raise ValueError("multi_objective: true needs at least two objectives")
+        if self.multi_objective and self.strategy.stall:
+            raise ValueError("strategy.stall judges a single fitness; with multi_objective: true nevergrad searches "
+                             "the Pareto front and has no best to stall on: leave stall out")
         return self
 
     @property

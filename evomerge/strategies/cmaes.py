@@ -12,7 +12,7 @@ size of 0.25 box units (a quarter of every parameter's range, so the start +- 2 
 the box). With ``restarts="ipop"`` (the default of new runs) a run that stalls restarts with
 twice the population (:meth:`CMAES._maybe_restart`) when pycma's own step-size or covariance
 criteria fire or, with ``stall``, when the best has not improved for that many generations (a new
-run's window: evomerge.space.schema.STALL_DEFAULT, 12; runs created before session 13 have 5,
+run's window: evomerge.space.schema.STALL_DEFAULTS["cmaes"], 12; runs created before session 13 have 5,
 those of sessions 13-18 none).
 """
 

@@ -7,6 +7,17 @@ any real fitness. With ``multi_objective`` the optimizer is told the objective v
 maximized, so nevergrad gets their negatives) and runs its multi-objective mode (hypervolume
 based; nevergrad's docs, "Multiobjective minimization"). Name optimizers explicitly in tests:
 NGOpt's portfolio can leave a scipy thread that hangs at exit.
+
+Stall restarts (``stall``, single-objective only). With one worker NGOpt runs COBYLA (Powell 1994,
+"A direct search optimization method that models the objective and constraint functions by linear
+interpolation") through nevergrad's scipy wrapper without random restarts: once its trust region
+has shrunk it starts again from its own best, so a run that converged early spends the rest of
+the budget there (docs/benchmarks.md, session 19: a zoo seed held at one point from candidate 28
+to 200). With ``stall`` K, when the current optimizer's best has not improved for K evaluations
+told to it, a fresh optimizer of the same name takes the remaining budget from a uniform point
+of the box (restart r draws it from ``default_rng([seed, r])``, its random state from
+``RandomState([seed, r])``): a restart from a new basin, as random-restart local search does.
+The decision depends only on the told fitness, so replaying the ask/tell record rebuilds it.
 """
 
 from __future__ import annotations
@@ -24,34 +35,54 @@ class Nevergrad(Replayable):
     name = "nevergrad"
 
     def __init__(self, dim: int, x0: np.ndarray | Sequence[float], *, optimizer: str = "NGOpt", budget: int = 100,
-                 num_workers: int = 1, seed: int = 0, multi_objective: bool = False) -> None:
+                 num_workers: int = 1, seed: int = 0, multi_objective: bool = False,
+                 stall: int | None = None) -> None:
         import nevergrad as ng
 
         if optimizer not in ng.optimizers.registry:
             known = ", ".join(sorted(k for k in ng.optimizers.registry if not k.startswith("_"))[:40])
             raise ConfigError(f"unknown nevergrad optimizer {optimizer!r}",
                               hint=f"use one of nevergrad's registry names, e.g. NGOpt, TwoPointsDE, PSO, CMA ({known}, ...)")
+        if stall is not None and (stall < 1 or multi_objective):
+            raise ConfigError(f"nevergrad stall {stall!r} needs a single objective and at least one evaluation",
+                              hint="set stall to a positive number of evaluations, or leave it out")
         self.x0 = np.clip(np.asarray(x0, dtype=float), 0.0, 1.0)
-        param = ng.p.Array(init=self.x0).set_bounds(0.0, 1.0)
-        param.random_state = np.random.RandomState(seed)
-        self.opt = ng.optimizers.registry[optimizer](parametrization=param, budget=budget, num_workers=num_workers)
         self.dim, self.optimizer, self.seed, self.budget = dim, optimizer, seed, budget
-        self.num_workers, self.multi_objective = num_workers, multi_objective
+        self.num_workers, self.multi_objective, self.stall = num_workers, multi_objective, stall
         self.asked = 0
-        self._candidates: dict[int, Any] = {}
+        self.restarts = 0  # fresh optimizers started by the stall rule
+        self.opt = self._optimizer(self.x0, np.random.RandomState(seed), budget)
+        self._opt_best, self._opt_flat = float("-inf"), 0  # the current optimizer's best, evaluations since
+        self._candidates: dict[int, tuple[Any, Any]] = {}  # index -> (its optimizer, its candidate)
         self._fitness_seen: list[float | None] = []
         self._objective_floor: np.ndarray | None = None
         self._init_record()
 
+    def _optimizer(self, init: np.ndarray, random_state: np.random.RandomState, budget: int) -> Any:
+        import nevergrad as ng
+
+        param = ng.p.Array(init=init).set_bounds(0.0, 1.0)
+        param.random_state = random_state
+        return ng.optimizers.registry[self.optimizer](parametrization=param, budget=budget, num_workers=self.num_workers)
+
     def config(self) -> dict[str, Any]:
         return {"dim": self.dim, "x0": self.x0.tolist(), "optimizer": self.optimizer, "budget": self.budget,
-                "num_workers": self.num_workers, "seed": self.seed, "multi_objective": self.multi_objective}
+                "num_workers": self.num_workers, "seed": self.seed, "multi_objective": self.multi_objective,
+                "stall": self.stall}
+
+    def _restart(self) -> None:
+        """A fresh optimizer with the budget not yet asked, from restart r's uniform point of the box."""
+        self.restarts += 1
+        r = self.restarts
+        init = np.random.default_rng([self.seed, r]).uniform(0.0, 1.0, self.dim)
+        self.opt = self._optimizer(init, np.random.RandomState([self.seed, r]), max(self.budget - self.asked, 1))
+        self._opt_best, self._opt_flat = float("-inf"), 0
 
     def _ask(self, n: int) -> list[Genome]:
         out = []
         for _ in range(n):
             cand = self.opt.ask()
-            self._candidates[self.asked] = cand
+            self._candidates[self.asked] = (self.opt, cand)
             out.append(Genome(self.asked, np.asarray(cand.value, dtype=float), generation=self.asked))
             self.asked += 1
         return out
@@ -76,4 +107,17 @@ class Nevergrad(Replayable):
             if self.multi_objective and r.fitness is None and self._objective_floor is None:
                 self._candidates.pop(r.genome.index)  # nothing to compare against yet: drop it
                 continue
-            self.opt.tell(self._candidates.pop(r.genome.index), self._loss(r))
+            opt, cand = self._candidates.pop(r.genome.index)
+            loss = self._loss(r)
+            opt.tell(cand, loss)
+            if self.stall is not None and opt is self.opt:
+                self._judge(-float(loss))  # type: ignore[arg-type]  # single-objective: a scalar
+
+    def _judge(self, fitness: float) -> None:
+        """The stall rule: count the current optimizer's evaluations since its best improved."""
+        if fitness > self._opt_best:
+            self._opt_best, self._opt_flat = fitness, 0
+            return
+        self._opt_flat += 1
+        if self._opt_flat >= (self.stall or 0) and self.asked < self.budget:
+            self._restart()

@@ -55,7 +55,8 @@ class StrategyConfig:
     multi_objective: bool = False
     workers: int = 1
     restarts: str = "none"  # cmaes: "ipop" restarts a stalled run with twice the population
-    stall: int | None = 5  # cmaes: generations without a better best that count as stalled (None: no such rule)
+    # cmaes: generations, nevergrad: evaluations without a better best that count as stalled (None: no such rule)
+    stall: int | None = None
 
 
 def _classes() -> dict[str, type[Replayable]]:
@@ -88,7 +89,7 @@ def build_strategy(config: StrategyConfig) -> Replayable:
 
         return Nevergrad(c.dim, x0, optimizer=c.optimizer, budget=c.budget,
                          num_workers=max(c.popsize or 1, c.workers), seed=c.seed,
-                         multi_objective=c.multi_objective)
+                         multi_objective=c.multi_objective, stall=c.stall)
     from evomerge.strategies.cmaes import CMAES
 
     return CMAES(c.dim, x0, seed=c.seed, sigma=c.sigma, popsize=c.popsize, options=c.options, inject=[x0],

@@ -29,6 +29,9 @@ FACTORIES: dict[str, Callable[[int], Replayable]] = {
                                      stall=1),
     "nevergrad": lambda seed: Nevergrad(DIM, np.full(DIM, 0.5), optimizer="TwoPointsDE", budget=80,
                                         num_workers=3, seed=seed),
+    # a short stall window: fresh optimizers within the contract's evaluations, some between a batch's tells
+    "nevergrad_stall": lambda seed: Nevergrad(DIM, np.full(DIM, 0.5), optimizer="TwoPointsDE", budget=80,
+                                              num_workers=3, seed=seed, stall=3),
     "nevergrad_mo": lambda seed: Nevergrad(DIM, np.full(DIM, 0.5), optimizer="DE", budget=80, num_workers=3,
                                            seed=seed, multi_objective=True),
     "m2n2": lambda seed: M2N2(DIM, [np.eye(DIM)[i] for i in range(3)], archive_size=6, seed=seed),

@@ -97,19 +97,42 @@ def test_a_new_cmaes_run_restarts_ipop_and_a_run_from_before_restarts_goes_on_wi
     with Store.open(db) as store:
         config = store.get_run("new").config
     assert config["space"]["strategy"]["restarts"] == "ipop" and config["space"]["strategy"]["stall"] == 12
-    assert run_space(config).strategy.restarts == "ipop" and run_space(config).strategy.cmaes_stall() == 12
+    assert run_space(config).strategy.restarts == "ipop" and run_space(config).strategy.stall_window() == 12
     old = {**config, "space": {**config["space"], "strategy": {
         k: v for k, v in config["space"]["strategy"].items() if k not in ("restarts", "stall")}}}
     assert run_space(old).strategy.restarts == "none"
     # a run from sessions 13-18 stored stall null: pycma's criteria only, as it started
     between = {**config, "space": {**config["space"], "strategy": {**config["space"]["strategy"], "stall": None}}}
-    assert run_space(between).strategy.cmaes_stall() is None
+    assert run_space(between).strategy.stall_window() is None
     off = write_space(tmp_path, tiny_sources, strategy="cmaes", budget=8, name="nostall")
     off.write_text(off.read_text().replace("{name: cmaes,", "{name: cmaes, stall: 0,", 1))
     api.search(off, db=db, engine="synthetic", backend="local", name="off", log=quiet)
     with Store.open(db) as store:
         stored_off = store.get_run("off").config
-    assert stored_off["space"]["strategy"]["stall"] == 0 and run_space(stored_off).strategy.cmaes_stall() is None
+    assert stored_off["space"]["strategy"]["stall"] == 0 and run_space(stored_off).strategy.stall_window() is None
+
+
+def test_a_new_nevergrad_run_stores_its_stall_window_and_a_multi_objective_one_none(tiny_sources: Path,
+                                                                                  tmp_path: Path) -> None:
+    """Issue 21: a new single-objective nevergrad run stores NEVERGRAD_STALL (its evaluations
+    without a better best before a fresh optimizer) and no CMA-ES ``restarts``; a multi-objective
+    one stores 0 (no rule: it searches the front); both resume with what they stored."""
+    from evomerge.runner.service import run_space
+    from evomerge.space.schema import NEVERGRAD_STALL
+    from evomerge.store import Store
+
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    single = write_space(tmp_path, tiny_sources, strategy="nevergrad", budget=6)
+    api.search(single, db=db, engine="synthetic", backend="local", name="single", log=quiet)
+    multi = write_space(tmp_path, tiny_sources, strategy="nevergrad", budget=6, name="mo",
+                        extra="multi_objective: true\n")
+    api.search(multi, db=db, engine="synthetic", backend="local", name="multi", log=quiet)
+    with Store.open(db) as store:
+        one, many = store.get_run("single").config, store.get_run("multi").config
+    assert one["space"]["strategy"]["stall"] == NEVERGRAD_STALL and one["space"]["strategy"]["restarts"] is None
+    assert run_space(one).strategy.stall_window() == NEVERGRAD_STALL
+    assert many["space"]["strategy"]["stall"] == 0
+    assert run_space(many).strategy.stall_window(multi_objective=True) is None
 
 
 def test_a_new_m2n2_run_stores_the_papers_mechanics_and_mutation(tiny_sources: Path, tmp_path: Path) -> None:

@@ -122,9 +122,9 @@ def test_spec_passes_the_ablations_and_defaults_hash_as_before() -> None:
     built = build_strategy(StrategyConfig(dim=3, x0=(0.5, 0.5, 0.5), name="m2n2", mate=spec.mate,
                                           split_point=spec.split_point))
     assert isinstance(built, M2N2) and built.mate == "fitness" and not built.split_point
-    with pytest.raises(ValidationError, match="M2N2 settings"):
+    with pytest.raises(ValidationError, match="is for M2N2 only; strategy [a-z]+ would ignore it"):
         StrategySpec(name="cmaes", mate="uniform")
-    with pytest.raises(ValidationError, match="M2N2 settings"):
+    with pytest.raises(ValidationError, match="is for M2N2 only; strategy [a-z]+ would ignore it"):
         StrategySpec(name="random", split_point=False)
 
     def space(**strategy) -> SearchSpace:
@@ -213,7 +213,7 @@ def test_mutation_moves_children_off_the_seeds_hull_and_replays() -> None:
 def test_mutation_is_an_m2n2_setting_stored_with_the_run() -> None:
     from evomerge.runner.service import run_space
 
-    with pytest.raises(ValidationError, match="M2N2 settings"):
+    with pytest.raises(ValidationError, match="is for M2N2 only; strategy [a-z]+ would ignore it"):
         StrategySpec(name="cmaes", mutation=0.1)
     with pytest.raises(ValidationError):
         StrategySpec(name="m2n2", mutation=-0.1)
@@ -276,7 +276,7 @@ def test_exploit_is_an_m2n2_setting_new_runs_get_and_old_runs_do_not() -> None:
     from evomerge.runner.service import run_space
     from evomerge.space.schema import M2N2_DEFAULTS
 
-    with pytest.raises(ValidationError, match="M2N2 settings"):
+    with pytest.raises(ValidationError, match="is for M2N2 only; strategy [a-z]+ would ignore it"):
         StrategySpec(name="cmaes", exploit=0.5)
     with pytest.raises(ValidationError):
         StrategySpec(name="m2n2", exploit=1.5)
@@ -313,7 +313,7 @@ def test_refine_is_a_new_run_default_with_mutation_and_old_runs_go_on_without_it
     from evomerge.runner.service import run_space
     from evomerge.space.schema import M2N2_DEFAULTS
 
-    with pytest.raises(ValidationError, match="M2N2 settings"):
+    with pytest.raises(ValidationError, match="is for M2N2 only; strategy [a-z]+ would ignore it"):
         StrategySpec(name="cmaes", refine=0.5)
     with pytest.raises(ValidationError):
         StrategySpec(name="m2n2", refine=-0.1)
@@ -380,7 +380,7 @@ def test_additive_is_an_m2n2_setting_that_replays_and_old_runs_go_on_without_it(
     assert [g.x.tolist() for g in again.ask(3)] == [g.x.tolist() for g in some.ask(3)]
     with pytest.raises(ValueError, match="additive must be a share"):
         M2N2(5, SCORED_SEEDS, additive=1.5)
-    with pytest.raises(ValidationError, match="M2N2 settings"):
+    with pytest.raises(ValidationError, match="is for M2N2 only; strategy [a-z]+ would ignore it"):
         StrategySpec(name="cmaes", additive=0.5)
     with pytest.raises(ValidationError):
         StrategySpec(name="m2n2", additive=-0.1)

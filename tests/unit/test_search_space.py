@@ -151,9 +151,9 @@ SPACE_HEAD = "name: s\nbase: b\nexperts: [e]\nmerge_method: ties\n"
     ("vary: {weight: {low: 0, high: 1}}\nobjectives: [{task: t.yaml}]\nstrategy: {name: random, options: {tolx: 1}}",
      "strategy: options are pycma options for cmaes; strategy random would ignore ['tolx']"),
     ("vary: {weight: {low: 0, high: 1}}\nobjectives: [{task: t.yaml}]\nstrategy: {name: m2n2, stall: 12}",
-     "strategy: stall are CMA-ES settings; strategy m2n2 would ignore them"),
+     "strategy: stall is for CMA-ES and nevergrad only; strategy m2n2 would ignore it"),
     ("vary: {weight: {low: 0, high: 1}}\nobjectives: [{task: t.yaml}]\nstrategy: {name: random, restarts: ipop, stall: 0}",
-     "strategy: restarts, stall are CMA-ES settings; strategy random would ignore them"),
+     "strategy: restarts is for CMA-ES only, stall is for CMA-ES and nevergrad only; strategy random would ignore them"),
     ("vary: {weight: {low: 0, high: 1}}\nobjectives: [{task: t.yaml}]\nseed: 4294967295",
      "seed: Input should be less than or equal to 4294967294 (got 4294967295)"),
     ("vary: {weight: {low: 0, high: 1}}\nobjectives: []", "objectives: Tuple should have at least 1 item"),
@@ -307,14 +307,14 @@ def test_ipop_restarts_a_stalled_cmaes_with_twice_the_population_and_replays() -
 def test_a_new_cmaes_run_restarts_after_twelve_flat_generations_and_old_runs_keep_their_rule() -> None:
     """Sessions 13 and 19: a best-so-far rule of 5 generations restarted zoo runs that were still
     adapting, pycma's criteria alone left one stalled for twenty; a new run's window is
-    STALL_DEFAULT (12). A fitness
+    STALL_DEFAULTS["cmaes"] (12). A fitness
     with a slight slope (1e-6 x the sum of the genes) and a step every sixth generation never
     restarts it, with ``stall: 2`` it does; a flat fitness restarts it after 12 generations without
     a better best (the thirteenth generation is asked at twice the population), not with pycma's
     criteria only (``stall: 0``). A run stored with ``stall: 5`` (before session 13) resumes with
     it, one stored with ``stall: null`` (sessions 13-18) with pycma's criteria only."""
     from evomerge.runner.service import run_space
-    from evomerge.space.schema import STALL_DEFAULT
+    from evomerge.space.schema import STALL_DEFAULTS
 
     def run(stall: int | None, fitness: Callable[[Any], float], asks: int = 90) -> CMAES:
         s = CMAES(4, np.full(4, 0.5), seed=2, popsize=6, restarts="ipop", stall=stall)
@@ -326,8 +326,8 @@ def test_a_new_cmaes_run_restarts_after_twelve_flat_generations_and_old_runs_kee
     def slope(g: Any) -> float:
         return 0.25 + 1e-3 * (g.index // 36) + 1e-6 * float(g.x.sum())
 
-    assert STALL_DEFAULT == 12 and StrategySpec(name="cmaes").cmaes_stall() == 12
-    assert StrategySpec(name="cmaes", stall=0).cmaes_stall() is None
+    assert STALL_DEFAULTS["cmaes"] == 12 and StrategySpec(name="cmaes").stall_window() == 12
+    assert StrategySpec(name="cmaes", stall=0).stall_window() is None
     assert run(12, slope).restart == 0 and run(None, slope).restart == 0 and run(2, slope).restart >= 1
     flat = run(12, lambda g: 0.25, asks=84)
     sizes = [len(ev[2]) for ev in flat.events if ev[0] == "ask" and ev[2]]
@@ -335,10 +335,10 @@ def test_a_new_cmaes_run_restarts_after_twelve_flat_generations_and_old_runs_kee
     assert run(None, lambda g: 0.25, asks=84).restart == 0
     stored = {"name": "x", "base": "/b", "experts": ["/e"], "vary": {"weight": {"low": 0, "high": 1}},
               "objectives": [{"task": "/t.yaml"}], "strategy": {"name": "cmaes", "restarts": "ipop", "stall": 5}}
-    assert run_space({"space": stored}).strategy.cmaes_stall() == 5
+    assert run_space({"space": stored}).strategy.stall_window() == 5
     between = {**stored, "strategy": {"name": "cmaes", "restarts": "ipop", "stall": None}}
-    assert run_space({"space": between}).strategy.cmaes_stall() is None
+    assert run_space({"space": between}).strategy.stall_window() is None
     fresh = {**stored, "strategy": {"name": "cmaes"}}
-    assert SearchSpace.model_validate(fresh).strategy.cmaes_stall() == 12
+    assert SearchSpace.model_validate(fresh).strategy.stall_window() == 12
     assert SearchSpace.model_validate(fresh).space_hash == SearchSpace.model_validate(
         {**stored, "strategy": {"name": "cmaes", "stall": None}}).space_hash
