@@ -10,14 +10,14 @@ NGOpt's portfolio can leave a scipy thread that hangs at exit.
 
 Stall restarts (``stall``, single-objective only). With one worker NGOpt runs COBYLA (Powell 1994,
 "A direct search optimization method that models the objective and constraint functions by linear
-interpolation") through nevergrad's scipy wrapper without random restarts: once its trust region
-has shrunk it starts again from its own best, so a run that converged early spends the rest of
-the budget there (docs/benchmarks.md, session 19: a zoo seed held at one point from candidate 28
-to 200). With ``stall`` K, when the current optimizer's best has not improved for K evaluations
-told to it, a fresh optimizer of the same name takes the remaining budget from a uniform point
-of the box (restart r draws it from ``default_rng([seed, r])``, its random state from
-``RandomState([seed, r])``): a restart from a new basin, as random-restart local search does.
-The decision depends only on the told fitness, so replaying the ask/tell record rebuilds it.
+interpolation") through nevergrad's scipy wrapper, which restarts it from its own best when it
+converges; on a plateau of coarse accuracies it can also wander without converging
+(docs/benchmarks.md, session 20: a zoo run whose asks stayed far from its best, none better, from
+candidate 28 to 200). With ``stall`` K, when the current optimizer's best has not improved for K
+evaluations told to it, a fresh optimizer of the same name takes the budget not yet asked from a
+uniform point of the box (restart r draws it from ``default_rng([seed, r])``, its random state
+from ``RandomState([seed, r])``): a restart from a new basin, as random-restart local search
+does. The decision depends only on the told fitness, so replaying the ask/tell record rebuilds it.
 """
 
 from __future__ import annotations
@@ -43,9 +43,12 @@ class Nevergrad(Replayable):
             known = ", ".join(sorted(k for k in ng.optimizers.registry if not k.startswith("_"))[:40])
             raise ConfigError(f"unknown nevergrad optimizer {optimizer!r}",
                               hint=f"use one of nevergrad's registry names, e.g. NGOpt, TwoPointsDE, PSO, CMA ({known}, ...)")
-        if stall is not None and (stall < 1 or multi_objective):
-            raise ConfigError(f"nevergrad stall {stall!r} needs a single objective and at least one evaluation",
-                              hint="set stall to a positive number of evaluations, or leave it out")
+        if stall is not None and stall < 1:
+            raise ConfigError(f"nevergrad stall {stall!r} is out of range: it counts evaluations, 1 or more",
+                              hint="set stall to a positive number of evaluations, or None for no stall rule")
+        if stall is not None and multi_objective:
+            raise ConfigError("nevergrad stall judges a single fitness; in multi-objective mode there is no best to stall on",
+                              hint="leave stall out (None) with multi_objective")
         self.x0 = np.clip(np.asarray(x0, dtype=float), 0.0, 1.0)
         self.dim, self.optimizer, self.seed, self.budget = dim, optimizer, seed, budget
         self.num_workers, self.multi_objective, self.stall = num_workers, multi_objective, stall

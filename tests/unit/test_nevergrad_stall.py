@@ -70,9 +70,9 @@ def test_restarts_replay_and_late_tells_go_to_the_optimizer_that_asked() -> None
 
 
 def test_bad_stall_settings_are_config_errors() -> None:
-    with pytest.raises(ConfigError, match="nevergrad stall 0 needs"):
+    with pytest.raises(ConfigError, match="nevergrad stall 0 is out of range"):
         Nevergrad(3, np.full(3, 0.5), optimizer="Cobyla", stall=0)
-    with pytest.raises(ConfigError, match="single objective"):
+    with pytest.raises(ConfigError, match="nevergrad stall judges a single fitness"):
         Nevergrad(3, np.full(3, 0.5), optimizer="DE", stall=5, multi_objective=True)
 
 
