@@ -8,12 +8,13 @@ maximized, so nevergrad gets their negatives) and runs its multi-objective mode 
 based; nevergrad's docs, "Multiobjective minimization"). Name optimizers explicitly in tests:
 NGOpt's portfolio can leave a scipy thread that hangs at exit.
 
-Stall restarts (``stall``, single-objective only). With one worker NGOpt runs COBYLA (Powell 1994,
-"A direct search optimization method that models the objective and constraint functions by linear
-interpolation") through nevergrad's scipy wrapper, which restarts it from its own best when it
-converges; on a plateau of coarse accuracies it can also wander without converging
-(docs/benchmarks.md, session 20: a zoo run whose asks stayed far from its best, none better, from
-candidate 28 to 200). With ``stall`` K, when the current optimizer's best has not improved for K
+Stall restarts (``stall``, single-objective only). NGOpt picks its optimizer from the dimension,
+budget and evaluations in flight: for the benchmark genomes COBYLA (Powell 1994, "A direct search
+optimization method that models the objective and constraint functions by linear
+interpolation") with one in flight, MetaModel (CMA-ES with a quadratic surrogate) with eight.
+Either can stop finding better points on a plateau of coarse accuracies without its own
+criteria ending it (docs/benchmarks.md, session 20: a zoo run whose asks stayed 0.3-0.8 box
+units from its best, none better, from candidate 28 to 200). With ``stall`` K, when the current optimizer's best has not improved for K
 evaluations told to it, a fresh optimizer of the same name takes the budget not yet asked from a
 uniform point of the box (restart r draws it from ``default_rng([seed, r])``, its random state
 from ``RandomState([seed, r])``): a restart from a new basin, as random-restart local search
