@@ -236,6 +236,11 @@ def _with_overrides(space: SearchSpace, source: str, *, budget: int | None, seed
     if optimizer is not None and name != "nevergrad":
         raise ConfigError(f"--optimizer {optimizer!r} applies to strategy nevergrad, not {name}",
                           hint="add --strategy nevergrad, or leave --optimizer out")
+    if name != space.strategy.name and space.strategy.stall:
+        # cmaes counts generations, nevergrad evaluations: the same number means another rule
+        raise ConfigError(f"--strategy {name}: {source} sets stall {space.strategy.stall} for strategy "
+                          f"{space.strategy.name} (cmaes counts generations, nevergrad evaluations)",
+                          hint=f"remove stall from the space's strategy, or write a space for {name}")
     update: dict[str, Any] = {}
     if budget is not None:
         update["budget"] = budget
@@ -436,14 +441,18 @@ def search(space_path: str | Path, options: SearchOptions | None = None, exec_op
     space = _with_overrides(load_space(space_path), str(space_path), budget=o.budget, seed=o.seed,
                             strategy=o.strategy, optimizer=o.optimizer)
     text = space_text(Path(space_path))
-    preflight(space, workers=x.workers, log=log)
+    lag = o.lag or default_lag(x.workers)
+    # the driver keeps up to `lag` candidates asked ahead of the told prefix: nevergrad must plan for as
+    # many in flight (NGOpt built for one blocks on a second ask)
+    in_flight = max(x.workers, lag)
+    preflight(space, workers=in_flight, log=log)
     if x.device_memory is not None:  # refused here, before any run is written, when it cannot fit
         log(f"placement: {placement(space, x.gpus_per_worker, x.device_memory).summary}")
     _check_ray_address(x.backend, x.address)
     with open_store(db, workdir) as store:
         run = create_run(store, space, text, name=o.name, engine=o.engine,
-                         lag=o.lag or default_lag(x.workers), max_attempts=o.max_attempts, deadline_s=o.deadline_s,
-                         strategy_workers=x.workers,
+                         lag=lag, max_attempts=o.max_attempts, deadline_s=o.deadline_s,
+                         strategy_workers=in_flight,
                          engine_options=dict(o.engine_options) if o.engine_options is not None else None,
                          deadline_slack_s=o.deadline_slack_s, snapshot_every=o.snapshot_every,
                          reference_sources=o.reference_sources)

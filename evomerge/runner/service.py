@@ -84,6 +84,11 @@ def take_lease(store: Store, run_id: str, ttl_s: float, log: Callable[[str], Non
         return store.acquire_lease(run_id, lease_owner(), ttl_s, force=True)
 
 
+# a nevergrad run's stall window (0: none), stored beside its space since session 20: runs created before
+# stored a `stall` that nevergrad never applied, so the space's own value cannot tell them apart
+NEVERGRAD_STALL_KEY = "nevergrad_stall"
+
+
 def run_space(config: dict[str, Any]) -> SearchSpace:
     """The search space a run was created with (its stored config). A run created before CMA-ES
     restarts existed has no ``restarts`` in it and goes on without them, as it started; one created
@@ -95,9 +100,12 @@ def run_space(config: dict[str, Any]) -> SearchSpace:
     stored = dict(config["space"])
     strategy = dict(stored.get("strategy") or {})
     name = strategy.get("name", "cmaes")
-    # runs created before session 19 stored restarts (and stall, null) for every strategy
+    # runs created before session 19 stored restarts (and stall: 5, later null) for every strategy
     strategy = {k: v for k, v in strategy.items() if name in SETTING_OWNERS.get(k, (name,))}
-    old = ({"restarts": "none", "stall": 0} if name == "cmaes" else {"stall": 0} if name == "nevergrad" else {}) | (
+    if name == "nevergrad":  # its window is the one created with it since session 20 (NEVERGRAD_STALL_KEY); a
+        # stall stored before then (5 for every strategy, or a space's value nevergrad ignored) never applied
+        strategy["stall"] = config.get(NEVERGRAD_STALL_KEY) or 0
+    old = ({"restarts": "none", "stall": 0} if name == "cmaes" else {}) | (
         {"attraction": "raw", "fill": "random", "mutation": 0.0, "exploit": 0.0, "refine": 0.0, "additive": 0.0}
         if name == "m2n2" else {})
     stored["strategy"] = old | {k: v for k, v in strategy.items() if v is not None}
@@ -124,8 +132,11 @@ def create_run(store: Store, space: SearchSpace, space_text: str, *, name: str |
     the space, tasks, sources and strategy first (``api.preflight``); this refuses, before any row
     is written, run options no driver can honour: ``lag``, ``max_attempts``, ``snapshot_every`` or
     ``strategy_workers`` below 1, a ``deadline_s`` that is not a finite number above 0, duplicate
-    task names. ``reference_sources``: the driver also scores each source model once, as it is
-    (the dashboard's reference points; not candidates, not counted in the budget)."""
+    task names. ``strategy_workers``: the candidates the strategy plans to have in flight, at least
+    ``lag`` (the driver asks that far ahead; ``api.search`` passes the larger of the workers and the
+    lag; runs created before session 20 stored the workers). ``reference_sources``: the driver also
+    scores each source model once, as it is (the dashboard's reference points; not candidates, not
+    counted in the budget)."""
     import math
 
     for option, value in (("lag", lag), ("max_attempts", max_attempts), ("snapshot_every", snapshot_every),
@@ -153,6 +164,8 @@ def create_run(store: Store, space: SearchSpace, space_text: str, *, name: str |
               "snapshot_every": snapshot_every,
               "strategy_workers": strategy_workers,
               "engine_options": engine_options or {}, "reference_sources": bool(reference_sources)}
+    if space.strategy.name == "nevergrad":  # the window it restarts on, marking a run created with the rule
+        config[NEVERGRAD_STALL_KEY] = stored["strategy"]["stall"]
     if name is None:
         from evomerge.store.sql import RUN_NAME
 

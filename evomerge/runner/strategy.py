@@ -26,7 +26,7 @@ def _plain(x: Any) -> tuple[float, ...]:
 
 def strategy_config(space: SearchSpace, codec: Codec, *, workers: int = 1) -> StrategyConfig:
     """The space's strategy over ``codec``'s box [0, 1]^d, started at ``codec.initial()``;
-    ``workers`` is the number of evaluation slots."""
+    ``workers`` is the number of candidates in flight (the run's ``strategy_workers``)."""
     s = space.strategy
     known = tuple(_plain(g) for g in codec.expert_genomes()) if s.name == "m2n2" else ()  # only M2N2 uses them
     return StrategyConfig(dim=codec.dim, x0=_plain(codec.initial()), name=s.name, seed=space.seed,
@@ -41,7 +41,7 @@ def strategy_config(space: SearchSpace, codec: Codec, *, workers: int = 1) -> St
 def make_strategy(space: SearchSpace, codec: Codec, *, workers: int = 1) -> Replayable:
     """The space's strategy over ``codec``'s box, started at ``codec.initial()``.
 
-    ``workers`` is the number of evaluation slots (nevergrad plans for that many in flight)."""
+    ``workers`` is the number of candidates in flight (nevergrad plans for that many)."""
     return build_strategy(strategy_config(space, codec, workers=workers))
 
 

@@ -15,8 +15,8 @@ interpolation") with one in flight, MetaModel (CMA-ES with a quadratic surrogate
 Either can stop finding better points on a plateau of coarse accuracies without its own
 criteria ending it (docs/benchmarks.md, session 20: a zoo run whose asks stayed 0.3-0.8 box
 units from its best, none better, from candidate 28 to 200). With ``stall`` K, when the current optimizer's best has not improved for K
-evaluations told to it, a fresh optimizer of the same name takes the budget not yet asked from a
-uniform point of the box (restart r draws it from ``default_rng([seed, r])``, its random state
+evaluations told to it, a fresh optimizer of the same name (NGOpt may pick another algorithm for
+the smaller budget) takes the budget not yet asked from a uniform point of the box (restart r draws it from ``default_rng([seed, r])``, its random state
 from ``RandomState([seed, r])``): a restart from a new basin, as random-restart local search
 does. The decision depends only on the told fitness, so replaying the ask/tell record rebuilds it.
 """

@@ -29,8 +29,8 @@ class StrategyConfig:
     ``alpha``, ``mate``, ``split_point``, pycma ``options``, ``budget``, ``multi_objective``), the
     genome it searches (``dim`` genes in the box [0, 1]^dim, started at ``x0``; ``known_genomes``
     are known good points such as each expert alone, which M2N2 seeds its archive with), the
-    ``seed`` and ``workers``, the number of evaluation slots (nevergrad plans for that many in
-    flight)."""
+    ``seed`` and ``workers``, the candidates the driver keeps in flight (nevergrad plans for that
+    many; an optimizer built for fewer can block on an ask)."""
 
     dim: int
     x0: tuple[float, ...]
@@ -130,8 +130,8 @@ def check_config(config: StrategyConfig, *, where: str = "strategy") -> None:
         sys.unraisablehook = hook
     if problem is not None:
         hint = {"cmaes": "fix strategy.options: they are passed to pycma, so use its option names",
-                "nevergrad": "pick an optimizer that runs candidates in parallel when workers or popsize exceed 1 "
-                             "(NGOpt, TwoPointsDE, DE, PSO, CMA, ...)"}.get(c.name, "fix strategy: in the space")
+                "nevergrad": "pick an optimizer that runs candidates in parallel (NGOpt, TwoPointsDE, DE, PSO, "
+                             "CMA, ...): the driver keeps lag candidates in flight (2 x workers, at least 2)"}.get(c.name, "fix strategy: in the space")
         label = f"nevergrad {c.optimizer}" if c.name == "nevergrad" else c.name
         raise ConfigError(f"{where}: strategy {label} cannot start: {problem}", hint=hint)
 

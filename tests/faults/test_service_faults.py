@@ -38,8 +38,8 @@ SUBSET = "fitness: {subset: {method: irt, size: 15, warmup: 4, refit: 3, promote
 
 @pytest.mark.parametrize("point", ["pending:5", "dispatch:5", "result:5", "snapshot:10"])
 @pytest.mark.parametrize(("strategy", "racing"), [("cmaes", ""), ("m2n2", ""), ("cmaes", RACING), ("m2n2", RACING),
-                                                 ("cmaes", SUBSET)],
-                         ids=["cmaes", "m2n2", "cmaes-racing", "m2n2-racing", "cmaes-subset"])
+                                                 ("cmaes", SUBSET), ("nevergrad_stall", "")],
+                         ids=["cmaes", "m2n2", "cmaes-racing", "m2n2-racing", "cmaes-subset", "nevergrad-stall"])
 def test_driver_sigkill_then_resume_equals_an_uninterrupted_run(tiny_sources: Path, tmp_path: Path, point: str,
                                                                 strategy: str, racing: str) -> None:
     """With racing or subsets, the references, the estimators (fitted on committed results) and

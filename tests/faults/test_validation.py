@@ -210,6 +210,17 @@ def test_a_bad_search_option_is_refused_without_a_run(ws: Path, tmp_path: Path, 
     assert runs_in(db) == []
 
 
+def test_strategy_override_is_refused_when_the_space_sets_a_stall_for_another_strategy(ws: Path,
+                                                                                        tmp_path: Path) -> None:
+    """`stall` counts CMA-ES generations but nevergrad evaluations: --strategy must not carry a
+    space's window over to the other unit."""
+    db = tmp_path / "a.db"
+    space = write_space(ws, "stalled", strategy={"name": "cmaes", "stall": 12})
+    assert_refused(search(ws, space, db, "--strategy", "nevergrad"), "--strategy nevergrad", "stall 12",
+                   "cmaes counts generations, nevergrad evaluations")
+    assert runs_in(db) == []
+
+
 def test_lag_below_one_is_refused_by_the_api_without_a_run(ws: Path, tmp_path: Path) -> None:
     """`lag` is an API option (the CLI derives it from --workers); 0 used to mean the default."""
     from evomerge import api

@@ -12,6 +12,8 @@ STRATEGIES = {
     "random": "{name: random}",
     "m2n2": "{name: m2n2, archive_size: 5}",
     "nevergrad": "{name: nevergrad, optimizer: TwoPointsDE}",
+    # a short stall window: fresh optimizers within a test's budget (evaluations without a better best)
+    "nevergrad_stall": "{name: nevergrad, optimizer: TwoPointsDE, stall: 3}",
 }
 
 

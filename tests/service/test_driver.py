@@ -115,11 +115,14 @@ def test_a_new_cmaes_run_restarts_ipop_and_a_run_from_before_restarts_goes_on_wi
 def test_a_new_nevergrad_run_stores_its_stall_window_and_a_multi_objective_one_none(tiny_sources: Path,
                                                                                   tmp_path: Path) -> None:
     """Issue 21: a new single-objective nevergrad run stores NEVERGRAD_STALL (its evaluations
-    without a better best before a fresh optimizer) and no CMA-ES ``restarts``; a multi-objective
-    one stores 0 (no rule: it searches the front); both resume with what they stored."""
-    from evomerge.runner.service import run_space
+    without a better best before a fresh optimizer), beside its space too (NEVERGRAD_STALL_KEY:
+    runs created before stored a `stall` nevergrad never applied); a multi-objective one stores 0
+    (no rule: it searches the front); both resume with what they stored. A run with a short
+    window restarts within its budget, and its final snapshot rebuilds with those restarts."""
+    from evomerge.runner.service import NEVERGRAD_STALL_KEY, run_space
     from evomerge.space.schema import NEVERGRAD_STALL
     from evomerge.store import Store
+    from evomerge.strategies.nevergrad import Nevergrad
 
     db = f"sqlite:///{tmp_path / 'a.db'}"
     single = write_space(tmp_path, tiny_sources, strategy="nevergrad", budget=6)
@@ -127,12 +130,46 @@ def test_a_new_nevergrad_run_stores_its_stall_window_and_a_multi_objective_one_n
     multi = write_space(tmp_path, tiny_sources, strategy="nevergrad", budget=6, name="mo",
                         extra="multi_objective: true\n")
     api.search(multi, db=db, engine="synthetic", backend="local", name="multi", log=quiet)
+    short = write_space(tmp_path, tiny_sources, strategy="nevergrad_stall", budget=24)
+    api.search(short, db=db, engine="synthetic", backend="local", name="short", log=quiet)
     with Store.open(db) as store:
         one, many = store.get_run("single").config, store.get_run("multi").config
-    assert one["space"]["strategy"]["stall"] == NEVERGRAD_STALL and one["space"]["strategy"]["restarts"] is None
+        info = store.get_run("short")
+        snapshot = store.latest_snapshot(info.id)
+    assert one["space"]["strategy"]["stall"] == NEVERGRAD_STALL == one[NEVERGRAD_STALL_KEY]
+    assert one["space"]["strategy"]["restarts"] is None
     assert run_space(one).strategy.stall_window() == NEVERGRAD_STALL
-    assert many["space"]["strategy"]["stall"] == 0
+    assert many["space"]["strategy"]["stall"] == 0 == many[NEVERGRAD_STALL_KEY]
     assert run_space(many).strategy.stall_window(multi_objective=True) is None
+    assert info.config[NEVERGRAD_STALL_KEY] == 3 and snapshot is not None
+    told, state, arrays = snapshot  # snapshots leave per-item scores to the archive; nevergrad does not read them
+    state["told"] = {i: {**t, "tasks": []} for i, t in state["told"].items()}
+    rebuilt = Nevergrad.from_state(state, arrays)
+    assert told == 24 and rebuilt.stall == 3 and rebuilt.restarts >= 1
+
+
+def test_ngopt_with_one_worker_runs_with_candidates_asked_ahead(tiny_sources: Path, tmp_path: Path) -> None:
+    """The driver asks `lag` candidates ahead (2 with one worker). NGOpt built for one in flight
+    picks a sequential optimizer (COBYLA) whose second outstanding ask blocks forever; a new run
+    plans nevergrad for the larger of the workers and the lag, so it finishes. A sequential
+    optimizer named outright is refused before the run exists, naming the lag."""
+    from evomerge.errors import ConfigError
+    from evomerge.store import Store
+
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    space = write_space(tmp_path, tiny_sources, strategy="nevergrad", budget=8)
+    space.write_text(space.read_text().replace("optimizer: TwoPointsDE", "optimizer: NGOpt"))
+    out = api.search(space, db=db, engine="synthetic", backend="local", name="ngopt", log=quiet)
+    assert out.told == 8 and out.run.status == "finished"
+    with Store.open(db) as store:
+        config = store.get_run("ngopt").config
+    assert config["lag"] == 2 and config["strategy_workers"] == 2
+    space.write_text(space.read_text().replace("optimizer: NGOpt", "optimizer: Cobyla"))
+    with pytest.raises(ConfigError, match="strategy nevergrad Cobyla cannot start") as err:
+        api.search(space, db=db, engine="synthetic", backend="local", name="cobyla", log=quiet)
+    assert "lag" in (err.value.hint or "")
+    with Store.open(db) as store:
+        assert [r.name for r in store.list_runs()] == ["ngopt"]
 
 
 def test_a_new_m2n2_run_stores_the_papers_mechanics_and_mutation(tiny_sources: Path, tmp_path: Path) -> None:

@@ -60,9 +60,21 @@ def test_restarts_replay_and_late_tells_go_to_the_optimizer_that_asked() -> None
         return None if g.index == 4 else -float(np.sum((g.x - target) ** 2))
 
     s = Nevergrad(5, np.full(5, 0.5), optimizer="TwoPointsDE", budget=120, num_workers=3, seed=7, stall=4)
+    retired: list[tuple[Any, int]] = []  # each replaced optimizer and how many tells it had then
+    restart = s._restart
+
+    def watched_restart() -> None:
+        retired.append((s.opt, s.opt.num_tell))
+        restart()
+
+    s._restart = watched_restart  # type: ignore[method-assign]
     drive(s, fitness, 90, batch=3)
-    assert s.restarts >= 2
-    assert not s._candidates  # every asked candidate was told to its own optimizer
+    assert s.restarts >= 2 and len(retired) == s.restarts
+    optimizers = [o for o, _ in retired] + [s.opt]
+    # every candidate went to the optimizer that asked it (each was told as many as it asked), and
+    # some replaced optimizers were told candidates after a fresh one had taken over
+    assert all(o.num_ask == o.num_tell for o in optimizers) and sum(o.num_tell for o in optimizers) == 90
+    assert any(o.num_tell > then for o, then in retired)
     rebuilt = Nevergrad.from_state(s.state_dict(), s.state_arrays())
     assert rebuilt.restarts == s.restarts
     a, b = s.ask(3), rebuilt.ask(3)
@@ -92,11 +104,17 @@ def test_a_new_nevergrad_run_gets_the_default_window_and_old_runs_go_on_without(
     mo = {**SPACE, "multi_objective": True, "strategy": {"name": "nevergrad", "stall": 20}}
     with pytest.raises(ValueError, match="strategy.stall judges a single fitness"):
         SearchSpace.model_validate(mo)
+    # stored before session 20: stall null (sessions 13-19), absent (before), or a number nevergrad ignored
+    # (5 stored for every strategy before session 13; a space's own value later), single- or multi-objective
     for before in ({"name": "nevergrad", "optimizer": "NGOpt", "stall": None, "restarts": "ipop"},
-                   {"name": "nevergrad", "optimizer": "NGOpt"}):
-        resumed = run_space({"space": {**SPACE, "strategy": before}})
-        assert resumed.strategy.stall == 0 and resumed.strategy.stall_window() is None
-        assert resumed.strategy.restarts is None  # a CMA-ES setting, stored for every strategy before session 19
-    assert SearchSpace.model_validate({**SPACE, "strategy": {"name": "nevergrad"}}).space_hash == \
-        SearchSpace.model_validate({**SPACE, "strategy": {"name": "nevergrad", "stall": None}}).space_hash
+                   {"name": "nevergrad", "optimizer": "NGOpt"},
+                   {"name": "nevergrad", "optimizer": "NGOpt", "stall": 5, "restarts": "ipop"}):
+        for objectives in ({}, {"multi_objective": True}):
+            resumed = run_space({"space": {**SPACE, **objectives, "strategy": before}})
+            assert resumed.strategy.stall == 0 and resumed.strategy.stall_window() is None
+            assert resumed.strategy.restarts is None  # a CMA-ES setting, stored for every strategy before session 19
+    created = run_space({"space": {**SPACE, "strategy": {"name": "nevergrad", "stall": 60}}, "nevergrad_stall": 60})
+    assert created.strategy.stall_window() == 60
+    # the hash of a space that leaves stall out, as evomerge computed it before the rule (3cd469a)
+    assert SearchSpace.model_validate({**SPACE, "strategy": {"name": "nevergrad"}}).space_hash == "186d76a1b7729c8b"
 
