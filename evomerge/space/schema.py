@@ -130,8 +130,8 @@ RESTARTS_DEFAULT = "ipop"  # what a new run's cmaes does when the space leaves `
 # - cmaes: 12 generations without a better best (docs/benchmarks.md, session 19: a window of 5 restarted
 #   runs still adapting; pycma's criteria alone left a run stalled for 20 generations)
 # - nevergrad: 100 evaluations without a better best of the current optimizer (docs/benchmarks.md, session 20:
-#   NGOpt's COBYLA held a zoo seed at one point from candidate 28 to 200, while runs that went on to improve had
-#   flat stretches of up to 92; a window of 60 cut two of those short)
+#   NGOpt (MetaModel there) found nothing better than a zoo seed's candidate 28 until 200, while runs that went on
+#   to improve had flat stretches of up to 93; a window of 60 cut three of those short)
 NEVERGRAD_STALL = 100
 STALL_DEFAULTS = {"cmaes": 12, "nevergrad": NEVERGRAD_STALL}
 M2N2_DEFAULTS = {"attraction": "normalized", "fill": "seeds", "mutation": 0.1, "exploit": 0.5, "refine": 0.5,
