@@ -14,11 +14,12 @@ optimization method that models the objective and constraint functions by linear
 interpolation") with one in flight, MetaModel (CMA-ES with a quadratic surrogate) with eight.
 Either can stop finding better points on a plateau of coarse accuracies without its own
 criteria ending it (docs/benchmarks.md, session 20: a zoo run whose asks stayed 0.3-0.8 box
-units from its best, none better, from candidate 28 to 200). With ``stall`` K, when the current optimizer's best has not improved for K
-evaluations told to it, a fresh optimizer of the same name (NGOpt may pick another algorithm for
-the smaller budget) takes the budget not yet asked from a uniform point of the box (restart r draws it from ``default_rng([seed, r])``, its random state
-from ``RandomState([seed, r])``): a restart from a new basin, as random-restart local search
-does. The decision depends only on the told fitness, so replaying the ask/tell record rebuilds it.
+units from its best, none better, from candidate 28 to 200). With ``stall`` K, when the current
+optimizer's best has not improved for K evaluations told to it, a fresh optimizer of the same
+name (NGOpt may pick another algorithm for the smaller budget) takes the budget not yet asked
+from a uniform point of the box (restart r draws it from ``default_rng([seed, r])``, its random
+state from ``RandomState([seed, r])``): a restart from a new basin, as random-restart local
+search does. The decision depends only on the told fitness, so replaying the ask/tell record rebuilds it.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class Nevergrad(Replayable):
         self.restarts += 1
         r = self.restarts
         init = np.random.default_rng([self.seed, r]).uniform(0.0, 1.0, self.dim)
-        self.opt = self._optimizer(init, np.random.RandomState([self.seed, r]), max(self.budget - self.asked, 1))
+        self.opt = self._optimizer(init, np.random.RandomState([self.seed, r]), self.budget - self.asked)
         self._opt_best, self._opt_flat = float("-inf"), 0
 
     def _ask(self, n: int) -> list[Genome]:
@@ -114,14 +115,15 @@ class Nevergrad(Replayable):
             opt, cand = self._candidates.pop(r.genome.index)
             loss = self._loss(r)
             opt.tell(cand, loss)
-            if self.stall is not None and opt is self.opt:
+            if opt is self.opt and not self.multi_objective:
                 self._judge(-float(loss))  # type: ignore[arg-type]  # single-objective: a scalar
 
     def _judge(self, fitness: float) -> None:
-        """The stall rule: count the current optimizer's evaluations since its best improved."""
+        """The stall rule: count the current optimizer's evaluations since its best improved; a
+        fresh one only while budget is left to ask (so its budget is at least 1)."""
         if fitness > self._opt_best:
             self._opt_best, self._opt_flat = fitness, 0
             return
         self._opt_flat += 1
-        if self._opt_flat >= (self.stall or 0) and self.asked < self.budget:
+        if self.stall is not None and self._opt_flat >= self.stall and self.asked < self.budget:
             self._restart()
